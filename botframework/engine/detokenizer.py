@@ -1,0 +1,44 @@
+"""UTF-8-safe incremental detokenization.
+
+    token -> piece bytes -> pending buffer -> longest complete UTF-8 prefix -> text
+
+A token may end in the middle of a multi-byte character (byte-fallback vocabularies split
+emoji and CJK into several tokens); those bytes wait for the rest of the character.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+
+def _complete_prefix_len(data: bytes) -> int:
+    """Length of the longest prefix of `data` that does not end inside a UTF-8 character."""
+    n = len(data)
+    # Look back at most 3 bytes for the lead byte of a possibly unfinished character.
+    for back in range(1, min(4, n) + 1):
+        byte = data[n - back]
+        if byte & 0xC0 == 0x80:  # continuation byte: keep looking for the lead
+            continue
+        if byte & 0x80 == 0:  # ASCII
+            return n
+        need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
+        return n if back >= need else n - back
+    return n  # only continuation bytes: invalid, let the decoder replace them
+
+
+class IncrementalDetokenizer:
+    def __init__(self, piece: Callable[[int], bytes]) -> None:
+        self._piece = piece
+        self._pending = b""
+
+    def feed(self, token: int) -> str:
+        """Add one token; return the newly completed text (possibly empty)."""
+        self._pending += self._piece(token)
+        cut = _complete_prefix_len(self._pending)
+        ready, self._pending = self._pending[:cut], self._pending[cut:]
+        return ready.decode("utf-8", "replace")
+
+    def flush(self) -> str:
+        """At the end of generation: whatever is left (invalid bytes become U+FFFD)."""
+        ready, self._pending = self._pending, b""
+        return ready.decode("utf-8", "replace")

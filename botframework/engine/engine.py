@@ -1,0 +1,104 @@
+"""Engine: executes one StepPlan on one (Model, Context). Owned by a single thread.
+
+    plan.save_states -> state_seq_get (eviction)
+    plan.kv_ops      -> seq_rm / seq_cp / seq_add / state_seq_set
+    plan.items       -> one Batch -> one llama_decode -> sample where item.sample
+    plan.release     -> free samplers of finished requests
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from botframework.engine.step import KVOp, KVOpKind, PlanItem, SampledToken, StepPlan, StepResult
+from botframework.native.batch import Batch
+from botframework.native.context import Context
+from botframework.native.model import Model
+from botframework.native.sampler import SamplerChain, SamplerSpec
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())  # type: ignore[no-any-return]
+
+
+class Engine:
+    def __init__(self, model: Model, context: Context) -> None:
+        self.model = model
+        self.context = context
+        self.batch = Batch(context.n_batch)
+        self._samplers: dict[str, SamplerChain] = {}
+
+    @property
+    def num_samplers(self) -> int:
+        return len(self._samplers)
+
+    def close(self) -> None:
+        for sampler in self._samplers.values():
+            sampler.close()
+        self._samplers.clear()
+
+    def _apply(self, op: KVOp) -> None:
+        mem = self.context.memory
+        if op.kind is KVOpKind.REMOVE:
+            if not mem.seq_rm(op.seq_id, op.p0, op.p1):
+                # A partial removal the cache cannot do (e.g. recurrent state): drop it all.
+                mem.seq_rm(op.seq_id, -1, -1)
+        elif op.kind is KVOpKind.COPY:
+            mem.seq_cp(op.src_seq_id, op.seq_id, op.p0, op.p1)
+        elif op.kind is KVOpKind.SHIFT:
+            mem.seq_add(op.seq_id, op.p0, op.p1, op.delta)
+        elif op.kind is KVOpKind.RESTORE:
+            mem.seq_rm(op.seq_id, -1, -1)
+            self.context.state_seq_set(op.seq_id, op.data)
+
+    def _sampler_for(self, item: PlanItem) -> SamplerChain:
+        sampler = self._samplers.get(item.request_id)
+        if sampler is None:
+            sampler = SamplerChain(self.model, item.sampler or SamplerSpec(temperature=0.0))
+            self._samplers[item.request_id] = sampler
+        return sampler
+
+    def prepare(self, item: PlanItem) -> None:
+        """Create the request's sampler now (e.g. to surface a bad grammar before decoding)."""
+        self._sampler_for(item)
+
+    def release(self, request_id: str) -> None:
+        sampler = self._samplers.pop(request_id, None)
+        if sampler is not None:
+            sampler.close()
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        saved = {seq_id: self.context.state_seq_get(seq_id) for seq_id in plan.save_states}
+        for op in plan.kv_ops:
+            self._apply(op)
+        for request_id in plan.release:
+            self.release(request_id)
+        batch = self.batch
+        batch.clear()
+        outputs: list[tuple[PlanItem, int]] = []
+        for item in plan.items:
+            index = batch.add_sequence(item.tokens, item.start_pos, item.seq_id, logits_last=item.sample)
+            if item.sample:
+                outputs.append((item, index))
+        t0 = time.perf_counter()
+        self.context.decode(batch)
+        t1 = time.perf_counter()
+        sampled = []
+        for item, index in outputs:
+            token = self._sampler_for(item).sample(self.context, index)
+            logprob: float | None = None
+            top: tuple[tuple[int, float], ...] = ()
+            if item.num_logprobs is not None:
+                logprobs = log_softmax(self.context.logits_ith(index))
+                logprob = float(logprobs[token])
+                if item.num_logprobs > 0:
+                    best = np.argpartition(-logprobs, item.num_logprobs)[: item.num_logprobs]
+                    best = best[np.argsort(-logprobs[best])]
+                    top = tuple((int(t), float(logprobs[t])) for t in best)
+            sampled.append(SampledToken(item.request_id, token, logprob, top))
+        t2 = time.perf_counter()
+        return StepResult(sampled=tuple(sampled), num_tokens=batch.n_tokens,
+                          decode_ms=(t1 - t0) * 1e3, sample_ms=(t2 - t1) * 1e3, saved_states=saved)

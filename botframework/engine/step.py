@@ -1,0 +1,79 @@
+"""Plain data between the scheduler and the engine: no native handles, no behaviour.
+
+    scheduler.schedule() -> StepPlan(kv_ops, items, release)
+    engine.execute(plan) -> StepResult(sampled per item that asked, timings)
+    scheduler.update(plan, result)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from botframework.native.sampler import SamplerSpec
+
+
+class KVOpKind(Enum):
+    REMOVE = "remove"  # seq_rm(seq_id, p0, p1): drop cells (cancel, trim, reuse a slot)
+    COPY = "copy"      # seq_cp(src, seq_id, p0, p1): share a cached prefix with another sequence
+    SHIFT = "shift"    # seq_add(seq_id, p0, p1, delta): context shift
+    RESTORE = "restore"  # state_seq_set(seq_id, data): bring an evicted session back
+
+
+@dataclass(frozen=True)
+class KVOp:
+    kind: KVOpKind
+    seq_id: int
+    p0: int = -1
+    p1: int = -1
+    src_seq_id: int = -1
+    delta: int = 0
+    data: bytes = b""
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """A run of tokens of one sequence in this step's batch.
+
+    For a running sequence: its last sampled token. For a prefilling one: the next prompt
+    chunk. `sample` is True when the run ends the prompt (or is a decode token), i.e. when
+    the engine must produce the sequence's next token.
+    """
+
+    request_id: str
+    seq_id: int
+    tokens: tuple[int, ...]
+    start_pos: int
+    sample: bool
+    sampler: SamplerSpec | None = None
+    num_logprobs: int | None = None  # None: no logprobs; 0: chosen token only; k: + top k
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    items: tuple[PlanItem, ...]
+    kv_ops: tuple[KVOp, ...] = ()
+    release: tuple[str, ...] = ()  # request ids whose samplers the engine can free
+    save_states: tuple[int, ...] = ()  # seq ids whose state the engine returns (eviction)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(item.tokens) for item in self.items)
+
+
+@dataclass(frozen=True)
+class SampledToken:
+    request_id: str
+    token: int
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class StepResult:
+    sampled: tuple[SampledToken, ...]
+    num_tokens: int
+    decode_ms: float
+    sample_ms: float
+    saved_states: dict[int, bytes] = field(default_factory=dict)
+    error: Exception | None = None

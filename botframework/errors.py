@@ -1,0 +1,96 @@
+"""One exception tree for the whole package.
+
+    BotframeworkError
+    ├── ModelError                 a model cannot be found, fetched or loaded
+    │   ├── ModelNotFoundError     unknown name / missing file               (HTTP 404)
+    │   ├── ModelLoadError         not a valid GGUF, or llama.cpp refused it
+    │   └── ModelFetchError        pull failed: network, checksum, offline
+    ├── InvalidRequestError        bad input from the caller                 (HTTP 400)
+    │   ├── ContextLengthExceededError  prompt (+ max_tokens) does not fit the context
+    │   └── GrammarError           schema / grammar cannot be built or enforced
+    ├── NativeError                a llama.cpp call failed (status.check maps return codes)
+    │   └── DecodeError            llama_decode returned an error
+    │       └── KVCacheFullError   no KV slot for the batch (rc == 1)
+    ├── BusyError                  admission queue full                      (HTTP 503)
+    ├── CancelledError             the request was cancelled
+    └── ClosedError                the object was closed / the engine stopped
+
+Callers map these by type (HTTP status, CLI exit code), never by message text.
+"""
+
+from __future__ import annotations
+
+
+class BotframeworkError(Exception):
+    """Base of every error raised by botframework."""
+
+
+class ModelError(BotframeworkError):
+    """A model cannot be found, fetched or loaded."""
+
+
+class ModelNotFoundError(ModelError):
+    """The model name is unknown, or its file does not exist."""
+
+
+class ModelLoadError(ModelError):
+    """The file is not a loadable GGUF model (truncated, garbage, a directory, ...)."""
+
+
+class ModelFetchError(ModelError):
+    """Pulling a model failed (no network, checksum mismatch, registry error)."""
+
+
+class InvalidRequestError(BotframeworkError, ValueError):
+    """The request is invalid; `param` names the offending field when known."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    """The prompt, or prompt plus requested tokens, does not fit the context window."""
+
+    def __init__(self, message: str, *, num_prompt_tokens: int, num_ctx: int,
+                 param: str | None = "messages") -> None:
+        super().__init__(message, param=param)
+        self.num_prompt_tokens = num_prompt_tokens
+        self.num_ctx = num_ctx
+
+
+class GrammarError(InvalidRequestError):
+    """A JSON schema or grammar cannot be converted or enforced."""
+
+
+class NativeError(BotframeworkError):
+    """A llama.cpp call reported failure."""
+
+    def __init__(self, message: str, *, op: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.op = op
+        self.code = code
+
+
+class DecodeError(NativeError):
+    """llama_decode failed."""
+
+
+class KVCacheFullError(DecodeError):
+    """llama_decode found no KV cache slot for the batch (return code 1)."""
+
+
+class BusyError(BotframeworkError):
+    """The admission queue is full; retry after `retry_after_s` seconds."""
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class CancelledError(BotframeworkError):
+    """The request was cancelled before it finished."""
+
+
+class ClosedError(BotframeworkError):
+    """The model, context or engine has been closed."""

@@ -1,0 +1,159 @@
+"""Context: one llama_context (KV cache + compute buffers) over a Model.
+
+    Model + ContextParams --llama_init_from_model--> llama_context* (owned)
+        decode(Batch) -> status.check_decode -> logits_ith(i) / embeddings
+        memory -> KVMemory (seq_rm / seq_cp / ...); state_seq_get/set for eviction
+
+Only one thread may use a Context at a time: the engine thread that owns it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from botframework.errors import ClosedError, InvalidRequestError, ModelLoadError, NativeError
+from botframework.native._lib import ffi, lib
+from botframework.native.batch import Batch
+from botframework.native.kv_memory import KVMemory
+from botframework.native.model import Model
+from botframework.native.status import check_decode
+
+_FLASH_ATTN = {"auto": "LLAMA_FLASH_ATTN_TYPE_AUTO", "on": "LLAMA_FLASH_ATTN_TYPE_ENABLED",
+               "off": "LLAMA_FLASH_ATTN_TYPE_DISABLED"}
+_POOLING = {"unspecified": "LLAMA_POOLING_TYPE_UNSPECIFIED", "none": "LLAMA_POOLING_TYPE_NONE",
+            "mean": "LLAMA_POOLING_TYPE_MEAN", "cls": "LLAMA_POOLING_TYPE_CLS",
+            "last": "LLAMA_POOLING_TYPE_LAST"}
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    """Context sizes and threads. n_ctx=0 takes the model's training context.
+
+    kv_unified: all sequences share one KV buffer of n_ctx cells, which is what prefix
+    sharing (seq_cp) and uneven sequence lengths need.
+    """
+
+    n_ctx: int = 4096
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    n_seq_max: int = 1
+    n_threads: int = 1
+    n_threads_batch: int = 1
+    embeddings: bool = False
+    pooling: str = "unspecified"
+    flash_attn: str = "auto"
+    kv_unified: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_ctx < 0 or self.n_batch < 1 or self.n_ubatch < 1 or self.n_seq_max < 1:
+            raise ValueError(f"invalid context sizes: {self}")
+        if self.n_threads < 1 or self.n_threads_batch < 1:
+            raise ValueError("n_threads and n_threads_batch must be >= 1")
+        if self.flash_attn not in _FLASH_ATTN:
+            raise ValueError(f"flash_attn must be one of {sorted(_FLASH_ATTN)}")
+        if self.pooling not in _POOLING:
+            raise ValueError(f"pooling must be one of {sorted(_POOLING)}")
+
+
+class Context:
+    def __init__(self, model: Model, params: ContextParams = ContextParams()) -> None:
+        if params.n_seq_max > lib().llama_max_parallel_sequences():
+            raise InvalidRequestError(
+                f"n_seq_max={params.n_seq_max} exceeds llama.cpp's limit {lib().llama_max_parallel_sequences()}")
+        self.model = model
+        self.params = params
+        native = lib().llama_context_default_params()
+        native.n_ctx = params.n_ctx
+        native.n_batch = params.n_batch
+        native.n_ubatch = min(params.n_ubatch, params.n_batch)
+        native.n_seq_max = params.n_seq_max
+        native.n_threads = params.n_threads
+        native.n_threads_batch = params.n_threads_batch
+        native.embeddings = params.embeddings
+        native.pooling_type = getattr(lib(), _POOLING[params.pooling])
+        native.flash_attn_type = getattr(lib(), _FLASH_ATTN[params.flash_attn])
+        native.kv_unified = params.kv_unified
+        native.no_perf = True
+        handle = lib().llama_init_from_model(model.handle, native)
+        if handle == ffi.NULL:
+            raise ModelLoadError(f"llama.cpp could not create a context ({params}); out of memory?")
+        self._handle: Any = handle
+        self.n_ctx: int = lib().llama_n_ctx(handle)
+        self.n_batch: int = lib().llama_n_batch(handle)
+        self.n_ubatch: int = lib().llama_n_ubatch(handle)
+        self.n_seq_max: int = lib().llama_n_seq_max(handle)
+        self.memory = KVMemory(lib().llama_get_memory(handle), self)
+        self._n_vocab = model.n_vocab
+
+    @property
+    def handle(self) -> Any:
+        if self._handle is None:
+            raise ClosedError("context is closed")
+        return self._handle
+
+    def close(self) -> None:
+        if self._handle is not None:
+            lib().llama_free(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def set_threads(self, n_threads: int, n_threads_batch: int) -> None:
+        lib().llama_set_n_threads(self.handle, n_threads, n_threads_batch)
+
+    def set_embeddings(self, enabled: bool) -> None:
+        lib().llama_set_embeddings(self.handle, enabled)
+
+    # -- compute ----------------------------------------------------------------------------
+    def decode(self, batch: Batch) -> None:
+        """Run one llama_decode over the batch (the GIL is released while it runs)."""
+        if batch.n_tokens == 0:
+            return
+        if batch.n_tokens > self.n_batch:
+            raise InvalidRequestError(f"batch of {batch.n_tokens} tokens exceeds n_batch={self.n_batch}")
+        check_decode(lib().llama_decode(self.handle, batch.native()))
+
+    def logits_ith(self, i: int) -> np.ndarray:
+        """Logits of the i-th output of the last batch (a copy: later decodes overwrite them)."""
+        ptr = lib().llama_get_logits_ith(self.handle, i)
+        if ptr == ffi.NULL:
+            raise NativeError(f"no logits for batch index {i}", op="llama_get_logits_ith")
+        return np.frombuffer(ffi.buffer(ptr, self._n_vocab * 4), dtype=np.float32).copy()
+
+    def embeddings_ith(self, i: int) -> np.ndarray:
+        ptr = lib().llama_get_embeddings_ith(self.handle, i)
+        if ptr == ffi.NULL:
+            raise NativeError(f"no embeddings for batch index {i}", op="llama_get_embeddings_ith")
+        return np.frombuffer(ffi.buffer(ptr, self.model.n_embd * 4), dtype=np.float32).copy()
+
+    def embeddings_seq(self, seq_id: int) -> np.ndarray:
+        ptr = lib().llama_get_embeddings_seq(self.handle, seq_id)
+        if ptr == ffi.NULL:
+            raise NativeError(f"no pooled embeddings for sequence {seq_id}", op="llama_get_embeddings_seq")
+        return np.frombuffer(ffi.buffer(ptr, self.model.n_embd * 4), dtype=np.float32).copy()
+
+    # -- per-sequence state (eviction to host RAM / disk) -----------------------------------
+    def state_seq_get(self, seq_id: int) -> bytes:
+        size = lib().llama_state_seq_get_size(self.handle, seq_id)
+        buf = ffi.new("uint8_t[]", size)
+        written = lib().llama_state_seq_get_data(self.handle, buf, size, seq_id)
+        if written == 0 and size != 0:
+            raise NativeError(f"could not save the state of sequence {seq_id}", op="llama_state_seq_get_data")
+        return ffi.unpack(ffi.cast("char *", buf), written)
+
+    def state_seq_set(self, seq_id: int, data: bytes) -> None:
+        read = lib().llama_state_seq_set_data(self.handle, ffi.from_buffer("uint8_t[]", data), len(data), seq_id)
+        if read == 0:
+            raise NativeError(f"could not restore the state of sequence {seq_id}", op="llama_state_seq_set_data")

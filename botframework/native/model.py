@@ -1,0 +1,194 @@
+"""Model: an mmap-loaded GGUF, its metadata and vocabulary.
+
+    path --llama_model_load_from_file--> llama_model* (owned; freed by close())
+         -> vocab: tokenize / token_to_piece / detokenize, special tokens, chat template
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from botframework.errors import ClosedError, InvalidRequestError, ModelLoadError, ModelNotFoundError
+from botframework.native._lib import ffi, lib
+
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """How to load a model. n_gpu_layers: -1 = all layers on the GPU when one is built in."""
+
+    n_gpu_layers: int = 0
+    vocab_only: bool = False
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    bos: int
+    eos: int
+    eot: int
+    nl: int
+    pad: int
+    fim_pre: int
+    fim_suf: int
+    fim_mid: int
+    add_bos: bool
+    add_eos: bool
+
+
+def _check_gguf_file(path: Path) -> None:
+    """Fail with a clear typed error before llama.cpp sees a bad path."""
+    if not path.exists():
+        raise ModelNotFoundError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelLoadError(f"model path is a directory, not a GGUF file: {path}")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model file {path}: {exc}") from exc
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(f"not a GGUF file (bad magic {magic!r}): {path}")
+
+
+class Model:
+    """A loaded GGUF model. Thread-safe for reads (tokenize, metadata) once loaded."""
+
+    def __init__(self, path: str | os.PathLike[str], params: ModelParams = ModelParams()) -> None:
+        self.path = Path(path)
+        _check_gguf_file(self.path)
+        native_params = lib().llama_model_default_params()
+        native_params.n_gpu_layers = params.n_gpu_layers
+        native_params.vocab_only = params.vocab_only
+        handle = lib().llama_model_load_from_file(os.fsencode(self.path), native_params)
+        if handle == ffi.NULL:
+            raise ModelLoadError(
+                f"llama.cpp could not load {self.path} (truncated, corrupt or unsupported GGUF; "
+                "set BOTFRAMEWORK_LLAMA_LOG=info for details)")
+        self._handle: Any = handle
+        self._vocab = lib().llama_model_get_vocab(handle)
+        self._lock = threading.Lock()
+        self.n_vocab: int = lib().llama_vocab_n_tokens(self._vocab)
+        self.n_ctx_train: int = lib().llama_model_n_ctx_train(handle)
+        self.n_embd: int = lib().llama_model_n_embd(handle)
+        self.n_layer: int = lib().llama_model_n_layer(handle)
+        self.size_bytes: int = lib().llama_model_size(handle)
+        self.n_params: int = lib().llama_model_n_params(handle)
+        self.has_encoder: bool = bool(lib().llama_model_has_encoder(handle))
+        v = self._vocab
+        self.special = SpecialTokens(
+            bos=lib().llama_vocab_bos(v), eos=lib().llama_vocab_eos(v), eot=lib().llama_vocab_eot(v),
+            nl=lib().llama_vocab_nl(v), pad=lib().llama_vocab_pad(v),
+            fim_pre=lib().llama_vocab_fim_pre(v), fim_suf=lib().llama_vocab_fim_suf(v),
+            fim_mid=lib().llama_vocab_fim_mid(v),
+            add_bos=bool(lib().llama_vocab_get_add_bos(v)), add_eos=bool(lib().llama_vocab_get_add_eos(v)))
+        self._eog = frozenset(t for t in range(self.n_vocab) if lib().llama_vocab_is_eog(v, t))
+
+    # -- lifetime ---------------------------------------------------------------------------
+    @property
+    def handle(self) -> Any:
+        if self._handle is None:
+            raise ClosedError("model is closed")
+        return self._handle
+
+    @property
+    def vocab(self) -> Any:
+        self.handle  # raises when closed
+        return self._vocab
+
+    def close(self) -> None:
+        if self._handle is not None:
+            lib().llama_model_free(self._handle)
+            self._handle = None
+            self._vocab = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    # -- metadata ---------------------------------------------------------------------------
+    def description(self) -> str:
+        buf = ffi.new("char[]", 256)
+        lib().llama_model_desc(self.handle, buf, 256)
+        return ffi.string(buf).decode("utf-8", "replace")
+
+    def metadata(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for i in range(lib().llama_model_meta_count(self.handle)):
+            out[self._meta_str(lib().llama_model_meta_key_by_index, i)] = self._meta_str(
+                lib().llama_model_meta_val_str_by_index, i)
+        return out
+
+    def _meta_str(self, fn: Any, i: int) -> str:
+        size = 256
+        while True:
+            buf = ffi.new("char[]", size)
+            n = fn(self.handle, i, buf, size)
+            if n < size:
+                return ffi.string(buf).decode("utf-8", "replace") if n >= 0 else ""
+            size = n + 1
+
+    def chat_template(self, name: str | None = None) -> str | None:
+        ptr = lib().llama_model_chat_template(self.handle, name.encode() if name else ffi.NULL)
+        return None if ptr == ffi.NULL else ffi.string(ptr).decode("utf-8", "replace")
+
+    # -- vocabulary -------------------------------------------------------------------------
+    def is_eog(self, token: int) -> bool:
+        return token in self._eog
+
+    @property
+    def eog_tokens(self) -> frozenset[int]:
+        return self._eog
+
+    def tokenize(self, text: str | bytes, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        data = text.encode("utf-8") if isinstance(text, str) else text
+        capacity = len(data) + 8
+        while True:
+            tokens = ffi.new("llama_token[]", capacity)
+            n = lib().llama_tokenize(self.vocab, data, len(data), tokens, capacity, add_special, parse_special)
+            if n >= 0:
+                return list(ffi.unpack(tokens, n))
+            if -n <= capacity:  # pragma: no cover - defensive: llama.cpp overflow signal
+                raise InvalidRequestError("text too long to tokenize")
+            capacity = -n
+
+    def check_tokens(self, tokens: list[int], param: str = "prompt") -> None:
+        for t in tokens:
+            if not 0 <= t < self.n_vocab:
+                raise InvalidRequestError(f"token id {t} out of vocabulary (0..{self.n_vocab - 1})", param=param)
+
+    def token_to_piece(self, token: int, *, special: bool = False) -> bytes:
+        """The raw bytes of one token; may be part of a multi-byte UTF-8 character."""
+        if not 0 <= token < self.n_vocab:
+            raise InvalidRequestError(f"token id {token} out of vocabulary (0..{self.n_vocab - 1})")
+        buf = ffi.new("char[]", 64)
+        n = lib().llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
+        if n < 0:
+            buf = ffi.new("char[]", -n)
+            n = lib().llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+        return ffi.unpack(buf, n)
+
+    def detokenize(self, tokens: list[int], *, remove_special: bool = False, unparse_special: bool = False) -> str:
+        self.check_tokens(tokens)
+        arr = ffi.new("llama_token[]", tokens)
+        capacity = max(16, len(tokens) * 8)
+        while True:
+            buf = ffi.new("char[]", capacity)
+            n = lib().llama_detokenize(self.vocab, arr, len(tokens), buf, capacity, remove_special, unparse_special)
+            if n >= 0:
+                return ffi.unpack(buf, n).decode("utf-8", "replace")
+            capacity = -n
+
+    def token_text(self, token: int) -> str:
+        return self.token_to_piece(token, special=True).decode("utf-8", "replace")

@@ -1,0 +1,96 @@
+"""Python side of native/bf_shim: JSON in, JSON out, errors as typed exceptions.
+
+    dict --json--> bf_* (llama.cpp common: chat templates, tool-call parsing,
+                         JSON Schema -> GBNF)  --json--> dict
+"""
+
+from __future__ import annotations
+
+import json
+from types import TracebackType
+from typing import Any
+
+from botframework.errors import ClosedError, GrammarError, InvalidRequestError, ModelLoadError
+from botframework.native._lib import ffi, lib
+from botframework.native.model import Model
+
+
+def _take_json(ptr: Any) -> dict[str, Any]:
+    """Decode and free a char* returned by the shim."""
+    if ptr == ffi.NULL:
+        raise MemoryError("bf_shim returned NULL")
+    try:
+        return json.loads(ffi.string(ptr).decode("utf-8"))  # type: ignore[no-any-return]
+    finally:
+        lib().bf_string_free(ptr)
+
+
+def build_info() -> dict[str, Any]:
+    """Compiler, CPU features compiled in and detected, devices, llama.cpp pin."""
+    return json.loads(ffi.string(lib().bf_build_info()).decode("utf-8"))  # type: ignore[no-any-return]
+
+
+def selftest_quantized() -> tuple[bool, str]:
+    """Run the quantized-kernel self-test in this process. Returns (ok, report)."""
+    buf = ffi.new("char[]", 8192)
+    failures = lib().bf_selftest_quantized(buf, 8192)
+    return failures == 0, ffi.string(buf).decode("utf-8", "replace")
+
+
+def json_schema_to_grammar(schema: Any) -> str:
+    """Convert a JSON Schema to GBNF with llama.cpp's converter; GrammarError if it cannot."""
+    out = _take_json(lib().bf_json_schema_to_grammar(json.dumps({"schema": schema}).encode("utf-8")))
+    if "error" in out:
+        raise GrammarError(f"cannot convert the JSON schema to a grammar: {out['error']}", param="response_format")
+    return str(out["grammar"])
+
+
+class ChatTemplates:
+    """A model's chat template(s), rendered by llama.cpp's Jinja engine (no Python eval)."""
+
+    def __init__(self, model: Model | None, template_override: str | None = None) -> None:
+        handle = ffi.new("void **")
+        model_ptr = model.handle if model is not None else ffi.NULL
+        err = lib().bf_chat_templates_new(model_ptr, (template_override or "").encode("utf-8"), handle)
+        if err != ffi.NULL:
+            raise ModelLoadError(_take_json(err).get("error", "cannot load chat template"))
+        self._handle: Any = handle[0]
+        self._model = model  # the templates keep token strings of the model's vocab
+
+    def apply(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Render OpenAI-style messages (+tools, schema) to a prompt and generation params."""
+        if self._handle is None:
+            raise ClosedError("chat templates are closed")
+        out = _take_json(lib().bf_chat_apply(self._handle, json.dumps(inputs).encode("utf-8")))
+        if "error" in out:
+            raise InvalidRequestError(f"chat template: {out['error']}", param="messages")
+        return out
+
+    def close(self) -> None:
+        if self._handle is not None:
+            lib().bf_chat_templates_free(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> ChatTemplates:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def chat_parse(text: str, params: dict[str, Any], *, partial: bool = False) -> dict[str, Any]:
+    """Parse model output into an OpenAI assistant message (content, reasoning, tool_calls).
+
+    `params` is what ChatTemplates.apply returned (format, parser, generation_prompt).
+    """
+    wanted = {k: params[k] for k in ("format", "parser", "generation_prompt", "reasoning_format",
+                                     "parse_tool_calls") if k in params}
+    out = _take_json(lib().bf_chat_parse(text.encode("utf-8"), 1 if partial else 0,
+                                         json.dumps(wanted).encode("utf-8")))
+    if "error" in out:
+        raise InvalidRequestError(f"cannot parse the model output: {out['error']}")
+    return out

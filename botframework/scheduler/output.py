@@ -1,0 +1,114 @@
+"""What a request's consumer sees: Delta events through a RequestHandle.
+
+    engine thread --publish(Delta)--> RequestHandle --iter / async iter--> caller
+
+A handle is safe to consume from any thread, or from asyncio (the delta is handed to the
+event loop with call_soon_threadsafe). Cancelling a handle asks the engine thread to free
+the sequence at its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, AsyncIterator, Callable, Iterator
+
+from botframework.errors import BotframeworkError
+
+
+class FinishReason(Enum):
+    STOP = "stop"              # EOS / end-of-generation token or a stop string
+    LENGTH = "length"          # max_tokens or the context window reached
+    CANCELLED = "cancelled"    # cancelled by the caller, a disconnect or a deadline
+    ERROR = "error"            # the engine failed while running this request
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0      # prompt tokens reused from the KV cache (not recomputed)
+    truncated_tokens: int = 0   # prompt tokens dropped by the overflow policy
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Delta:
+    request_id: str
+    text: str = ""
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[tuple[int, float, tuple[tuple[int, float], ...]], ...] = ()
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    error: BotframeworkError | None = None
+
+
+_END = object()
+
+
+class RequestHandle:
+    """Stream of Delta for one request; iterate it (sync or async), or cancel it."""
+
+    def __init__(self, request_id: str, cancel: Callable[[str], None],
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.request_id = request_id
+        self._cancel = cancel
+        self._loop = loop
+        self._sync: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._async: asyncio.Queue[Any] | None = asyncio.Queue() if loop is not None else None
+        self.finished = threading.Event()
+        self.finish_reason: FinishReason | None = None
+
+    # called on the engine thread
+    def publish(self, delta: Delta) -> None:
+        items: list[Any] = [delta]
+        if delta.finish_reason is not None:
+            self.finish_reason = delta.finish_reason
+            items.append(_END)
+        for item in items:
+            if self._async is not None and self._loop is not None:
+                try:
+                    self._loop.call_soon_threadsafe(self._async.put_nowait, item)
+                except RuntimeError:  # the loop is closed: nobody is listening any more
+                    pass
+            else:
+                self._sync.put(item)
+        if delta.finish_reason is not None:
+            self.finished.set()
+
+    def cancel(self) -> None:
+        if not self.finished.is_set():
+            self._cancel(self.request_id)
+
+    def __iter__(self) -> Iterator[Delta]:
+        if self._async is not None:
+            raise RuntimeError("this handle was created for asyncio: use `async for`")
+        try:
+            while True:
+                item = self._sync.get()
+                if item is _END:
+                    return
+                yield item
+        except GeneratorExit:
+            self.cancel()
+            raise
+
+    async def __aiter__(self) -> AsyncIterator[Delta]:
+        if self._async is None:
+            raise RuntimeError("this handle was created without an event loop: use `for`")
+        try:
+            while True:
+                item = await self._async.get()
+                if item is _END:
+                    return
+                yield item
+        finally:
+            if not self.finished.is_set():
+                self.cancel()

@@ -1,0 +1,359 @@
+"""Scheduler: continuous batching over a fixed set of KV sequences (slots).
+
+    add(request) ----------------------------> waiting (bounded; full -> BusyError)
+    schedule():  cancels/deadlines -> REMOVE ops
+                 running sequences: 1 decode token each (always first: no one waits on prefill)
+                 prefilling sequences, then newly admitted ones: prompt chunks up to the budget
+                 admission: session slot > longest cached prefix of a free slot > prefix copied
+                            from a live slot (seq_cp) > evict an idle session (state saved)
+    update(plan, result): append sampled tokens, detokenize, stops, finish -> publish Deltas
+
+All state lives here and is touched only by the engine thread; plans and results are plain
+data, so this runs unchanged on a fake engine in tests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+from botframework.engine.step import KVOp, KVOpKind, PlanItem, StepPlan, StepResult
+from botframework.errors import BotframeworkError, BusyError, ContextLengthExceededError
+from botframework.scheduler.output import Delta, FinishReason, Usage
+from botframework.scheduler.sequence import Request, Sequence, SequenceStatus, Slot
+from botframework.scheduler.session_store import SessionStore
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    num_slots: int = 4
+    num_ctx: int = 4096               # unified KV cells shared by all slots
+    max_batch_tokens: int = 512       # tokens per llama_decode (decode + prefill chunks)
+    max_waiting: int = 256            # admission queue bound
+    min_prefix_copy: int = 16         # shorter shared prefixes are recomputed, not copied
+    priority_aging_s: float = 5.0     # a waiting request gains one priority level per this
+
+    def __post_init__(self) -> None:
+        if self.num_slots < 1 or self.num_ctx < 2 or self.max_batch_tokens < self.num_slots:
+            raise ValueError(f"invalid scheduler config {self}")
+
+
+def common_prefix_len(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, eog_tokens: frozenset[int],
+                 sessions: SessionStore | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.eog_tokens = eog_tokens
+        self.slots = [Slot(seq_id=i) for i in range(config.num_slots)]
+        self.waiting: list[Sequence] = []
+        self.active: dict[str, Sequence] = {}           # request id -> PREFILLING/RUNNING
+        self.sessions = sessions or SessionStore()
+        self.clock = clock
+        self._pending_ops: list[KVOp] = []
+        self._pending_release: list[str] = []
+        self._pending_saves: OrderedDict[int, str] = OrderedDict()  # seq_id -> session id
+        self._committed: dict[int, int] = {}
+        # metrics
+        self.num_prefix_hit_tokens = 0
+        self.num_prompt_tokens = 0
+        self.num_generated_tokens = 0
+
+    # -- intake -----------------------------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        if len(self.waiting) >= self.config.max_waiting:
+            raise BusyError(f"server busy: {len(self.waiting)} requests waiting", retry_after_s=1.0)
+        if seq.num_prompt >= self.config.num_ctx:
+            raise ContextLengthExceededError(
+                f"the prompt has {seq.num_prompt} tokens but the context window is {self.config.num_ctx} "
+                "tokens (at least one is needed for the answer)",
+                num_prompt_tokens=seq.num_prompt, num_ctx=self.config.num_ctx)
+        self.waiting.append(seq)
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancel by request id; True if something was cancelled."""
+        for seq in self.waiting:
+            if seq.request_id == request_id:
+                self.waiting.remove(seq)
+                self._finish(seq, FinishReason.CANCELLED)
+                return True
+        seq_or_none = self.active.get(request_id)
+        if seq_or_none is None:
+            return False
+        self._finish(seq_or_none, FinishReason.CANCELLED)
+        return True
+
+    def cancel_session(self, session_id: str) -> int:
+        ids = [s.request_id for s in [*self.waiting, *self.active.values()] if s.request.session_id == session_id]
+        return sum(self.cancel(i) for i in ids)
+
+    def drop_session(self, session_id: str) -> bool:
+        """Forget a session: cancel its requests, free its slot and stored state."""
+        self.cancel_session(session_id)
+        found = self.sessions.drop(session_id)
+        for slot in self.slots:
+            if slot.session_id == session_id:
+                slot.session_id = None
+                self._clear_slot(slot)
+                found = True
+        return found
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.active or self._pending_ops or self._pending_release)
+
+    # -- planning ---------------------------------------------------------------------------
+    def schedule(self) -> StepPlan:
+        now = self.clock()
+        # Cells a COPY may share: only what earlier steps computed (kv_ops run before decode).
+        self._committed = {slot.seq_id: len(slot.cached) for slot in self.slots}
+        for seq in [*self.waiting, *self.active.values()]:
+            if seq.request.deadline is not None and now >= seq.request.deadline:
+                self.cancel(seq.request_id)
+        budget = self.config.max_batch_tokens
+        items: list[PlanItem] = []
+        running = sorted((s for s in self.active.values() if s.status is SequenceStatus.RUNNING),
+                         key=lambda s: (s.request.priority, s.request.arrival))
+        for seq in running:
+            if not self._reserve(1, seq):
+                self._finish(seq, FinishReason.LENGTH)
+                continue
+            items.append(self._item(seq, [seq.tokens[-1]], sample=True))
+            budget -= 1
+        prefilling = sorted((s for s in self.active.values() if s.status is SequenceStatus.PREFILLING),
+                            key=lambda s: (s.request.priority, s.request.arrival))
+        for seq in prefilling:
+            if budget <= 0:
+                break
+            budget -= self._plan_prefill(seq, budget, items)
+        while budget > 0 and self.waiting:
+            seq = min(self.waiting, key=lambda s: (self._effective_priority(s, now), s.request.arrival))
+            if not self._admit(seq):
+                break
+            self.waiting.remove(seq)
+            budget -= self._plan_prefill(seq, budget, items)
+        plan = StepPlan(items=tuple(items), kv_ops=tuple(self._pending_ops),
+                        release=tuple(self._pending_release), save_states=tuple(self._pending_saves))
+        self._pending_ops.clear()
+        self._pending_release.clear()
+        return plan
+
+    def _effective_priority(self, seq: Sequence, now: float) -> float:
+        waited = now - seq.request.arrival
+        return float(seq.request.priority) - waited / self.config.priority_aging_s
+
+    def _item(self, seq: Sequence, tokens: list[int], sample: bool) -> PlanItem:
+        params = seq.request.params
+        start = seq.num_computed
+        seq.num_computed += len(tokens)
+        slot = self.slots[seq.seq_id]
+        slot.cached = seq.tokens[: seq.num_computed]
+        return PlanItem(request_id=seq.request_id, seq_id=seq.seq_id, tokens=tuple(tokens),
+                        start_pos=start, sample=sample, sampler=params.sampler,
+                        num_logprobs=params.num_logprobs)
+
+    def _plan_prefill(self, seq: Sequence, budget: int, items: list[PlanItem]) -> int:
+        n = min(seq.num_pending_prompt, budget)
+        if n <= 0 or not self._reserve(n, seq):
+            return 0
+        chunk = seq.tokens[seq.num_computed: seq.num_computed + n]
+        last = seq.num_computed + n == seq.num_prompt
+        items.append(self._item(seq, chunk, sample=last))
+        if last:
+            seq.status = SequenceStatus.RUNNING
+        return n
+
+    # -- KV accounting ----------------------------------------------------------------------
+    def num_cells_used(self) -> int:
+        """Cells held by all slots (shared prefixes counted once per slot: an upper bound)."""
+        return sum(len(slot.cached) for slot in self.slots)
+
+    def _reserve(self, n: int, seq: Sequence) -> bool:
+        """Make room for n more cells for seq, reclaiming caches; False if impossible."""
+        if seq.num_computed + n > self.config.num_ctx:
+            return False
+        while self.num_cells_used() + n > self.config.num_ctx:
+            victim = self._reclaimable_slot(exclude=seq.seq_id)
+            if victim is None:
+                return False
+            if victim.session_id is not None:
+                self._evict_session(victim)
+            else:
+                self._clear_slot(victim)
+        return True
+
+    def _reclaimable_slot(self, exclude: int) -> Slot | None:
+        candidates = [s for s in self.slots if s.owner is None and s.cached and s.seq_id != exclude]
+        # plain prefix caches go before sessions; least recently used first
+        return min(candidates, key=lambda s: (s.session_id is not None, s.last_used), default=None)
+
+    def _clear_slot(self, slot: Slot) -> None:
+        if slot.cached:
+            self._pending_ops.append(KVOp(KVOpKind.REMOVE, slot.seq_id))
+        slot.cached = []
+
+    def _evict_session(self, slot: Slot) -> None:
+        """Save an idle session's state (the engine returns it with the step) and free the slot."""
+        assert slot.session_id is not None
+        self._pending_saves[slot.seq_id] = slot.session_id
+        self.sessions.prepare_save(slot.session_id, list(slot.cached))
+        slot.session_id = None
+        self._clear_slot(slot)
+
+    # -- admission --------------------------------------------------------------------------
+    def _admit(self, seq: Sequence) -> bool:
+        prompt = seq.tokens[: seq.num_prompt]
+        session_id = seq.request.session_id
+        slot = next((s for s in self.slots if session_id and s.session_id == session_id), None)
+        if slot is not None and slot.owner is not None:
+            return False  # one turn of a session at a time; the next waits for the slot
+        if session_id and self.sessions.is_pending(session_id):
+            return False  # its state is being saved this step; restore it next step
+        restored: list[int] | None = None
+        if slot is None and session_id and session_id in self.sessions:
+            slot = self._free_slot(prompt)
+            if slot is None:
+                return False
+            self._clear_slot(slot)
+            data, tokens = self.sessions.take(session_id)
+            self._pending_ops.append(KVOp(KVOpKind.RESTORE, slot.seq_id, data=data))
+            slot.cached = tokens
+            restored = tokens
+        if slot is None:
+            slot = self._free_slot(prompt)
+            if slot is None:
+                return False
+        reuse = common_prefix_len(slot.cached, prompt)
+        if restored is None and reuse < self.config.min_prefix_copy:
+            # a live or cached slot may hold a longer prefix: share its cells instead
+            src = max((s for s in self.slots if s is not slot and s.cached),
+                      key=lambda s: common_prefix_len(s.cached, prompt), default=None)
+            shared = min(common_prefix_len(src.cached, prompt), self._committed[src.seq_id]) if src else 0
+            if src is not None and shared >= self.config.min_prefix_copy and shared > reuse:
+                self._clear_slot(slot)
+                shared = min(shared, seq.num_prompt - 1)
+                self._pending_ops.append(KVOp(KVOpKind.COPY, slot.seq_id, 0, shared, src_seq_id=src.seq_id))
+                slot.cached = prompt[:shared]
+                reuse = shared
+        reuse = min(reuse, seq.num_prompt - 1)  # the last prompt token is decoded for logits
+        if len(slot.cached) > reuse:
+            self._pending_ops.append(KVOp(KVOpKind.REMOVE, slot.seq_id, reuse, -1))
+            slot.cached = slot.cached[:reuse]
+        slot.owner = seq
+        slot.session_id = session_id
+        slot.last_used = self.clock()
+        seq.seq_id = slot.seq_id
+        seq.num_computed = seq.num_cached = reuse
+        seq.status = SequenceStatus.PREFILLING
+        seq.admitted_at = self.clock()
+        self.active[seq.request_id] = seq
+        self.num_prefix_hit_tokens += reuse
+        self.num_prompt_tokens += seq.num_prompt
+        return True
+
+    def _free_slot(self, prompt: list[int]) -> Slot | None:
+        free = [s for s in self.slots if s.free]
+        if free:
+            return max(free, key=lambda s: (common_prefix_len(s.cached, prompt), -s.last_used))
+        idle_sessions = [s for s in self.slots if s.owner is None and s.session_id is not None]
+        if not idle_sessions:
+            return None
+        victim = min(idle_sessions, key=lambda s: s.last_used)
+        self._evict_session(victim)
+        return victim
+
+    # -- results ----------------------------------------------------------------------------
+    def update(self, plan: StepPlan, result: StepResult) -> None:
+        for seq_id, data in result.saved_states.items():
+            session_id = self._pending_saves.pop(seq_id, None)
+            if session_id is not None:
+                self.sessions.complete_save(session_id, data)
+        now = self.clock()
+        for sampled in result.sampled:
+            seq = self.active.get(sampled.request_id)
+            if seq is None:
+                continue  # cancelled while the step ran
+            token = sampled.token
+            if seq.first_token_at is None:
+                seq.first_token_at = now
+            seq.tokens.append(token)
+            seq.num_generated += 1
+            self.num_generated_tokens += 1
+            params = seq.request.params
+            finish: FinishReason | None = None
+            text = ""
+            if token in self.eog_tokens and not params.ignore_eos:
+                finish = FinishReason.STOP
+            else:
+                text = seq.stops.feed(seq.detokenizer.feed(token))
+                if seq.stops.stopped:
+                    finish = FinishReason.STOP
+                elif seq.num_generated >= params.max_tokens or len(seq.tokens) >= self.config.num_ctx:
+                    finish = FinishReason.LENGTH
+            if finish is not None and not seq.stops.stopped:
+                text += seq.stops.feed(seq.detokenizer.flush())
+                text += seq.stops.flush()
+            logprobs = ((token, sampled.logprob, sampled.top_logprobs),) if sampled.logprob is not None else ()
+            if finish is None:
+                seq.handle.publish(Delta(seq.request_id, text=text, token_ids=(token,), logprobs=logprobs))
+            else:
+                self._finish(seq, finish, text=text, token_ids=(token,), logprobs=logprobs)
+
+    def fail_all(self, error: BotframeworkError) -> None:
+        """The engine failed a step: end every active request with the error."""
+        for seq in list(self.active.values()):
+            self._finish(seq, FinishReason.ERROR, error=error)
+
+    def _finish(self, seq: Sequence, reason: FinishReason, *, text: str = "", token_ids: tuple[int, ...] = (),
+                logprobs: tuple = (), error: BotframeworkError | None = None) -> None:
+        if seq.status is SequenceStatus.FINISHED:
+            return
+        was_active = self.active.pop(seq.request_id, None) is not None
+        seq.status = SequenceStatus.FINISHED
+        if was_active:
+            self._pending_release.append(seq.request_id)
+            slot = self.slots[seq.seq_id]
+            slot.owner = None
+            slot.last_used = self.clock()
+            if reason in (FinishReason.CANCELLED, FinishReason.ERROR):
+                # Partial work is not trusted for reuse; cells free at the next step.
+                if slot.session_id is not None and reason is FinishReason.CANCELLED:
+                    pass  # the session keeps what was computed (a valid prefix)
+                else:
+                    slot.session_id = None
+                    self._clear_slot(slot)
+        now = self.clock()
+        timings = {}
+        if seq.admitted_at is not None:
+            timings["queue_ms"] = (seq.admitted_at - seq.request.arrival) * 1e3
+        if seq.first_token_at is not None:
+            timings["ttft_ms"] = (seq.first_token_at - seq.request.arrival) * 1e3
+        timings["total_ms"] = (now - seq.request.arrival) * 1e3
+        usage = Usage(prompt_tokens=seq.num_prompt, completion_tokens=seq.num_generated,
+                      cached_tokens=seq.num_cached, truncated_tokens=seq.request.truncated_tokens)
+        seq.handle.publish(Delta(seq.request_id, text=text, token_ids=token_ids, logprobs=logprobs,
+                                 finish_reason=reason, usage=usage, timings=timings, error=error))
+
+    # -- introspection ----------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        return {
+            "num_waiting": len(self.waiting),
+            "num_running": sum(1 for s in self.active.values() if s.status is SequenceStatus.RUNNING),
+            "num_prefilling": sum(1 for s in self.active.values() if s.status is SequenceStatus.PREFILLING),
+            "num_busy_slots": sum(1 for s in self.slots if s.owner is not None),
+            "num_session_slots": sum(1 for s in self.slots if s.session_id is not None),
+            "num_cells_used": self.num_cells_used(),
+            "num_prefix_hit_tokens": self.num_prefix_hit_tokens,
+            "num_prompt_tokens": self.num_prompt_tokens,
+            "num_generated_tokens": self.num_generated_tokens,
+            "num_stored_sessions": len(self.sessions),
+        }

@@ -1,0 +1,85 @@
+"""Request (immutable input), Sequence (mutable state on the engine thread), Slot (a seq_id).
+
+    Request --admit--> Sequence(WAITING) --slot--> PREFILLING --prompt done--> RUNNING
+                                                         \\--------------------------> FINISHED
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+
+from botframework.engine.detokenizer import IncrementalDetokenizer
+from botframework.engine.sampling_params import SamplingParams
+from botframework.engine.stops import StopMatcher
+from botframework.scheduler.output import RequestHandle
+
+
+class Priority(IntEnum):
+    INTERACTIVE = 0   # chat turns a person is waiting for
+    COMPLETION = 1    # code completion
+    BATCH = 2         # offline / background work
+
+
+class SequenceStatus(Enum):
+    WAITING = "waiting"        # queued; no KV sequence yet
+    PREFILLING = "prefilling"  # owns a slot; prompt chunks still being computed
+    RUNNING = "running"        # generating one token per step
+    FINISHED = "finished"      # done or cancelled; slot released
+
+
+@dataclass(frozen=True)
+class Request:
+    request_id: str
+    prompt_tokens: tuple[int, ...]
+    params: SamplingParams
+    session_id: str | None = None
+    priority: Priority = Priority.INTERACTIVE
+    deadline: float | None = None       # time.monotonic() after which it is cancelled
+    truncated_tokens: int = 0           # prompt tokens the overflow policy already dropped
+    arrival: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        if not self.prompt_tokens:
+            raise ValueError("the prompt is empty")
+
+
+class Sequence:
+    def __init__(self, request: Request, handle: RequestHandle, detokenizer: IncrementalDetokenizer) -> None:
+        self.request = request
+        self.handle = handle
+        self.status = SequenceStatus.WAITING
+        self.seq_id = -1
+        self.tokens: list[int] = list(request.prompt_tokens)  # prompt + generated
+        self.num_prompt = len(request.prompt_tokens)
+        self.num_computed = 0        # tokens of self.tokens already in the KV cache
+        self.num_cached = 0          # prompt tokens reused from the cache at admission
+        self.num_generated = 0
+        self.detokenizer = detokenizer
+        self.stops = StopMatcher(request.params.stop)
+        self.first_token_at: float | None = None
+        self.admitted_at: float | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def num_pending_prompt(self) -> int:
+        return self.num_prompt - self.num_computed
+
+
+@dataclass
+class Slot:
+    """One KV sequence id. `cached` are the tokens at positions 0..len-1 in the cache."""
+
+    seq_id: int
+    cached: list[int] = field(default_factory=list)
+    owner: Sequence | None = None
+    session_id: str | None = None
+    last_used: float = 0.0
+
+    @property
+    def free(self) -> bool:
+        return self.owner is None and self.session_id is None

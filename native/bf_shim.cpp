@@ -1,0 +1,343 @@
+// botframework shim: extern "C" over llama.cpp's common library (see bf_shim.h).
+//
+//   JSON string in -> nlohmann/common_json -> common_* call -> JSON string out
+//
+// Every entry point catches all exceptions and reports them as {"error": ...}.
+
+#include "bf_shim.h"
+
+#include "chat.h"
+#include "json-schema-to-grammar.h"
+#include "json.h"
+
+#include "ggml.h"
+#include "ggml-alloc.h"
+#include "ggml-backend.h"
+#include "ggml-cpu.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+using ojson = nlohmann::ordered_json;
+
+#ifndef BF_COMPILER
+#define BF_COMPILER "unknown"
+#endif
+#ifndef BF_AMX_WORKAROUND
+#define BF_AMX_WORKAROUND 0
+#endif
+#ifndef BF_LLAMA_PIN
+#define BF_LLAMA_PIN "unknown"
+#endif
+#ifndef BF_GGML_FLAGS
+#define BF_GGML_FLAGS ""
+#endif
+
+namespace {
+
+int g_min_log_level = GGML_LOG_LEVEL_WARN;
+
+void log_to_stderr(enum ggml_log_level level, const char * text, void * /*user_data*/) {
+    // CONT lines continue the previous message: keep them only if we keep everything.
+    if (level == GGML_LOG_LEVEL_CONT ? g_min_log_level > GGML_LOG_LEVEL_DEBUG : (int) level < g_min_log_level) {
+        return;
+    }
+    fputs(text, stderr);
+}
+
+char * dup_string(const std::string & s) {
+    char * out = static_cast<char *>(std::malloc(s.size() + 1));
+    if (out) {
+        std::memcpy(out, s.data(), s.size() + 1);
+    }
+    return out;
+}
+
+char * error_json(const std::string & message) {
+    return dup_string(ojson{{"error", message}}.dump(-1, ' ', false, ojson::error_handler_t::replace));
+}
+
+char * ok_json(const ojson & value) {
+    return dup_string(value.dump(-1, ' ', false, ojson::error_handler_t::replace));
+}
+
+struct bf_templates {
+    common_chat_templates_ptr tmpls;
+};
+
+}  // namespace
+
+extern "C" {
+
+void bf_log_set_level(int min_level) {
+    g_min_log_level = min_level;
+    llama_log_set(log_to_stderr, nullptr);
+}
+
+const char * bf_build_info(void) {
+    static std::string info = [] {
+        ojson j;
+        j["compiler"] = BF_COMPILER;
+        j["amx_dse_workaround"] = BF_AMX_WORKAROUND != 0;
+        j["llama_cpp"] = BF_LLAMA_PIN;
+        j["ggml_flags"] = BF_GGML_FLAGS;
+        j["system_info"] = llama_print_system_info();
+        ojson cpu;
+        cpu["sse3"] = ggml_cpu_has_sse3() != 0;
+        cpu["ssse3"] = ggml_cpu_has_ssse3() != 0;
+        cpu["avx"] = ggml_cpu_has_avx() != 0;
+        cpu["avx2"] = ggml_cpu_has_avx2() != 0;
+        cpu["f16c"] = ggml_cpu_has_f16c() != 0;
+        cpu["fma"] = ggml_cpu_has_fma() != 0;
+        cpu["avx_vnni"] = ggml_cpu_has_avx_vnni() != 0;
+        cpu["avx512"] = ggml_cpu_has_avx512() != 0;
+        cpu["avx512_vbmi"] = ggml_cpu_has_avx512_vbmi() != 0;
+        cpu["avx512_vnni"] = ggml_cpu_has_avx512_vnni() != 0;
+        cpu["avx512_bf16"] = ggml_cpu_has_avx512_bf16() != 0;
+        cpu["amx_int8"] = ggml_cpu_has_amx_int8() != 0;
+        cpu["neon"] = ggml_cpu_has_neon() != 0;
+        cpu["arm_fma"] = ggml_cpu_has_arm_fma() != 0;
+        cpu["sve"] = ggml_cpu_has_sve() != 0;
+        j["cpu_features"] = cpu;
+        ojson devices = ojson::array();
+        for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+            ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+            devices.push_back({{"name", ggml_backend_dev_name(dev)},
+                               {"description", ggml_backend_dev_description(dev)}});
+        }
+        j["devices"] = devices;
+        return j.dump();
+    }();
+    return info.c_str();
+}
+
+int bf_selftest_quantized(char * report, size_t report_size) {
+    std::string out;
+    int failures = 0;
+    try {
+        const int64_t K = 256, N = 64, M = 32;  // weights N x K, batch M x K: multi-row kernels
+        ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+        ggml_backend_t backend = ggml_backend_dev_init(dev, nullptr);
+        if (!backend) {
+            throw std::runtime_error("cannot init the CPU backend");
+        }
+        ggml_backend_cpu_set_n_threads(backend, 1);
+        std::vector<ggml_backend_buffer_type_t> bufts;
+        ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(dev);
+        auto get_extra = (ggml_backend_dev_get_extra_bufts_t)
+            ggml_backend_reg_get_proc_address(reg, "ggml_backend_dev_get_extra_bufts");
+        if (get_extra) {
+            for (ggml_backend_buffer_type_t * p = get_extra(dev); p && *p; ++p) {
+                bufts.push_back(*p);
+            }
+        }
+        bufts.push_back(ggml_backend_dev_buffer_type(dev));
+
+        std::mt19937 rng(42);
+        std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
+        std::vector<float> wf(N * K), xf(M * K);
+        for (auto & v : wf) v = uni(rng);
+        for (auto & v : xf) v = uni(rng);
+
+        for (ggml_type qtype : {GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q8_0}) {
+            std::vector<uint8_t> q(ggml_row_size(qtype, K) * N);
+            ggml_quantize_chunk(qtype, wf.data(), q.data(), 0, N, K, nullptr);
+            std::vector<float> wdq(N * K);
+            ggml_get_type_traits(qtype)->to_float(q.data(), wdq.data(), N * K);
+            std::vector<float> ref(M * N, 0.0f);
+            float ref_max = 0.0f;
+            for (int64_t m = 0; m < M; ++m) {
+                for (int64_t n = 0; n < N; ++n) {
+                    double acc = 0.0;
+                    for (int64_t k = 0; k < K; ++k) acc += (double) wdq[n * K + k] * xf[m * K + k];
+                    ref[m * N + n] = (float) acc;
+                    ref_max = std::max(ref_max, std::fabs((float) acc));
+                }
+            }
+            for (ggml_backend_buffer_type_t buft : bufts) {
+                ggml_init_params wp = {ggml_tensor_overhead() * 2, nullptr, true};
+                ggml_context * ctx_w = ggml_init(wp);
+                ggml_tensor * w = ggml_new_tensor_2d(ctx_w, qtype, K, N);
+                ggml_init_params cp = {ggml_tensor_overhead() * 8 + ggml_graph_overhead(), nullptr, true};
+                ggml_context * ctx_c = ggml_init(cp);
+                ggml_tensor * x = ggml_new_tensor_2d(ctx_c, GGML_TYPE_F32, K, M);
+                ggml_tensor * y = ggml_mul_mat(ctx_c, w, x);
+                std::string name = std::string(ggml_backend_buft_name(buft)) + "/" + ggml_type_name(qtype);
+                // An extra buffer type that cannot run this op is skipped, as llama.cpp does.
+                ggml_backend_dev_t buft_dev = ggml_backend_buft_get_device(buft);
+                bool usable = true;
+                if (buft_dev && buft != ggml_backend_dev_buffer_type(dev)) {
+                    ggml_backend_buffer_t probe = ggml_backend_buft_alloc_buffer(buft, 0);
+                    w->buffer = probe;
+                    usable = ggml_backend_dev_supports_op(dev, y);
+                    w->buffer = nullptr;
+                    ggml_backend_buffer_free(probe);
+                }
+                if (!usable) {
+                    out += name + ": not used for this type\n";
+                    ggml_free(ctx_c);
+                    ggml_free(ctx_w);
+                    continue;
+                }
+                ggml_backend_buffer_t buf_w = ggml_backend_alloc_ctx_tensors_from_buft(ctx_w, buft);
+                ggml_backend_tensor_set(w, q.data(), 0, q.size());
+                ggml_cgraph * gf = ggml_new_graph(ctx_c);
+                ggml_build_forward_expand(gf, y);
+                ggml_gallocr_t galloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend));
+                ggml_gallocr_alloc_graph(galloc, gf);
+                ggml_backend_tensor_set(x, xf.data(), 0, xf.size() * sizeof(float));
+                ggml_status status = ggml_backend_graph_compute(backend, gf);
+                std::vector<float> got(M * N);
+                ggml_backend_tensor_get(y, got.data(), 0, got.size() * sizeof(float));
+                float max_err = 0.0f;
+                for (size_t i = 0; i < got.size(); ++i) {
+                    float e = std::fabs(got[i] - ref[i]);
+                    max_err = std::isfinite(e) ? std::max(max_err, e) : INFINITY;
+                }
+                // Activations are quantized to 8 bits inside the kernels: a few percent is normal,
+                // garbage tile configs give errors of the order of the values themselves.
+                bool ok = status == GGML_STATUS_SUCCESS && max_err <= 0.05f * ref_max + 1e-3f;
+                failures += ok ? 0 : 1;
+                char line[256];
+                snprintf(line, sizeof line, "%s: %s (max error %.4g, scale %.4g)\n", name.c_str(),
+                         ok ? "ok" : "FAILED", max_err, ref_max);
+                out += line;
+                ggml_gallocr_free(galloc);
+                ggml_backend_buffer_free(buf_w);
+                ggml_free(ctx_c);
+                ggml_free(ctx_w);
+            }
+        }
+        ggml_backend_free(backend);
+    } catch (const std::exception & e) {
+        out += std::string("error: ") + e.what() + "\n";
+        failures += 1;
+    }
+    if (report && report_size > 0) {
+        snprintf(report, report_size, "%s", out.c_str());
+    }
+    return failures;
+}
+
+char * bf_json_schema_to_grammar(const char * schema_json) {
+    try {
+        ojson in = ojson::parse(schema_json);
+        if (!in.contains("schema")) {
+            return error_json("missing 'schema'");
+        }
+        common_json schema = common_json::parse(in.at("schema").dump());
+        std::string grammar = json_schema_to_grammar(schema, /*force_gbnf=*/true);
+        return ok_json(ojson{{"grammar", grammar}});
+    } catch (const std::exception & e) {
+        return error_json(e.what());
+    } catch (...) {
+        return error_json("unknown error");
+    }
+}
+
+char * bf_chat_templates_new(const struct llama_model * model, const char * template_override, void ** out_handle) {
+    try {
+        *out_handle = nullptr;
+        auto holder = new bf_templates();
+        holder->tmpls = common_chat_templates_init(model, template_override ? template_override : "");
+        if (!holder->tmpls) {
+            delete holder;
+            return error_json("cannot load chat template");
+        }
+        *out_handle = holder;
+        return nullptr;
+    } catch (const std::exception & e) {
+        return error_json(std::string("chat template: ") + e.what());
+    } catch (...) {
+        return error_json("chat template: unknown error");
+    }
+}
+
+void bf_chat_templates_free(void * handle) {
+    delete static_cast<bf_templates *>(handle);
+}
+
+char * bf_chat_apply(void * handle, const char * inputs_json) {
+    try {
+        auto holder = static_cast<bf_templates *>(handle);
+        ojson in = ojson::parse(inputs_json);
+        common_chat_templates_inputs inputs;
+        inputs.messages = common_chat_msgs_parse_oaicompat(common_json::parse(in.value("messages", ojson::array()).dump()));
+        if (in.contains("tools") && !in.at("tools").is_null()) {
+            inputs.tools = common_chat_tools_parse_oaicompat(common_json::parse(in.at("tools").dump()));
+        }
+        inputs.tool_choice = common_chat_tool_choice_parse_oaicompat(in.value("tool_choice", std::string("auto")));
+        if (in.contains("json_schema") && !in.at("json_schema").is_null()) {
+            inputs.json_schema = in.at("json_schema").dump();
+        }
+        inputs.grammar = in.value("grammar", std::string());
+        inputs.use_jinja = true;
+        inputs.parallel_tool_calls = in.value("parallel_tool_calls", false);
+        inputs.add_generation_prompt = in.value("add_generation_prompt", true);
+        inputs.enable_thinking = in.value("enable_thinking", true);
+        inputs.reasoning_format = common_reasoning_format_from_name(in.value("reasoning_format", std::string("none")));
+        if (in.contains("chat_template_kwargs")) {
+            for (auto & item : in.at("chat_template_kwargs").items()) {
+                inputs.chat_template_kwargs[item.key()] = item.value().dump();
+            }
+        }
+        common_chat_params params = common_chat_templates_apply(holder->tmpls.get(), inputs);
+        ojson out;
+        out["prompt"] = params.prompt;
+        out["grammar"] = params.grammar;
+        out["grammar_lazy"] = params.grammar_lazy;
+        ojson triggers = ojson::array();
+        for (const auto & t : params.grammar_triggers) {
+            triggers.push_back({{"type", (int) t.type}, {"value", t.value}, {"token", t.token}});
+        }
+        out["grammar_triggers"] = triggers;
+        out["preserved_tokens"] = params.preserved_tokens;
+        out["additional_stops"] = params.additional_stops;
+        out["format"] = (int) params.format;
+        out["format_name"] = common_chat_format_name(params.format);
+        out["parser"] = params.parser;
+        out["generation_prompt"] = params.generation_prompt;
+        out["supports_thinking"] = params.supports_thinking;
+        return ok_json(out);
+    } catch (const std::exception & e) {
+        return error_json(e.what());
+    } catch (...) {
+        return error_json("unknown error");
+    }
+}
+
+char * bf_chat_parse(const char * text, int is_partial, const char * params_json) {
+    try {
+        ojson in = ojson::parse(params_json);
+        common_chat_parser_params params;
+        params.format = (common_chat_format) in.value("format", (int) COMMON_CHAT_FORMAT_CONTENT_ONLY);
+        params.reasoning_format = common_reasoning_format_from_name(in.value("reasoning_format", std::string("none")));
+        params.generation_prompt = in.value("generation_prompt", std::string());
+        params.parse_tool_calls = in.value("parse_tool_calls", true);
+        std::string parser = in.value("parser", std::string());
+        if (!parser.empty()) {
+            // A serialized PEG parser from bf_chat_apply: without it no tool call is found.
+            params.parser.load(parser);
+        }
+        common_chat_msg msg = common_chat_parse(text, is_partial != 0, params);
+        return ok_json(ojson::parse(msg.to_json_oaicompat().dump()));
+    } catch (const std::exception & e) {
+        return error_json(e.what());
+    } catch (...) {
+        return error_json("unknown error");
+    }
+}
+
+void bf_string_free(char * s) {
+    std::free(s);
+}
+
+}  // extern "C"

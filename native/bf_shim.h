@@ -1,0 +1,55 @@
+/* botframework's C ABI over llama.cpp's C++ `common` library.
+ *
+ * Everything structured crosses as a JSON string (UTF-8, NUL-terminated). Functions that
+ * return `char *` hand ownership to the caller, who frees it with bf_string_free(). Errors
+ * are reported in-band as {"error": "..."}; no C++ exception ever crosses this boundary.
+ */
+#ifndef BF_SHIM_H
+#define BF_SHIM_H
+
+#include <stddef.h>
+
+#include "llama.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Route llama.cpp/ggml logs to stderr, dropping messages below min_level (ggml_log_level). */
+void bf_log_set_level(int min_level);
+
+/* Static JSON: compiler, CPU features compiled in, AMX workaround flag, llama.cpp pin. */
+const char * bf_build_info(void);
+
+/* Multiply Q4_0/Q4_1/Q8_0 weights by a 32-row batch through every CPU buffer type (AMX and
+ * repacked kernels included) and compare with a float reference. Returns 0 on success, the
+ * number of failed cases otherwise; a human-readable report is written to `report`. */
+int bf_selftest_quantized(char * report, size_t report_size);
+
+/* {"schema": {...}} -> {"grammar": "..."} | {"error": "..."} */
+char * bf_json_schema_to_grammar(const char * schema_json);
+
+/* Load the model's chat templates (or `template_override` when non-empty). Returns NULL and
+ * sets *out_handle on success, or an error JSON string. */
+char * bf_chat_templates_new(const struct llama_model * model, const char * template_override, void ** out_handle);
+void   bf_chat_templates_free(void * handle);
+
+/* OpenAI-style inputs {"messages", "tools", "tool_choice", "parallel_tool_calls",
+ * "json_schema", "grammar", "add_generation_prompt", "enable_thinking", "reasoning_format",
+ * "chat_template_kwargs"} -> {"prompt", "grammar", "grammar_lazy", "grammar_triggers",
+ * "preserved_tokens", "additional_stops", "format", "format_name", "parser",
+ * "generation_prompt"} | {"error": "..."} */
+char * bf_chat_apply(void * handle, const char * inputs_json);
+
+/* Parse model output with the params that bf_chat_apply returned ({"format", "parser",
+ * "generation_prompt", "reasoning_format", "parse_tool_calls"}) -> OpenAI message JSON
+ * {"role", "content", "reasoning_content", "tool_calls"} | {"error": "..."} */
+char * bf_chat_parse(const char * text, int is_partial, const char * params_json);
+
+void bf_string_free(char * s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BF_SHIM_H */
