@@ -1,0 +1,40 @@
+"""botframework: run local LLMs like the OpenAI API, offline, batched, on this machine.
+
+    from botframework import LocalLLM
+    llm = LocalLLM("smollm2-135m-instruct")
+    print(llm.chat("Rewrite this code using asyncio.").text)
+"""
+
+from botframework.errors import (
+    BotframeworkError,
+    BusyError,
+    CancelledError,
+    ClosedError,
+    ContextLengthExceededError,
+    GrammarError,
+    InvalidRequestError,
+    ModelError,
+    ModelFetchError,
+    ModelLoadError,
+    ModelNotFoundError,
+    NativeError,
+)
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # LocalLLM pulls in the native module: import it on first use so that
+    # `import botframework` (CLI --help, errors) stays cheap and works without a build.
+    if name in ("LocalLLM", "ChatResult", "CompletionResult", "GenerationResult"):
+        from botframework import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'botframework' has no attribute {name!r}")
+
+
+__all__ = [
+    "BotframeworkError", "BusyError", "CancelledError", "ChatResult", "ClosedError", "CompletionResult",
+    "ContextLengthExceededError", "GenerationResult", "GrammarError", "InvalidRequestError", "LocalLLM",
+    "ModelError", "ModelFetchError", "ModelLoadError", "ModelNotFoundError", "NativeError",
+]

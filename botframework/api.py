@@ -1,0 +1,177 @@
+"""LocalLLM: the in-process API. Same engine and scheduler as the server, no HTTP.
+
+    LocalLLM("smollm2-135m-instruct")
+      -> resolve_model (pull on first use) -> ModelWorker (engine thread)
+      chat(messages) -> chat template (llama.cpp Jinja, sandboxed) -> tokens -> Request
+                     -> RequestHandle deltas -> ChatResult(text, finish_reason, usage)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+from botframework.engine.sampling_params import SamplingParams
+from botframework.errors import BotframeworkError, InvalidRequestError
+from botframework.native.sampler import SamplerSpec
+from botframework.native.shim import ChatTemplates
+from botframework.runtime.catalog import DEFAULT_MODEL
+from botframework.runtime.pull import resolve_model
+from botframework.runtime.worker import ModelWorker, WorkerConfig
+from botframework.scheduler.output import Delta, Usage
+from botframework.scheduler.sequence import Priority, Request
+
+Messages = str | Sequence[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    finish_reason: str
+    usage: Usage
+    token_ids: tuple[int, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+ChatResult = GenerationResult
+CompletionResult = GenerationResult
+
+
+class LocalLLM:
+    """A local model you can chat with, complete text with, and embed text with.
+
+    `model` is a catalog name (pulled on first use), a path to a .gguf file, or
+    `hf:owner/repo/file.gguf`. Thread-safe: many threads may call it at once; their requests
+    are batched together on the model's engine thread.
+    """
+
+    def __init__(self, model: str | os.PathLike[str] = DEFAULT_MODEL, *, n_ctx: int = 8192,
+                 num_slots: int = 4, n_threads: int | None = None, n_threads_batch: int | None = None,
+                 n_gpu_layers: int = 0, pull: bool = True, chat_template: str | None = None) -> None:
+        path = resolve_model(str(model), pull_missing=pull, progress=pull)
+        self.worker = ModelWorker(path, WorkerConfig(
+            n_ctx=n_ctx, num_slots=num_slots, n_threads=n_threads, n_threads_batch=n_threads_batch,
+            n_gpu_layers=n_gpu_layers))
+        try:
+            self.templates = ChatTemplates(self.worker.model, chat_template)
+        except BaseException:
+            self.worker.close()
+            raise
+        self.model_path = path
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def close(self) -> None:
+        self.templates.close()
+        self.worker.close()
+
+    def __enter__(self) -> LocalLLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- chat -------------------------------------------------------------------------------
+    def render_chat(self, messages: Messages, *, system: str | None = None) -> dict[str, Any]:
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        msgs = list(messages)
+        if system is not None:
+            msgs.insert(0, {"role": "system", "content": system})
+        if not msgs:
+            raise InvalidRequestError("messages must not be empty", param="messages")
+        return self.templates.apply({"messages": msgs, "add_generation_prompt": True})
+
+    def chat(self, messages: Messages, *, system: str | None = None, **options: Any) -> ChatResult:
+        """Answer a message (a string) or an OpenAI-style message list."""
+        return _collect(self.stream_chat_deltas(messages, system=system, **options))
+
+    def stream_chat(self, messages: Messages, *, system: str | None = None, **options: Any) -> Iterator[str]:
+        """Yield the answer's text as it is generated."""
+        for delta in self.stream_chat_deltas(messages, system=system, **options):
+            if delta.text:
+                yield delta.text
+
+    def stream_chat_deltas(self, messages: Messages, *, system: str | None = None,
+                           **options: Any) -> Iterator[Delta]:
+        rendered = self.render_chat(messages, system=system)
+        tokens = self.worker.model.tokenize(rendered["prompt"], add_special=True, parse_special=True)
+        extra_stops = tuple(rendered.get("additional_stops") or ())
+        return self._stream(tokens, extra_stops=extra_stops, **options)
+
+    # -- completion -------------------------------------------------------------------------
+    def complete(self, prompt: str, **options: Any) -> CompletionResult:
+        return _collect(self.stream_complete_deltas(prompt, **options))
+
+    def stream_complete(self, prompt: str, **options: Any) -> Iterator[str]:
+        for delta in self.stream_complete_deltas(prompt, **options):
+            if delta.text:
+                yield delta.text
+
+    def stream_complete_deltas(self, prompt: str, **options: Any) -> Iterator[Delta]:
+        if not prompt:
+            raise InvalidRequestError("prompt must not be empty", param="prompt")
+        return self._stream(self.worker.model.tokenize(prompt, add_special=True), **options)
+
+    # -- embeddings -------------------------------------------------------------------------
+    def embed(self, texts: str | Sequence[str]) -> list[list[float]]:
+        """L2-normalised mean-pooled embeddings, one per input text."""
+        items = [texts] if isinstance(texts, str) else list(texts)
+        if not items:
+            raise InvalidRequestError("input must not be empty", param="input")
+        return [v.tolist() for v in self.worker.embed(items)]
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.worker.model.tokenize(text, add_special=False)
+
+    # -- shared -----------------------------------------------------------------------------
+    def _stream(self, tokens: list[int], *, max_tokens: int = 256, temperature: float = 0.7,
+                top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05, repeat_penalty: float = 1.0,
+                presence_penalty: float = 0.0, frequency_penalty: float = 0.0, seed: int | None = None,
+                stop: str | Sequence[str] | None = None, extra_stops: tuple[str, ...] = (),
+                ignore_eos: bool = False, logprobs: int | None = None, session_id: str | None = None,
+                priority: Priority = Priority.INTERACTIVE,
+                logit_bias: dict[int, float] | None = None) -> Iterator[Delta]:
+        if not tokens:
+            raise InvalidRequestError("the prompt is empty", param="prompt")
+        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        try:
+            params = SamplingParams(
+                max_tokens=max_tokens, stop=stops + extra_stops, ignore_eos=ignore_eos, num_logprobs=logprobs,
+                sampler=SamplerSpec(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                    repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
+                                    frequency_penalty=frequency_penalty, seed=seed,
+                                    logit_bias=dict(logit_bias or {})))
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from exc
+        request = Request(self.worker.new_request_id(), tuple(tokens), params, session_id=session_id,
+                          priority=priority)
+        handle = self.worker.submit(request)
+        return _raise_errors(iter(handle), handle)
+
+
+def _raise_errors(deltas: Iterator[Delta], handle: Any) -> Iterator[Delta]:
+    try:
+        for delta in deltas:
+            if delta.error is not None:
+                raise delta.error
+            yield delta
+    finally:
+        handle.cancel()  # a consumer that stops early frees the sequence
+
+
+def _collect(deltas: Iterator[Delta]) -> GenerationResult:
+    parts: list[str] = []
+    token_ids: list[int] = []
+    last: Delta | None = None
+    for delta in deltas:
+        parts.append(delta.text)
+        token_ids.extend(delta.token_ids)
+        last = delta
+    if last is None or last.usage is None or last.finish_reason is None:
+        raise BotframeworkError("the request ended without a result")
+    return GenerationResult(text="".join(parts), finish_reason=last.finish_reason.value, usage=last.usage,
+                            token_ids=tuple(token_ids), timings=dict(last.timings))

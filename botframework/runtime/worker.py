@@ -1,0 +1,261 @@
+"""ModelWorker: one loaded model and the one thread that owns its llama_context.
+
+    any thread / asyncio --submit(Request)--> inbox --+
+                         --cancel(id)------->  inbox  |  engine thread:
+                                                      +-> run commands -> schedule() -> StepPlan
+                                                          -> Engine.execute -> update() -> Deltas
+                                                          -> RequestHandle.publish (thread-safe)
+
+The engine thread sleeps on a condition variable when there is no work: it never spins.
+Native compute runs without the GIL, so the asyncio server keeps serving while it decodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import numpy as np
+
+from botframework.engine.detokenizer import IncrementalDetokenizer
+from botframework.engine.engine import Engine
+from botframework.errors import BotframeworkError, ClosedError, InvalidRequestError, NativeError
+from botframework.native.context import Context, ContextParams
+from botframework.native.model import Model, ModelParams
+from botframework.scheduler.output import Delta, FinishReason, RequestHandle
+from botframework.scheduler.scheduler import Scheduler, SchedulerConfig
+from botframework.scheduler.sequence import Request, Sequence
+from botframework.scheduler.session_store import SessionStore
+
+T = TypeVar("T")
+
+
+def default_threads() -> tuple[int, int]:
+    """(decode threads, prompt threads): physical cores for decode, all usable CPUs for prompt."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        usable = os.cpu_count() or 1
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or usable
+    except ImportError:  # pragma: no cover
+        physical = usable
+    return max(1, min(physical, usable)), max(1, usable)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    n_ctx: int = 8192
+    num_slots: int = 8
+    max_batch_tokens: int = 512
+    n_threads: int | None = None           # None: default_threads()
+    n_threads_batch: int | None = None
+    n_gpu_layers: int = 0
+    max_waiting: int = 256
+    session_ram_bytes: int = 512 << 20
+    session_disk_bytes: int = 2 << 30
+    session_dir: Path | None = None
+    flash_attn: str = "auto"
+
+
+@dataclass
+class WorkerMetrics:
+    num_steps: int = 0
+    num_step_tokens: int = 0
+    decode_ms: float = 0.0
+    sample_ms: float = 0.0
+    schedule_ms: float = 0.0       # Python time outside llama_decode and sampling
+    ttft_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+
+
+class ModelWorker:
+    def __init__(self, model_path: str | os.PathLike[str], config: WorkerConfig = WorkerConfig(),
+                 *, name: str | None = None) -> None:
+        self.config = config
+        self.name = name or Path(model_path).stem
+        decode_threads, batch_threads = default_threads()
+        self.n_threads = config.n_threads or decode_threads
+        self.n_threads_batch = config.n_threads_batch or config.n_threads or batch_threads
+        self.model = Model(model_path, ModelParams(n_gpu_layers=config.n_gpu_layers))
+        try:
+            n_ctx = min(config.n_ctx, self.model.n_ctx_train) if config.n_ctx else self.model.n_ctx_train
+            self.context = Context(self.model, ContextParams(
+                n_ctx=n_ctx, n_batch=config.max_batch_tokens, n_ubatch=config.max_batch_tokens,
+                n_seq_max=config.num_slots, n_threads=self.n_threads, n_threads_batch=self.n_threads_batch,
+                flash_attn=config.flash_attn))
+        except BaseException:
+            self.model.close()
+            raise
+        self.engine = Engine(self.model, self.context)
+        self.scheduler = Scheduler(
+            SchedulerConfig(num_slots=config.num_slots, num_ctx=self.context.n_ctx,
+                            max_batch_tokens=config.max_batch_tokens, max_waiting=config.max_waiting),
+            eog_tokens=self.model.eog_tokens,
+            sessions=SessionStore(config.session_ram_bytes, config.session_disk_bytes, config.session_dir))
+        self.metrics = WorkerMetrics()
+        self._embed_context: Context | None = None
+        self._commands: list[Callable[[], None]] = []
+        self._cv = threading.Condition()
+        self._closing = False
+        self._ids = itertools.count()
+        self._thread = threading.Thread(target=self._run, name=f"botframework-engine-{self.name}", daemon=True)
+        self._thread.start()
+
+    # -- public, any thread -----------------------------------------------------------------
+    @property
+    def n_ctx(self) -> int:
+        return self.context.n_ctx
+
+    def new_request_id(self) -> str:
+        return f"req-{os.getpid()}-{next(self._ids)}"
+
+    def submit(self, request: Request, loop: asyncio.AbstractEventLoop | None = None) -> RequestHandle:
+        """Queue a request; errors (busy, context overflow) arrive as the handle's final Delta."""
+        self.model.check_tokens(list(request.prompt_tokens))
+        handle = RequestHandle(request.request_id, self.cancel, loop)
+        seq = Sequence(request, handle, IncrementalDetokenizer(self.model.token_to_piece))
+
+        def add() -> None:
+            try:
+                self.scheduler.add(seq)
+            except BotframeworkError as exc:
+                handle.publish(Delta(request.request_id, finish_reason=FinishReason.ERROR, error=exc))
+
+        self._post(add)
+        return handle
+
+    def cancel(self, request_id: str) -> None:
+        self._post(lambda: self.scheduler.cancel(request_id))
+
+    def cancel_session(self, session_id: str) -> None:
+        self._post(lambda: self.scheduler.cancel_session(session_id))
+
+    def call(self, fn: Callable[[], T], timeout_s: float | None = None) -> T:
+        """Run fn on the engine thread between steps and return its result."""
+        done = threading.Event()
+        box: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as exc:  # handed back to the caller
+                box["error"] = exc
+            finally:
+                done.set()
+
+        self._post(run)
+        if not done.wait(timeout_s):
+            raise TimeoutError("the engine thread did not answer in time")
+        if "error" in box:
+            raise box["error"]  # type: ignore[misc]
+        return box["value"]  # type: ignore[return-value]
+
+    def stats(self) -> dict[str, int]:
+        return self.call(self.scheduler.stats)
+
+    def embed(self, texts: list[str]) -> list[np.ndarray]:
+        """Mean-pooled, L2-normalised embeddings, computed on the engine thread."""
+        token_lists = [self.model.tokenize(t) for t in texts]
+        for i, tokens in enumerate(token_lists):
+            if not tokens:
+                raise InvalidRequestError(f"input {i} is empty", param="input")
+        return self.call(lambda: [self._embed_one(tokens) for tokens in token_lists])
+
+    def close(self) -> None:
+        with self._cv:
+            if self._closing:
+                return
+            self._closing = True
+            self._cv.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def __enter__(self) -> ModelWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- engine thread ----------------------------------------------------------------------
+    def _post(self, command: Callable[[], None]) -> None:
+        with self._cv:
+            if self._closing:
+                raise ClosedError(f"model worker {self.name!r} is closed")
+            self._commands.append(command)
+            self._cv.notify()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cv:
+                    while not self._commands and not self.scheduler.has_work and not self._closing:
+                        self._cv.wait()
+                    commands, self._commands = self._commands, []
+                    closing = self._closing
+                for command in commands:
+                    command()
+                if closing:
+                    break
+                if self.scheduler.has_work:
+                    self._step()
+        finally:
+            self.scheduler.fail_all(ClosedError("the model was unloaded"))
+            for seq in list(self.scheduler.waiting):
+                self.scheduler.cancel(seq.request_id)
+            self.engine.close()
+            if self._embed_context is not None:
+                self._embed_context.close()
+            self.context.close()
+            self.model.close()
+
+    def _step(self) -> None:
+        t0 = time.perf_counter()
+        plan = self.scheduler.schedule()
+        try:
+            result = self.engine.execute(plan)
+        except NativeError as exc:
+            # The batch failed as a whole: end its requests, drop their cells, keep serving.
+            self.scheduler.fail_all(exc)
+            self.context.memory.clear()
+            for slot in self.scheduler.slots:
+                slot.cached = []
+                slot.session_id = None
+            return
+        self.scheduler.update(plan, result)
+        t1 = time.perf_counter()
+        m = self.metrics
+        m.num_steps += 1
+        m.num_step_tokens += result.num_tokens
+        m.decode_ms += result.decode_ms
+        m.sample_ms += result.sample_ms
+        m.schedule_ms += (t1 - t0) * 1e3 - result.decode_ms - result.sample_ms
+
+    def _embed_one(self, tokens: list[int]) -> np.ndarray:
+        if self._embed_context is None:
+            self._embed_context = Context(self.model, ContextParams(
+                n_ctx=min(self.model.n_ctx_train, 8192), n_batch=min(self.model.n_ctx_train, 8192),
+                n_ubatch=min(self.model.n_ctx_train, 8192), n_seq_max=1, n_threads=self.n_threads,
+                n_threads_batch=self.n_threads_batch, embeddings=True, pooling="mean"))
+        ctx = self._embed_context
+        if len(tokens) > ctx.n_batch:
+            raise InvalidRequestError(
+                f"input has {len(tokens)} tokens; the embedding context holds {ctx.n_batch}", param="input")
+        from botframework.native.batch import Batch
+
+        batch = Batch(len(tokens))
+        batch.add_sequence(tokens, 0, 0, logits_last=True)
+        batch.logits[: len(tokens)] = 1  # pooled embeddings need every token marked as output
+        ctx.memory.clear()
+        ctx.decode(batch)
+        vector = ctx.embeddings_seq(0)
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm > 0 else vector
