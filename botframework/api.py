@@ -32,6 +32,8 @@ class GenerationResult:
     usage: Usage
     token_ids: tuple[int, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
+    # per generated token, when asked with logprobs=k: (token, logprob, ((alt, logprob), ...k))
+    logprobs: tuple[tuple[int, float, tuple[tuple[int, float], ...]], ...] = ()
 
     def __str__(self) -> str:
         return self.text
@@ -166,12 +168,14 @@ def _raise_errors(deltas: Iterator[Delta], handle: Any) -> Iterator[Delta]:
 def _collect(deltas: Iterator[Delta]) -> GenerationResult:
     parts: list[str] = []
     token_ids: list[int] = []
+    logprobs: list[tuple[int, float, tuple[tuple[int, float], ...]]] = []
     last: Delta | None = None
     for delta in deltas:
         parts.append(delta.text)
         token_ids.extend(delta.token_ids)
+        logprobs.extend(delta.logprobs)
         last = delta
     if last is None or last.usage is None or last.finish_reason is None:
         raise BotframeworkError("the request ended without a result")
     return GenerationResult(text="".join(parts), finish_reason=last.finish_reason.value, usage=last.usage,
-                            token_ids=tuple(token_ids), timings=dict(last.timings))
+                            token_ids=tuple(token_ids), timings=dict(last.timings), logprobs=tuple(logprobs))

@@ -159,6 +159,10 @@ class ModelWorker:
             raise box["error"]  # type: ignore[misc]
         return box["value"]  # type: ignore[return-value]
 
+    def clear_prefix_cache(self) -> int:
+        """Forget cached prompt prefixes of idle slots (sessions keep theirs)."""
+        return self.call(self.scheduler.clear_prefix_cache)
+
     def stats(self) -> dict[str, int]:
         return self.call(self.scheduler.stats)
 

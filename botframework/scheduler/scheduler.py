@@ -107,6 +107,15 @@ class Scheduler:
                 found = True
         return found
 
+    def clear_prefix_cache(self) -> int:
+        """Drop the cached prefixes of idle slots (not sessions); returns the cells freed."""
+        freed = 0
+        for slot in self.slots:
+            if slot.free and slot.cached:
+                freed += len(slot.cached)
+                self._clear_slot(slot)
+        return freed
+
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.active or self._pending_ops or self._pending_release)

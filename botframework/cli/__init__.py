@@ -1,0 +1,182 @@
+"""The `botframework` command: serve | pull | models | info | chat | run.
+
+Each subcommand imports what it needs when it runs, so `botframework --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from botframework.errors import BotframeworkError
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    from botframework.runtime.catalog import DEFAULT_MODEL
+
+    parser.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                        help=f"catalog name, .gguf path or hf:owner/repo/file.gguf (default {DEFAULT_MODEL})")
+    parser.add_argument("--ctx-size", type=int, default=8192, help="KV cells shared by all sequences")
+    parser.add_argument("--parallel", type=int, default=8, help="concurrent sequences (KV slots)")
+    parser.add_argument("--threads", type=int, default=None, help="decode threads (default: physical cores)")
+    parser.add_argument("--threads-batch", type=int, default=None, help="prompt threads (default: all CPUs)")
+    parser.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU build")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from botframework.runtime.pull import resolve_model
+    from botframework.server import ServerSettings, serve
+
+    resolve_model(args.model, pull_missing=True, progress=True)  # pull with a progress bar first
+    settings = ServerSettings.from_env().replace(
+        host=args.host, port=args.port, model=args.model, n_ctx=args.ctx_size, num_slots=args.parallel,
+        n_threads=args.threads, n_threads_batch=args.threads_batch, n_gpu_layers=args.n_gpu_layers,
+        api_keys=tuple(args.api_key or ()) or None, cors_origins=tuple(args.cors_origin or ()) or None,
+        allow_non_loopback=args.allow_non_loopback)
+    serve(settings)
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from botframework.runtime.pull import pull
+
+    path = pull(args.name, progress=not args.quiet, force=args.force)
+    print(path)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from botframework.runtime.catalog import CATALOG
+    from botframework.runtime.pull import list_cached
+
+    cached = {m["name"]: m for m in list_cached()}
+    for name, entry in CATALOG.items():
+        state = "pulled" if name in cached else "available"
+        print(f"{name:28} {entry.size_bytes / 1e6:8.1f} MB  {state:9}  {entry.description}")
+    for name, m in cached.items():
+        if name not in CATALOG:
+            print(f"{name:28} {m['size_bytes'] / 1e6:8.1f} MB  pulled")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from botframework.native import shim
+    from botframework.runtime.worker import default_threads
+
+    info = shim.build_info()
+    decode_threads, batch_threads = default_threads()
+    info["default_threads"] = {"decode": decode_threads, "prompt": batch_threads}
+    if args.selftest:
+        ok, report = shim.selftest_quantized()
+        info["selftest"] = {"ok": ok, "report": report.splitlines()}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    features = [k for k, v in info["cpu_features"].items() if v]
+    print(f"llama.cpp      {info['llama_cpp']}")
+    print(f"compiler       {info['compiler']}  (AMX dead-store workaround: {info['amx_dse_workaround']})")
+    print(f"build flags    {info['ggml_flags']}")
+    print(f"CPU features   {' '.join(features)}")
+    print(f"system info    {info['system_info'].strip()}")
+    print(f"devices        {', '.join(d['name'] for d in info['devices'])}")
+    print(f"threads        decode {decode_threads}, prompt {batch_threads}")
+    if args.selftest:
+        print("self-test      " + ("OK" if info["selftest"]["ok"] else "FAILED"))
+        for line in info["selftest"]["report"]:
+            print(f"  {line}")
+    return 0
+
+
+def _llm(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from botframework.api import LocalLLM
+
+    return LocalLLM(args.model, n_ctx=args.ctx_size, num_slots=args.parallel, n_threads=args.threads,
+                    n_threads_batch=args.threads_batch, n_gpu_layers=args.n_gpu_layers)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    with _llm(args) as llm:
+        prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+        stream = llm.stream_chat(prompt, max_tokens=args.max_tokens, temperature=args.temperature)
+        for text in stream:
+            print(text, end="", flush=True)
+        print()
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    with _llm(args) as llm:
+        messages: list[dict[str, str]] = []
+        while True:
+            try:
+                line = input("> ")
+            except EOFError:
+                print()
+                return 0
+            if line.strip() in ("/exit", "/quit"):
+                return 0
+            messages.append({"role": "user", "content": line})
+            parts = []
+            for text in llm.stream_chat(messages, max_tokens=args.max_tokens, temperature=args.temperature,
+                                        session_id="cli"):
+                parts.append(text)
+                print(text, end="", flush=True)
+            print()
+            messages.append({"role": "assistant", "content": "".join(parts)})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="botframework", description="Local LLMs behind an OpenAI-compatible API.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    _add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", action="append", help="require this API key (repeatable)")
+    p.add_argument("--cors-origin", action="append", help="allow this CORS origin (repeatable)")
+    p.add_argument("--allow-non-loopback", action="store_true",
+                   help="allow binding a non-loopback address without an API key")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("pull", help="download a model into the cache")
+    p.add_argument("name")
+    p.add_argument("--force", action="store_true", help="download again even if cached")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("models", help="list catalog and pulled models")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("info", help="show the native build: CPU features, compiler, devices")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--selftest", action="store_true", help="run the quantized-kernel self-test")
+    p.set_defaults(func=cmd_info)
+
+    for name, func, helptext in (("run", cmd_run, "answer one prompt (argument or stdin)"),
+                                 ("chat", cmd_chat, "interactive chat in the terminal")):
+        p = sub.add_parser(name, help=helptext)
+        _add_model_args(p)
+        if name == "run":
+            p.add_argument("prompt", nargs="?")
+        p.add_argument("--max-tokens", type=int, default=512)
+        p.add_argument("--temperature", type=float, default=0.7)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except BotframeworkError as exc:
+        print(f"botframework: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

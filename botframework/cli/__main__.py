@@ -1,0 +1,3 @@
+from botframework.cli import main
+import sys
+sys.exit(main())

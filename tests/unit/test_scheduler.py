@@ -1,0 +1,214 @@
+"""Scheduler on a fake engine: no model. Random add/cancel/step sequences keep invariants."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from botframework.engine.detokenizer import IncrementalDetokenizer
+from botframework.engine.sampling_params import SamplingParams
+from botframework.errors import BusyError, ContextLengthExceededError
+from botframework.scheduler.output import FinishReason, RequestHandle
+from botframework.scheduler.scheduler import Scheduler, SchedulerConfig
+from botframework.scheduler.sequence import Priority, Request, Sequence, SequenceStatus
+
+from fake_engine import FakeEngine
+
+_ids = itertools.count()
+
+
+def make_seq(prompt: list[int], max_tokens: int = 8, session_id: str | None = None,
+             priority: Priority = Priority.INTERACTIVE, ignore_eos: bool = True) -> Sequence:
+    request = Request(f"r{next(_ids)}", tuple(prompt), SamplingParams(max_tokens=max_tokens, ignore_eos=ignore_eos),
+                      session_id=session_id, priority=priority)
+    handle = RequestHandle(request.request_id, lambda _id: None)
+    return Sequence(request, handle, IncrementalDetokenizer(lambda t: b"x"))
+
+
+def run(s: Scheduler, engine: FakeEngine, max_steps: int = 10_000) -> int:
+    steps = 0
+    while s.has_work and steps < max_steps:
+        plan = s.schedule()
+        s.update(plan, engine.execute(plan))
+        steps += 1
+        check_invariants(s, engine)
+    return steps
+
+
+def check_invariants(s: Scheduler, engine: FakeEngine) -> None:
+    waiting = {q.request_id for q in s.waiting}
+    active = set(s.active)
+    assert not waiting & active, "a sequence in two states"
+    for seq in s.active.values():
+        assert seq.status in (SequenceStatus.PREFILLING, SequenceStatus.RUNNING)
+        assert s.slots[seq.seq_id].owner is seq
+    owners = [slot.owner.request_id for slot in s.slots if slot.owner is not None]
+    assert len(owners) == len(set(owners)) and set(owners) == active
+    for slot in s.slots:  # the scheduler's view of the KV cache matches the cache
+        assert engine.kv[slot.seq_id] == slot.cached, f"slot {slot.seq_id} accounting"
+    assert s.num_cells_used() <= s.config.num_ctx
+
+
+def finished(seq: Sequence) -> FinishReason | None:
+    return seq.handle.finish_reason
+
+
+def test_every_request_gets_exactly_max_tokens() -> None:
+    cfg = SchedulerConfig(num_slots=4, num_ctx=4096, max_batch_tokens=64)
+    s, engine = Scheduler(cfg, eog_tokens=frozenset({999})), FakeEngine(4, 64)
+    seqs = [make_seq(list(range(1, 10 + i * 7)), max_tokens=5 + i) for i in range(16)]
+    for seq in seqs:
+        s.add(seq)
+    run(s, engine)
+    for i, seq in enumerate(seqs):
+        assert finished(seq) is FinishReason.LENGTH
+        assert seq.num_generated == 5 + i
+
+
+def test_long_prefill_does_not_block_running_sequences() -> None:
+    cfg = SchedulerConfig(num_slots=2, num_ctx=8192, max_batch_tokens=32)
+    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 32)
+    short = make_seq([1, 2, 3], max_tokens=50)
+    s.add(short)
+    run_steps = 3
+    for _ in range(run_steps):
+        plan = s.schedule()
+        s.update(plan, engine.execute(plan))
+    long = make_seq(list(range(1, 2000)), max_tokens=1)
+    s.add(long)
+    generated_before = short.num_generated
+    for _ in range(20):  # long is still prefilling, short keeps decoding every step
+        plan = s.schedule()
+        assert any(item.request_id == short.request_id for item in plan.items)
+        s.update(plan, engine.execute(plan))
+    assert short.num_generated == generated_before + 20
+    assert long.status is SequenceStatus.PREFILLING
+
+
+def test_prefix_reuse_prefills_only_new_tokens() -> None:
+    cfg = SchedulerConfig(num_slots=2, num_ctx=4096, max_batch_tokens=512)
+    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 512)
+    system = list(range(100, 400))
+    first = make_seq(system + [1, 2, 3], max_tokens=4)
+    s.add(first)
+    run(s, engine)
+    before = engine.num_decoded
+    second = make_seq(system + [7, 8], max_tokens=4)
+    s.add(second)
+    run(s, engine)
+    assert second.num_cached == len(system)
+    assert engine.num_decoded - before == 2 + 3  # 2 new prompt tokens, then 3 decode steps
+
+
+def test_shared_prefix_is_copied_from_a_live_sequence() -> None:
+    cfg = SchedulerConfig(num_slots=2, num_ctx=4096, max_batch_tokens=512, min_prefix_copy=16)
+    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 512)
+    system = list(range(100, 300))
+    a = make_seq(system + [1], max_tokens=50)
+    s.add(a)
+    plan = s.schedule()
+    s.update(plan, engine.execute(plan))
+    b = make_seq(system + [2, 3], max_tokens=2)
+    s.add(b)
+    plan = s.schedule()
+    assert any(op.kind.value == "copy" for op in plan.kv_ops)
+    s.update(plan, engine.execute(plan))
+    run(s, engine)
+    assert b.num_cached == len(system)
+
+
+def test_session_second_turn_and_eviction_restore() -> None:
+    cfg = SchedulerConfig(num_slots=1, num_ctx=4096, max_batch_tokens=256)
+    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(1, 256)
+    turn1 = make_seq(list(range(1, 50)), max_tokens=5, session_id="A")
+    s.add(turn1)
+    run(s, engine)
+    history = turn1.tokens[:-1]  # the last sampled token never entered the cache
+    other = make_seq(list(range(500, 520)), max_tokens=3, session_id="B")  # evicts A
+    s.add(other)
+    run(s, engine)
+    assert "A" in s.sessions
+    turn2 = make_seq(turn1.tokens + [7, 8, 9], max_tokens=3, session_id="A")
+    s.add(turn2)
+    run(s, engine)
+    assert turn2.num_cached == len(history)
+
+
+def test_cancel_frees_everything_by_next_step() -> None:
+    cfg = SchedulerConfig(num_slots=2, num_ctx=4096, max_batch_tokens=16)
+    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 16)
+    a, b, c = (make_seq(list(range(1, 100)), max_tokens=100) for _ in range(3))
+    for seq in (a, b, c):
+        s.add(seq)
+    plan = s.schedule()
+    s.update(plan, engine.execute(plan))
+    assert s.cancel(a.request_id) and s.cancel(c.request_id)  # prefilling, queued
+    plan = s.schedule()
+    s.update(plan, engine.execute(plan))
+    assert finished(a) is FinishReason.CANCELLED and finished(c) is FinishReason.CANCELLED
+    assert engine.kv[a.seq_id] == [] and a.request_id not in engine.samplers
+    assert not s.cancel(a.request_id)
+
+
+def test_admission_queue_is_bounded_and_overflow_is_an_error() -> None:
+    s = Scheduler(SchedulerConfig(num_slots=1, num_ctx=64, max_batch_tokens=8, max_waiting=2),
+                  eog_tokens=frozenset())
+    s.add(make_seq([1]))
+    s.add(make_seq([1]))
+    with pytest.raises(BusyError):
+        s.add(make_seq([1]))
+    with pytest.raises(ContextLengthExceededError) as info:
+        Scheduler(SchedulerConfig(num_slots=1, num_ctx=64, max_batch_tokens=8), frozenset()).add(
+            make_seq(list(range(1, 80))))
+    assert info.value.num_prompt_tokens == 79 and info.value.num_ctx == 64
+
+
+def test_priority_lane_goes_first_and_batch_work_is_not_starved() -> None:
+    clock = [0.0]
+    cfg = SchedulerConfig(num_slots=1, num_ctx=4096, max_batch_tokens=64, priority_aging_s=1.0)
+    s = Scheduler(cfg, eog_tokens=frozenset(), clock=lambda: clock[0])
+    engine = FakeEngine(1, 64)
+    batch = make_seq([1, 2], max_tokens=2, priority=Priority.BATCH)
+    s.add(batch)
+    inter = make_seq([3, 4], max_tokens=2, priority=Priority.INTERACTIVE)
+    s.add(inter)
+    plan = s.schedule()
+    assert plan.items[0].request_id == inter.request_id
+    s.update(plan, engine.execute(plan))
+    run(s, engine)
+    assert finished(batch) is FinishReason.LENGTH
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["add", "cancel", "step", "step", "step"]),
+                          st.integers(1, 300), st.integers(1, 12), st.sampled_from([None, "s1", "s2", "s3"])),
+                min_size=1, max_size=80),
+       st.integers(1, 4), st.sampled_from([16, 64, 256]))
+def test_random_add_cancel_step(ops: list, num_slots: int, budget: int) -> None:  # type: ignore[type-arg]
+    budget = max(budget, num_slots)
+    cfg = SchedulerConfig(num_slots=num_slots, num_ctx=1024, max_batch_tokens=budget, max_waiting=1000)
+    s, engine = Scheduler(cfg, eog_tokens=frozenset({5})), FakeEngine(num_slots, budget)
+    seqs: list[Sequence] = []
+    for op, n, k, session in ops:
+        if op == "add":
+            prompt = [(i * 7 + n) % 50 + 10 for i in range(n)]
+            seq = make_seq(prompt, max_tokens=k, session_id=session, ignore_eos=False)
+            seqs.append(seq)
+            s.add(seq)
+        elif op == "cancel" and seqs:
+            s.cancel(seqs[n % len(seqs)].request_id)
+        else:
+            plan = s.schedule()
+            s.update(plan, engine.execute(plan))
+            check_invariants(s, engine)  # the cache catches up with cancels at the next step
+    steps = run(s, engine, max_steps=5000)
+    assert steps < 5000, "starvation: work left after 5000 steps"
+    for seq in seqs:  # everything ended, nothing leaked
+        assert seq.handle.finish_reason is not None
+    assert not s.active and not s.waiting
+    assert engine.samplers == set(), "samplers of finished requests were not released"
+    for slot in s.slots:
+        assert slot.owner is None
