@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
+from botframework.chat.render import OverflowPolicy, render_chat
 from botframework.engine.sampling_params import SamplingParams
 from botframework.errors import BotframeworkError, InvalidRequestError
 from botframework.native.sampler import SamplerSpec
@@ -98,11 +99,21 @@ class LocalLLM:
                 yield delta.text
 
     def stream_chat_deltas(self, messages: Messages, *, system: str | None = None,
-                           **options: Any) -> Iterator[Delta]:
-        rendered = self.render_chat(messages, system=system)
-        tokens = self.worker.model.tokenize(rendered["prompt"], add_special=True, parse_special=True)
-        extra_stops = tuple(rendered.get("additional_stops") or ())
-        return self._stream(tokens, extra_stops=extra_stops, **options)
+                           overflow: str = "error", **options: Any) -> Iterator[Delta]:
+        """Stream deltas; overflow="truncate" drops the oldest turns when the chat is too long."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        msgs = list(messages)
+        if system is not None:
+            msgs.insert(0, {"role": "system", "content": system})
+        try:
+            policy = OverflowPolicy(overflow)
+        except ValueError:
+            raise InvalidRequestError("overflow must be 'error' or 'truncate'", param="overflow") from None
+        rendered = render_chat(self.templates, self.worker.model, msgs, n_ctx=self.worker.n_ctx,
+                               max_tokens=int(options.get("max_tokens", 256)), overflow=policy)
+        return self._stream(rendered.tokens, extra_stops=rendered.additional_stops,
+                            truncated_tokens=rendered.truncated_tokens, **options)
 
     # -- completion -------------------------------------------------------------------------
     def complete(self, prompt: str, **options: Any) -> CompletionResult:
@@ -135,7 +146,7 @@ class LocalLLM:
                 presence_penalty: float = 0.0, frequency_penalty: float = 0.0, seed: int | None = None,
                 stop: str | Sequence[str] | None = None, extra_stops: tuple[str, ...] = (),
                 ignore_eos: bool = False, logprobs: int | None = None, session_id: str | None = None,
-                priority: Priority = Priority.INTERACTIVE,
+                priority: Priority = Priority.INTERACTIVE, truncated_tokens: int = 0,
                 logit_bias: dict[int, float] | None = None) -> Iterator[Delta]:
         if not tokens:
             raise InvalidRequestError("the prompt is empty", param="prompt")
@@ -150,7 +161,7 @@ class LocalLLM:
         except ValueError as exc:
             raise InvalidRequestError(str(exc)) from exc
         request = Request(self.worker.new_request_id(), tuple(tokens), params, session_id=session_id,
-                          priority=priority)
+                          priority=priority, truncated_tokens=truncated_tokens)
         handle = self.worker.submit(request)
         return _raise_errors(iter(handle), handle)
 

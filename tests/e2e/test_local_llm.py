@@ -178,3 +178,21 @@ def test_bad_input_is_a_typed_error(llm: LocalLLM) -> None:
     with pytest.raises(InvalidRequestError):
         llm.complete("hi", logit_bias={10**9: 1.0})
     assert llm.complete("hi", max_tokens=2).usage.completion_tokens >= 1
+
+
+def test_context_overflow_error_or_truncate(llm: LocalLLM) -> None:
+    from botframework import ContextLengthExceededError
+
+    filler = "This is a long sentence that fills the context window of the model. " * 20
+    messages = [{"role": "system", "content": "You are a pirate."}]
+    for i in range(20):
+        messages += [{"role": "user", "content": f"Turn {i}: {filler}"},
+                     {"role": "assistant", "content": f"Answer {i}: {filler}"}]
+    messages.append({"role": "user", "content": "Say arr."})
+    with pytest.raises(ContextLengthExceededError) as info:
+        llm.chat(messages, max_tokens=8)
+    assert info.value.num_prompt_tokens > info.value.num_ctx == llm.worker.n_ctx
+    result = llm.chat(messages, max_tokens=8, temperature=0, overflow="truncate")
+    assert result.usage.truncated_tokens > 0
+    assert result.usage.prompt_tokens + 8 <= llm.worker.n_ctx
+    assert result.usage.prompt_tokens + result.usage.truncated_tokens == info.value.num_prompt_tokens
