@@ -17,8 +17,7 @@ import itertools
 import os
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -74,7 +73,6 @@ class WorkerMetrics:
     decode_ms: float = 0.0
     sample_ms: float = 0.0
     schedule_ms: float = 0.0       # Python time outside llama_decode and sampling
-    ttft_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
 
 class ModelWorker:

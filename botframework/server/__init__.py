@@ -1,0 +1,34 @@
+"""L3 server: the OpenAI-compatible HTTP API over one loaded model.
+
+    serve(settings) -> check_bind -> uvicorn -> create_app(settings) -> routes -> ModelRuntime
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from botframework.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+
+def create_app(*args, **kwargs) -> FastAPI:  # type: ignore[no-untyped-def]
+    from botframework.server.app import create_app as _create_app
+
+    return _create_app(*args, **kwargs)
+
+
+def serve(settings: ServerSettings) -> None:
+    """Run the server in this thread until interrupted (the model loads at startup)."""
+    import uvicorn
+
+    from botframework.server.app import create_app as _create_app
+
+    settings.check_bind()
+    app = _create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                timeout_graceful_shutdown=5, access_log=settings.log_level == "debug")
+
+
+__all__ = ["ServerSettings", "create_app", "serve"]

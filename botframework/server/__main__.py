@@ -1,0 +1,38 @@
+"""python -m botframework.server [--host H] [--port P] [--model M] ...: serve without the CLI.
+
+Flags override BOTFRAMEWORK_* environment variables (ServerSettings.from_args).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from botframework.server import ServerSettings, serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m botframework.server")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--model")
+    p.add_argument("--ctx-size", dest="n_ctx", type=int)
+    p.add_argument("--parallel", dest="num_slots", type=int)
+    p.add_argument("--threads", dest="n_threads", type=int)
+    p.add_argument("--threads-batch", dest="n_threads_batch", type=int)
+    p.add_argument("--api-key", dest="api_keys", action="append")
+    p.add_argument("--cors-origin", dest="cors_origins", action="append")
+    p.add_argument("--allow-non-loopback", action="store_true", default=None)
+    p.add_argument("--log-level")
+    args = vars(p.parse_args(argv))
+    try:
+        settings = ServerSettings.from_args(**args)
+        serve(settings)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

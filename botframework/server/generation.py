@@ -1,0 +1,202 @@
+"""Shared by chat and completions: protocol request -> engine Request, and running it.
+
+    ChatCompletionRequest / CompletionRequest --build_request--> Request(SamplingParams)
+    runtime.submit(Request, loop) -> RequestHandle --first_delta (errors become HTTP status)
+        -> collect (non-streaming; a client disconnect cancels)   or
+        -> the route's SSE generator (closing it cancels the request)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fastapi import Request as HTTPRequest
+
+from botframework.engine.sampling_params import SamplingParams
+from botframework.errors import InvalidRequestError
+from botframework.native.sampler import SamplerSpec
+from botframework.scheduler.output import Delta, FinishReason, Usage
+from botframework.scheduler.sequence import Priority, Request
+from botframework.server.errors import APIError, model_not_found
+from botframework.server.protocol import ChatCompletionRequest, CompletionRequest
+from botframework.server.runtime import Runtime
+from botframework.server.settings import ServerSettings
+
+_PRIORITY = {"interactive": Priority.INTERACTIVE, "completion": Priority.COMPLETION, "batch": Priority.BATCH}
+_DISCONNECT_POLL_S = 0.25
+T = TypeVar("T")
+
+
+def get_runtime(http: HTTPRequest, model: str | None = None) -> Runtime:
+    runtime: Runtime | None = http.app.state.runtime
+    if runtime is None:
+        detail = http.app.state.load_error or "the model is still loading"
+        raise APIError(503, f"The model is not available: {detail}", type="service_unavailable",
+                       code="model_unavailable", headers={"Retry-After": "5"})
+    if model is not None and model != runtime.model_id:
+        raise model_not_found(model)
+    return runtime
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def openai_finish_reason(reason: FinishReason | None) -> str:
+    # OpenAI knows stop / length; a cancelled request ended early at the caller's wish.
+    return "length" if reason is FinishReason.LENGTH else "stop"
+
+
+def build_request(body: ChatCompletionRequest | CompletionRequest, tokens: list[int], extra_stops: tuple[str, ...],
+                  settings: ServerSettings, runtime: Runtime, request_id: str) -> Request:
+    max_tokens = body.requested_max_tokens
+    param = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None else "max_tokens"
+    if max_tokens is not None and max_tokens > settings.max_tokens_cap:
+        raise APIError(400, f"'{param}' is {max_tokens}; this server allows at most {settings.max_tokens_cap}",
+                       param=param, code="invalid_value")
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stops) > settings.max_stop_strings or any(not s or len(s) > 1024 for s in stops):
+        raise APIError(400, f"'stop' takes at most {settings.max_stop_strings} non-empty strings of up to "
+                       "1024 characters", param="stop", code="invalid_value")
+    bias = _logit_bias(body.logit_bias, runtime.n_vocab, settings.max_logit_bias)
+    if len(tokens) >= runtime.n_ctx:
+        from botframework.errors import ContextLengthExceededError
+
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {runtime.n_ctx} tokens, but the prompt has {len(tokens)}",
+            num_prompt_tokens=len(tokens), num_ctx=runtime.n_ctx,
+            param="messages" if isinstance(body, ChatCompletionRequest) else "prompt")
+    defaults = SamplerSpec()
+    try:
+        params = SamplingParams(
+            max_tokens=max_tokens or min(settings.max_tokens_cap, runtime.n_ctx - len(tokens)),
+            stop=tuple(stops) + extra_stops, num_logprobs=body.num_logprobs,
+            sampler=SamplerSpec(
+                temperature=_pick(body.temperature, 1.0), top_p=_pick(body.top_p, 1.0),
+                top_k=_pick(body.top_k, defaults.top_k), min_p=_pick(body.min_p, defaults.min_p),
+                repeat_penalty=_pick(body.repeat_penalty, 1.0),
+                presence_penalty=_pick(body.presence_penalty, 0.0),
+                frequency_penalty=_pick(body.frequency_penalty, 0.0),
+                seed=None if body.seed in (None, -1) else body.seed, logit_bias=bias))
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc)) from exc
+    return Request(request_id, tuple(tokens), params, session_id=body.session_id, priority=_PRIORITY[body.priority])
+
+
+def _pick(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _logit_bias(bias: dict[str, float] | None, n_vocab: int, cap: int) -> dict[int, float]:
+    if not bias:
+        return {}
+    if len(bias) > cap:
+        raise APIError(400, f"'logit_bias' has {len(bias)} entries; at most {cap} are allowed", param="logit_bias")
+    out: dict[int, float] = {}
+    for key, value in bias.items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise APIError(400, f"'logit_bias' keys must be token ids, not {key!r}", param="logit_bias") from None
+        if not 0 <= token < n_vocab:
+            raise APIError(400, f"'logit_bias' token id {token} is out of the vocabulary (0..{n_vocab - 1})",
+                           param="logit_bias")
+        out[token] = value
+    return out
+
+
+async def start(http: HTTPRequest, runtime: Runtime, request: Request) -> tuple[Delta, AsyncIterator[Delta]]:
+    """Submit and wait for the first delta, so that queue and context errors become HTTP errors."""
+    handle = runtime.submit(request, asyncio.get_running_loop())
+    deltas = handle.__aiter__()
+    try:
+        first = await until_disconnected(http, deltas.__anext__())
+    except BaseException:
+        handle.cancel()
+        raise
+    if first.error is not None:
+        await deltas.aclose()  # type: ignore[attr-defined]
+        raise first.error
+    return first, deltas
+
+
+async def until_disconnected(http: HTTPRequest, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client closes the connection meanwhile.
+
+    Needed outside the SSE generator (which Starlette cancels on disconnect itself): while a
+    request waits in the queue, prefills, or is generated whole for a non-streamed answer.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
+            if not task.done() and await http.is_disconnected():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                raise APIError(499, "the client closed the connection", type="cancelled",
+                               code="client_disconnected")
+    finally:
+        if not task.done():  # we were cancelled ourselves
+            task.cancel()
+    return task.result()
+
+
+@dataclass
+class Collected:
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[tuple[int, float, tuple[tuple[int, float], ...]]] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+async def collect(http: HTTPRequest, first: Delta, deltas: AsyncIterator[Delta]) -> Collected:
+    """Gather a whole answer; if the client goes away meanwhile, cancel the request."""
+    out = Collected()
+    parts: list[str] = []
+
+    async def gather() -> None:
+        delta: Delta | None = first
+        while delta is not None:
+            if delta.error is not None:
+                raise delta.error
+            parts.append(delta.text)
+            out.token_ids.extend(delta.token_ids)
+            out.logprobs.extend(delta.logprobs)
+            if delta.finish_reason is not None:
+                out.finish_reason, out.usage, out.timings = delta.finish_reason, delta.usage, delta.timings
+            delta = await anext(deltas, None)
+
+    try:
+        await until_disconnected(http, gather())
+    finally:
+        await deltas.aclose()  # type: ignore[attr-defined]  # cancels the sequence if unfinished
+    out.text = "".join(parts)
+    record(http, out.timings, out.usage)
+    return out
+
+
+def record(http: HTTPRequest, timings: dict[str, float], usage: Usage | None) -> None:
+    metrics = getattr(http.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.observe(timings, usage)
+
+
+def sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+def usage_json(usage: Usage | None) -> dict[str, Any] | None:
+    if usage is None:
+        return None
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens, "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}

@@ -1,0 +1,78 @@
+"""Prometheus metrics, one registry per app (no module globals).
+
+    routes --observe(timings, usage)--> histograms / counters
+    GET /metrics --runtime.stats() on the engine thread--> EngineCollector snapshot --> text format
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from botframework.scheduler.output import Usage
+
+_LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+_GAUGES = {
+    "num_waiting": ("botframework_queue_depth", "requests waiting for a slot"),
+    "num_running": ("botframework_running_sequences", "sequences generating tokens"),
+    "num_prefilling": ("botframework_prefilling_sequences", "sequences computing their prompt"),
+    "num_busy_slots": ("botframework_busy_slots", "KV slots owned by a request"),
+    "num_session_slots": ("botframework_session_slots", "KV slots holding a session's state"),
+    "num_cells_used": ("botframework_kv_cells_used", "KV cache cells in use"),
+    "num_stored_sessions": ("botframework_stored_sessions", "sessions saved outside the KV cache"),
+}
+_COUNTERS = {
+    "num_generated_tokens": ("botframework_generated_tokens", "tokens generated"),
+    "num_prompt_tokens": ("botframework_prompt_tokens", "prompt tokens admitted"),
+    "num_prefix_hit_tokens": ("botframework_prefix_cache_hit_tokens", "prompt tokens reused from the KV cache"),
+    "num_steps": ("botframework_engine_steps", "engine steps (one llama_decode each)"),
+}
+
+
+class EngineCollector(Collector):
+    """Reports the last snapshot of the scheduler's stats taken by the /metrics route."""
+
+    def __init__(self) -> None:
+        self.snapshot: dict[str, float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot
+        for key, (name, doc) in _GAUGES.items():
+            if key in snap:
+                yield GaugeMetricFamily(name, doc, value=snap[key])
+        for key, (name, doc) in _COUNTERS.items():
+            if key in snap:
+                yield CounterMetricFamily(name, doc, value=snap[key])
+        if "decode_ms" in snap:
+            yield CounterMetricFamily("botframework_decode_seconds", "time in llama_decode",
+                                      value=snap["decode_ms"] / 1e3)
+        yield GaugeMetricFamily("botframework_model_loaded", "1 when the model is loaded and serving",
+                                value=snap.get("model_loaded", 0))
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.engine = EngineCollector()
+        self.registry.register(self.engine)
+        self.ttft = Histogram("botframework_time_to_first_token_seconds", "arrival to first generated token",
+                              buckets=_LATENCY_BUCKETS_S, registry=self.registry)
+        self.latency = Histogram("botframework_request_seconds", "arrival to the last token",
+                                 buckets=_LATENCY_BUCKETS_S, registry=self.registry)
+        self.requests = Counter("botframework_requests_finished", "generation requests finished",
+                                registry=self.registry)
+        self.completion_tokens = Counter("botframework_completion_tokens", "tokens returned to clients",
+                                         registry=self.registry)
+
+    def observe(self, timings: dict[str, float], usage: Usage | None) -> None:
+        self.requests.inc()
+        if "ttft_ms" in timings:
+            self.ttft.observe(timings["ttft_ms"] / 1e3)
+        if "total_ms" in timings:
+            self.latency.observe(timings["total_ms"] / 1e3)
+        if usage is not None:
+            self.completion_tokens.inc(usage.completion_tokens)

@@ -1,0 +1,159 @@
+"""OpenAI request shapes (pydantic), only at the HTTP edge.
+
+Unknown fields are rejected (extra="forbid"), so a client never silently loses an option;
+fields we accept but cannot honour yet (n > 1, tools, json_schema, ...) are refused with a
+400 naming them by `check_supported`. Limits that depend on the settings or the model (max
+tokens cap, vocabulary size) are checked in generation.py.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from botframework.server.errors import unsupported
+
+NonNegInt = Annotated[int, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = Field(default=None, max_length=256)
+    refusal: str | None = None  # echoed back by some clients on assistant turns
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+Priority = Literal["interactive", "completion", "batch"]
+
+
+class _Sampling(_Strict):
+    """Fields chat and completions share, OpenAI's plus our documented extensions."""
+
+    model: str = Field(min_length=1, max_length=512)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1, le=128)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=-1, le=2**32 - 2)  # -1: random (llama.cpp convention)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    user: str | None = Field(default=None, max_length=512)  # accepted as metadata; not used
+    # extensions (llama.cpp / botframework)
+    top_k: int | None = Field(default=None, ge=0, le=1000)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    session_id: str | None = Field(default=None, min_length=1, max_length=256)
+    priority: Priority = "interactive"
+
+    def check_supported(self) -> None:
+        if self.n != 1:
+            raise unsupported("n", "must be 1: several choices per request are not supported yet")
+        if self.stream_options is not None and not self.stream:
+            raise unsupported("stream_options", "is only allowed when stream is true")
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            raise unsupported("max_completion_tokens", "cannot be combined with max_tokens")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise unsupported("top_logprobs", "requires logprobs to be true")
+        if self.response_format is not None and self.response_format.type != "text":
+            raise unsupported("response_format", f"type '{self.response_format.type}' is not supported yet")
+        if self.tools:
+            raise unsupported("tools")
+        if self.tool_choice not in (None, "none", "auto"):
+            raise unsupported("tool_choice")
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def num_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int]
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(default=None, ge=1)
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.echo:
+            raise unsupported("echo")
+        if self.suffix:
+            raise unsupported("suffix")
+        if self.best_of not in (None, 1):
+            raise unsupported("best_of", "must be 1: several candidates per request are not supported yet")
+        if isinstance(self.prompt, list) and self.prompt and isinstance(self.prompt[0], str) \
+                and len(self.prompt) != 1:
+            raise unsupported("prompt", "must be one prompt: batches of prompts are not supported yet")
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    @property
+    def num_logprobs(self) -> int | None:
+        return self.logprobs
+
+
+class EmbeddingRequest(_Strict):
+    model: str = Field(min_length=1, max_length=512)
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+
+class TokenizeRequest(_Strict):
+    content: str
+    add_special: bool = False
+    parse_special: bool = False
+    with_pieces: bool = False
+
+
+class DetokenizeRequest(_Strict):
+    tokens: list[NonNegInt]

@@ -1,0 +1,118 @@
+"""POST /v1/completions: a raw prompt continued, whole or streamed (text_completion chunks).
+
+    prompt (string, [string] or token ids) -> tokens -> Request -> text (+ legacy logprobs)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi import Request as HTTPRequest
+from fastapi.responses import StreamingResponse
+
+from botframework.scheduler.output import Delta
+from botframework.server.auth import require_api_key
+from botframework.server.errors import APIError, error_body, to_api_error
+from botframework.server.generation import (
+    build_request,
+    collect,
+    get_runtime,
+    new_id,
+    openai_finish_reason,
+    record,
+    sse,
+    start,
+    usage_json,
+)
+from botframework.server.protocol import CompletionRequest
+from botframework.server.routes.chat import SSE_HEADERS
+from botframework.server.runtime import Runtime
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(body: CompletionRequest, http: HTTPRequest) -> dict[str, Any] | StreamingResponse:
+    runtime = get_runtime(http, body.model)
+    body.check_supported()
+    tokens = await asyncio.to_thread(_prompt_tokens, runtime, body.prompt)
+    request_id = new_id("cmpl")
+    request = build_request(body, tokens, (), http.app.state.settings, runtime, request_id)
+    first, deltas = await start(http, runtime, request)
+    created = int(time.time())
+    want_logprobs = body.logprobs is not None
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(_stream(http, runtime, request_id, created, first, deltas, include_usage,
+                                         want_logprobs),
+                                 media_type="text/event-stream", headers=SSE_HEADERS)
+    done = await collect(http, first, deltas)
+    return {
+        "id": request_id, "object": "text_completion", "created": created, "model": runtime.model_id,
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "text": done.text,
+                     "logprobs": _legacy_logprobs(runtime, done.logprobs) if want_logprobs else None,
+                     "finish_reason": openai_finish_reason(done.finish_reason)}],
+        "usage": usage_json(done.usage),
+    }
+
+
+def _prompt_tokens(runtime: Runtime, prompt: str | list[str] | list[int]) -> list[int]:
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+        ids = [int(t) for t in prompt]
+        bad = [t for t in ids if not 0 <= t < runtime.n_vocab]
+        if bad:
+            raise APIError(400, f"'prompt' token id {bad[0]} is out of the vocabulary (0..{runtime.n_vocab - 1})",
+                           param="prompt")
+        return ids
+    text = prompt[0] if isinstance(prompt, list) and prompt else prompt
+    if not isinstance(text, str) or not text:
+        raise APIError(400, "'prompt' must not be empty", param="prompt")
+    return runtime.tokenize(text, add_special=True)
+
+
+async def _stream(http: HTTPRequest, runtime: Runtime, request_id: str, created: int, first: Delta,
+                  deltas: AsyncIterator[Delta], include_usage: bool, want_logprobs: bool) -> AsyncIterator[bytes]:
+    base = {"id": request_id, "object": "text_completion", "created": created, "model": runtime.model_id,
+            "system_fingerprint": None}
+
+    def chunk(text: str, finish: str | None = None, logprobs: Any = None) -> bytes:
+        payload: dict[str, Any] = {**base, "choices": [{"index": 0, "text": text, "logprobs": logprobs,
+                                                        "finish_reason": finish}]}
+        if include_usage:
+            payload["usage"] = None
+        return sse(payload)
+
+    try:
+        delta: Delta | None = first
+        while delta is not None:
+            if delta.error is not None:
+                err = to_api_error(delta.error)
+                yield sse(error_body(err.message, err.type, err.param, err.code))
+                break
+            logprobs = _legacy_logprobs(runtime, list(delta.logprobs)) if want_logprobs and delta.logprobs else None
+            finish = openai_finish_reason(delta.finish_reason) if delta.finish_reason is not None else None
+            if delta.text or logprobs or finish:
+                yield chunk(delta.text, finish, logprobs)
+            if finish is not None:
+                record(http, delta.timings, delta.usage)
+                if include_usage:
+                    yield sse({**base, "choices": [], "usage": usage_json(delta.usage)})
+                break
+            delta = await anext(deltas, None)
+        yield sse("[DONE]")
+    finally:
+        await deltas.aclose()  # type: ignore[attr-defined]
+
+
+def _legacy_logprobs(runtime: Runtime, entries: list[tuple[int, float, tuple[tuple[int, float], ...]]]
+                     ) -> dict[str, Any]:
+    def text(t: int) -> str:
+        return runtime.token_bytes(t).decode("utf-8", "replace")
+
+    return {"tokens": [text(t) for t, _, _ in entries], "token_logprobs": [p for _, p, _ in entries],
+            "top_logprobs": [{text(t): p for t, p in top} for _, _, top in entries], "text_offset": []}

@@ -1,0 +1,33 @@
+"""GET /metrics (Prometheus text) and GET /v1/stats (the scheduler's counters as JSON)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi import Request as HTTPRequest
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from botframework.server.auth import require_api_key
+from botframework.server.generation import get_runtime
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+
+
+@router.get("/metrics")
+async def metrics(http: HTTPRequest) -> Response:
+    server_metrics = http.app.state.metrics
+    runtime = http.app.state.runtime
+    snapshot: dict[str, float] = {"model_loaded": 0}
+    if runtime is not None:
+        snapshot = {**await asyncio.to_thread(runtime.stats), **runtime.worker_metrics(), "model_loaded": 1}
+    server_metrics.engine.snapshot = snapshot
+    return Response(generate_latest(server_metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/stats")
+async def stats(http: HTTPRequest) -> dict[str, Any]:
+    runtime = get_runtime(http)
+    return {"model": runtime.model_id, **await asyncio.to_thread(runtime.stats), **runtime.worker_metrics()}

@@ -1,0 +1,44 @@
+"""POST /tokenize and POST /detokenize, shaped like llama-server's."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi import Request as HTTPRequest
+
+from botframework.server.auth import require_api_key
+from botframework.server.errors import APIError
+from botframework.server.generation import get_runtime
+from botframework.server.protocol import DetokenizeRequest, TokenizeRequest
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, http: HTTPRequest) -> dict[str, Any]:
+    runtime = get_runtime(http)
+    tokens = await asyncio.to_thread(runtime.tokenize, body.content, add_special=body.add_special,
+                                     parse_special=body.parse_special)
+    if not body.with_pieces:
+        return {"tokens": tokens}
+    pieces = []
+    for t in tokens:
+        raw = runtime.token_bytes(t)
+        try:
+            piece: str | list[int] = raw.decode("utf-8")
+        except UnicodeDecodeError:  # part of a multi-byte character: the bytes, as llama-server does
+            piece = list(raw)
+        pieces.append({"id": t, "piece": piece})
+    return {"tokens": pieces}
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, http: HTTPRequest) -> dict[str, Any]:
+    runtime = get_runtime(http)
+    bad = [t for t in body.tokens if t >= runtime.n_vocab]
+    if bad:
+        raise APIError(400, f"token id {bad[0]} is out of the vocabulary (0..{runtime.n_vocab - 1})",
+                       param="tokens")
+    return {"content": await asyncio.to_thread(runtime.detokenize, body.tokens)}

@@ -1,0 +1,117 @@
+"""ModelRuntime: the one loaded model behind the server, and everything routes ask of it.
+
+    lifespan -> load_runtime(settings) -> resolve_model -> ModelWorker (engine thread)
+                                                          + ChatTemplates
+    routes   -> render_chat / tokenize (any thread) -> submit(Request, loop) -> RequestHandle
+             -> stats / cancel / embed (run on the engine thread via ModelWorker.call)
+
+Tests replace it with a fake that has the same methods (tests/server/fake_runtime.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Protocol
+
+import numpy as np
+
+from botframework.scheduler.output import RequestHandle
+from botframework.scheduler.sequence import Request
+from botframework.server.settings import ServerSettings
+
+
+class Runtime(Protocol):
+    """What the HTTP layer needs from a loaded model."""
+
+    model_id: str
+    created: int
+    n_ctx: int
+    n_vocab: int
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> tuple[list[int], tuple[str, ...]]: ...
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = False) -> list[int]: ...
+    def detokenize(self, tokens: list[int]) -> str: ...
+    def token_bytes(self, token: int) -> bytes: ...
+    def submit(self, request: Request, loop: asyncio.AbstractEventLoop) -> RequestHandle: ...
+    def cancel(self, request_or_session_id: str) -> int: ...
+    def stats(self) -> dict[str, int]: ...
+    def worker_metrics(self) -> dict[str, float]: ...
+    def embed(self, texts: list[str]) -> list[np.ndarray]: ...
+    def close(self) -> None: ...
+
+
+class ModelRuntime:
+    """A ModelWorker plus the model's chat templates, under the id clients use."""
+
+    def __init__(self, model_id: str, worker: Any, templates: Any) -> None:
+        self.model_id = model_id
+        self.created = int(time.time())
+        self.worker = worker
+        self.templates = templates
+        self.n_ctx: int = worker.n_ctx
+        self.n_vocab: int = worker.model.n_vocab
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> tuple[list[int], tuple[str, ...]]:
+        """Messages -> prompt tokens (template special tokens parsed) and the template's stops."""
+        rendered = self.templates.apply({"messages": messages, "add_generation_prompt": True})
+        tokens = self.worker.model.tokenize(rendered["prompt"], add_special=True, parse_special=True)
+        return tokens, tuple(rendered.get("additional_stops") or ())
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = False) -> list[int]:
+        return self.worker.model.tokenize(text, add_special=add_special, parse_special=parse_special)  # type: ignore[no-any-return]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self.worker.model.detokenize(tokens)  # type: ignore[no-any-return]
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.worker.model.token_to_piece(token)  # type: ignore[no-any-return]
+
+    def submit(self, request: Request, loop: asyncio.AbstractEventLoop) -> RequestHandle:
+        return self.worker.submit(request, loop)  # type: ignore[no-any-return]
+
+    def cancel(self, request_or_session_id: str) -> int:
+        """Cancel a request by id, or every request of a session; how many were cancelled."""
+        scheduler = self.worker.scheduler
+
+        def run() -> int:
+            if scheduler.cancel(request_or_session_id):
+                return 1
+            return int(scheduler.cancel_session(request_or_session_id))
+
+        return self.worker.call(run, timeout_s=10.0)  # type: ignore[no-any-return]
+
+    def stats(self) -> dict[str, int]:
+        return self.worker.call(self.worker.scheduler.stats, timeout_s=10.0)  # type: ignore[no-any-return]
+
+    def worker_metrics(self) -> dict[str, float]:
+        m = self.worker.metrics
+        return {"num_steps": m.num_steps, "num_step_tokens": m.num_step_tokens, "decode_ms": m.decode_ms,
+                "sample_ms": m.sample_ms, "schedule_ms": m.schedule_ms}
+
+    def embed(self, texts: list[str]) -> list[np.ndarray]:
+        return self.worker.embed(texts)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.templates.close()
+        self.worker.close()
+
+
+def load_runtime(settings: ServerSettings) -> ModelRuntime:
+    """Resolve (and pull) the model, start its engine thread, load its chat templates. Blocking."""
+    from botframework.native.shim import ChatTemplates
+    from botframework.runtime.pull import resolve_model
+    from botframework.runtime.worker import ModelWorker, WorkerConfig
+
+    path = resolve_model(settings.model, allowed_dirs=list(settings.models_dirs) or None,
+                         pull_missing=settings.pull_missing)
+    worker = ModelWorker(path, WorkerConfig(
+        n_ctx=settings.n_ctx, num_slots=settings.num_slots, n_threads=settings.n_threads,
+        n_threads_batch=settings.n_threads_batch, n_gpu_layers=settings.n_gpu_layers),
+        name=settings.served_model_id)
+    try:
+        templates = ChatTemplates(worker.model)
+    except BaseException:
+        worker.close()
+        raise
+    return ModelRuntime(settings.served_model_id, worker, templates)

@@ -1,0 +1,129 @@
+"""ServerSettings: everything `botframework serve` is configured with, frozen.
+
+    defaults  <-  BOTFRAMEWORK_* environment (from_env)  <-  CLI flags (replace / from_args)
+       -> check_bind() before binding: no non-loopback address without an API key
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from botframework.runtime.catalog import DEFAULT_MODEL
+
+_ENV_PREFIX = "BOTFRAMEWORK_"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: str = DEFAULT_MODEL                 # catalog name, .gguf path or hf: spec
+    model_id: str | None = None                # id clients name; None: the catalog name / file stem
+    models_dirs: tuple[Path, ...] = ()         # where local model paths may live (empty: anywhere)
+    pull_missing: bool = True                  # fetch a catalog model that is not cached yet
+    api_keys: tuple[str, ...] = ()             # empty: no authentication
+    cors_origins: tuple[str, ...] = ()
+    allow_non_loopback: bool = False           # bind a public address without an API key
+    max_body_bytes: int = 4 << 20
+    max_tokens_cap: int = 4096                 # largest max_tokens a request may ask for
+    max_stop_strings: int = 4
+    max_logit_bias: int = 1024                 # entries in logit_bias
+    max_embedding_inputs: int = 256
+    num_slots: int = 8
+    n_ctx: int = 8192
+    n_threads: int | None = None
+    n_threads_batch: int | None = None
+    n_gpu_layers: int = 0
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, not {self.port}")
+        for name in ("max_body_bytes", "max_tokens_cap", "max_stop_strings", "num_slots", "n_ctx",
+                     "max_embedding_inputs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if any(not key for key in self.api_keys):
+            raise ValueError("API keys must not be empty strings")
+
+    @property
+    def served_model_id(self) -> str:
+        if self.model_id:
+            return self.model_id
+        if self.model.endswith(".gguf"):
+            return Path(self.model).stem
+        return self.model.rsplit("/", 1)[-1] if self.model.startswith("hf:") else self.model
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name other than localhost: assume it is reachable
+            return False
+
+    def check_bind(self) -> None:
+        """Refuse to expose an unauthenticated server beyond this machine."""
+        if not self.is_loopback and not self.api_keys and not self.allow_non_loopback:
+            raise ValueError(
+                f"refusing to bind {self.host!r} without an API key: anyone who can reach it could use "
+                "the model. Set an API key (--api-key / BOTFRAMEWORK_API_KEYS), bind 127.0.0.1, or pass "
+                "--allow-non-loopback (BOTFRAMEWORK_ALLOW_NON_LOOPBACK=1) to do it anyway.")
+
+    def replace(self, **overrides: Any) -> ServerSettings:
+        """A copy with the given fields changed; None values keep the current value."""
+        return dataclasses.replace(self, **{k: _coerce(k, v) for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def from_args(cls, **overrides: Any) -> ServerSettings:
+        """Environment first, then these overrides (None: not given)."""
+        return cls.from_env().replace(**overrides)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(_ENV_PREFIX + f.name.upper())
+            if raw is None and f.name == "api_keys":
+                raw = env.get(_ENV_PREFIX + "API_KEY")
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, raw)
+        return cls(**values)
+
+
+_BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+_INTS = {"port", "max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_logit_bias", "max_embedding_inputs",
+         "num_slots", "n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers"}
+
+
+def _parse(name: str, raw: str) -> Any:
+    """One environment value: ints, booleans, comma-separated tuples, plain strings."""
+    if name in _INTS:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{_ENV_PREFIX}{name.upper()} must be an integer, not {raw!r}") from None
+    if name in ("pull_missing", "allow_non_loopback"):
+        try:
+            return _BOOL[raw.strip().lower()]
+        except KeyError:
+            raise ValueError(f"{_ENV_PREFIX}{name.upper()} must be a boolean, not {raw!r}") from None
+    if name in ("api_keys", "cors_origins", "models_dirs"):
+        return _coerce(name, [part.strip() for part in raw.split(",") if part.strip()])
+    return raw
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name == "models_dirs":
+        return tuple(Path(p) for p in value)
+    if name in ("api_keys", "cors_origins"):
+        return (value,) if isinstance(value, str) else tuple(value)
+    return value

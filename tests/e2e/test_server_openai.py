@@ -1,0 +1,188 @@
+"""The real server (uvicorn subprocess, real model, real socket) driven by the official `openai` client.
+
+Differential checks: streamed == non-streamed at temperature 0; streamed token count == usage;
+a client that disconnects mid-stream frees its KV slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+from botframework.runtime.catalog import DEFAULT_MODEL
+
+MODEL = DEFAULT_MODEL
+API_KEY = "e2e-test-key"
+ROOT = Path(__file__).resolve().parents[2]
+MESSAGES = [{"role": "user", "content": "Name three colours."}]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    try:
+        from botframework.runtime.pull import resolve_model
+
+        resolve_model(MODEL, pull_missing=True)
+    except Exception as exc:  # noqa: BLE001 - no network and no cache: nothing to serve
+        pytest.skip(f"model {MODEL} unavailable: {exc}")
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "botframework.server", "--port", str(port), "--model", MODEL, "--parallel", "2",
+         "--ctx-size", "2048", "--api-key", API_KEY, "--log-level", "warning"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                pytest.fail(f"server exited with {proc.returncode}:\n{out}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("server did not become healthy in 120 s")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def client(base_url: str):  # type: ignore[no-untyped-def]
+    with openai.OpenAI(base_url=f"{base_url}/v1", api_key=API_KEY, max_retries=0, timeout=120) as c:
+        yield c
+
+
+def _stats(base_url: str) -> dict[str, int]:
+    r = httpx.get(f"{base_url}/v1/stats", headers={"authorization": f"Bearer {API_KEY}"}, timeout=10)
+    r.raise_for_status()
+    return r.json()  # type: ignore[no-any-return]
+
+
+def test_health_and_models(base_url: str, client) -> None:  # type: ignore[no-untyped-def]
+    health = httpx.get(f"{base_url}/health", timeout=5)  # open without a key
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
+
+
+def test_chat_sync(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=16, temperature=0)
+    choice = r.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert r.usage.completion_tokens <= 16 and r.usage.prompt_tokens > 0
+
+
+def test_chat_async(base_url: str) -> None:
+    async def go() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=API_KEY, max_retries=0) as c:
+            results = await asyncio.gather(*[
+                c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": q}],
+                                          max_tokens=8, temperature=0)
+                for q in ("Say hello.", "Count to three.")])
+            return [r.choices[0].message.content or "" for r in results]
+
+    answers = asyncio.run(go())
+    assert all(answers)
+
+
+def test_streamed_equals_non_streamed(client) -> None:  # type: ignore[no-untyped-def]
+    whole = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=24, temperature=0)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=24, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True},
+                                                 logprobs=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    # every generated token is reported once in the stream's logprobs
+    num_streamed = sum(len(c.choices[0].logprobs.content) for c in chunks if c.choices and c.choices[0].logprobs)
+    assert num_streamed == chunks[-1].usage.completion_tokens
+
+
+def test_completions(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0)
+    assert r.choices[0].text and r.usage.completion_tokens <= 8
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0, stream=True) if c.choices)
+    assert streamed == r.choices[0].text
+
+
+def test_bad_requests_are_openai_errors(client) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4", messages=MESSAGES)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=10**7)
+    assert info.value.param == "max_tokens"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, logit_bias={"999999999": 5})
+    bad = openai.OpenAI(base_url=client.base_url, api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+
+
+def test_disconnect_mid_stream_frees_the_slot(base_url: str) -> None:
+    headers = {"authorization": f"Bearer {API_KEY}"}
+    eog = httpx.post(f"{base_url}/tokenize", json={"content": "<|im_end|><|endoftext|>", "parse_special": True},
+                     headers=headers, timeout=10).json()["tokens"]
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 1500, "stream": True,
+            "logit_bias": {str(t): -100 for t in eog}}  # no end-of-generation: it would run for minutes
+    with httpx.Client(timeout=60) as http, \
+            http.stream("POST", f"{base_url}/v1/completions", json=body, headers=headers) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()  # keep the iterator: closing it closes the connection
+        seen = 0
+        while seen < 3:
+            seen += next(lines).startswith("data: {")
+        assert _stats(base_url)["num_busy_slots"] == 1  # still generating while we are connected
+        r.close()  # the client goes away mid-stream
+    deadline = time.monotonic() + 10
+    while _stats(base_url)["num_busy_slots"] != 0:
+        assert time.monotonic() < deadline, "the sequence kept running after the client went away"
+        time.sleep(0.1)
+    # the same for a non-streamed request whose client times out
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{base_url}/v1/completions", json={**body, "stream": False}, headers=headers, timeout=1.5)
+    deadline = time.monotonic() + 10
+    while _stats(base_url)["num_busy_slots"] != 0:
+        assert time.monotonic() < deadline, "the non-streamed request kept running after the client went away"
+        time.sleep(0.1)
+
+
+def test_metrics(base_url: str) -> None:
+    text = httpx.get(f"{base_url}/metrics", headers={"authorization": f"Bearer {API_KEY}"}, timeout=10).text
+    assert "botframework_generated_tokens_total" in text
+    assert "botframework_time_to_first_token_seconds_count" in text
+    assert "botframework_queue_depth 0.0" in text

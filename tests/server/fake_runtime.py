@@ -1,0 +1,145 @@
+"""A Runtime without a model: one "token" per character, answers from a fixed script.
+
+The answer is `reply` cut to max_tokens; deltas are published from an asyncio task so they
+reach the route exactly as the engine thread's would (RequestHandle + call_soon_threadsafe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import numpy as np
+
+from botframework.errors import BotframeworkError, DecodeError
+from botframework.scheduler.output import Delta, FinishReason, RequestHandle, Usage
+from botframework.scheduler.sequence import Request
+from botframework.server.app import create_app
+from botframework.server.settings import ServerSettings
+
+
+class FakeRuntime:
+    def __init__(self, *, model_id: str = "fake-model", reply: str = "Hello from the fake model.",
+                 n_ctx: int = 512, n_vocab: int = 1000, token_delay_s: float = 0.0,
+                 submit_error: BotframeworkError | None = None, error_after: int | None = None) -> None:
+        self.model_id = model_id
+        self.created = int(time.time())
+        self.n_ctx = n_ctx
+        self.n_vocab = n_vocab
+        self.reply = reply
+        self.token_delay_s = token_delay_s
+        self.submit_error = submit_error
+        self.error_after = error_after  # fail the request like a failed llama_decode after N tokens
+        self.requests: list[Request] = []
+        self.active: dict[str, Request] = {}
+        self.handles: dict[str, RequestHandle] = {}
+        self.cancelled: list[str] = []
+        self.num_generated = 0
+        self.closed = False
+
+    # tokens: 1 (BOS) + one per character, ids folded into the vocabulary
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = False) -> list[int]:
+        return ([1] if add_special else []) + [2 + ord(c) % (self.n_vocab - 2) for c in text]
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return "".join(chr(t - 2) for t in tokens if t >= 2)
+
+    def token_bytes(self, token: int) -> bytes:
+        return chr(max(token - 2, 32)).encode("utf-8")
+
+    def render_chat(self, messages: list[dict[str, Any]]) -> tuple[list[int], tuple[str, ...]]:
+        text = "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+        return self.tokenize(text, add_special=True), ("<end>",)
+
+    def submit(self, request: Request, loop: asyncio.AbstractEventLoop) -> RequestHandle:
+        self.requests.append(request)
+        handle = RequestHandle(request.request_id, self._cancel, loop)
+        self.active[request.request_id] = request
+        self.handles[request.request_id] = handle
+        loop.create_task(self._produce(request, handle))
+        return handle
+
+    async def _produce(self, request: Request, handle: RequestHandle) -> None:
+        rid = request.request_id
+        if self.submit_error is not None:
+            self.active.pop(rid, None)
+            self.handles.pop(rid, None)
+            handle.publish(Delta(rid, finish_reason=FinishReason.ERROR, error=self.submit_error))
+            return
+        text = self.reply[: request.params.max_tokens]
+        reason = FinishReason.STOP if len(text) == len(self.reply) else FinishReason.LENGTH
+        for n, ch in enumerate(text):
+            await asyncio.sleep(self.token_delay_s)
+            if rid not in self.active:
+                return  # cancelled: _cancel published the final delta
+            if n == self.error_after:
+                self.active.pop(rid, None)
+                self.handles.pop(rid, None)
+                handle.publish(Delta(rid, finish_reason=FinishReason.ERROR, usage=self._usage(request, n),
+                                     error=DecodeError("llama_decode failed", op="llama_decode", code=-1)))
+                return
+            self.num_generated += 1
+            token = self.tokenize(ch, add_special=False)[0]
+            logprobs = ((token, -0.5, ((token, -0.5),)),) if request.params.num_logprobs is not None else ()
+            last = n == len(text) - 1
+            handle.publish(Delta(rid, text=ch, token_ids=(token,), logprobs=logprobs,
+                                 finish_reason=reason if last else None,
+                                 usage=self._usage(request, n + 1) if last else None,
+                                 timings={"ttft_ms": 1.0, "total_ms": 2.0} if last else {}))
+        self.active.pop(rid, None)
+        self.handles.pop(rid, None)
+
+    def _usage(self, request: Request, n: int) -> Usage:
+        return Usage(prompt_tokens=len(request.prompt_tokens), completion_tokens=n)
+
+    def _cancel(self, request_id: str) -> None:
+        request = self.active.pop(request_id, None)
+        handle = self.handles.pop(request_id, None)
+        if request is None or handle is None:
+            return
+        self.cancelled.append(request_id)
+        handle.publish(Delta(request_id, finish_reason=FinishReason.CANCELLED, usage=self._usage(request, 0)))
+
+    def cancel(self, request_or_session_id: str) -> int:
+        ids = [rid for rid, r in self.active.items()
+               if rid == request_or_session_id or r.session_id == request_or_session_id]
+        for rid in ids:
+            self._cancel(rid)
+        return len(ids)
+
+    def stats(self) -> dict[str, int]:
+        return {"num_waiting": 0, "num_running": len(self.active), "num_prefilling": 0,
+                "num_busy_slots": len(self.active), "num_session_slots": 0, "num_cells_used": 0,
+                "num_prefix_hit_tokens": 0, "num_prompt_tokens": 0,
+                "num_generated_tokens": self.num_generated, "num_stored_sessions": 0}
+
+    def worker_metrics(self) -> dict[str, float]:
+        return {"num_steps": 0, "num_step_tokens": 0, "decode_ms": 0.0, "sample_ms": 0.0, "schedule_ms": 0.0}
+
+    def embed(self, texts: list[str]) -> list[np.ndarray]:
+        return [np.ones(8, dtype=np.float32) / np.sqrt(8) for _ in texts]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@asynccontextmanager
+async def serve_fake(runtime: FakeRuntime | None = None, *, fail: Exception | None = None,
+                     **settings: object) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on a fake runtime, lifespan run by hand (ASGITransport does not run it)."""
+    rt = runtime or FakeRuntime()
+
+    def factory(_: ServerSettings) -> FakeRuntime:
+        if fail is not None:
+            raise fail
+        return rt
+
+    app = create_app(ServerSettings(model="fake-model", **settings), runtime_factory=factory)  # type: ignore[arg-type]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client

@@ -1,0 +1,254 @@
+"""The HTTP layer on a fake runtime: shapes, errors, auth, limits. No model, no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+from fake_runtime import FakeRuntime, serve_fake
+
+from botframework.errors import BusyError, ModelLoadError
+from botframework.server.settings import ServerSettings
+
+CHAT = "/v1/chat/completions"
+
+
+def chat_body(**extra: Any) -> dict[str, Any]:
+    return {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+def assert_error(resp: httpx.Response, status: int, *, param: str | None = None, code: str | None = None) -> None:
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if param is not None:
+        assert err["param"] == param, err
+    if code is not None:
+        assert err["code"] == code, err
+
+
+def sse_events(text: str) -> list[Any]:
+    events = [line[len("data: "):] for line in text.split("\n\n") if line.startswith("data: ")]
+    return [e if e == "[DONE]" else json.loads(e) for e in events]
+
+
+def test_chat_non_streaming_shape(run) -> None:
+    async def go() -> None:
+        async with serve_fake() as c:
+            r = await c.post(CHAT, json=chat_body(temperature=0))
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["object"] == "chat.completion" and body["model"] == "fake-model"
+            choice = body["choices"][0]
+            assert choice["message"] == {"role": "assistant", "content": "Hello from the fake model.", "refusal": None}
+            assert choice["finish_reason"] == "stop"
+            assert body["usage"]["completion_tokens"] == len("Hello from the fake model.")
+    run(go())
+
+
+def test_chat_stream_events_follow_openai(run) -> None:
+    async def go() -> None:
+        async with serve_fake() as c:
+            r = await c.post(CHAT, json=chat_body(stream=True, max_tokens=5, stream_options={"include_usage": True}))
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            events = sse_events(r.text)
+            assert events[-1] == "[DONE]"
+            assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+            content = "".join(e["choices"][0]["delta"].get("content", "") for e in events[1:-2])
+            assert content == "Hello"
+            assert events[-3]["choices"][0]["finish_reason"] == "length"
+            assert events[-2]["choices"] == [] and events[-2]["usage"]["completion_tokens"] == 5
+    run(go())
+
+
+def test_completions_and_stream(run) -> None:
+    async def go() -> None:
+        async with serve_fake() as c:
+            r = await c.post("/v1/completions", json={"model": "fake-model", "prompt": "Once", "max_tokens": 3,
+                                                      "logprobs": 1})
+            assert r.status_code == 200, r.text
+            choice = r.json()["choices"][0]
+            assert choice["text"] == "Hel" and choice["finish_reason"] == "length"
+            assert len(choice["logprobs"]["tokens"]) == 3
+            r = await c.post("/v1/completions", json={"model": "fake-model", "prompt": "Once", "stream": True})
+            events = sse_events(r.text)
+            assert events[-1] == "[DONE]"
+            assert "".join(e["choices"][0]["text"] for e in events[:-1]) == "Hello from the fake model."
+    run(go())
+
+
+def test_models_health_tokenize_embeddings_metrics(run) -> None:
+    async def go() -> None:
+        async with serve_fake() as c:
+            assert (await c.get("/health")).json()["status"] == "ok"
+            models = (await c.get("/v1/models")).json()
+            assert [m["id"] for m in models["data"]] == ["fake-model"]
+            assert (await c.post("/v1/models/list")).json() == models
+            assert (await c.get("/v1/models/fake-model")).json()["id"] == "fake-model"
+            assert_error(await c.get("/v1/models/other"), 404, code="model_not_found")
+            toks = (await c.post("/tokenize", json={"content": "ab"})).json()["tokens"]
+            assert (await c.post("/detokenize", json={"tokens": toks})).json()["content"] == "ab"
+            assert_error(await c.post("/detokenize", json={"tokens": [10**6]}), 400, param="tokens")
+            emb = (await c.post("/v1/embeddings", json={"model": "fake-model", "input": ["a", "b"]})).json()
+            assert len(emb["data"]) == 2 and len(emb["data"][0]["embedding"]) == 8
+            await c.post(CHAT, json=chat_body())
+            text = (await c.get("/metrics")).text
+            assert "botframework_queue_depth" in text and "botframework_time_to_first_token_seconds_count 1.0" in text
+    run(go())
+
+
+MALFORMED: list[tuple[dict[str, Any], str | None]] = [
+    ({"messages": [{"role": "user", "content": "hi"}]}, "model"),
+    (chat_body(messages=[]), "messages"),
+    (chat_body(messages="hi"), "messages"),
+    (chat_body(messages=[{"role": "wizard", "content": "x"}]), "messages.0.role"),
+    (chat_body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]), None),
+    (chat_body(max_tokens=-1), "max_tokens"),
+    (chat_body(max_tokens=0), "max_tokens"),
+    (chat_body(max_tokens=10**9), "max_tokens"),
+    (chat_body(max_tokens="ten"), "max_tokens"),
+    (chat_body(temperature=-1), "temperature"),
+    (chat_body(temperature="hot"), "temperature"),
+    (chat_body(top_p=3), "top_p"),
+    (chat_body(n=2), "n"),
+    (chat_body(stop=["a", "b", "c", "d", "e"]), "stop"),
+    (chat_body(stop=[""]), "stop"),
+    (chat_body(logit_bias={"999999": 1}), "logit_bias"),
+    (chat_body(logit_bias={"-1": 1}), "logit_bias"),
+    (chat_body(logit_bias={"abc": 1}), "logit_bias"),
+    (chat_body(logit_bias={"5": 500}), "logit_bias.5"),
+    (chat_body(seed=2**40), "seed"),
+    (chat_body(frobnicate=True), "frobnicate"),
+    (chat_body(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+    (chat_body(response_format={"type": "json_schema", "json_schema": {}}), "response_format"),
+    (chat_body(top_logprobs=3), "top_logprobs"),
+    (chat_body(priority="urgent"), "priority"),
+    (chat_body(stream_options={"include_usage": True}), "stream_options"),
+]
+
+
+@pytest.mark.parametrize("body,param", MALFORMED)
+def test_malformed_requests_are_400_naming_the_field(run, body: dict[str, Any], param: str | None) -> None:
+    async def go() -> None:
+        async with serve_fake() as c:
+            assert_error(await c.post(CHAT, json=body), 400, param=param)
+            assert (await c.get("/health")).status_code == 200
+    run(go())
+
+
+def test_bad_bodies_never_500(run) -> None:
+    async def go() -> None:
+        async with serve_fake() as c:
+            for raw in (b"", b"{", b"[]", b"null", b'"x"', b"\xff\xfe", json.dumps({"model": 1}).encode()):
+                r = await c.post(CHAT, content=raw, headers={"content-type": "application/json"})
+                assert 400 <= r.status_code < 500, (raw, r.status_code, r.text)
+            assert_error(await c.post(CHAT, json=chat_body(model="gpt-4")), 404, code="model_not_found")
+            assert_error(await c.post("/v1/completions", json={"model": "fake-model", "prompt": [5, 10**7]}), 400,
+                         param="prompt")
+            assert_error(await c.post("/v1/completions", json={"model": "fake-model", "prompt": ""}), 400)
+            assert_error(await c.post("/v1/embeddings", json={"model": "fake-model", "input": []}), 400)
+            assert (await c.get("/nope")).status_code == 404
+            assert (await c.get("/health")).status_code == 200
+    run(go())
+
+
+def test_context_length_exceeded(run) -> None:
+    async def go() -> None:
+        async with serve_fake(FakeRuntime(n_ctx=16)) as c:
+            r = await c.post(CHAT, json=chat_body(messages=[{"role": "user", "content": "x" * 100}]))
+            assert_error(r, 400, code="context_length_exceeded", param="messages")
+    run(go())
+
+
+def test_busy_is_503_with_retry_after(run) -> None:
+    async def go() -> None:
+        async with serve_fake(FakeRuntime(submit_error=BusyError("busy", retry_after_s=2))) as c:
+            r = await c.post(CHAT, json=chat_body(stream=True))
+            assert_error(r, 503)
+            assert r.headers["retry-after"] == "2"
+    run(go())
+
+
+def test_engine_error_mid_stream_is_an_error_event(run) -> None:
+    async def go() -> None:
+        async with serve_fake(FakeRuntime(error_after=3)) as c:
+            events = sse_events((await c.post(CHAT, json=chat_body(stream=True))).text)
+            assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "engine_error"
+            assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-2]) == "Hel"
+            assert_error(await c.post(CHAT, json=chat_body()), 500, code="engine_error")
+            assert (await c.get("/health")).status_code == 200
+    run(go())
+
+
+def test_failed_model_load_keeps_server_up(run) -> None:
+    async def go() -> None:
+        async with serve_fake(fail=ModelLoadError("not a gguf")) as c:
+            h = await c.get("/health")
+            assert h.status_code == 503 and h.json()["status"] == "degraded" and "not a gguf" in h.json()["error"]
+            assert_error(await c.post(CHAT, json=chat_body()), 503)
+            assert_error(await c.get("/v1/models"), 503)
+            assert "botframework_model_loaded 0.0" in (await c.get("/metrics")).text
+    run(go())
+
+
+def test_auth(run) -> None:
+    async def go() -> None:
+        async with serve_fake(api_keys=("k1", "secret-2")) as c:
+            assert (await c.get("/health")).status_code == 200
+            assert_error(await c.get("/v1/models"), 401, code="invalid_api_key")
+            assert_error(await c.post(CHAT, json=chat_body(), headers={"authorization": "Bearer nope"}), 401)
+            assert_error(await c.get("/metrics", headers={"authorization": "Basic k1"}), 401)
+            ok = await c.get("/v1/models", headers={"authorization": "Bearer secret-2"})
+            assert ok.status_code == 200
+            assert (await c.get("/v1/models", headers={"x-api-key": "k1"})).status_code == 200
+    run(go())
+
+
+def test_body_limit_413(run) -> None:
+    async def go() -> None:
+        async with serve_fake(max_body_bytes=1000) as c:
+            big = chat_body(messages=[{"role": "user", "content": "x" * 5000}])
+            assert_error(await c.post(CHAT, json=big), 413, code="request_too_large")
+
+            async def chunks():  # no Content-Length: the limit must count the streamed body
+                for _ in range(10):
+                    yield b" " * 500
+
+            r = await c.post(CHAT, content=chunks(), headers={"content-type": "application/json"})
+            assert_error(r, 413)
+            assert (await c.post(CHAT, json=chat_body())).status_code == 200
+    run(go())
+
+
+def test_cancel_endpoint(run) -> None:
+    # ASGITransport buffers whole responses, so cancel a running non-streamed request by session.
+    async def go() -> None:
+        rt = FakeRuntime(token_delay_s=0.02, reply="x" * 500)
+        async with serve_fake(rt) as c:
+            pending = asyncio.create_task(c.post(CHAT, json=chat_body(session_id="s1")))
+            while not rt.num_generated:
+                await asyncio.sleep(0.01)
+            assert (await c.post("/v1/cancel/s1")).json()["num_cancelled"] == 1
+            r = await pending
+            assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "stop"
+            assert len(r.json()["choices"][0]["message"]["content"]) < 500
+            assert rt.cancelled == [rt.requests[-1].request_id] and not rt.active
+            assert (await c.post("/v1/cancel/unknown")).json()["num_cancelled"] == 0
+    run(go())
+
+
+def test_settings() -> None:
+    with pytest.raises(ValueError, match="API key"):
+        ServerSettings(host="0.0.0.0").check_bind()
+    ServerSettings(host="0.0.0.0", api_keys=("k",)).check_bind()
+    ServerSettings(host="0.0.0.0", allow_non_loopback=True).check_bind()
+    ServerSettings(host="::1").check_bind()
+    s = ServerSettings.from_env({"BOTFRAMEWORK_PORT": "9000", "BOTFRAMEWORK_API_KEYS": "a, b",
+                                 "BOTFRAMEWORK_ALLOW_NON_LOOPBACK": "yes"})
+    assert (s.port, s.api_keys, s.allow_non_loopback) == (9000, ("a", "b"), True)
+    assert s.replace(port=None, host="0.0.0.0").host == "0.0.0.0" and s.replace(port=None).port == 9000
+    with pytest.raises(ValueError):
+        ServerSettings.from_env({"BOTFRAMEWORK_PORT": "http"})
