@@ -246,6 +246,10 @@ char * bf_json_schema_to_grammar(const char * schema_json) {
 char * bf_chat_templates_new(const struct llama_model * model, const char * template_override, void ** out_handle) {
     try {
         *out_handle = nullptr;
+        if (!model && (!template_override || !*template_override)) {
+            // common_chat_templates_init asserts (aborts the process) on a NULL model
+            return error_json("chat templates need a model or a template override");
+        }
         auto holder = new bf_templates();
         holder->tmpls = common_chat_templates_init(model, template_override ? template_override : "");
         if (!holder->tmpls) {

@@ -25,15 +25,18 @@ class StopMatcher:
         if not self.stops:
             return text
         buf = self._held + text
-        cut = -1
+        # The stop that completes first wins (ties: the longer one), as if the text had come
+        # one character at a time: the result must not depend on token boundaries.
+        best: tuple[int, int, str] | None = None
         for stop in self.stops:
             i = buf.find(stop)
-            if i != -1 and (cut == -1 or i < cut):
-                cut, self.matched = i, stop
-        if cut != -1:
+            if i != -1 and (best is None or (i + len(stop), i) < best[:2]):
+                best = (i + len(stop), i, stop)
+        if best is not None:
             self.stopped = True
+            self.matched = best[2]
             self._held = ""
-            return buf[:cut]
+            return buf[: best[1]]
         hold = 0
         for stop in self.stops:
             # longest suffix of buf that is a proper prefix of this stop

@@ -60,6 +60,8 @@ class ContextParams:
 
 
 class Context:
+    _handle: Any = None  # class default: close()/__del__ work even if __init__ raised early
+
     def __init__(self, model: Model, params: ContextParams = ContextParams()) -> None:
         if params.n_seq_max > lib().llama_max_parallel_sequences():
             raise InvalidRequestError(

@@ -59,6 +59,8 @@ def _check_gguf_file(path: Path) -> None:
 class Model:
     """A loaded GGUF model. Thread-safe for reads (tokenize, metadata) once loaded."""
 
+    _handle: Any = None  # class default: close()/__del__ work even if __init__ raised early
+
     def __init__(self, path: str | os.PathLike[str], params: ModelParams = ModelParams()) -> None:
         self.path = Path(path)
         _check_gguf_file(self.path)

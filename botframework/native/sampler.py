@@ -9,11 +9,14 @@ token into every stage (grammar state, penalty history).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Mapping
 
-from botframework.errors import ClosedError, GrammarError
+import numpy as np
+
+from botframework.errors import ClosedError, GrammarError, InvalidRequestError
 from botframework.native._lib import ffi, lib
 from botframework.native.model import Model
 
@@ -71,6 +74,16 @@ class SamplerChain:
         params.no_perf = True
         chain = lib().llama_sampler_chain_init(params)
         self._handle: Any = chain
+        self._grammar: Any = None  # the grammar stage (owned by the chain), for checked accepts
+        # llama_token_data {int32 id; float logit; float p} for every token, reused per sample
+        self._candidates = np.zeros(model.n_vocab, dtype=np.dtype(
+            [("id", np.int32), ("logit", np.float32), ("p", np.float32)]))
+        self._ids = np.arange(model.n_vocab, dtype=np.int32)
+        self._array = ffi.new("llama_token_data_array *")
+        self._data = ffi.cast("llama_token_data *", ffi.from_buffer(self._candidates))
+        self._one = ffi.new("llama_token_data[1]")
+        self._one_array = ffi.new("llama_token_data_array *")
+        self._one_array.data = self._one
         try:
             self._build(model, spec)
         except BaseException:
@@ -97,7 +110,8 @@ class SamplerChain:
             self._add(L.llama_sampler_init_penalties(model.n_vocab, last_n, spec.repeat_penalty,
                                                      spec.frequency_penalty, spec.presence_penalty), "penalties")
         if spec.grammar is not None:
-            self._add(_grammar_sampler(model, spec.grammar), "grammar")
+            self._grammar = _grammar_sampler(model, spec.grammar)
+            self._add(self._grammar, "grammar")
         if spec.greedy:
             self._add(L.llama_sampler_init_greedy(), "greedy")
             return
@@ -120,10 +134,40 @@ class SamplerChain:
         return self._handle
 
     def sample(self, context: Any, batch_index: int) -> int:
-        """Sample from output `batch_index` of the context's last decode, and accept it."""
-        return int(lib().llama_sampler_sample(self.handle, context.handle, batch_index))
+        """Sample from output `batch_index` of the context's last decode, and accept it.
+
+        llama_sampler_sample() without its two process-killing paths: a missing output
+        (GGML_ASSERT) and a grammar that rejects every token (greedy/dist then pick a -inf
+        token whose accept aborts or throws through the C API).
+        """
+        L = lib()
+        logits = L.llama_get_logits_ith(context.handle, batch_index)
+        if logits == ffi.NULL:
+            raise InvalidRequestError(f"batch output {batch_index} has no logits", param="batch_index")
+        n = len(self._candidates)
+        # samplers sort and truncate in place: refill ids, logits and p every time
+        self._candidates["id"] = self._ids
+        self._candidates["logit"] = np.frombuffer(ffi.buffer(logits, n * 4), dtype=np.float32)
+        self._candidates["p"] = 0.0
+        array = self._array
+        array.data, array.size, array.selected, array.sorted = self._data, n, -1, False
+        L.llama_sampler_apply(self.handle, array)
+        chosen = array.selected
+        if not 0 <= chosen < array.size or not math.isfinite(array.data[chosen].logit) \
+                and array.data[chosen].logit < 0:
+            raise GrammarError("no token satisfies the grammar here", param="grammar")
+        token = int(array.data[chosen].id)
+        L.llama_sampler_accept(self.handle, token)
+        return token
 
     def accept(self, token: int) -> None:
+        """Feed a token the caller chose (prefill, replay); GrammarError if the grammar rejects it."""
+        if self._grammar is not None:
+            self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
+            self._one_array.size, self._one_array.selected, self._one_array.sorted = 1, -1, False
+            lib().llama_sampler_apply(self._grammar, self._one_array)
+            if self._one[0].logit == -math.inf:
+                raise GrammarError(f"token {token} is not allowed by the grammar here", param="grammar")
         lib().llama_sampler_accept(self.handle, token)
 
     def reset(self) -> None:

@@ -48,7 +48,12 @@ def json_schema_to_grammar(schema: Any) -> str:
 class ChatTemplates:
     """A model's chat template(s), rendered by llama.cpp's Jinja engine (no Python eval)."""
 
+    _handle: Any = None  # class default: close()/__del__ work even if __init__ raised early
+
     def __init__(self, model: Model | None, template_override: str | None = None) -> None:
+        if model is None and not template_override:
+            # common_chat_templates_init asserts (aborts the process) on a NULL model without one
+            raise InvalidRequestError("chat templates need a model or a template_override", param="chat_template")
         handle = ffi.new("void **")
         model_ptr = model.handle if model is not None else ffi.NULL
         err = lib().bf_chat_templates_new(model_ptr, (template_override or "").encode("utf-8"), handle)

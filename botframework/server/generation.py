@@ -54,7 +54,8 @@ def openai_finish_reason(reason: FinishReason | None) -> str:
 
 
 def build_request(body: ChatCompletionRequest | CompletionRequest, tokens: list[int], extra_stops: tuple[str, ...],
-                  settings: ServerSettings, runtime: Runtime, request_id: str) -> Request:
+                  settings: ServerSettings, runtime: Runtime, request_id: str, *,
+                  truncated_tokens: int = 0) -> Request:
     max_tokens = body.requested_max_tokens
     param = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None else "max_tokens"
     if max_tokens is not None and max_tokens > settings.max_tokens_cap:
@@ -76,7 +77,7 @@ def build_request(body: ChatCompletionRequest | CompletionRequest, tokens: list[
     try:
         params = SamplingParams(
             max_tokens=max_tokens or min(settings.max_tokens_cap, runtime.n_ctx - len(tokens)),
-            stop=tuple(stops) + extra_stops, num_logprobs=body.num_logprobs,
+            stop=tuple(stops) + extra_stops, num_logprobs=body.num_logprobs, ignore_eos=body.ignore_eos,
             sampler=SamplerSpec(
                 temperature=_pick(body.temperature, 1.0), top_p=_pick(body.top_p, 1.0),
                 top_k=_pick(body.top_k, defaults.top_k), min_p=_pick(body.min_p, defaults.min_p),
@@ -86,7 +87,8 @@ def build_request(body: ChatCompletionRequest | CompletionRequest, tokens: list[
                 seed=None if body.seed in (None, -1) else body.seed, logit_bias=bias))
     except ValueError as exc:
         raise InvalidRequestError(str(exc)) from exc
-    return Request(request_id, tuple(tokens), params, session_id=body.session_id, priority=_PRIORITY[body.priority])
+    return Request(request_id, tuple(tokens), params, session_id=body.session_id, priority=_PRIORITY[body.priority],
+                   truncated_tokens=truncated_tokens)
 
 
 def _pick(value: Any, default: Any) -> Any:
@@ -198,5 +200,9 @@ def sse(payload: dict[str, Any] | str) -> bytes:
 def usage_json(usage: Usage | None) -> dict[str, Any] | None:
     if usage is None:
         return None
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens, "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}
+    out: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens, "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}
+    if usage.truncated_tokens:
+        out["truncated_tokens"] = usage.truncated_tokens  # extension: dropped by overflow="truncate"
+    return out

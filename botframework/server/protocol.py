@@ -72,6 +72,7 @@ class _Sampling(_Strict):
     repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     session_id: str | None = Field(default=None, min_length=1, max_length=256)
     priority: Priority = "interactive"
+    ignore_eos: bool = False  # keep generating past end-of-generation tokens (benchmarks)
 
     def check_supported(self) -> None:
         if self.n != 1:
@@ -89,6 +90,7 @@ class ChatCompletionRequest(_Sampling):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    overflow: Literal["error", "truncate"] = "error"  # what to do when the chat is too long
 
     def check_supported(self) -> None:
         super().check_supported()

@@ -29,7 +29,8 @@ class Runtime(Protocol):
     n_ctx: int
     n_vocab: int
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> tuple[list[int], tuple[str, ...]]: ...
+    def render_chat(self, messages: list[dict[str, Any]], *, max_tokens: int = 256,
+                    overflow: str = "error") -> tuple[list[int], tuple[str, ...], int]: ...
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = False) -> list[int]: ...
     def detokenize(self, tokens: list[int]) -> str: ...
     def token_bytes(self, token: int) -> bytes: ...
@@ -52,11 +53,14 @@ class ModelRuntime:
         self.n_ctx: int = worker.n_ctx
         self.n_vocab: int = worker.model.n_vocab
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> tuple[list[int], tuple[str, ...]]:
-        """Messages -> prompt tokens (template special tokens parsed) and the template's stops."""
-        rendered = self.templates.apply({"messages": messages, "add_generation_prompt": True})
-        tokens = self.worker.model.tokenize(rendered["prompt"], add_special=True, parse_special=True)
-        return tokens, tuple(rendered.get("additional_stops") or ())
+    def render_chat(self, messages: list[dict[str, Any]], *, max_tokens: int = 256,
+                    overflow: str = "error") -> tuple[list[int], tuple[str, ...], int]:
+        """Messages -> prompt tokens, the template's stops, and tokens dropped by the overflow policy."""
+        from botframework.chat.render import OverflowPolicy, render_chat
+
+        rendered = render_chat(self.templates, self.worker.model, messages, n_ctx=self.n_ctx,
+                               max_tokens=max_tokens, overflow=OverflowPolicy(overflow))
+        return rendered.tokens, rendered.additional_stops, rendered.truncated_tokens
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = False) -> list[int]:
         return self.worker.model.tokenize(text, add_special=add_special, parse_special=parse_special)  # type: ignore[no-any-return]

@@ -51,9 +51,10 @@ class FakeRuntime:
     def token_bytes(self, token: int) -> bytes:
         return chr(max(token - 2, 32)).encode("utf-8")
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> tuple[list[int], tuple[str, ...]]:
+    def render_chat(self, messages: list[dict[str, Any]], *, max_tokens: int = 256,
+                    overflow: str = "error") -> tuple[list[int], tuple[str, ...], int]:
         text = "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
-        return self.tokenize(text, add_special=True), ("<end>",)
+        return self.tokenize(text, add_special=True), ("<end>",), 0
 
     def submit(self, request: Request, loop: asyncio.AbstractEventLoop) -> RequestHandle:
         self.requests.append(request)

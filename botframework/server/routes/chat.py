@@ -46,9 +46,10 @@ async def chat_completions(body: ChatCompletionRequest, http: HTTPRequest) -> di
     body.check_supported()
     messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
                 for m in body.messages]
-    tokens, extra_stops = await asyncio.to_thread(runtime.render_chat, messages)
+    tokens, extra_stops, truncated = await asyncio.to_thread(
+        runtime.render_chat, messages, max_tokens=body.requested_max_tokens or 256, overflow=body.overflow)
     request_id = new_id("chatcmpl")
-    request = build_request(body, tokens, extra_stops, settings, runtime, request_id)
+    request = build_request(body, tokens, extra_stops, settings, runtime, request_id, truncated_tokens=truncated)
     first, deltas = await start(http, runtime, request)
     created = int(time.time())
     if body.stream:

@@ -1,0 +1,44 @@
+"""Fixtures shared by every test layer.
+
+    model_path (session)  pull("smollm2-135m-instruct") -> the cached GGUF (downloaded once)
+    model      (module)   botframework.native.Model over it, closed after the module
+
+Native imports stay inside the fixtures so that tests which never ask for a model (unit
+tests on fakes) run without the compiled extension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from botframework.native import Model
+
+TEST_MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    """The small test model, fetched into the cache on first use (no network once cached)."""
+    from botframework.errors import ModelFetchError
+    from botframework.runtime.pull import pull
+
+    try:
+        return pull(TEST_MODEL)
+    except ModelFetchError as exc:  # offline and not cached yet: nothing to test against
+        pytest.skip(f"cannot fetch the test model {TEST_MODEL!r}: {exc}")
+
+
+@pytest.fixture(scope="module")
+def model(model_path: Path) -> Iterator[Model]:
+    from botframework.native import Model
+
+    loaded = Model(model_path)
+    try:
+        yield loaded
+    finally:
+        loaded.close()
