@@ -1,0 +1,267 @@
+"""Serving benchmark: botframework vs llama.cpp's llama-server, same build, same settings, one run.
+
+    for each server (ours: python -m botframework.server; theirs: llama-server from our build dir):
+        start on a free loopback port, wait for /health, warm up
+        N = 1, 4, 8, 16 concurrent streams of 128 tokens (/v1/completions, ignore_eos)
+            -> aggregate tokens/s, TTFT p50/p95, single-stream decode t/s from inter-token time
+        cached max_tokens=1 round trip p50
+        1,000-token system prompt: cold TTFT vs repeated TTFT
+    + our scheduler in-process (LocalLLM, threads) at the same levels
+    -> table with ratios ours / llama-server
+
+Usage: python bench/bench_serving.py [--levels 1,4,8,16] [--tokens 128] [--parallel 8] [--threads T]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from build_llama_tools import build_tools  # noqa: E402
+
+from botframework.runtime.pull import pull  # noqa: E402
+from botframework.runtime.worker import default_threads  # noqa: E402
+
+SYSTEM_WORDS = ("You are a meticulous assistant for a software company. Follow the style guide: be brief, "
+                "cite the relevant module, prefer examples over prose, and never invent APIs. ")
+
+
+@dataclass
+class LevelResult:
+    streams: int
+    tokens_per_s: float
+    ttft_p50_ms: float
+    ttft_p95_ms: float
+    decode_tps_single: float = 0.0
+
+
+@dataclass
+class ServerResult:
+    name: str
+    levels: list[LevelResult] = field(default_factory=list)
+    cached_roundtrip_p50_ms: float = 0.0
+    system_cold_ttft_ms: float = 0.0
+    system_warm_ttft_ms: float = 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running(cmd: list[str], port: int, name: str) -> Iterator[str]:
+    log = open(f"/tmp/bench-{name}.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited early; see /tmp/bench-{name}.log")
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"{name} did not become healthy")
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+async def stream_one(client: httpx.AsyncClient, base: str, prompt: str, max_tokens: int) -> tuple[float, list[float]]:
+    """Returns (ttft_ms, token arrival times)."""
+    body = {"model": "smollm2-135m-instruct", "prompt": prompt, "max_tokens": max_tokens, "stream": True,
+            "temperature": 0.0, "ignore_eos": True}
+    t0 = time.perf_counter()
+    arrivals: list[float] = []
+    async with client.stream("POST", f"{base}/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            choices = chunk.get("choices") or []
+            if choices and choices[0].get("text"):
+                arrivals.append(time.perf_counter())
+    if not arrivals:
+        raise RuntimeError("no tokens streamed")
+    return (arrivals[0] - t0) * 1e3, arrivals
+
+
+async def level(base: str, n: int, max_tokens: int) -> LevelResult:
+    async with httpx.AsyncClient(timeout=600) as client:
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(stream_one(client, base, f"Story {i}: once upon a time,", max_tokens)
+                                         for i in range(n)))
+        wall = time.perf_counter() - t0
+    ttfts = sorted(r[0] for r in results)
+    total = n * max_tokens
+    single = 0.0
+    if n == 1:
+        gaps = [b - a for a, b in zip(results[0][1], results[0][1][1:])]
+        single = 1.0 / statistics.median(gaps) if gaps else 0.0
+    return LevelResult(n, total / wall, percentile(ttfts, 50), percentile(ttfts, 95), single)
+
+
+def percentile(values: list[float], p: float) -> float:
+    values = sorted(values)
+    k = (len(values) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+async def roundtrip(base: str, repeats: int = 30) -> float:
+    body = {"model": "smollm2-135m-instruct", "prompt": "Hello", "max_tokens": 1, "temperature": 0.0}
+    times = []
+    async with httpx.AsyncClient(timeout=60) as client:
+        for i in range(repeats + 3):
+            t0 = time.perf_counter()
+            (await client.post(f"{base}/v1/completions", json=body)).raise_for_status()
+            if i >= 3:
+                times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+async def system_prompt(base: str, tokens_target: int = 1000) -> tuple[float, float]:
+    system = (SYSTEM_WORDS * (tokens_target // 30 + 1))
+    async with httpx.AsyncClient(timeout=600) as client:
+        cold, _ = await stream_one(client, base, system + "\nQ: what is a mutex?\nA:", 8)
+        warm = []
+        for q in ("a semaphore", "a monitor", "a latch", "a barrier", "a future"):
+            t, _ = await stream_one(client, base, system + f"\nQ: what is {q}?\nA:", 8)
+            warm.append(t)
+    return cold, statistics.median(warm)
+
+
+def bench_server(name: str, base: str, levels: list[int], max_tokens: int) -> ServerResult:
+    result = ServerResult(name)
+    asyncio.run(level(base, 2, 16))  # warm up
+    for n in levels:
+        result.levels.append(asyncio.run(level(base, n, max_tokens)))
+        print(f"  {name} N={n}: {result.levels[-1]}", flush=True)
+    result.cached_roundtrip_p50_ms = asyncio.run(roundtrip(base))
+    result.system_cold_ttft_ms, result.system_warm_ttft_ms = asyncio.run(system_prompt(base))
+    return result
+
+
+def bench_inprocess(model: Path, levels: list[int], max_tokens: int, args: argparse.Namespace) -> ServerResult:
+    from botframework.api import LocalLLM
+
+    result = ServerResult("in-process")
+    with LocalLLM(str(model), n_ctx=args.ctx, num_slots=max(args.parallel, max(levels)), n_threads=args.threads,
+                  n_threads_batch=args.threads, pull=False) as llm:
+        llm.complete("warm up", max_tokens=8)
+        for n in levels:
+            ttfts: list[float] = []
+
+            def work(i: int) -> None:
+                t0 = time.perf_counter()
+                first = None
+                for delta in llm.stream_complete_deltas(f"Story {i}: once upon a time,", max_tokens=max_tokens,
+                                                         temperature=0.0, ignore_eos=True):
+                    if first is None and delta.text:
+                        first = time.perf_counter()
+                ttfts.append(((first or time.perf_counter()) - t0) * 1e3)
+
+            t0 = time.perf_counter()
+            threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - t0
+            result.levels.append(LevelResult(n, n * max_tokens / wall, percentile(ttfts, 50), percentile(ttfts, 95)))
+            print(f"  in-process N={n}: {result.levels[-1]}", flush=True)
+        m = llm.worker.metrics
+        print(f"  scheduler overhead: {m.schedule_ms / max(1, m.num_steps):.3f} ms/step of "
+              f"{(m.schedule_ms + m.decode_ms + m.sample_ms) / max(1, m.num_steps):.3f} ms/step "
+              f"({100 * m.schedule_ms / max(1e-9, m.schedule_ms + m.decode_ms + m.sample_ms):.1f}%)")
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levels", default="1,4,8,16")
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--parallel", type=int, default=8, help="slots on both servers")
+    parser.add_argument("--ctx", type=int, default=8192)
+    parser.add_argument("--threads", type=int, default=default_threads()[0])
+    parser.add_argument("--skip-inprocess", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    model = pull("smollm2-135m-instruct")
+    llama_server = build_tools(("llama-server",))["llama-server"]
+
+    results = []
+    port = free_port()
+    ours_cmd = [sys.executable, "-m", "botframework.server", "--port", str(port), "--parallel", str(args.parallel),
+                "--ctx-size", str(args.ctx), "--threads", str(args.threads), "--threads-batch", str(args.threads),
+                "--log-level", "warning"]
+    print(f"botframework server ({args.parallel} slots, {args.threads} threads)", flush=True)
+    with running(ours_cmd, port, "ours") as base:
+        results.append(bench_server("botframework", base, levels, args.tokens))
+    port = free_port()
+    theirs_cmd = [str(llama_server), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+                  "-np", str(args.parallel), "-c", str(args.ctx), "-t", str(args.threads), "-tb", str(args.threads),
+                  "--kv-unified", "--metrics", "--log-disable"]
+    print(f"llama-server ({args.parallel} slots, {args.threads} threads)", flush=True)
+    with running(theirs_cmd, port, "llama-server") as base:
+        results.append(bench_server("llama-server", base, levels, args.tokens))
+    if not args.skip_inprocess:
+        print("in-process scheduler", flush=True)
+        results.append(bench_inprocess(model, levels, args.tokens, args))
+
+    ours, theirs = results[0], results[1]
+    print(f"\n{'streams':>7} | {'ours t/s':>9} {'llama t/s':>9} {'ratio':>6} | {'ours TTFT p50/p95 ms':>21} | "
+          f"{'llama TTFT p50/p95 ms':>22}" + (" | in-proc t/s" if len(results) > 2 else ""))
+    for i, n in enumerate(levels):
+        a, b = ours.levels[i], theirs.levels[i]
+        row = (f"{n:>7} | {a.tokens_per_s:9.1f} {b.tokens_per_s:9.1f} {a.tokens_per_s / b.tokens_per_s:6.2f} | "
+               f"{a.ttft_p50_ms:9.1f} / {a.ttft_p95_ms:9.1f} | {b.ttft_p50_ms:10.1f} / {b.ttft_p95_ms:9.1f}")
+        if len(results) > 2:
+            row += f" | {results[2].levels[i].tokens_per_s:9.1f}"
+        print(row)
+    if ours.levels and ours.levels[0].decode_tps_single:
+        a, b = ours.levels[0].decode_tps_single, theirs.levels[0].decode_tps_single
+        print(f"single-stream decode (inter-token): ours {a:.1f} t/s, llama-server {b:.1f} t/s, ratio {a / b:.2f}")
+    print(f"cached max_tokens=1 round trip p50: ours {ours.cached_roundtrip_p50_ms:.1f} ms, "
+          f"llama-server {theirs.cached_roundtrip_p50_ms:.1f} ms, "
+          f"difference {ours.cached_roundtrip_p50_ms - theirs.cached_roundtrip_p50_ms:+.1f} ms")
+    for r in (ours, theirs):
+        print(f"1,000-token system prompt ({r.name}): cold TTFT {r.system_cold_ttft_ms:.1f} ms, repeated "
+              f"{r.system_warm_ttft_ms:.1f} ms ({100 * r.system_warm_ttft_ms / r.system_cold_ttft_ms:.0f}% of cold)")
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
