@@ -148,6 +148,7 @@ class LocalLLM:
                 stop: str | Sequence[str] | None = None, extra_stops: tuple[str, ...] = (),
                 ignore_eos: bool = False, logprobs: int | None = None, session_id: str | None = None,
                 priority: Priority = Priority.INTERACTIVE, truncated_tokens: int = 0,
+                context_shift: bool = False, num_keep: int = 0,
                 logit_bias: dict[int, float] | None = None) -> Iterator[Delta]:
         if not tokens:
             raise InvalidRequestError("the prompt is empty", param="prompt")
@@ -162,7 +163,8 @@ class LocalLLM:
         except ValueError as exc:
             raise InvalidRequestError(str(exc)) from exc
         request = Request(self.worker.new_request_id(), tuple(tokens), params, session_id=session_id,
-                          priority=priority, truncated_tokens=truncated_tokens)
+                          priority=priority, truncated_tokens=truncated_tokens, context_shift=context_shift,
+                          num_keep=num_keep)
         handle = self.worker.submit(request)
         return _raise_errors(iter(handle), handle)
 

@@ -107,6 +107,16 @@ class Scheduler:
                 found = True
         return found
 
+    def session_info(self, session_id: str) -> dict[str, object] | None:
+        """Where a session's KV state is: in a slot (busy or idle), evicted (RAM/disk), or None."""
+        for slot in self.slots:
+            if slot.session_id == session_id:
+                return {"state": "busy" if slot.owner is not None else "idle", "seq_id": slot.seq_id,
+                        "num_cached_tokens": len(slot.cached)}
+        if self.sessions.is_pending(session_id):
+            return {"state": "evicting"}
+        return self.sessions.info(session_id)
+
     def clear_prefix_cache(self) -> int:
         """Drop the cached prefixes of idle slots (not sessions); returns the cells freed."""
         freed = 0
@@ -133,7 +143,7 @@ class Scheduler:
         running = sorted((s for s in self.active.values() if s.status is SequenceStatus.RUNNING),
                          key=lambda s: (s.request.priority, s.request.arrival))
         for seq in running:
-            if not self._reserve(1, seq):
+            if not self._reserve(1, seq) and not (seq.request.context_shift and self._shift(seq)):
                 self._finish(seq, FinishReason.LENGTH)
                 continue
             items.append(self._item(seq, [seq.tokens[-1]], sample=True))
@@ -165,7 +175,7 @@ class Scheduler:
         start = seq.num_computed
         seq.num_computed += len(tokens)
         slot = self.slots[seq.seq_id]
-        slot.cached = seq.tokens[: seq.num_computed]
+        slot.cached = seq.kv_tokens()
         return PlanItem(request_id=seq.request_id, seq_id=seq.seq_id, tokens=tuple(tokens),
                         start_pos=start, sample=sample, sampler=params.sampler,
                         num_logprobs=params.num_logprobs)
@@ -180,6 +190,20 @@ class Scheduler:
         if last:
             seq.status = SequenceStatus.RUNNING
         return n
+
+    def _shift(self, seq: Sequence) -> bool:
+        """Context shift: drop the older half of the generated context after the first n_keep
+        tokens and slide the rest down, so a long generation can go on (llama-server's scheme)."""
+        n_keep = min(seq.request.num_keep, seq.num_computed - 2)
+        n_discard = (seq.num_computed - n_keep) // 2
+        if n_keep < 0 or n_discard < 1:
+            return False
+        self._pending_ops.append(KVOp(KVOpKind.REMOVE, seq.seq_id, n_keep, n_keep + n_discard))
+        self._pending_ops.append(KVOp(KVOpKind.SHIFT, seq.seq_id, n_keep + n_discard, seq.num_computed,
+                                      delta=-n_discard))
+        seq.shift(n_keep, n_discard)
+        self.slots[seq.seq_id].cached = seq.kv_tokens()
+        return self._reserve(1, seq)
 
     # -- KV accounting ----------------------------------------------------------------------
     def num_cells_used(self) -> int:
@@ -306,7 +330,8 @@ class Scheduler:
                 text = seq.stops.feed(seq.detokenizer.feed(token))
                 if seq.stops.stopped:
                     finish = FinishReason.STOP
-                elif seq.num_generated >= params.max_tokens or len(seq.tokens) >= self.config.num_ctx:
+                elif seq.num_generated >= params.max_tokens or (
+                        seq.num_computed + 1 >= self.config.num_ctx and not seq.request.context_shift):
                     finish = FinishReason.LENGTH
             if finish is not None and not seq.stops.stopped:
                 text += seq.stops.feed(seq.detokenizer.flush())

@@ -38,6 +38,8 @@ class Request:
     priority: Priority = Priority.INTERACTIVE
     deadline: float | None = None       # time.monotonic() after which it is cancelled
     truncated_tokens: int = 0           # prompt tokens the overflow policy already dropped
+    context_shift: bool = False         # at the context limit, drop old tokens instead of stopping
+    num_keep: int = 0                   # tokens a context shift never drops (e.g. a system prompt)
     arrival: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
@@ -56,6 +58,8 @@ class Sequence:
         self.num_computed = 0        # tokens of self.tokens already in the KV cache
         self.num_cached = 0          # prompt tokens reused from the cache at admission
         self.num_generated = 0
+        self.num_keep = 0            # context shift: KV positions < num_keep are tokens[:num_keep]
+        self.num_discarded = 0       # ...and position p >= num_keep holds tokens[p + num_discarded]
         self.detokenizer = detokenizer
         self.stops = StopMatcher(request.params.stop)
         self.first_token_at: float | None = None
@@ -68,6 +72,20 @@ class Sequence:
     @property
     def num_pending_prompt(self) -> int:
         return self.num_prompt - self.num_computed
+
+    def kv_tokens(self) -> list[int]:
+        """The tokens now in this sequence's KV cells, in position order."""
+        if not self.num_discarded:
+            return self.tokens[: self.num_computed]
+        start = self.num_keep + self.num_discarded
+        return self.tokens[: self.num_keep] + self.tokens[start: start + self.num_computed - self.num_keep]
+
+    def shift(self, num_keep: int, num_discard: int) -> None:
+        if self.num_discarded and num_keep != self.num_keep:
+            raise ValueError("num_keep must not change between context shifts")
+        self.num_keep = num_keep
+        self.num_discarded += num_discard
+        self.num_computed -= num_discard
 
 
 @dataclass

@@ -66,6 +66,13 @@ class SessionStore:
         self._pending.pop(session_id, None)
         return self._discard(session_id)
 
+    def info(self, session_id: str) -> dict[str, object] | None:
+        entry = self._entries.get(session_id)
+        if entry is None:
+            return None
+        return {"state": "evicted", "location": "ram" if entry.data is not None else "disk",
+                "num_cached_tokens": len(entry.tokens), "num_bytes": entry.num_bytes}
+
     def ram_bytes(self) -> int:
         return sum(e.num_bytes for e in self._entries.values() if e.data is not None)
 

@@ -28,6 +28,7 @@ from botframework.server.routes import (
     health,
     metrics,
     models,
+    sessions,
     tokenize,
 )
 from botframework.server.runtime import Runtime, load_runtime
@@ -71,7 +72,7 @@ def create_app(settings: ServerSettings | None = None, runtime_factory: RuntimeF
     async def _unexpected(request: HTTPRequest, exc: Exception) -> JSONResponse:
         return errors.error_response(exc)
 
-    for module in (health, models, chat, completions, embeddings, tokenize, cancel, metrics):
+    for module in (health, models, chat, completions, embeddings, tokenize, cancel, sessions, metrics):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     if settings.cors_origins:

@@ -88,7 +88,7 @@ def build_request(body: ChatCompletionRequest | CompletionRequest, tokens: list[
     except ValueError as exc:
         raise InvalidRequestError(str(exc)) from exc
     return Request(request_id, tuple(tokens), params, session_id=body.session_id, priority=_PRIORITY[body.priority],
-                   truncated_tokens=truncated_tokens)
+                   truncated_tokens=truncated_tokens, context_shift=body.context_shift, num_keep=body.n_keep)
 
 
 def _pick(value: Any, default: Any) -> Any:

@@ -73,6 +73,8 @@ class _Sampling(_Strict):
     session_id: str | None = Field(default=None, min_length=1, max_length=256)
     priority: Priority = "interactive"
     ignore_eos: bool = False  # keep generating past end-of-generation tokens (benchmarks)
+    context_shift: bool = False  # at the context limit, drop old tokens and keep generating
+    n_keep: int = Field(default=0, ge=0)  # tokens a context shift never drops
 
     def check_supported(self) -> None:
         if self.n != 1:

@@ -196,3 +196,13 @@ def test_context_overflow_error_or_truncate(llm: LocalLLM) -> None:
     assert result.usage.truncated_tokens > 0
     assert result.usage.prompt_tokens + 8 <= llm.worker.n_ctx
     assert result.usage.prompt_tokens + result.usage.truncated_tokens == info.value.num_prompt_tokens
+
+
+def test_context_shift_generates_past_the_window() -> None:
+    with LocalLLM("smollm2-135m-instruct", n_ctx=256, num_slots=1) as small:
+        stopped = small.complete("Once upon a time", max_tokens=400, ignore_eos=True, temperature=0)
+        assert stopped.finish_reason == "length" and stopped.usage.completion_tokens < 256
+        shifted = small.complete("Once upon a time", max_tokens=400, ignore_eos=True, temperature=0,
+                                 context_shift=True, num_keep=2)
+        assert shifted.usage.completion_tokens == 400
+        assert shifted.text.startswith(stopped.text[:200])  # identical until the first shift

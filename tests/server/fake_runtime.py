@@ -40,6 +40,7 @@ class FakeRuntime:
         self.cancelled: list[str] = []
         self.num_generated = 0
         self.closed = False
+        self.seen_sessions: set[str] = set()
 
     # tokens: 1 (BOS) + one per character, ids folded into the vocabulary
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = False) -> list[int]:
@@ -58,6 +59,8 @@ class FakeRuntime:
 
     def submit(self, request: Request, loop: asyncio.AbstractEventLoop) -> RequestHandle:
         self.requests.append(request)
+        if request.session_id:
+            self.seen_sessions.add(request.session_id)
         handle = RequestHandle(request.request_id, self._cancel, loop)
         self.active[request.request_id] = request
         self.handles[request.request_id] = handle
@@ -111,6 +114,17 @@ class FakeRuntime:
         for rid in ids:
             self._cancel(rid)
         return len(ids)
+
+    def session_info(self, session_id: str) -> dict[str, object] | None:
+        if any(r.session_id == session_id for r in self.active.values()):
+            return {"state": "busy", "num_cached_tokens": 0}
+        return {"state": "idle", "num_cached_tokens": 0} if session_id in self.seen_sessions else None
+
+    def drop_session(self, session_id: str) -> bool:
+        self.cancel(session_id)
+        found = session_id in self.seen_sessions
+        self.seen_sessions.discard(session_id)
+        return found
 
     def stats(self) -> dict[str, int]:
         return {"num_waiting": 0, "num_running": len(self.active), "num_prefilling": 0,

@@ -252,3 +252,21 @@ def test_settings() -> None:
     assert s.replace(port=None, host="0.0.0.0").host == "0.0.0.0" and s.replace(port=None).port == 9000
     with pytest.raises(ValueError):
         ServerSettings.from_env({"BOTFRAMEWORK_PORT": "http"})
+
+
+def test_session_endpoints_create_inspect_delete(run) -> None:  # type: ignore[no-untyped-def]
+    async def go() -> None:
+        runtime = FakeRuntime()
+        async with serve_fake(runtime) as client:
+            created = (await client.post("/v1/sessions")).json()
+            sid = created["id"]
+            assert created["state"] == "new"
+            assert (await client.get(f"/v1/sessions/{sid}")).json()["state"] == "new"
+            r = await client.post(CHAT, json=chat_body(session_id=sid))
+            assert r.status_code == 200
+            assert (await client.get(f"/v1/sessions/{sid}")).json()["state"] == "idle"
+            assert (await client.delete(f"/v1/sessions/{sid}")).json()["deleted"] is True
+            assert_error(await client.get(f"/v1/sessions/{sid}"), 404, code="session_not_found")
+            assert_error(await client.delete("/v1/sessions/nope"), 404, code="session_not_found")
+
+    run(go())

@@ -11,32 +11,45 @@ from botframework.engine.step import KVOpKind, SampledToken, StepPlan, StepResul
 
 class FakeEngine:
     def __init__(self, num_slots: int, max_batch_tokens: int, vocab: int = 1000, eog: int = 999) -> None:
-        self.kv: dict[int, list[int]] = {i: [] for i in range(num_slots)}
+        self.cells: dict[int, dict[int, int]] = {i: {} for i in range(num_slots)}  # seq -> pos -> token
         self.max_batch_tokens = max_batch_tokens
         self.vocab = vocab
         self.eog = eog
         self.num_decoded = 0
         self.samplers: set[str] = set()
-        self.saved: dict[int, list[int]] = {}
+
+    @property
+    def kv(self) -> dict[int, list[int]]:
+        """Each sequence's tokens in position order (positions must be 0..n-1 without holes)."""
+        out = {}
+        for seq_id, cells in self.cells.items():
+            assert sorted(cells) == list(range(len(cells))), f"seq {seq_id}: holes in positions {sorted(cells)}"
+            out[seq_id] = [cells[p] for p in range(len(cells))]
+        return out
 
     def execute(self, plan: StepPlan) -> StepResult:
-        saved = {}
-        for seq_id in plan.save_states:
-            saved[seq_id] = repr(self.kv[seq_id]).encode()
+        saved = {seq_id: repr(self.kv[seq_id]).encode() for seq_id in plan.save_states}
         for op in plan.kv_ops:
-            cells = self.kv[op.seq_id]
+            cells = self.cells[op.seq_id]
+            p0 = 0 if op.p0 < 0 else op.p0
+            p1 = 1 << 30 if op.p1 < 0 else op.p1
             if op.kind is KVOpKind.REMOVE:
-                p0 = 0 if op.p0 < 0 else op.p0
-                p1 = len(cells) if op.p1 < 0 else op.p1
-                assert p1 >= len(cells) or p0 == 0, "removing from the middle"
-                del cells[p0:p1]
+                for p in [p for p in cells if p0 <= p < p1]:
+                    del cells[p]
+            elif op.kind is KVOpKind.SHIFT:
+                moved = {p: t for p, t in cells.items() if p0 <= p < p1}
+                for p in moved:
+                    del cells[p]
+                for p, t in moved.items():
+                    assert p + op.delta not in cells, "shift onto occupied cells"
+                    cells[p + op.delta] = t
             elif op.kind is KVOpKind.COPY:
                 src = self.kv[op.src_seq_id]
                 assert len(src) >= op.p1, f"copy of {op.p1} cells from a sequence holding {len(src)}"
                 assert not cells, "copy into a non-empty sequence"
-                self.kv[op.seq_id] = list(src[op.p0:op.p1])
+                self.cells[op.seq_id] = dict(enumerate(src[op.p0:op.p1]))
             elif op.kind is KVOpKind.RESTORE:
-                self.kv[op.seq_id] = eval(op.data.decode())  # noqa: S307 - our own repr
+                self.cells[op.seq_id] = dict(enumerate(eval(op.data.decode())))  # noqa: S307 - our own repr
         for request_id in plan.release:
             self.samplers.discard(request_id)
         assert plan.num_tokens <= self.max_batch_tokens, "batch over budget"
@@ -45,14 +58,15 @@ class FakeEngine:
         for item in plan.items:
             assert item.seq_id not in seen, "a sequence twice in one batch"
             seen.add(item.seq_id)
-            cells = self.kv[item.seq_id]
+            cells = self.cells[item.seq_id]
             assert item.start_pos == len(cells), f"seq {item.seq_id}: pos {item.start_pos} != {len(cells)} cells"
-            cells.extend(item.tokens)
+            for k, token in enumerate(item.tokens):
+                cells[item.start_pos + k] = token
             self.num_decoded += len(item.tokens)
             if item.sample:
                 self.samplers.add(item.request_id)
                 # deterministic: depends only on the sequence's content, like greedy decoding
-                token = (sum(cells) * 31 + len(cells)) % (self.vocab - 1)
+                token = (sum(cells.values()) * 31 + len(cells)) % (self.vocab - 1)
                 sampled.append(SampledToken(item.request_id, token))
         return StepResult(sampled=tuple(sampled), num_tokens=plan.num_tokens, decode_ms=0.0, sample_ms=0.0,
                           saved_states=saved)

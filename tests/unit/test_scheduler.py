@@ -21,9 +21,10 @@ _ids = itertools.count()
 
 
 def make_seq(prompt: list[int], max_tokens: int = 8, session_id: str | None = None,
-             priority: Priority = Priority.INTERACTIVE, ignore_eos: bool = True) -> Sequence:
+             priority: Priority = Priority.INTERACTIVE, ignore_eos: bool = True,
+             context_shift: bool = False, num_keep: int = 0) -> Sequence:
     request = Request(f"r{next(_ids)}", tuple(prompt), SamplingParams(max_tokens=max_tokens, ignore_eos=ignore_eos),
-                      session_id=session_id, priority=priority)
+                      session_id=session_id, priority=priority, context_shift=context_shift, num_keep=num_keep)
     handle = RequestHandle(request.request_id, lambda _id: None)
     return Sequence(request, handle, IncrementalDetokenizer(lambda t: b"x"))
 
@@ -135,6 +136,21 @@ def test_session_second_turn_and_eviction_restore() -> None:
     s.add(turn2)
     run(s, engine)
     assert turn2.num_cached == len(history)
+
+
+def test_context_shift_keeps_generating_past_the_window() -> None:
+    cfg = SchedulerConfig(num_slots=2, num_ctx=64, max_batch_tokens=32)
+    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 32)
+    plain = make_seq(list(range(1, 20)), max_tokens=200)
+    shifted = make_seq(list(range(1, 20)), max_tokens=200, context_shift=True, num_keep=4)
+    s.add(plain)
+    run(s, engine)
+    assert finished(plain) is FinishReason.LENGTH and plain.num_generated < 64
+    s.add(shifted)
+    run(s, engine)
+    assert finished(shifted) is FinishReason.LENGTH and shifted.num_generated == 200
+    assert shifted.num_discarded > 0
+    assert engine.kv[shifted.seq_id][:4] == [1, 2, 3, 4]  # the kept prefix survived every shift
 
 
 def test_cancel_frees_everything_by_next_step() -> None:
