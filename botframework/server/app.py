@@ -26,6 +26,7 @@ from botframework.server.routes import (
     completions,
     embeddings,
     health,
+    infill,
     metrics,
     models,
     sessions,
@@ -72,7 +73,7 @@ def create_app(settings: ServerSettings | None = None, runtime_factory: RuntimeF
     async def _unexpected(request: HTTPRequest, exc: Exception) -> JSONResponse:
         return errors.error_response(exc)
 
-    for module in (health, models, chat, completions, embeddings, tokenize, cancel, sessions, metrics):
+    for module in (health, models, chat, completions, infill, embeddings, tokenize, cancel, sessions, metrics):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     if settings.cors_origins:

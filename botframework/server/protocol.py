@@ -127,8 +127,6 @@ class CompletionRequest(_Sampling):
         super().check_supported()
         if self.echo:
             raise unsupported("echo")
-        if self.suffix:
-            raise unsupported("suffix")
         if self.best_of not in (None, 1):
             raise unsupported("best_of", "must be 1: several candidates per request are not supported yet")
         if isinstance(self.prompt, list) and self.prompt and isinstance(self.prompt[0], str) \
@@ -142,6 +140,24 @@ class CompletionRequest(_Sampling):
     @property
     def num_logprobs(self) -> int | None:
         return self.logprobs
+
+
+class InfillRequest(_Sampling):
+    """llama.cpp-compatible /infill: fill in code between a prefix and a suffix."""
+
+    model: str = Field(default="", max_length=512)  # optional here, as in llama-server
+    input_prefix: str = ""
+    input_suffix: str = ""
+    input_extra: list[dict[str, str]] = Field(default_factory=list, max_length=64)  # [{filename, text}]
+    prompt: str = ""  # appended to the prefix (text typed since the last request)
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    @property
+    def num_logprobs(self) -> int | None:
+        return None
 
 
 class EmbeddingRequest(_Strict):

@@ -33,6 +33,7 @@ class Runtime(Protocol):
                     overflow: str = "error") -> tuple[list[int], tuple[str, ...], int]: ...
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = False) -> list[int]: ...
     def detokenize(self, tokens: list[int]) -> str: ...
+    def infill_tokens(self, prefix: str, suffix: str, extra: str = "") -> list[int]: ...
     def token_bytes(self, token: int) -> bytes: ...
     def submit(self, request: Request, loop: asyncio.AbstractEventLoop) -> RequestHandle: ...
     def cancel(self, request_or_session_id: str) -> int: ...
@@ -69,6 +70,19 @@ class ModelRuntime:
 
     def detokenize(self, tokens: list[int]) -> str:
         return self.worker.model.detokenize(tokens)  # type: ignore[no-any-return]
+
+    def infill_tokens(self, prefix: str, suffix: str, extra: str = "") -> list[int]:
+        """Fill-in-the-middle prompt in llama.cpp's PSM order: <PRE> extra+prefix <SUF> suffix <MID>."""
+        from botframework.errors import InvalidRequestError
+
+        model = self.worker.model
+        special = model.special
+        if min(special.fim_pre, special.fim_suf, special.fim_mid) < 0:
+            raise InvalidRequestError(f"model '{self.model_id}' has no fill-in-the-middle tokens", param="suffix")
+        tokens = [special.bos] if special.add_bos and special.bos >= 0 else []
+        tokens += [special.fim_pre, *model.tokenize(extra + prefix, add_special=False), special.fim_suf,
+                   *model.tokenize(suffix, add_special=False), special.fim_mid]
+        return tokens
 
     def token_bytes(self, token: int) -> bytes:
         return self.worker.model.token_to_piece(token)  # type: ignore[no-any-return]

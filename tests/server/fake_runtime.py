@@ -46,6 +46,10 @@ class FakeRuntime:
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = False) -> list[int]:
         return ([1] if add_special else []) + [2 + ord(c) % (self.n_vocab - 2) for c in text]
 
+    def infill_tokens(self, prefix: str, suffix: str, extra: str = "") -> list[int]:
+        self.last_infill = (prefix, suffix, extra)
+        return [3] + self.tokenize(extra + prefix, add_special=False) + [4] + self.tokenize(suffix, add_special=False) + [5]
+
     def detokenize(self, tokens: list[int]) -> str:
         return "".join(chr(t - 2) for t in tokens if t >= 2)
 

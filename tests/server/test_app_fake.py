@@ -270,3 +270,27 @@ def test_session_endpoints_create_inspect_delete(run) -> None:  # type: ignore[n
             assert_error(await client.delete("/v1/sessions/nope"), 404, code="session_not_found")
 
     run(go())
+
+
+def test_fill_in_the_middle_via_suffix_and_infill(run) -> None:  # type: ignore[no-untyped-def]
+    async def go() -> None:
+        runtime = FakeRuntime()
+        async with serve_fake(runtime) as client:
+            r = await client.post("/v1/completions", json={"model": "fake-model", "prompt": "def f(", "suffix": ")\n"})
+            assert r.status_code == 200, r.text
+            assert runtime.last_infill == ("def f(", ")\n", "")
+            assert runtime.requests[-1].prompt_tokens[0] == 3  # starts with the FIM prefix token
+            r = await client.post("/infill", json={"input_prefix": "x = ", "input_suffix": "\n",
+                                                   "input_extra": [{"filename": "a.py", "text": "y = 1"}],
+                                                   "max_tokens": 4})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["content"] and body["stop"] is True and body["tokens_predicted"] >= 1
+            assert runtime.last_infill == ("x = ", "\n", "a.py\ny = 1\n")
+            r = await client.post("/infill", json={"input_prefix": "x", "stream": True, "max_tokens": 3})
+            events = sse_events(r.text)
+            assert events[-1]["stop"] is True and all("content" in e for e in events)
+            assert_error(await client.post("/v1/completions", json={"model": "fake-model", "prompt": [1, 2],
+                                                                   "suffix": "x"}), 400, param="prompt")
+
+    run(go())

@@ -39,7 +39,13 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 async def completions(body: CompletionRequest, http: HTTPRequest) -> dict[str, Any] | StreamingResponse:
     runtime = get_runtime(http, body.model)
     body.check_supported()
-    tokens = await asyncio.to_thread(_prompt_tokens, runtime, body.prompt)
+    if body.suffix is not None:  # fill-in-the-middle: the prompt is the prefix
+        prefix = body.prompt if isinstance(body.prompt, str) else None
+        if prefix is None:
+            raise APIError(400, "'suffix' needs 'prompt' to be a string", param="prompt")
+        tokens = await asyncio.to_thread(runtime.infill_tokens, prefix, body.suffix)
+    else:
+        tokens = await asyncio.to_thread(_prompt_tokens, runtime, body.prompt)
     request_id = new_id("cmpl")
     request = build_request(body, tokens, (), http.app.state.settings, runtime, request_id)
     first, deltas = await start(http, runtime, request)

@@ -1,0 +1,66 @@
+"""POST /infill: llama.cpp-compatible fill-in-the-middle for code editors (llama.vim, ...).
+
+    input_extra (files) + input_prefix + prompt, input_suffix -> <PRE> .. <SUF> .. <MID> tokens
+    -> {"content", "stop", "tokens_predicted", "tokens_evaluated", ...} or SSE {"content", "stop"}
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi import Request as HTTPRequest
+from fastapi.responses import StreamingResponse
+
+from botframework.scheduler.output import Delta
+from botframework.server.auth import require_api_key
+from botframework.server.errors import error_body, to_api_error
+from botframework.server.generation import build_request, collect, get_runtime, new_id, record, sse, start
+from botframework.server.protocol import InfillRequest
+from botframework.server.routes.chat import SSE_HEADERS
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+
+
+def _extra_text(extra: list[dict[str, str]]) -> str:
+    # llama.cpp's repo-level FIM layout: each file as "<filename>\n<text>\n" before the prefix.
+    return "".join(f"{item.get('filename', '')}\n{item.get('text', '')}\n" for item in extra)
+
+
+@router.post("/infill", response_model=None)
+async def infill(body: InfillRequest, http: HTTPRequest) -> dict[str, Any] | StreamingResponse:
+    runtime = get_runtime(http, body.model or None)
+    body.check_supported()
+    tokens = await asyncio.to_thread(runtime.infill_tokens, body.input_prefix + body.prompt, body.input_suffix,
+                                     _extra_text(body.input_extra))
+    request = build_request(body, tokens, (), http.app.state.settings, runtime, new_id("infill"))  # type: ignore[arg-type]
+    first, deltas = await start(http, runtime, request)
+    if body.stream:
+        return StreamingResponse(_stream(http, first, deltas), media_type="text/event-stream", headers=SSE_HEADERS)
+    done = await collect(http, first, deltas)
+    usage = done.usage
+    return {"content": done.text, "stop": True, "model": runtime.model_id,
+            "stop_type": "limit" if done.finish_reason.value == "length" else "eos",
+            "tokens_predicted": usage.completion_tokens if usage else 0,
+            "tokens_evaluated": usage.prompt_tokens if usage else 0}
+
+
+async def _stream(http: HTTPRequest, first: Delta, deltas: AsyncIterator[Delta]) -> AsyncIterator[bytes]:
+    try:
+        delta: Delta | None = first
+        while delta is not None:
+            if delta.error is not None:
+                err = to_api_error(delta.error)
+                yield sse(error_body(err.message, err.type, err.param, err.code))
+                break
+            done = delta.finish_reason is not None
+            if delta.text or done:
+                yield sse({"content": delta.text, "stop": done})
+            if done:
+                record(http, delta.timings, delta.usage)
+                break
+            delta = await anext(deltas, None)
+    finally:
+        await deltas.aclose()  # type: ignore[attr-defined]
