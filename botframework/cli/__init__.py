@@ -13,28 +13,39 @@ from typing import Sequence
 from botframework.errors import BotframeworkError
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
+def _add_model_args(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """Model flags. Without defaults (serve), unset flags leave the config file/env values alone."""
     from botframework.runtime.catalog import DEFAULT_MODEL
 
-    parser.add_argument("--model", "-m", default=DEFAULT_MODEL,
+    parser.add_argument("--model", "-m", default=DEFAULT_MODEL if defaults else None,
                         help=f"catalog name, .gguf path or hf:owner/repo/file.gguf (default {DEFAULT_MODEL})")
-    parser.add_argument("--ctx-size", type=int, default=8192, help="KV cells shared by all sequences")
-    parser.add_argument("--parallel", type=int, default=8, help="concurrent sequences (KV slots)")
+    parser.add_argument("--ctx-size", type=int, default=8192 if defaults else None,
+                        help="KV cells shared by all sequences (default 8192)")
+    parser.add_argument("--parallel", type=int, default=8 if defaults else None,
+                        help="concurrent sequences (KV slots, default 8)")
     parser.add_argument("--threads", type=int, default=None, help="decode threads (default: physical cores)")
     parser.add_argument("--threads-batch", type=int, default=None, help="prompt threads (default: all CPUs)")
-    parser.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU build")
+    parser.add_argument("--n-gpu-layers", type=int, default=0 if defaults else None,
+                        help="layers to offload to a GPU build")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from botframework.runtime.pull import resolve_model
     from botframework.server import ServerSettings, serve
 
-    resolve_model(args.model, pull_missing=True, progress=True)  # pull with a progress bar first
-    settings = ServerSettings.from_env().replace(
-        host=args.host, port=args.port, model=args.model, n_ctx=args.ctx_size, num_slots=args.parallel,
-        n_threads=args.threads, n_threads_batch=args.threads_batch, n_gpu_layers=args.n_gpu_layers,
-        api_keys=tuple(args.api_key or ()) or None, cors_origins=tuple(args.cors_origin or ()) or None,
-        allow_non_loopback=args.allow_non_loopback)
+    try:
+        settings = ServerSettings.from_env(config=args.config).replace(
+            host=args.host, port=args.port, model=args.model, n_ctx=args.ctx_size, num_slots=args.parallel,
+            n_threads=args.threads, n_threads_batch=args.threads_batch, n_gpu_layers=args.n_gpu_layers,
+            api_keys=tuple(args.api_key or ()) or None, cors_origins=tuple(args.cors_origin or ()) or None,
+            allow_non_loopback=args.allow_non_loopback)
+        settings.check_bind()
+    except ValueError as exc:
+        print(f"botframework: error: {exc}", file=sys.stderr)
+        return 2
+    if settings.pull_missing:  # pull before the server starts, with a progress bar
+        resolve_model(settings.model, allowed_dirs=list(settings.models_dirs) or None, pull_missing=True,
+                      progress=True)
     serve(settings)
     return 0
 
@@ -132,13 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
-    _add_model_args(p)
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
+    _add_model_args(p, defaults=False)
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="default 8000")
     p.add_argument("--api-key", action="append", help="require this API key (repeatable)")
     p.add_argument("--cors-origin", action="append", help="allow this CORS origin (repeatable)")
-    p.add_argument("--allow-non-loopback", action="store_true",
+    p.add_argument("--allow-non-loopback", action="store_true", default=None,
                    help="allow binding a non-loopback address without an API key")
+    p.add_argument("--config", help="TOML settings file (flags and BOTFRAMEWORK_* override it)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("pull", help="download a model into the cache")

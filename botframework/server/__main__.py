@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cors-origin", dest="cors_origins", action="append")
     p.add_argument("--allow-non-loopback", action="store_true", default=None)
     p.add_argument("--log-level")
+    p.add_argument("--config", help="TOML settings file (flags and BOTFRAMEWORK_* override it)")
     args = vars(p.parse_args(argv))
     try:
         settings = ServerSettings.from_args(**args)

@@ -1,6 +1,7 @@
 """ServerSettings: everything `botframework serve` is configured with, frozen.
 
-    defaults  <-  BOTFRAMEWORK_* environment (from_env)  <-  CLI flags (replace / from_args)
+    defaults  <-  TOML config file (--config / BOTFRAMEWORK_CONFIG)  <-  BOTFRAMEWORK_* environment
+              <-  CLI flags (replace / from_args)
        -> check_bind() before binding: no non-loopback address without an API key
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,14 +84,31 @@ class ServerSettings:
         return dataclasses.replace(self, **{k: _coerce(k, v) for k, v in overrides.items() if v is not None})
 
     @classmethod
-    def from_args(cls, **overrides: Any) -> ServerSettings:
-        """Environment first, then these overrides (None: not given)."""
-        return cls.from_env().replace(**overrides)
+    def from_args(cls, *, config: str | Path | None = None, **overrides: Any) -> ServerSettings:
+        """Config file, then environment, then these overrides (None: not given)."""
+        return cls.from_env(config=config).replace(**overrides)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
+    def from_file(cls, path: str | Path) -> dict[str, Any]:
+        """Settings from a TOML file: top-level keys (or a [server] table) named like the fields."""
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"cannot read config file {path}: {exc}") from None
+        data = data.get("server", data)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown setting(s) in {path}: {', '.join(unknown)}")
+        return {k: _coerce(k, v) for k, v in data.items()}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *,
+                 config: str | Path | None = None) -> ServerSettings:
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
+        config = config or env.get(_ENV_PREFIX + "CONFIG") or None
+        values: dict[str, Any] = cls.from_file(config) if config else {}
         for f in dataclasses.fields(cls):
             raw = env.get(_ENV_PREFIX + f.name.upper())
             if raw is None and f.name == "api_keys":
