@@ -62,7 +62,8 @@ def create_app(settings: ServerSettings | None = None, runtime_factory: RuntimeF
     from botframework import __version__
 
     app = FastAPI(title="botframework", version=__version__, lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url=None)
+                  docs_url=None, redoc_url=None,  # the docs UIs load assets from a CDN: no network
+                  openapi_url="/openapi.json")
     app.state.settings = settings
     app.state.runtime = None
     app.state.load_error = None
