@@ -15,6 +15,7 @@ import gc
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +41,6 @@ from botframework.native import (
     SamplerSpec,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 N_CTX = 256
 
 
@@ -241,7 +241,7 @@ def test_token_out_of_vocabulary(model: Model, context: Context, base: str, offs
 
 def _child(code: str, model_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", f"MODEL = {str(model_path)!r}\n" + code],
-                          check=False, capture_output=True, text=True, timeout=120, cwd=REPO)
+                          check=False, capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir())  # not the checkout: it would shadow the installed package
 
 
 @pytest.mark.parametrize("case", ["no-logits", "index-out-of-range"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -427,7 +428,7 @@ def test_broken_parser_is_a_typed_error() -> None:
 def run_child(code: str, model_path: Path | None = None) -> subprocess.CompletedProcess[str]:
     prelude = f"MODEL = {str(model_path)!r}\n" if model_path else ""
     return subprocess.run([sys.executable, "-c", prelude + code], check=False, capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
+                          timeout=120, cwd=tempfile.gettempdir())  # not the checkout: it would shadow the installed package
 
 
 def test_templates_without_model_or_override_raise() -> None:
