@@ -8,15 +8,26 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
 
-from botframework.engine.step import KVOp, KVOpKind, PlanItem, SampledToken, StepPlan, StepResult
+from botframework.engine.step import (
+    KVOp,
+    KVOpKind,
+    PlanItem,
+    SampledToken,
+    StepPlan,
+    StepResult,
+)
+from botframework.errors import BotframeworkError
 from botframework.native.batch import Batch
 from botframework.native.context import Context
 from botframework.native.model import Model
 from botframework.native.sampler import SamplerChain, SamplerSpec
+
+log = logging.getLogger("botframework.engine")
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -30,6 +41,7 @@ class Engine:
         self.context = context
         self.batch = Batch(context.n_batch)
         self._samplers: dict[str, SamplerChain] = {}
+        self.num_sampler_failures = 0
 
     @property
     def num_samplers(self) -> int:
@@ -61,6 +73,13 @@ class Engine:
             self._samplers[item.request_id] = sampler
         return sampler
 
+    def adopt(self, request_id: str, sampler: SamplerChain) -> None:
+        """Take ownership of a sampler built (and validated) by the submitting thread."""
+        old = self._samplers.pop(request_id, None)
+        if old is not None:
+            old.close()
+        self._samplers[request_id] = sampler
+
     def prepare(self, item: PlanItem) -> None:
         """Create the request's sampler now (e.g. to surface a bad grammar before decoding)."""
         self._sampler_for(item)
@@ -69,6 +88,20 @@ class Engine:
         sampler = self._samplers.pop(request_id, None)
         if sampler is not None:
             sampler.close()
+
+    def _sample(self, item: PlanItem, index: int) -> int:
+        """One request's next token. A sampler that cannot go on (a grammar with no allowed
+        token, a grammar that fails to build) ends that request with an end-of-generation
+        token instead of failing the whole batch; constrained callers validate what they got."""
+        try:
+            return self._sampler_for(item).sample(self.context, index)
+        except BotframeworkError as exc:
+            if not self.model.eog_tokens:
+                raise
+            log.warning("request %s: sampling stopped: %s", item.request_id, exc)
+            self.num_sampler_failures += 1
+            special = self.model.special
+            return special.eos if self.model.is_eog(special.eos) else min(self.model.eog_tokens)
 
     def execute(self, plan: StepPlan) -> StepResult:
         saved = {seq_id: self.context.state_seq_get(seq_id) for seq_id in plan.save_states}
@@ -88,7 +121,7 @@ class Engine:
         t1 = time.perf_counter()
         sampled = []
         for item, index in outputs:
-            token = self._sampler_for(item).sample(self.context, index)
+            token = self._sample(item, index)
             logprob: float | None = None
             top: tuple[tuple[int, float], ...] = ()
             if item.num_logprobs is not None:

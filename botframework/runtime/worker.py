@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import threading
 import time
@@ -28,12 +29,14 @@ from botframework.engine.engine import Engine
 from botframework.errors import BotframeworkError, ClosedError, InvalidRequestError, NativeError
 from botframework.native.context import Context, ContextParams
 from botframework.native.model import Model, ModelParams
+from botframework.native.sampler import SamplerChain
 from botframework.scheduler.output import Delta, FinishReason, RequestHandle
 from botframework.scheduler.scheduler import Scheduler, SchedulerConfig
 from botframework.scheduler.sequence import Request, Sequence
 from botframework.scheduler.session_store import SessionStore
 
 T = TypeVar("T")
+log = logging.getLogger("botframework.runtime")
 
 
 def default_threads() -> tuple[int, int]:
@@ -119,6 +122,9 @@ class ModelWorker:
     def submit(self, request: Request, loop: asyncio.AbstractEventLoop | None = None) -> RequestHandle:
         """Queue a request; errors (busy, context overflow) arrive as the handle's final Delta."""
         self.model.check_tokens(list(request.prompt_tokens))
+        # Built here, on the caller's thread: a bad logit_bias or grammar is the caller's error
+        # (an exception now, a 400 over HTTP), never something the engine thread trips on.
+        sampler = SamplerChain(self.model, request.params.sampler)
         handle = RequestHandle(request.request_id, self.cancel, loop)
         seq = Sequence(request, handle, IncrementalDetokenizer(self.model.token_to_piece))
 
@@ -126,9 +132,16 @@ class ModelWorker:
             try:
                 self.scheduler.add(seq)
             except BotframeworkError as exc:
+                sampler.close()
                 handle.publish(Delta(request.request_id, finish_reason=FinishReason.ERROR, error=exc))
+            else:
+                self.engine.adopt(request.request_id, sampler)
 
-        self._post(add)
+        try:
+            self._post(add)
+        except ClosedError:
+            sampler.close()
+            raise
         return handle
 
     def cancel(self, request_id: str) -> None:
@@ -204,11 +217,18 @@ class ModelWorker:
                     commands, self._commands = self._commands, []
                     closing = self._closing
                 for command in commands:
-                    command()
+                    try:
+                        command()
+                    except Exception:  # a command must never take the engine thread down
+                        log.exception("engine command failed")
                 if closing:
                     break
                 if self.scheduler.has_work:
-                    self._step()
+                    try:
+                        self._step()
+                    except Exception as exc:  # unexpected: fail this step's requests, keep serving
+                        log.exception("engine step failed")
+                        self._recover(BotframeworkError(f"internal engine error: {exc}"))
         finally:
             self.scheduler.fail_all(ClosedError("the model was unloaded"))
             for seq in list(self.scheduler.waiting):
@@ -225,12 +245,7 @@ class ModelWorker:
         try:
             result = self.engine.execute(plan)
         except NativeError as exc:
-            # The batch failed as a whole: end its requests, drop their cells, keep serving.
-            self.scheduler.fail_all(exc)
-            self.context.memory.clear()
-            for slot in self.scheduler.slots:
-                slot.cached = []
-                slot.session_id = None
+            self._recover(exc)
             return
         self.scheduler.update(plan, result)
         t1 = time.perf_counter()
@@ -240,6 +255,11 @@ class ModelWorker:
         m.decode_ms += result.decode_ms
         m.sample_ms += result.sample_ms
         m.schedule_ms += (t1 - t0) * 1e3 - result.decode_ms - result.sample_ms
+
+    def _recover(self, error: BotframeworkError) -> None:
+        """A step failed as a whole: end its requests, drop every cell, keep serving."""
+        self.context.memory.clear()
+        self.scheduler.reset_after_failure(error)
 
     def _embed_one(self, tokens: list[int]) -> np.ndarray:
         if self._embed_context is None:

@@ -22,7 +22,7 @@ from typing import Callable
 from botframework.engine.step import KVOp, KVOpKind, PlanItem, StepPlan, StepResult
 from botframework.errors import BotframeworkError, BusyError, ContextLengthExceededError
 from botframework.scheduler.output import Delta, FinishReason, Usage
-from botframework.scheduler.sequence import Request, Sequence, SequenceStatus, Slot
+from botframework.scheduler.sequence import Sequence, SequenceStatus, Slot
 from botframework.scheduler.session_store import SessionStore
 
 
@@ -346,6 +346,21 @@ class Scheduler:
         """The engine failed a step: end every active request with the error."""
         for seq in list(self.active.values()):
             self._finish(seq, FinishReason.ERROR, error=error)
+
+    def reset_after_failure(self, error: BotframeworkError) -> None:
+        """A step failed and the engine cleared the whole KV cache: forget what slots held.
+
+        Waiting requests stay queued; sessions whose state was in a slot or being saved start
+        over (their next turn is prefilled in full); sessions already stored are kept.
+        """
+        self.fail_all(error)
+        for session_id in self._pending_saves.values():
+            self.sessions.drop(session_id)
+        self._pending_saves.clear()
+        self._pending_ops.clear()
+        for slot in self.slots:
+            slot.cached = []
+            slot.session_id = None
 
     def _finish(self, seq: Sequence, reason: FinishReason, *, text: str = "", token_ids: tuple[int, ...] = (),
                 logprobs: tuple = (), error: BotframeworkError | None = None) -> None:

@@ -206,3 +206,23 @@ def test_context_shift_generates_past_the_window() -> None:
                                  context_shift=True, num_keep=2)
         assert shifted.usage.completion_tokens == 400
         assert shifted.text.startswith(stopped.text[:200])  # identical until the first shift
+
+
+def test_engine_thread_survives_bad_requests_and_failed_steps(llm: LocalLLM) -> None:
+    from botframework import GrammarError
+    from botframework.engine import SamplingParams
+    from botframework.native.sampler import GrammarSpec, SamplerSpec
+    from botframework.scheduler.sequence import Request
+
+    with pytest.raises(InvalidRequestError):  # rejected on the caller's thread, before queueing
+        llm.complete("hi", logit_bias={llm.worker.model.n_vocab: 5.0})
+    bad_grammar = SamplingParams(sampler=SamplerSpec(grammar=GrammarSpec("root ::= undefined-rule")))
+    with pytest.raises(GrammarError):
+        llm.worker.submit(Request("bad-grammar", (1, 2, 3), bad_grammar))
+
+    def boom() -> None:
+        raise RuntimeError("a command that fails")
+
+    llm.worker._post(boom)  # an unexpected error inside the engine thread is logged, not fatal
+    assert llm.complete("Still alive?", max_tokens=3).usage.completion_tokens >= 1
+    assert llm.worker._thread.is_alive()
