@@ -169,14 +169,30 @@ class LocalLLM:
         return _raise_errors(iter(handle), handle)
 
 
+class DeltaStream(Iterator[Delta]):
+    """A request's deltas; errors are raised. close() (or dropping it unfinished) cancels the
+    request even before the first delta was read, which a plain generator cannot do."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self._deltas = iter(handle)
+
+    def __next__(self) -> Delta:
+        delta = next(self._deltas)
+        if delta.error is not None:
+            self._handle.cancel()
+            raise delta.error
+        return delta
+
+    def close(self) -> None:
+        self._handle.cancel()
+
+    def __del__(self) -> None:
+        self._handle.cancel()
+
+
 def _raise_errors(deltas: Iterator[Delta], handle: Any) -> Iterator[Delta]:
-    try:
-        for delta in deltas:
-            if delta.error is not None:
-                raise delta.error
-            yield delta
-    finally:
-        handle.cancel()  # a consumer that stops early frees the sequence
+    return DeltaStream(handle)
 
 
 def _collect(deltas: Iterator[Delta]) -> GenerationResult:

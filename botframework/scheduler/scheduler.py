@@ -203,6 +203,7 @@ class Scheduler:
                                       delta=-n_discard))
         seq.shift(n_keep, n_discard)
         self.slots[seq.seq_id].cached = seq.kv_tokens()
+        self._committed[seq.seq_id] = 0  # positions moved: not a COPY source this step
         return self._reserve(1, seq)
 
     # -- KV accounting ----------------------------------------------------------------------
@@ -233,6 +234,7 @@ class Scheduler:
         if slot.cached:
             self._pending_ops.append(KVOp(KVOpKind.REMOVE, slot.seq_id))
         slot.cached = []
+        self._committed[slot.seq_id] = 0  # nothing left to share with a COPY this step
 
     def _evict_session(self, slot: Slot) -> None:
         """Save an idle session's state (the engine returns it with the step) and free the slot."""
@@ -281,6 +283,7 @@ class Scheduler:
         if len(slot.cached) > reuse:
             self._pending_ops.append(KVOp(KVOpKind.REMOVE, slot.seq_id, reuse, -1))
             slot.cached = slot.cached[:reuse]
+            self._committed[slot.seq_id] = min(self._committed.get(slot.seq_id, 0), reuse)
         slot.owner = seq
         slot.session_id = session_id
         slot.last_used = self.clock()
@@ -368,8 +371,9 @@ class Scheduler:
             return
         was_active = self.active.pop(seq.request_id, None) is not None
         seq.status = SequenceStatus.FINISHED
+        # The engine may hold a sampler for it even if it never left the queue.
+        self._pending_release.append(seq.request_id)
         if was_active:
-            self._pending_release.append(seq.request_id)
             slot = self.slots[seq.seq_id]
             slot.owner = None
             slot.last_used = self.clock()
