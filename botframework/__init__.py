@@ -18,6 +18,8 @@ from botframework.errors import (
     ModelLoadError,
     ModelNotFoundError,
     NativeError,
+    OutputValidationError,
+    UnsupportedSchemaError,
 )
 
 __version__ = "0.1.0"
@@ -36,5 +38,6 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "BotframeworkError", "BusyError", "CancelledError", "ChatResult", "ClosedError", "CompletionResult",
     "ContextLengthExceededError", "GenerationResult", "GrammarError", "InvalidRequestError", "LocalLLM",
-    "ModelError", "ModelFetchError", "ModelLoadError", "ModelNotFoundError", "NativeError",
+    "ModelError", "ModelFetchError", "ModelLoadError", "ModelNotFoundError", "NativeError", "OutputValidationError",
+    "UnsupportedSchemaError",
 ]

@@ -2,20 +2,37 @@
 
     LocalLLM("smollm2-135m-instruct")
       -> resolve_model (pull on first use) -> ModelWorker (engine thread)
-      chat(messages) -> chat template (llama.cpp Jinja, sandboxed) -> tokens -> Request
-                     -> RequestHandle deltas -> ChatResult(text, finish_reason, usage)
+      chat(messages, schema= | tools= | grammar=) -> chat.plan_chat: chat template (llama.cpp
+         Jinja, sandboxed) -> tokens + grammar + output parser -> Request(SamplerSpec.grammar)
+         -> RequestHandle deltas -> ChatResult(text, finish_reason, usage, message, tool_calls)
+         schema=...: the validated object itself (a pydantic instance for a model class)
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Sequence
 
-from botframework.chat.render import OverflowPolicy, render_chat
+from botframework.chat.message import AssistantMessage, MessageDelta, ToolCall
+from botframework.chat.plan import (
+    ChatOptions,
+    ChatPlan,
+    check_message,
+    finish_message,
+    plan_chat,
+)
+from botframework.chat.render import OverflowPolicy
+from botframework.chat.stream import MessageStreamer
+from botframework.chat.structured import StructuredOutput, structured_output
+from botframework.chat.tools import parse_tool_choice, parse_tools
 from botframework.engine.sampling_params import SamplingParams
-from botframework.errors import BotframeworkError, InvalidRequestError
-from botframework.native.sampler import SamplerSpec
+from botframework.errors import (
+    BotframeworkError,
+    InvalidRequestError,
+    OutputValidationError,
+)
+from botframework.native.sampler import GrammarSpec, SamplerSpec
 from botframework.native.shim import ChatTemplates
 from botframework.runtime.catalog import DEFAULT_MODEL
 from botframework.runtime.pull import resolve_model
@@ -35,6 +52,16 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)
     # per generated token, when asked with logprobs=k: (token, logprob, ((alt, logprob), ...k))
     logprobs: tuple[tuple[int, float, tuple[tuple[int, float], ...]], ...] = ()
+    # chat only: the parsed assistant message (text is its content)
+    message: AssistantMessage | None = None
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        return self.message.tool_calls if self.message is not None else ()
+
+    @property
+    def reasoning_content(self) -> str | None:
+        return self.message.reasoning_content if self.message is not None else None
 
     def __str__(self) -> str:
         return self.text
@@ -89,19 +116,73 @@ class LocalLLM:
             raise InvalidRequestError("messages must not be empty", param="messages")
         return self.templates.apply({"messages": msgs, "add_generation_prompt": True})
 
-    def chat(self, messages: Messages, *, system: str | None = None, **options: Any) -> ChatResult:
-        """Answer a message (a string) or an OpenAI-style message list."""
-        return _collect(self.stream_chat_deltas(messages, system=system, **options))
+    def chat(self, messages: Messages, *, system: str | None = None, schema: Any = None,
+             response_format: Any = None, grammar: str | None = None, tools: Sequence[Any] | None = None,
+             tool_choice: Any = None, parallel_tool_calls: bool = False, overflow: str = "error",
+             **options: Any) -> Any:
+        """Answer a message (a string) or an OpenAI-style message list.
+
+        Returns a ChatResult (`.text`, `.tool_calls`, `.reasoning_content`, `.usage`). With
+        `schema` (a JSON schema dict or a pydantic model class) or a JSON `response_format`,
+        returns the validated object itself (an instance of the model class for a class);
+        OutputValidationError if the answer was cut off or does not validate. `tools` (OpenAI
+        tool definitions) with `tool_choice` ("auto", "required", "none" or
+        {"type": "function", "function": {"name": ...}}) fill `.tool_calls`; `grammar` is raw GBNF.
+        """
+        plan = self._plan_chat(messages, system, overflow, options, schema=schema, response_format=response_format,
+                               grammar=grammar, tools=tools, tool_choice=tool_choice,
+                               parallel_tool_calls=parallel_tool_calls)
+        result = _collect(self._stream_plan(plan, options))
+        message = finish_message(plan, result.text, result.finish_reason)
+        if plan.structured is not None:
+            if result.finish_reason != "stop":
+                raise OutputValidationError(f"the answer was cut off ({result.finish_reason}) before the JSON was "
+                                            "complete: raise max_tokens", output=result.text)
+            return message.parsed
+        return replace(result, text=message.content or "", message=message)
 
     def stream_chat(self, messages: Messages, *, system: str | None = None, **options: Any) -> Iterator[str]:
-        """Yield the answer's text as it is generated."""
-        for delta in self.stream_chat_deltas(messages, system=system, **options):
-            if delta.text:
-                yield delta.text
+        """Yield the answer's text (its content) as it is generated."""
+        for delta in self.stream_chat_message(messages, system=system, **options):
+            if delta.content:
+                yield delta.content
+
+    def stream_chat_message(self, messages: Messages, *, system: str | None = None, schema: Any = None,
+                            response_format: Any = None, grammar: str | None = None,
+                            tools: Sequence[Any] | None = None, tool_choice: Any = None,
+                            parallel_tool_calls: bool = False, overflow: str = "error",
+                            **options: Any) -> Iterator[MessageDelta]:
+        """Yield content, reasoning_content and tool-call pieces as OpenAI streams them; the
+        last piece has been checked (structured output validated when it finished)."""
+        plan = self._plan_chat(messages, system, overflow, options, schema=schema, response_format=response_format,
+                               grammar=grammar, tools=tools, tool_choice=tool_choice,
+                               parallel_tool_calls=parallel_tool_calls)
+        streamer = MessageStreamer(plan.parser)
+        finish_reason = "stop"
+        deltas = self._stream_plan(plan, options)
+        try:
+            for delta in deltas:
+                yield from streamer.feed(delta.text)
+                if delta.finish_reason is not None:
+                    finish_reason = delta.finish_reason.value
+        finally:
+            close = getattr(deltas, "close", None)
+            if close is not None:
+                close()  # a consumer that stops early cancels the request
+        last, message = streamer.finish()
+        check_message(plan, message, finish_reason)
+        yield from last
 
     def stream_chat_deltas(self, messages: Messages, *, system: str | None = None,
                            overflow: str = "error", **options: Any) -> Iterator[Delta]:
-        """Stream deltas; overflow="truncate" drops the oldest turns when the chat is too long."""
+        """Stream the engine's raw deltas; overflow="truncate" drops the oldest turns when the chat is too long."""
+        plan = self._plan_chat(messages, system, overflow, options)
+        return self._stream_plan(plan, options)
+
+    def _plan_chat(self, messages: Messages, system: str | None, overflow: str, options: dict[str, Any], *,
+                   schema: Any = None, response_format: Any = None, grammar: str | None = None,
+                   tools: Sequence[Any] | None = None, tool_choice: Any = None,
+                   parallel_tool_calls: bool = False) -> ChatPlan:
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         msgs = list(messages)
@@ -111,10 +192,24 @@ class LocalLLM:
             policy = OverflowPolicy(overflow)
         except ValueError:
             raise InvalidRequestError("overflow must be 'error' or 'truncate'", param="overflow") from None
-        rendered = render_chat(self.templates, self.worker.model, msgs, n_ctx=self.worker.n_ctx,
-                               max_tokens=int(options.get("max_tokens", 256)), overflow=policy)
-        return self._stream(rendered.tokens, extra_stops=rendered.additional_stops,
-                            truncated_tokens=rendered.truncated_tokens, **options)
+        if schema is not None and response_format is not None:
+            raise InvalidRequestError("give schema or response_format, not both", param="schema")
+        if response_format is not None:
+            structured = structured_output(response_format)
+        elif schema is None or isinstance(schema, (type, StructuredOutput)):
+            structured = structured_output(schema)  # a pydantic class (or None)
+        else:
+            structured = structured_output({"type": "json_schema", "json_schema": {"schema": schema}})
+        parsed_tools = parse_tools(tools)
+        chat_options = ChatOptions(structured=structured, grammar=grammar, tools=parsed_tools,
+                                   tool_choice=parse_tool_choice(tool_choice, parsed_tools),
+                                   parallel_tool_calls=parallel_tool_calls)
+        return plan_chat(self.templates, self.worker.model, msgs, chat_options, n_ctx=self.worker.n_ctx,
+                         max_tokens=int(options.get("max_tokens", 256)), overflow=policy)
+
+    def _stream_plan(self, plan: ChatPlan, options: dict[str, Any]) -> Iterator[Delta]:
+        return self._stream(plan.tokens, extra_stops=plan.rendered.additional_stops, grammar=plan.grammar,
+                            truncated_tokens=plan.rendered.truncated_tokens, **options)
 
     # -- completion -------------------------------------------------------------------------
     def complete(self, prompt: str, **options: Any) -> CompletionResult:
@@ -149,7 +244,7 @@ class LocalLLM:
                 ignore_eos: bool = False, logprobs: int | None = None, session_id: str | None = None,
                 priority: Priority = Priority.INTERACTIVE, truncated_tokens: int = 0,
                 context_shift: bool = False, num_keep: int = 0,
-                logit_bias: dict[int, float] | None = None) -> Iterator[Delta]:
+                logit_bias: dict[int, float] | None = None, grammar: GrammarSpec | None = None) -> Iterator[Delta]:
         if not tokens:
             raise InvalidRequestError("the prompt is empty", param="prompt")
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
@@ -159,7 +254,7 @@ class LocalLLM:
                 sampler=SamplerSpec(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                     repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
                                     frequency_penalty=frequency_penalty, seed=seed,
-                                    logit_bias=dict(logit_bias or {})))
+                                    logit_bias=dict(logit_bias or {}), grammar=grammar))
         except ValueError as exc:
             raise InvalidRequestError(str(exc)) from exc
         request = Request(self.worker.new_request_id(), tuple(tokens), params, session_id=session_id,

@@ -8,9 +8,11 @@
     ├── InvalidRequestError        bad input from the caller                 (HTTP 400)
     │   ├── ContextLengthExceededError  prompt (+ max_tokens) does not fit the context
     │   └── GrammarError           schema / grammar cannot be built or enforced
+    │       └── UnsupportedSchemaError  keywords the grammar would not enforce (listed)
     ├── NativeError                a llama.cpp call failed (status.check maps return codes)
     │   └── DecodeError            llama_decode returned an error
     │       └── KVCacheFullError   no KV slot for the batch (rc == 1)
+    ├── OutputValidationError      finished constrained output fails its schema (HTTP 500)
     ├── BusyError                  admission queue full                      (HTTP 503)
     ├── CancelledError             the request was cancelled
     └── ClosedError                the object was closed / the engine stopped
@@ -61,6 +63,23 @@ class ContextLengthExceededError(InvalidRequestError):
 
 class GrammarError(InvalidRequestError):
     """A JSON schema or grammar cannot be converted or enforced."""
+
+
+class UnsupportedSchemaError(GrammarError):
+    """The JSON schema uses keywords or constructs the grammar would not enforce; `problems`
+    names each one (path: keyword and why)."""
+
+    def __init__(self, message: str, *, problems: tuple[str, ...], param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.problems = problems
+
+
+class OutputValidationError(BotframeworkError):
+    """Constrained output finished but does not validate: never returned as if it did."""
+
+    def __init__(self, message: str, *, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
 
 
 class NativeError(BotframeworkError):

@@ -176,6 +176,7 @@ int bf_selftest_quantized(char * report, size_t report_size);
 char * bf_json_schema_to_grammar(const char * schema_json);
 char * bf_chat_templates_new(const struct llama_model * model, const char * template_override, void ** out_handle);
 void bf_chat_templates_free(void * handle);
+char * bf_chat_templates_caps(void * handle);
 char * bf_chat_apply(void * handle, const char * inputs_json);
 char * bf_chat_parse(const char * text, int is_partial, const char * params_json);
 void bf_string_free(char * s);

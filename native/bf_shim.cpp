@@ -71,7 +71,28 @@ char * ok_json(const ojson & value) {
 
 struct bf_templates {
     common_chat_templates_ptr tmpls;
+    std::string caps_json;  // capabilities of the template used when tools are given
 };
+
+// The Jinja capabilities (tools, tool calls, system role, ...) of the template that
+// common_chat_templates_apply renders tool requests with: the tool_use variant if any.
+std::string template_caps_json(const common_chat_templates * tmpls) {
+    std::string src = common_chat_templates_source(tmpls, "tool_use");
+    if (src.empty()) {
+        src = common_chat_templates_source(tmpls);
+    }
+    ojson caps;
+    try {
+        common_chat_template tmpl(src, "", "");
+        for (const auto & [key, value] : tmpl.original_caps().to_map()) {
+            caps[key] = value;
+        }
+    } catch (const std::exception &) {
+        caps["supports_tools"] = false;  // cannot be probed: treat it as knowing no tools
+        caps["supports_tool_calls"] = false;
+    }
+    return ojson{{"caps", caps}}.dump();
+}
 
 }  // namespace
 
@@ -256,12 +277,21 @@ char * bf_chat_templates_new(const struct llama_model * model, const char * temp
             delete holder;
             return error_json("cannot load chat template");
         }
+        holder->caps_json = template_caps_json(holder->tmpls.get());
         *out_handle = holder;
         return nullptr;
     } catch (const std::exception & e) {
         return error_json(std::string("chat template: ") + e.what());
     } catch (...) {
         return error_json("chat template: unknown error");
+    }
+}
+
+char * bf_chat_templates_caps(void * handle) {
+    try {
+        return dup_string(static_cast<bf_templates *>(handle)->caps_json);
+    } catch (...) {
+        return error_json("unknown error");
     }
 }
 

@@ -34,6 +34,10 @@ char * bf_json_schema_to_grammar(const char * schema_json);
 char * bf_chat_templates_new(const struct llama_model * model, const char * template_override, void ** out_handle);
 void   bf_chat_templates_free(void * handle);
 
+/* {"caps": {"supports_tools", "supports_tool_calls", "supports_system_role",
+ * "supports_parallel_tool_calls", ...}} of the template that renders requests with tools. */
+char * bf_chat_templates_caps(void * handle);
+
 /* OpenAI-style inputs {"messages", "tools", "tool_choice", "parallel_tool_calls",
  * "json_schema", "grammar", "add_generation_prompt", "enable_thinking", "reasoning_format",
  * "chat_template_kwargs"} -> {"prompt", "grammar", "grammar_lazy", "grammar_triggers",

@@ -1,16 +1,26 @@
-"""SamplerChain: a llama_sampler chain built from a frozen SamplerSpec.
+"""SamplerChain: llama_sampler chains built from a frozen SamplerSpec, plus a grammar.
 
-    logit_bias -> penalties -> grammar -> top_k -> typical -> top_p -> min_p -> temp -> dist
-    (temperature <= 0: ... -> grammar -> greedy)
+    pre:   logit_bias -> penalties                  (adjust logits, keep every candidate)
+    post:  top_k -> typical -> top_p -> min_p -> temp -> dist    (temperature <= 0: greedy)
+    grammar: kept outside the chains, applied as llama.cpp's common sampler does it:
+      1. sample without the grammar; 2. ask the grammar about that one token; if it is
+      allowed, done (the common case: one grammar check instead of n_vocab);
+      3. otherwise apply the grammar to what `post` kept in step 1 (top_k/top_p/min_p
+      survivors) and sample among the allowed ones; if none is allowed, to the best
+      candidates only (GRAMMAR_TIERS) when that decides as all of them would (see
+      _sample_constrained), else to all of them, and sample again through `post`.
 
-The order follows llama.cpp's common sampler. llama_sampler_sample() accepts the sampled
-token into every stage (grammar state, penalty history).
+The order follows llama.cpp's common sampler (common/sampling.cpp, common_sampler_sample).
+Accepting a token advances the grammar and the chain (penalty history). A non-lazy grammar
+that starts with the chat template's generation prompt is fed those prompt tokens first
+(`GrammarSpec.prefill`), as common_sampler_init does.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import TracebackType
 from typing import Any, Mapping
 
@@ -20,16 +30,27 @@ from botframework.errors import ClosedError, GrammarError, InvalidRequestError
 from botframework.native._lib import ffi, lib
 from botframework.native.model import Model
 
+# Step 3 tries the grammar on the best 256, then 4096 candidates (by logit) before all of
+# them: llama.cpp's grammar check decodes every candidate's text, ~0.2 us each.
+GRAMMAR_TIERS = (256, 4096)
+GREEDY_PROBES = 32  # greedy: check this many best tokens one at a time first
+
 
 @dataclass(frozen=True)
 class GrammarSpec:
-    """A GBNF grammar; lazy grammars only start constraining after a trigger appears."""
+    """A GBNF grammar; lazy grammars only start constraining after a trigger appears.
+
+    `prefill`: text the prompt already ends with and the grammar starts with (chat grammars
+    from ChatTemplates.apply begin with the generation prompt). Its tokens are accepted by
+    the grammar, and only the grammar, before sampling; ignored for lazy grammars.
+    """
 
     gbnf: str
     root: str = "root"
     lazy: bool = False
     trigger_patterns: tuple[str, ...] = ()
     trigger_tokens: tuple[int, ...] = ()
+    prefill: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,71 +88,99 @@ class SamplerSpec:
         return self.temperature <= 0.0
 
 
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
 class SamplerChain:
     def __init__(self, model: Model, spec: SamplerSpec) -> None:
         self.spec = spec
+        self._model = model
         params = lib().llama_sampler_chain_default_params()
         params.no_perf = True
-        chain = lib().llama_sampler_chain_init(params)
-        self._handle: Any = chain
-        self._grammar: Any = None  # the grammar stage (owned by the chain), for checked accepts
+        self._pre: Any = lib().llama_sampler_chain_init(params)
+        self._handle: Any = lib().llama_sampler_chain_init(params)  # `post`
+        self._grammar: Any = None  # separate from the chains: applied only when needed
+        self._prefill: list[int] = []
         # llama_token_data {int32 id; float logit; float p} for every token, reused per sample
-        self._candidates = np.zeros(model.n_vocab, dtype=np.dtype(
-            [("id", np.int32), ("logit", np.float32), ("p", np.float32)]))
-        self._ids = np.arange(model.n_vocab, dtype=np.int32)
+        self._candidates = np.zeros(model.n_vocab, dtype=_TOKEN_DATA)
+        self._ids = _token_ids(model.n_vocab)
         self._array = ffi.new("llama_token_data_array *")
         self._data = ffi.cast("llama_token_data *", ffi.from_buffer(self._candidates))
+        # grammar only: a tier of best candidates (tiers are approximate: room for twice the
+        # largest), and the logits after `pre`
+        self._tiers = tuple(k for k in GRAMMAR_TIERS if k < model.n_vocab)
+        with_grammar = spec.grammar is not None
+        self._short = np.zeros(2 * max(self._tiers, default=1) if with_grammar else 1, dtype=_TOKEN_DATA)
+        self._short_data = ffi.cast("llama_token_data *", ffi.from_buffer(self._short))
+        self._adjusted = np.zeros(model.n_vocab if with_grammar else 1, dtype=np.float32)
         self._one = ffi.new("llama_token_data[1]")
         self._one_array = ffi.new("llama_token_data_array *")
         self._one_array.data = self._one
+        self.num_grammar_fast = 0      # samples the grammar allowed at once (step 2)
+        self.num_grammar_kept = 0      # decided among the candidates `post` kept
+        self.num_grammar_short = 0     # decided on a tier of best candidates
+        self.num_grammar_full = 0      # needed the grammar over the whole vocabulary
         try:
             self._build(model, spec)
+            if spec.grammar is not None:
+                self._grammar = _grammar_sampler(model, spec.grammar)
+                self._prefill = _prefill_tokens(model, spec.grammar)
+                self._feed_prefill()
         except BaseException:
             self.close()
             raise
 
-    def _add(self, sampler: Any, what: str) -> None:
+    def _add(self, chain: Any, sampler: Any, what: str) -> None:
         if sampler == ffi.NULL:
-            raise GrammarError(f"could not create the {what} sampler") if what == "grammar" else \
-                ValueError(f"could not create the {what} sampler")
-        lib().llama_sampler_chain_add(self._handle, sampler)
+            raise ValueError(f"could not create the {what} sampler")
+        lib().llama_sampler_chain_add(chain, sampler)
 
     def _build(self, model: Model, spec: SamplerSpec) -> None:
         L = lib()
+        pre, post = self._pre, self._handle
         if spec.logit_bias:
             model.check_tokens(list(spec.logit_bias), param="logit_bias")
             arr = ffi.new("llama_logit_bias[]", len(spec.logit_bias))
             for i, (token, bias) in enumerate(spec.logit_bias.items()):
                 arr[i].token = token
                 arr[i].bias = bias
-            self._add(L.llama_sampler_init_logit_bias(model.n_vocab, len(spec.logit_bias), arr), "logit_bias")
+            self._add(pre, L.llama_sampler_init_logit_bias(model.n_vocab, len(spec.logit_bias), arr), "logit_bias")
         if spec.repeat_penalty != 1.0 or spec.presence_penalty or spec.frequency_penalty:
             last_n = model.n_vocab if spec.repeat_last_n == -1 else spec.repeat_last_n
-            self._add(L.llama_sampler_init_penalties(model.n_vocab, last_n, spec.repeat_penalty,
-                                                     spec.frequency_penalty, spec.presence_penalty), "penalties")
-        if spec.grammar is not None:
-            self._grammar = _grammar_sampler(model, spec.grammar)
-            self._add(self._grammar, "grammar")
+            self._add(pre, L.llama_sampler_init_penalties(model.n_vocab, last_n, spec.repeat_penalty,
+                                                          spec.frequency_penalty, spec.presence_penalty), "penalties")
+        self._has_pre = bool(L.llama_sampler_chain_n(pre))
         if spec.greedy:
-            self._add(L.llama_sampler_init_greedy(), "greedy")
+            self._add(post, L.llama_sampler_init_greedy(), "greedy")
             return
         if spec.top_k > 0:
-            self._add(L.llama_sampler_init_top_k(spec.top_k), "top_k")
+            self._add(post, L.llama_sampler_init_top_k(spec.top_k), "top_k")
         if spec.typical_p < 1.0:
-            self._add(L.llama_sampler_init_typical(spec.typical_p, 1), "typical")
+            self._add(post, L.llama_sampler_init_typical(spec.typical_p, 1), "typical")
         if spec.top_p < 1.0:
-            self._add(L.llama_sampler_init_top_p(spec.top_p, 1), "top_p")
+            self._add(post, L.llama_sampler_init_top_p(spec.top_p, 1), "top_p")
         if spec.min_p > 0.0:
-            self._add(L.llama_sampler_init_min_p(spec.min_p, 1), "min_p")
-        self._add(L.llama_sampler_init_temp(spec.temperature), "temperature")
+            self._add(post, L.llama_sampler_init_min_p(spec.min_p, 1), "min_p")
+        self._add(post, L.llama_sampler_init_temp(spec.temperature), "temperature")
         seed = L.LLAMA_DEFAULT_SEED if spec.seed is None else spec.seed
-        self._add(L.llama_sampler_init_dist(seed), "dist")
+        self._add(post, L.llama_sampler_init_dist(seed), "dist")
+
+    def _feed_prefill(self) -> None:
+        for token in self._prefill:
+            if not self._grammar_allows(token):
+                raise GrammarError("the grammar does not start with the chat template's generation prompt "
+                                   f"(rejects prefill token {token})", param="grammar")
+            lib().llama_sampler_accept(self._grammar, token)
 
     @property
     def handle(self) -> Any:
         if self._handle is None:
             raise ClosedError("sampler is closed")
         return self._handle
+
+    @property
+    def has_grammar(self) -> bool:
+        return self._grammar is not None
 
     def sample(self, context: Any, batch_index: int) -> int:
         """Sample from output `batch_index` of the context's last decode, and accept it.
@@ -141,42 +190,139 @@ class SamplerChain:
         token whose accept aborts or throws through the C API).
         """
         L = lib()
+        post = self.handle
         logits = L.llama_get_logits_ith(context.handle, batch_index)
         if logits == ffi.NULL:
             raise InvalidRequestError(f"batch output {batch_index} has no logits", param="batch_index")
         n = len(self._candidates)
+        cand = self._candidates
         # samplers sort and truncate in place: refill ids, logits and p every time
-        self._candidates["id"] = self._ids
-        self._candidates["logit"] = np.frombuffer(ffi.buffer(logits, n * 4), dtype=np.float32)
-        self._candidates["p"] = 0.0
+        cand["id"] = self._ids
+        cand["logit"] = np.frombuffer(ffi.buffer(logits, n * 4), dtype=np.float32)
+        cand["p"] = 0.0
+        array = self._array
+        if self._has_pre:
+            array.data, array.size, array.selected, array.sorted = self._data, n, -1, False
+            L.llama_sampler_apply(self._pre, array)  # in place, same order: logits only
+        if self._grammar is not None:
+            self._adjusted[:] = cand["logit"]
+        token = self._select(self._data, n)
+        if self._grammar is not None:
+            if self._grammar_allows(token):
+                self.num_grammar_fast += 1
+            else:
+                kept = self._array.size if self._array.size < n else 0  # greedy keeps everything
+                token = self._sample_constrained(self._adjusted, cand["id"][:kept].copy())
+            L.llama_sampler_accept(self._grammar, token)
+        L.llama_sampler_accept(self._pre, token)
+        L.llama_sampler_accept(post, token)
+        return token
+
+    def _select(self, data: Any, n: int) -> int:
+        """Run `post` over the first n entries at `data`; the token it picks."""
+        array = self._array
+        array.data, array.size, array.selected, array.sorted = data, n, -1, False
+        lib().llama_sampler_apply(self.handle, array)
+        chosen = array.selected
+        if not 0 <= chosen < array.size or not math.isfinite(array.data[chosen].logit):
+            raise GrammarError("no token satisfies the grammar here", param="grammar")
+        return int(array.data[chosen].id)
+
+    def _sample_constrained(self, logits: np.ndarray, kept: np.ndarray) -> int:
+        """Step 3: the grammar, then `post`, over as few candidates as decide the token.
+
+        Sampling: first the candidates `post` kept in step 1 (a few dozen): choosing among
+        the allowed ones keeps the request's top_k/top_p/min_p truncation meaning what it
+        says. Greedy: the best tokens one at a time; the first allowed one is the answer.
+        Then a tier of the best (adjusted) logits, which decides like the whole vocabulary
+        would when greedy and one of them is allowed; or when at least top_k are allowed
+        (`post` keeps only top_k anyway); or when min_p would drop every token outside the
+        tier (its logits are all below best allowed + ln(min_p)). Else all, as upstream.
+        `logits` is this sampler's scratch copy: it may be changed.
+        """
+        spec = self.spec
+        if len(kept):
+            short = self._fill_short(kept, logits)
+            if short is not None and np.isfinite(short["logit"]).any():
+                self.num_grammar_kept += 1
+                return self._select(self._short_data, len(kept))
+        elif spec.greedy:
+            for _ in range(GREEDY_PROBES):
+                token = int(np.argmax(logits))
+                if logits[token] == -math.inf:
+                    break
+                if self._grammar_allows(token):
+                    self.num_grammar_kept += 1
+                    return token
+                logits[token] = -math.inf
+        n = len(logits)
+        sample = logits[:: max(1, n // 2048)]
+        for k in self._tiers:
+            q = max(1, round(k * len(sample) / n))
+            floor = float(np.partition(sample, -q)[-q])  # ~k logits are >= this one
+            ids = np.flatnonzero(logits >= floor).astype(np.int32)
+            if floor == -math.inf or len(ids) > len(self._short):
+                continue
+            short = self._fill_short(ids, logits)
+            assert short is not None
+            allowed = short["logit"][np.isfinite(short["logit"])]
+            outside_below = float(logits[logits < floor].max(initial=-math.inf))
+            if allowed.size and (spec.greedy or (spec.top_k > 0 and allowed.size >= spec.top_k) or (
+                    spec.min_p > 0.0 and float(allowed.max()) + math.log(spec.min_p) > outside_below)):
+                self.num_grammar_short += 1
+                return self._select(self._short_data, len(ids))
+        self.num_grammar_full += 1
+        cand = self._candidates
+        cand["id"] = self._ids
+        cand["logit"] = logits
+        cand["p"] = 0.0
         array = self._array
         array.data, array.size, array.selected, array.sorted = self._data, n, -1, False
-        L.llama_sampler_apply(self.handle, array)
-        chosen = array.selected
-        if not 0 <= chosen < array.size or not math.isfinite(array.data[chosen].logit) \
-                and array.data[chosen].logit < 0:
-            raise GrammarError("no token satisfies the grammar here", param="grammar")
-        token = int(array.data[chosen].id)
-        L.llama_sampler_accept(self.handle, token)
-        return token
+        lib().llama_sampler_apply(self._grammar, array)
+        return self._select(self._data, n)
+
+    def _fill_short(self, ids: np.ndarray, logits: np.ndarray) -> np.ndarray | None:
+        """Put these candidates in the short buffer and let the grammar mask them."""
+        if len(ids) > len(self._short):
+            return None
+        short = self._short[: len(ids)]
+        short["id"] = ids
+        short["logit"] = logits[ids]
+        short["p"] = 0.0
+        array = self._array
+        array.data, array.size, array.selected, array.sorted = self._short_data, len(ids), -1, False
+        lib().llama_sampler_apply(self._grammar, array)
+        return short
+
+    def _grammar_allows(self, token: int) -> bool:
+        self._one[0].id, self._one[0].logit, self._one[0].p = token, 1.0, 0.0
+        self._one_array.size, self._one_array.selected, self._one_array.sorted = 1, -1, False
+        lib().llama_sampler_apply(self._grammar, self._one_array)
+        return self._one[0].logit != -math.inf
 
     def accept(self, token: int) -> None:
         """Feed a token the caller chose (prefill, replay); GrammarError if the grammar rejects it."""
         if self._grammar is not None:
-            self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
-            self._one_array.size, self._one_array.selected, self._one_array.sorted = 1, -1, False
-            lib().llama_sampler_apply(self._grammar, self._one_array)
-            if self._one[0].logit == -math.inf:
+            if not self._grammar_allows(token):
                 raise GrammarError(f"token {token} is not allowed by the grammar here", param="grammar")
+            lib().llama_sampler_accept(self._grammar, token)
+        lib().llama_sampler_accept(self._pre, token)
         lib().llama_sampler_accept(self.handle, token)
 
     def reset(self) -> None:
+        lib().llama_sampler_reset(self._pre)
         lib().llama_sampler_reset(self.handle)
+        if self._grammar is not None:
+            lib().llama_sampler_reset(self._grammar)
+            self._feed_prefill()
 
     def close(self) -> None:
-        if self._handle is not None:
-            lib().llama_sampler_free(self._handle)  # frees the samplers added to it too
-            self._handle = None
+        # each chain frees the samplers added to it
+        for name in ("_handle", "_pre", "_grammar"):
+            handle = getattr(self, name, None)
+            if handle is not None:
+                lib().llama_sampler_free(handle)
+                setattr(self, name, None)
 
     def __enter__(self) -> SamplerChain:
         return self
@@ -187,6 +333,24 @@ class SamplerChain:
 
     def __del__(self) -> None:
         self.close()
+
+
+@lru_cache(maxsize=4)
+def _token_ids(n_vocab: int) -> np.ndarray:
+    ids = np.arange(n_vocab, dtype=np.int32)
+    ids.setflags(write=False)  # shared by every sampler: read only
+    return ids
+
+
+def _prefill_tokens(model: Model, grammar: GrammarSpec) -> list[int]:
+    """The generation prompt's tokens, as common_sampler_init computes them."""
+    if grammar.lazy or not grammar.prefill:
+        return []
+    tokens = model.tokenize(grammar.prefill, add_special=False, parse_special=True)
+    if tokens and model.token_to_piece(tokens[0], special=True)[:1].isspace() \
+            and not grammar.prefill[:1].isspace():
+        tokens = tokens[1:]  # some tokenizers put a space before a leading special token
+    return tokens
 
 
 def _grammar_sampler(model: Model, grammar: GrammarSpec) -> Any:

@@ -10,7 +10,12 @@ import json
 from types import TracebackType
 from typing import Any
 
-from botframework.errors import ClosedError, GrammarError, InvalidRequestError, ModelLoadError
+from botframework.errors import (
+    ClosedError,
+    GrammarError,
+    InvalidRequestError,
+    ModelLoadError,
+)
 from botframework.native._lib import ffi, lib
 from botframework.native.model import Model
 
@@ -61,6 +66,14 @@ class ChatTemplates:
             raise ModelLoadError(_take_json(err).get("error", "cannot load chat template"))
         self._handle: Any = handle[0]
         self._model = model  # the templates keep token strings of the model's vocab
+        caps = _take_json(lib().bf_chat_templates_caps(self._handle)).get("caps", {})
+        self.caps: dict[str, bool] = {str(k): bool(v) for k, v in caps.items()}
+
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the template renders tool definitions and tool calls itself (else the
+        caller needs a generic tool format)."""
+        return self.caps.get("supports_tools", False) and self.caps.get("supports_tool_calls", False)
 
     def apply(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Render OpenAI-style messages (+tools, schema) to a prompt and generation params."""

@@ -22,6 +22,7 @@ from botframework.server.limits import BodySizeLimit
 from botframework.server.metrics import ServerMetrics
 from botframework.server.routes import (
     cancel,
+    capabilities,
     chat,
     completions,
     embeddings,
@@ -74,7 +75,8 @@ def create_app(settings: ServerSettings | None = None, runtime_factory: RuntimeF
     async def _unexpected(request: HTTPRequest, exc: Exception) -> JSONResponse:
         return errors.error_response(exc)
 
-    for module in (health, models, chat, completions, infill, embeddings, tokenize, cancel, sessions, metrics):
+    for module in (health, models, chat, completions, infill, embeddings, tokenize, cancel, sessions, metrics,
+                   capabilities):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     if settings.cors_origins:

@@ -55,8 +55,14 @@ def to_api_error(exc: BaseException) -> APIError:
     if isinstance(exc, bf.ContextLengthExceededError):
         return APIError(400, f"{message} (prompt: {exc.num_prompt_tokens} tokens, context: {exc.num_ctx} tokens)",
                         param=exc.param, code="context_length_exceeded")
+    if isinstance(exc, bf.UnsupportedSchemaError):
+        return APIError(400, message, param=exc.param, code="unsupported_schema")
+    if isinstance(exc, bf.GrammarError):
+        return APIError(400, message, param=exc.param, code="invalid_grammar")
     if isinstance(exc, bf.InvalidRequestError):
         return APIError(400, message, param=exc.param)
+    if isinstance(exc, bf.OutputValidationError):
+        return APIError(500, message, type="server_error", code="output_validation_failed")
     if isinstance(exc, bf.ModelNotFoundError):
         return APIError(404, message, param="model", code="model_not_found")
     if isinstance(exc, bf.BusyError):

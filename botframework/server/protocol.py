@@ -1,9 +1,10 @@
 """OpenAI request shapes (pydantic), only at the HTTP edge.
 
 Unknown fields are rejected (extra="forbid"), so a client never silently loses an option;
-fields we accept but cannot honour yet (n > 1, tools, json_schema, ...) are refused with a
-400 naming them by `check_supported`. Limits that depend on the settings or the model (max
-tokens cap, vocabulary size) are checked in generation.py.
+fields we accept but cannot honour yet (n > 1, echo, ...) are refused with a 400 naming
+them by `check_supported`. Chat turns with tool calls live in chat_protocol.py. Limits that
+depend on the settings or the model (max tokens cap, vocabulary size) are checked in
+generation.py.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from botframework.server.chat_protocol import ChatTurn, NamedToolChoice, ToolDefinition
 from botframework.server.errors import unsupported
 
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -43,8 +45,18 @@ class StreamOptions(_Strict):
 
 
 class ResponseFormat(_Strict):
-    type: Literal["text", "json_object", "json_schema"]
+    """OpenAI's {"type": ...} forms, plus {"mode": "structured", "schema": {...}}; chat.structured
+    turns any of them into one checked schema."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    type: Literal["text", "json_object", "json_schema"] | None = None
     json_schema: dict[str, Any] | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    mode: Literal["structured"] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)
 
 
 Priority = Literal["interactive", "completion", "batch"]
@@ -84,14 +96,15 @@ class _Sampling(_Strict):
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatTurn] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
+    tools: list[ToolDefinition] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # default false, as llama.cpp's server
+    grammar: str | None = Field(default=None, max_length=1 << 20)  # extension: raw GBNF, for experts
     overflow: Literal["error", "truncate"] = "error"  # what to do when the chat is too long
 
     def check_supported(self) -> None:
@@ -100,12 +113,6 @@ class ChatCompletionRequest(_Sampling):
             raise unsupported("max_completion_tokens", "cannot be combined with max_tokens")
         if self.top_logprobs is not None and not self.logprobs:
             raise unsupported("top_logprobs", "requires logprobs to be true")
-        if self.response_format is not None and self.response_format.type != "text":
-            raise unsupported("response_format", f"type '{self.response_format.type}' is not supported yet")
-        if self.tools:
-            raise unsupported("tools")
-        if self.tool_choice not in (None, "none", "auto"):
-            raise unsupported("tool_choice")
 
     @property
     def requested_max_tokens(self) -> int | None:

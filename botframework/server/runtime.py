@@ -2,7 +2,7 @@
 
     lifespan -> load_runtime(settings) -> resolve_model -> ModelWorker (engine thread)
                                                           + ChatTemplates
-    routes   -> render_chat / tokenize (any thread) -> submit(Request, loop) -> RequestHandle
+    routes   -> plan_chat / render_chat / tokenize (any thread) -> submit(Request, loop) -> RequestHandle
              -> stats / cancel / embed (run on the engine thread via ModelWorker.call)
 
 Tests replace it with a fake that has the same methods (tests/server/fake_runtime.py).
@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from botframework.scheduler.output import RequestHandle
 from botframework.scheduler.sequence import Request
 from botframework.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from botframework.chat.plan import ChatOptions, ChatPlan
 
 
 class Runtime(Protocol):
@@ -31,6 +34,9 @@ class Runtime(Protocol):
 
     def render_chat(self, messages: list[dict[str, Any]], *, max_tokens: int = 256,
                     overflow: str = "error") -> tuple[list[int], tuple[str, ...], int]: ...
+    def plan_chat(self, messages: list[dict[str, Any]], options: ChatOptions, *, max_tokens: int = 256,
+                  overflow: str = "error") -> ChatPlan: ...
+    def chat_capabilities(self) -> dict[str, Any]: ...
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = False) -> list[int]: ...
     def detokenize(self, tokens: list[int]) -> str: ...
     def infill_tokens(self, prefix: str, suffix: str, extra: str = "") -> list[int]: ...
@@ -64,6 +70,19 @@ class ModelRuntime:
         rendered = render_chat(self.templates, self.worker.model, messages, n_ctx=self.n_ctx,
                                max_tokens=max_tokens, overflow=OverflowPolicy(overflow))
         return rendered.tokens, rendered.additional_stops, rendered.truncated_tokens
+
+    def plan_chat(self, messages: list[dict[str, Any]], options: ChatOptions, *, max_tokens: int = 256,
+                  overflow: str = "error") -> ChatPlan:
+        """Messages + structured output / tools / grammar -> prompt tokens, grammar, output parser."""
+        from botframework.chat.plan import plan_chat
+        from botframework.chat.render import OverflowPolicy
+
+        return plan_chat(self.templates, self.worker.model, messages, options, n_ctx=self.n_ctx,
+                         max_tokens=max_tokens, overflow=OverflowPolicy(overflow))
+
+    def chat_capabilities(self) -> dict[str, Any]:
+        return {"tool_format": "native" if self.templates.supports_tools else "generic",
+                "template_caps": dict(self.templates.caps)}
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = False) -> list[int]:
         return self.worker.model.tokenize(text, add_special=add_special, parse_special=parse_special)  # type: ignore[no-any-return]

@@ -16,14 +16,18 @@ import httpx
 import numpy as np
 
 from botframework.errors import BotframeworkError, DecodeError
+from botframework.native.sampler import GrammarSpec
 from botframework.scheduler.output import Delta, FinishReason, RequestHandle, Usage
 from botframework.scheduler.sequence import Request
 from botframework.server.app import create_app
 from botframework.server.settings import ServerSettings
 
+FAKE_JSON_GRAMMAR = GrammarSpec("root ::= \"{}\"")  # marks requests the real runtime would constrain
+
 
 class FakeRuntime:
     def __init__(self, *, model_id: str = "fake-model", reply: str = "Hello from the fake model.",
+                 json_reply: str = "{}",
                  n_ctx: int = 512, n_vocab: int = 1000, token_delay_s: float = 0.0,
                  submit_error: BotframeworkError | None = None, error_after: int | None = None) -> None:
         self.model_id = model_id
@@ -31,6 +35,7 @@ class FakeRuntime:
         self.n_ctx = n_ctx
         self.n_vocab = n_vocab
         self.reply = reply
+        self.json_reply = json_reply
         self.token_delay_s = token_delay_s
         self.submit_error = submit_error
         self.error_after = error_after  # fail the request like a failed llama_decode after N tokens
@@ -41,6 +46,7 @@ class FakeRuntime:
         self.num_generated = 0
         self.closed = False
         self.seen_sessions: set[str] = set()
+        self.chat_plans: list[tuple[list[dict[str, Any]], Any]] = []
 
     # tokens: 1 (BOS) + one per character, ids folded into the vocabulary
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = False) -> list[int]:
@@ -61,6 +67,29 @@ class FakeRuntime:
         text = "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
         return self.tokenize(text, add_special=True), ("<end>",), 0
 
+    def plan_chat(self, messages: list[dict[str, Any]], options: Any, *, max_tokens: int = 256,
+                  overflow: str = "error") -> Any:
+        """render_chat plus the output parser the real runtime would pick (no grammar: the
+        scripted reply stands in for constrained output)."""
+        from botframework.chat.parse import OutputMode, OutputParser
+        from botframework.chat.plan import ChatPlan
+        from botframework.chat.render import RenderedChat
+        from botframework.chat.tools import offered_tools
+
+        tokens, stops, truncated = self.render_chat(messages, max_tokens=max_tokens, overflow=overflow)
+        tools = offered_tools(options.tools, options.tool_choice)
+        mode = (OutputMode.STRUCTURED if options.structured is not None else
+                OutputMode.GRAMMAR if options.grammar is not None else
+                OutputMode.TOOLS_GENERIC if tools else OutputMode.TEXT)
+        self.chat_plans.append((messages, options))
+        # structured requests are answered with json_reply (the real grammar would force JSON)
+        grammar = FAKE_JSON_GRAMMAR if options.structured is not None else None
+        return ChatPlan(RenderedChat(tokens, stops, truncated_tokens=truncated), grammar,
+                        OutputParser(mode, {}, tools=tools, choice=options.tool_choice), options.structured)
+
+    def chat_capabilities(self) -> dict[str, Any]:
+        return {"tool_format": "generic"}
+
     def submit(self, request: Request, loop: asyncio.AbstractEventLoop) -> RequestHandle:
         self.requests.append(request)
         if request.session_id:
@@ -78,8 +107,9 @@ class FakeRuntime:
             self.handles.pop(rid, None)
             handle.publish(Delta(rid, finish_reason=FinishReason.ERROR, error=self.submit_error))
             return
-        text = self.reply[: request.params.max_tokens]
-        reason = FinishReason.STOP if len(text) == len(self.reply) else FinishReason.LENGTH
+        reply = self.json_reply if request.params.sampler.grammar is FAKE_JSON_GRAMMAR else self.reply
+        text = reply[: request.params.max_tokens]
+        reason = FinishReason.STOP if len(text) == len(reply) else FinishReason.LENGTH
         for n, ch in enumerate(text):
             await asyncio.sleep(self.token_delay_s)
             if rid not in self.active:

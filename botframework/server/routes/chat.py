@@ -1,8 +1,14 @@
 """POST /v1/chat/completions, whole or streamed as OpenAI's server-sent events.
 
-    messages -> chat template (llama.cpp Jinja) -> tokens (+ template stops) -> Request
-    stream:  role chunk, content chunks, finish chunk, [usage chunk], [DONE]
-             an engine error mid-stream -> an error event, then [DONE]
+    body -> ChatOptions (response_format / tools + tool_choice / grammar, checked: 400 lists
+            what cannot be enforced) -> runtime.plan_chat: chat template (llama.cpp Jinja)
+            -> tokens + grammar + output parser -> Request (SamplerSpec.grammar)
+    whole:   text -> finish_message: content / reasoning_content / tool_calls; structured
+             output that ended with "stop" is validated (500 if it does not, never returned)
+    stream:  role chunk, then per engine delta MessageStreamer pieces: content,
+             reasoning_content, tool calls (id and name first, then argument fragments);
+             finish chunk, [usage chunk], [DONE]
+             an engine error or a failed validation mid-stream -> an error event, then [DONE]
              the client goes away -> the generator is closed -> the sequence is cancelled
 """
 
@@ -11,13 +17,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi import Request as HTTPRequest
 from fastapi.responses import StreamingResponse
 
+from botframework.chat.message import AssistantMessage, MessageDelta
+from botframework.chat.plan import ChatOptions, ChatPlan, check_message, finish_message
+from botframework.chat.stream import MessageStreamer
+from botframework.chat.structured import structured_output
+from botframework.chat.tools import parse_tool_choice, parse_tools
+from botframework.errors import BotframeworkError
 from botframework.scheduler.output import Delta
+from botframework.scheduler.sequence import Request
 from botframework.server.auth import require_api_key
 from botframework.server.errors import error_body, to_api_error
 from botframework.server.generation import (
@@ -39,39 +53,74 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+def chat_options(body: ChatCompletionRequest) -> ChatOptions:
+    """The request's constraints, checked (fail closed: GrammarError / InvalidRequestError -> 400)."""
+    structured = structured_output(body.response_format.to_dict()) if body.response_format is not None else None
+    tools = parse_tools([t.model_dump(exclude_none=True) for t in body.tools or ()])
+    choice = body.tool_choice.model_dump() if body.tool_choice is not None and not isinstance(body.tool_choice, str) \
+        else body.tool_choice
+    return ChatOptions(structured=structured, grammar=body.grammar, tools=tools,
+                       tool_choice=parse_tool_choice(choice, tools),
+                       parallel_tool_calls=bool(body.parallel_tool_calls))
+
+
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, http: HTTPRequest) -> dict[str, Any] | StreamingResponse:
     runtime = get_runtime(http, body.model)
     settings = http.app.state.settings
     body.check_supported()
-    messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
-                for m in body.messages]
-    tokens, extra_stops, truncated = await asyncio.to_thread(
-        runtime.render_chat, messages, max_tokens=body.requested_max_tokens or 256, overflow=body.overflow)
+    options = chat_options(body)
+    messages = [m.to_template() for m in body.messages]
+    plan = await asyncio.to_thread(runtime.plan_chat, messages, options,
+                                   max_tokens=body.requested_max_tokens or 256, overflow=body.overflow)
     request_id = new_id("chatcmpl")
-    request = build_request(body, tokens, extra_stops, settings, runtime, request_id, truncated_tokens=truncated)
+    request = with_grammar(build_request(body, plan.tokens, plan.rendered.additional_stops, settings, runtime,
+                                         request_id, truncated_tokens=plan.rendered.truncated_tokens), plan)
     first, deltas = await start(http, runtime, request)
     created = int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_stream(http, runtime, request_id, created, first, deltas, include_usage,
+        return StreamingResponse(_stream(http, runtime, plan, request_id, created, first, deltas, include_usage,
                                          body.logprobs),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
     done = await collect(http, first, deltas)
+    finish = openai_finish_reason(done.finish_reason)
+    message = finish_message(plan, done.text, finish)  # OutputValidationError -> 500, never invalid JSON
     logprobs = {"content": [_logprob_entry(runtime, lp) for lp in done.logprobs]} if body.logprobs else None
     return {
         "id": request_id, "object": "chat.completion", "created": created, "model": runtime.model_id,
         "system_fingerprint": None,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text, "refusal": None},
-                     "logprobs": logprobs, "finish_reason": openai_finish_reason(done.finish_reason)}],
+        "choices": [{"index": 0, "message": message.to_openai(), "logprobs": logprobs,
+                     "finish_reason": _finish_reason(finish, message)}],
         "usage": usage_json(done.usage),
     }
 
 
-async def _stream(http: HTTPRequest, runtime: Runtime, request_id: str, created: int, first: Delta,
-                  deltas: AsyncIterator[Delta], include_usage: bool, want_logprobs: bool) -> AsyncIterator[bytes]:
+def with_grammar(request: Request, plan: ChatPlan) -> Request:
+    if plan.grammar is None:
+        return request
+    sampler = replace(request.params.sampler, grammar=plan.grammar)
+    return replace(request, params=replace(request.params, sampler=sampler))
+
+
+def _finish_reason(finish: str, message: AssistantMessage) -> str:
+    return "tool_calls" if finish == "stop" and message.tool_calls else finish
+
+
+def _delta_json(piece: MessageDelta) -> dict[str, Any]:
+    if piece.tool_call is not None:
+        return {"tool_calls": [piece.tool_call.to_openai()]}
+    if piece.reasoning_content:
+        return {"reasoning_content": piece.reasoning_content}
+    return {"content": piece.content}
+
+
+async def _stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, request_id: str, created: int,
+                  first: Delta, deltas: AsyncIterator[Delta], include_usage: bool,
+                  want_logprobs: bool) -> AsyncIterator[bytes]:
     base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": runtime.model_id,
             "system_fingerprint": None}
+    streamer = MessageStreamer(plan.parser)
 
     def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
         payload: dict[str, Any] = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
@@ -80,21 +129,36 @@ async def _stream(http: HTTPRequest, runtime: Runtime, request_id: str, created:
             payload["usage"] = None
         return sse(payload)
 
+    def error_event(exc: BaseException) -> bytes:
+        err = to_api_error(exc)
+        return sse(error_body(err.message, err.type, err.param, err.code))
+
     try:
         yield chunk({"role": "assistant", "content": ""})
         delta: Delta | None = first
         while delta is not None:
             if delta.error is not None:
-                err = to_api_error(delta.error)
-                yield sse(error_body(err.message, err.type, err.param, err.code))
+                yield error_event(delta.error)
                 break
             logprobs = ({"content": [_logprob_entry(runtime, lp) for lp in delta.logprobs]}
                         if want_logprobs and delta.logprobs else None)
-            if delta.text or logprobs:
-                yield chunk({"content": delta.text}, logprobs=logprobs)
+            pieces = streamer.feed(delta.text)
+            if logprobs is not None and not pieces:
+                yield chunk({"content": ""}, logprobs=logprobs)
+            for i, piece in enumerate(pieces):
+                yield chunk(_delta_json(piece), logprobs=logprobs if i == 0 else None)
             if delta.finish_reason is not None:
                 record(http, delta.timings, delta.usage)
-                yield chunk({}, openai_finish_reason(delta.finish_reason))
+                finish = openai_finish_reason(delta.finish_reason)
+                last, message = streamer.finish()
+                for piece in last:
+                    yield chunk(_delta_json(piece))
+                try:
+                    check_message(plan, message, finish)
+                except BotframeworkError as exc:  # structured output that does not validate
+                    yield error_event(exc)
+                    break
+                yield chunk({}, _finish_reason(finish, message))
                 if include_usage:
                     yield sse({**base, "choices": [], "usage": usage_json(delta.usage)})
                 break

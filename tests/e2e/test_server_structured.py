@@ -1,0 +1,105 @@
+"""Structured output and tools through the real server (uvicorn subprocess, real model) and
+the official `openai` package.
+
+    client.chat.completions.parse(response_format=PydanticModel) -> .parsed instance
+    tools: required / named -> tool_calls; the stream's pieces add up to the whole answer
+    an unsupported schema -> openai.BadRequestError naming why; /v1/capabilities
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+pydantic = pytest.importorskip("pydantic")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from test_server_openai import API_KEY, MODEL, base_url, client  # noqa: E402,F401  (module-scoped server)
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
+                   "required": ["city"], "additionalProperties": False}}}
+
+
+class City(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=30)
+    country: str = pydantic.Field(max_length=30)
+    population: int = pydantic.Field(ge=0, le=50_000_000)
+
+
+def test_parse_with_a_pydantic_model(client: Any) -> None:  # noqa: F811  (the imported fixture)
+    completion = client.chat.completions.parse(
+        model=MODEL, messages=[{"role": "user", "content": "Describe Paris as JSON."}], response_format=City,
+        max_tokens=120, temperature=0)
+    choice = completion.choices[0]
+    assert choice.finish_reason == "stop"
+    assert isinstance(choice.message.parsed, City)
+    assert City.model_validate_json(choice.message.content) == choice.message.parsed
+
+
+def test_json_object_mode(client: Any) -> None:  # noqa: F811  (the imported fixture)
+    completion = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Give a JSON object with one key."}],
+        response_format={"type": "json_object"}, max_tokens=64, temperature=0)
+    if completion.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(completion.choices[0].message.content), dict)
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}],
+                         ids=["required", "named"])
+def test_forced_tool_call_whole_and_streamed(client: Any, tool_choice: Any) -> None:  # noqa: F811  (the imported fixture)
+    kwargs = {"model": MODEL, "messages": [{"role": "user", "content": "What is the weather in Oslo?"}],
+              "tools": [WEATHER], "tool_choice": tool_choice, "max_tokens": 80, "temperature": 0}
+    client.chat.completions.create(**kwargs)  # warm the prefix cache: both runs below reuse it
+    whole = client.chat.completions.create(**kwargs)
+    choice = whole.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather" and call.id.startswith("call_")
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+
+    name, arguments, ids, finish = None, "", set(), None
+    for chunk in client.chat.completions.create(stream=True, **kwargs):
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        for piece in delta.tool_calls or ():
+            assert piece.index == 0
+            if piece.id:
+                ids.add(piece.id)
+                name = piece.function.name
+            arguments += piece.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert (name, arguments, finish) == ("get_weather", call.function.arguments, "tool_calls")
+    assert len(ids) == 1
+
+
+def test_tool_choice_none_answers_in_text(client: Any) -> None:  # noqa: F811  (the imported fixture)
+    completion = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "What is the weather in Oslo?"}], tools=[WEATHER],
+        tool_choice="none", max_tokens=32, temperature=0)
+    assert not completion.choices[0].message.tool_calls and completion.choices[0].message.content
+
+
+def test_unsupported_schema_is_a_bad_request_naming_why(client: Any) -> None:  # noqa: F811  (the imported fixture)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=8,
+            response_format={"type": "json_schema", "json_schema": {"name": "zip", "schema": {
+                "type": "object", "properties": {"zip": {"type": "string", "pattern": "^\\d{5}$"}}}}})
+    assert info.value.code == "unsupported_schema" and info.value.param == "response_format"
+    assert "#/properties/zip" in info.value.message and "\\d" in info.value.message
+
+
+def test_capabilities(base_url: str) -> None:  # noqa: F811  (the imported fixture)
+    caps = httpx.get(f"{base_url}/v1/capabilities", headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    assert "pattern" in caps["json_schema"]["enforced_keywords"]
+    assert caps["model"]["id"] == MODEL and caps["model"]["tool_format"] == "generic"
