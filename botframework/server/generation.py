@@ -23,7 +23,12 @@ from botframework.errors import InvalidRequestError
 from botframework.native.sampler import SamplerSpec
 from botframework.scheduler.output import Delta, FinishReason, Usage
 from botframework.scheduler.sequence import Priority, Request
-from botframework.server.errors import APIError, model_not_found
+from botframework.server.errors import (
+    APIError,
+    error_body,
+    model_not_found,
+    to_api_error,
+)
 from botframework.server.protocol import ChatCompletionRequest, CompletionRequest
 from botframework.server.runtime import Runtime
 from botframework.server.settings import ServerSettings
@@ -195,6 +200,12 @@ def record(http: HTTPRequest, timings: dict[str, float], usage: Usage | None) ->
 def sse(payload: dict[str, Any] | str) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     return f"data: {data}\n\n".encode()
+
+
+def sse_error(exc: BaseException) -> bytes:
+    """An error in the middle of a stream: one OpenAI-shaped error event (then the caller ends it)."""
+    err = to_api_error(exc)
+    return sse(error_body(err.message, err.type, err.param, err.code))
 
 
 def usage_json(usage: Usage | None) -> dict[str, Any] | None:

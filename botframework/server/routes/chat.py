@@ -33,7 +33,6 @@ from botframework.errors import BotframeworkError
 from botframework.scheduler.output import Delta
 from botframework.scheduler.sequence import Request
 from botframework.server.auth import require_api_key
-from botframework.server.errors import error_body, to_api_error
 from botframework.server.generation import (
     build_request,
     collect,
@@ -42,6 +41,7 @@ from botframework.server.generation import (
     openai_finish_reason,
     record,
     sse,
+    sse_error,
     start,
     usage_json,
 )
@@ -129,16 +129,12 @@ async def _stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, request_i
             payload["usage"] = None
         return sse(payload)
 
-    def error_event(exc: BaseException) -> bytes:
-        err = to_api_error(exc)
-        return sse(error_body(err.message, err.type, err.param, err.code))
-
     try:
         yield chunk({"role": "assistant", "content": ""})
         delta: Delta | None = first
         while delta is not None:
             if delta.error is not None:
-                yield error_event(delta.error)
+                yield sse_error(delta.error)
                 break
             logprobs = ({"content": [_logprob_entry(runtime, lp) for lp in delta.logprobs]}
                         if want_logprobs and delta.logprobs else None)
@@ -156,7 +152,7 @@ async def _stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, request_i
                 try:
                     check_message(plan, message, finish)
                 except BotframeworkError as exc:  # structured output that does not validate
-                    yield error_event(exc)
+                    yield sse_error(exc)
                     break
                 yield chunk({}, _finish_reason(finish, message))
                 if include_usage:

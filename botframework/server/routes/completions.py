@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from botframework.scheduler.output import Delta
 from botframework.server.auth import require_api_key
-from botframework.server.errors import APIError, error_body, to_api_error
+from botframework.server.errors import APIError
 from botframework.server.generation import (
     build_request,
     collect,
@@ -25,6 +25,7 @@ from botframework.server.generation import (
     openai_finish_reason,
     record,
     sse,
+    sse_error,
     start,
     usage_json,
 )
@@ -97,8 +98,7 @@ async def _stream(http: HTTPRequest, runtime: Runtime, request_id: str, created:
         delta: Delta | None = first
         while delta is not None:
             if delta.error is not None:
-                err = to_api_error(delta.error)
-                yield sse(error_body(err.message, err.type, err.param, err.code))
+                yield sse_error(delta.error)
                 break
             logprobs = _legacy_logprobs(runtime, list(delta.logprobs)) if want_logprobs and delta.logprobs else None
             finish = openai_finish_reason(delta.finish_reason) if delta.finish_reason is not None else None

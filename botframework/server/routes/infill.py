@@ -16,8 +16,16 @@ from fastapi.responses import StreamingResponse
 
 from botframework.scheduler.output import Delta
 from botframework.server.auth import require_api_key
-from botframework.server.errors import error_body, to_api_error
-from botframework.server.generation import build_request, collect, get_runtime, new_id, record, sse, start
+from botframework.server.generation import (
+    build_request,
+    collect,
+    get_runtime,
+    new_id,
+    record,
+    sse,
+    sse_error,
+    start,
+)
 from botframework.server.protocol import InfillRequest
 from botframework.server.routes.chat import SSE_HEADERS
 
@@ -52,8 +60,7 @@ async def _stream(http: HTTPRequest, first: Delta, deltas: AsyncIterator[Delta])
         delta: Delta | None = first
         while delta is not None:
             if delta.error is not None:
-                err = to_api_error(delta.error)
-                yield sse(error_body(err.message, err.type, err.param, err.code))
+                yield sse_error(delta.error)
                 break
             done = delta.finish_reason is not None
             if delta.text or done:
