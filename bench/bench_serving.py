@@ -22,6 +22,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -70,7 +71,8 @@ def free_port() -> int:
 @contextmanager
 def running(cmd: list[str], port: int, name: str) -> Iterator[str]:
     log = open(f"/tmp/bench-{name}.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            cwd=tempfile.gettempdir())  # not the checkout: it would shadow the installed package
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -45,7 +46,8 @@ def base_url() -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "botframework.server", "--port", str(port), "--model", MODEL, "--parallel", "2",
          "--ctx-size", "2048", "--api-key", API_KEY, "--log-level", "warning"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=tempfile.gettempdir())  # not the checkout: `-m` puts the cwd first on sys.path, shadowing the install
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
