@@ -219,7 +219,8 @@ def test_streamed_and_whole_tool_answers_agree(llm: LocalLLM, tool_choice: str) 
 
 def test_streamed_structured_output_is_the_validated_json(llm: LocalLLM) -> None:
     schema = SUPPORTED[0][2]
-    value = llm.chat("Describe a person.", schema=schema, max_tokens=MAX_TOKENS, temperature=0)
+    llm.chat("Describe a person.", schema=schema, max_tokens=MAX_TOKENS, temperature=0)  # warm the prefix cache
+    value = llm.chat("Describe a person.", schema=schema, max_tokens=MAX_TOKENS, temperature=0)  # as the stream sees it
     text = "".join(d.content for d in llm.stream_chat_message("Describe a person.", schema=schema,
                                                                 max_tokens=MAX_TOKENS, temperature=0))
     assert json.loads(text) == value
