@@ -1,15 +1,17 @@
 """Serving benchmark: botframework vs llama.cpp's llama-server, same build, same settings, one run.
 
-    for each server (ours: python -m botframework.server; theirs: llama-server from our build dir):
-        start on a free loopback port, wait for /health, warm up
-        N = 1, 4, 8, 16 concurrent streams of 128 tokens (/v1/completions, ignore_eos)
+    start both (ours: python -m botframework.server; theirs: llama-server from our build dir)
+    on free loopback ports, wait for /health, warm up; then for each level
+        N = 1, 4, 8, 16 concurrent streams of 128 tokens (/v1/completions, ignore_eos),
+        R rounds alternating which server goes first (medians: the machine's speed drifts)
             -> aggregate tokens/s, TTFT p50/p95, single-stream decode t/s from inter-token time
-        cached max_tokens=1 round trip p50
-        1,000-token system prompt: cold TTFT vs repeated TTFT
+    cached max_tokens=1 round trip p50; 1,000-token system prompt: cold vs repeated TTFT
+    llama-bench tg128 (same build): the single-stream decode reference
     + our scheduler in-process (LocalLLM, threads) at the same levels
     -> table with ratios ours / llama-server
 
 Usage: python bench/bench_serving.py [--levels 1,4,8,16] [--tokens 128] [--parallel 8] [--threads T]
+                                     [--rounds R] [--skip-inprocess] [--json FILE]
 """
 
 from __future__ import annotations
@@ -153,24 +155,50 @@ async def roundtrip(base: str, repeats: int = 30) -> float:
 
 async def system_prompt(base: str, tokens_target: int = 1000) -> tuple[float, float]:
     system = (SYSTEM_WORDS * (tokens_target // 30 + 1))
-    async with httpx.AsyncClient(timeout=600) as client:
-        cold, _ = await stream_one(client, base, system + "\nQ: what is a mutex?\nA:", 8)
-        warm = []
-        for q in ("a semaphore", "a monitor", "a latch", "a barrier", "a future"):
-            t, _ = await stream_one(client, base, system + f"\nQ: what is {q}?\nA:", 8)
-            warm.append(t)
+    async def ttft(question: str) -> float:
+        # a connection each: llama-server (cpp-httplib) closes a keep-alive connection after 5 requests
+        async with httpx.AsyncClient(timeout=600) as client:
+            return (await stream_one(client, base, system + f"\nQ: what is {question}?\nA:", 8))[0]
+
+    cold = await ttft("a mutex")
+    warm = [await ttft(q) for q in ("a semaphore", "a monitor", "a latch", "a barrier", "a future")]
     return cold, statistics.median(warm)
 
 
-def bench_server(name: str, base: str, levels: list[int], max_tokens: int) -> ServerResult:
-    result = ServerResult(name)
-    asyncio.run(level(base, 2, 16))  # warm up
+def median_level(rounds: list[LevelResult]) -> LevelResult:
+    return LevelResult(rounds[0].streams, statistics.median(r.tokens_per_s for r in rounds),
+                       statistics.median(r.ttft_p50_ms for r in rounds),
+                       statistics.median(r.ttft_p95_ms for r in rounds),
+                       statistics.median(r.decode_tps_single for r in rounds))
+
+
+def bench_servers(servers: dict[str, str], levels: list[int], max_tokens: int, rounds: int) -> list[ServerResult]:
+    """Both servers are up the whole time; each level runs `rounds` times, alternating which
+    server goes first, so drift in the machine's speed hits both alike. Medians are reported."""
+    results = {name: ServerResult(name) for name in servers}
+    for base in servers.values():
+        asyncio.run(level(base, 2, 16))  # warm up
+    names = list(servers)
     for n in levels:
-        result.levels.append(asyncio.run(level(base, n, max_tokens)))
-        print(f"  {name} N={n}: {result.levels[-1]}", flush=True)
-    result.cached_roundtrip_p50_ms = asyncio.run(roundtrip(base))
-    result.system_cold_ttft_ms, result.system_warm_ttft_ms = asyncio.run(system_prompt(base))
-    return result
+        runs: dict[str, list[LevelResult]] = {name: [] for name in names}
+        for r in range(rounds):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                runs[name].append(asyncio.run(level(servers[name], n, max_tokens)))
+        for name in names:
+            results[name].levels.append(median_level(runs[name]))
+            print(f"  {name} N={n}: {results[name].levels[-1]}", flush=True)
+    for name in names:
+        results[name].cached_roundtrip_p50_ms = asyncio.run(roundtrip(servers[name]))
+        results[name].system_cold_ttft_ms, results[name].system_warm_ttft_ms = asyncio.run(system_prompt(servers[name]))
+    return [results[name] for name in names]
+
+
+def llama_bench_tg(model: Path, threads: int, n_gen: int) -> float:
+    """llama-bench's tg (tokens/s) from the same build: the single-stream decode reference."""
+    exe = build_tools(("llama-bench",))["llama-bench"]
+    out = subprocess.run([str(exe), "-m", str(model), "-p", "0", "-n", str(n_gen), "-t", str(threads), "-r", "3",
+                          "-o", "json"], check=True, capture_output=True, text=True).stdout
+    return float(json.loads(out)[0]["avg_ts"])
 
 
 def bench_inprocess(model: Path, levels: list[int], max_tokens: int, args: argparse.Namespace) -> ServerResult:
@@ -215,6 +243,7 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=8, help="slots on both servers")
     parser.add_argument("--ctx", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=default_threads()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="runs per level and server (medians reported)")
     parser.add_argument("--skip-inprocess", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -222,21 +251,19 @@ def main() -> int:
     model = pull("smollm2-135m-instruct")
     llama_server = build_tools(("llama-server",))["llama-server"]
 
-    results = []
-    port = free_port()
-    ours_cmd = [sys.executable, "-m", "botframework.server", "--port", str(port), "--parallel", str(args.parallel),
-                "--ctx-size", str(args.ctx), "--threads", str(args.threads), "--threads-batch", str(args.threads),
-                "--log-level", "warning"]
-    print(f"botframework server ({args.parallel} slots, {args.threads} threads)", flush=True)
-    with running(ours_cmd, port, "ours") as base:
-        results.append(bench_server("botframework", base, levels, args.tokens))
-    port = free_port()
-    theirs_cmd = [str(llama_server), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+    ours_port, theirs_port = free_port(), free_port()
+    ours_cmd = [sys.executable, "-m", "botframework.server", "--port", str(ours_port),
+                "--parallel", str(args.parallel), "--ctx-size", str(args.ctx), "--threads", str(args.threads),
+                "--threads-batch", str(args.threads), "--log-level", "warning"]
+    theirs_cmd = [str(llama_server), "-m", str(model), "--host", "127.0.0.1", "--port", str(theirs_port),
                   "-np", str(args.parallel), "-c", str(args.ctx), "-t", str(args.threads), "-tb", str(args.threads),
-                  "--kv-unified", "--metrics", "--log-disable"]
-    print(f"llama-server ({args.parallel} slots, {args.threads} threads)", flush=True)
-    with running(theirs_cmd, port, "llama-server") as base:
-        results.append(bench_server("llama-server", base, levels, args.tokens))
+                  "--kv-unified", "--metrics"]
+    print(f"botframework server and llama-server: {args.parallel} slots, {args.threads} threads, "
+          f"{args.rounds} alternating rounds per level (logs in /tmp/bench-*.log)", flush=True)
+    with running(ours_cmd, ours_port, "ours") as ours_base, running(theirs_cmd, theirs_port, "llama-server") as theirs_base:
+        results = bench_servers({"botframework": ours_base, "llama-server": theirs_base}, levels, args.tokens,
+                                args.rounds)
+    tg = llama_bench_tg(model, args.threads, args.tokens)
     if not args.skip_inprocess:
         print("in-process scheduler", flush=True)
         results.append(bench_inprocess(model, levels, args.tokens, args))
@@ -253,7 +280,8 @@ def main() -> int:
         print(row)
     if ours.levels and ours.levels[0].decode_tps_single:
         a, b = ours.levels[0].decode_tps_single, theirs.levels[0].decode_tps_single
-        print(f"single-stream decode (inter-token): ours {a:.1f} t/s, llama-server {b:.1f} t/s, ratio {a / b:.2f}")
+        print(f"single-stream decode (inter-token): ours {a:.1f} t/s, llama-server {b:.1f} t/s, ratio {a / b:.2f}; "
+              f"llama-bench tg{args.tokens} {tg:.1f} t/s: ours {a / tg:.2f}x, llama-server {b / tg:.2f}x")
     print(f"cached max_tokens=1 round trip p50: ours {ours.cached_roundtrip_p50_ms:.1f} ms, "
           f"llama-server {theirs.cached_roundtrip_p50_ms:.1f} ms, "
           f"difference {ours.cached_roundtrip_p50_ms - theirs.cached_roundtrip_p50_ms:+.1f} ms")

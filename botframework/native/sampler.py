@@ -100,6 +100,7 @@ class SamplerChain:
         self._pre: Any = lib().llama_sampler_chain_init(params)
         self._handle: Any = lib().llama_sampler_chain_init(params)  # `post`
         self._grammar: Any = None  # separate from the chains: applied only when needed
+        self._plain_greedy = False
         self._prefill: list[int] = []
         # llama_token_data {int32 id; float logit; float p} for every token, reused per sample
         self._candidates = np.zeros(model.n_vocab, dtype=_TOKEN_DATA)
@@ -150,6 +151,7 @@ class SamplerChain:
             self._add(pre, L.llama_sampler_init_penalties(model.n_vocab, last_n, spec.repeat_penalty,
                                                           spec.frequency_penalty, spec.presence_penalty), "penalties")
         self._has_pre = bool(L.llama_sampler_chain_n(pre))
+        self._plain_greedy = spec.greedy and not self._has_pre and spec.grammar is None
         if spec.greedy:
             self._add(post, L.llama_sampler_init_greedy(), "greedy")
             return
@@ -195,6 +197,10 @@ class SamplerChain:
         if logits == ffi.NULL:
             raise InvalidRequestError(f"batch output {batch_index} has no logits", param="batch_index")
         n = len(self._candidates)
+        if self._plain_greedy:  # argmax, first of equal maxima like llama's greedy sampler; no copy
+            token = int(np.argmax(np.frombuffer(ffi.buffer(logits, n * 4), dtype=np.float32)))
+            L.llama_sampler_accept(post, token)
+            return token
         cand = self._candidates
         # samplers sort and truncate in place: refill ids, logits and p every time
         cand["id"] = self._ids

@@ -30,7 +30,7 @@ from botframework.errors import BotframeworkError, ClosedError, InvalidRequestEr
 from botframework.native.context import Context, ContextParams
 from botframework.native.model import Model, ModelParams
 from botframework.native.sampler import SamplerChain
-from botframework.scheduler.output import Delta, FinishReason, RequestHandle
+from botframework.scheduler.output import Delta, FinishReason, RequestHandle, batched
 from botframework.scheduler.scheduler import Scheduler, SchedulerConfig
 from botframework.scheduler.sequence import Request, Sequence
 from botframework.scheduler.session_store import SessionStore
@@ -247,7 +247,8 @@ class ModelWorker:
         except NativeError as exc:
             self._recover(exc)
             return
-        self.scheduler.update(plan, result)
+        with batched():
+            self.scheduler.update(plan, result)
         t1 = time.perf_counter()
         m = self.metrics
         m.num_steps += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, AsyncIterator, Callable, Iterator
@@ -53,6 +54,44 @@ class Delta:
 _END = object()
 
 
+class _Deliveries(threading.local):
+    """Deltas for asyncio consumers held back during one engine step (see `batched`)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] | None = None
+
+
+_deliveries = _Deliveries()
+
+
+def _deliver(items: list[tuple[asyncio.Queue[Any], Any]]) -> None:
+    for q, item in items:
+        q.put_nowait(item)
+
+
+@contextmanager
+def batched() -> Iterator[None]:
+    """Hand every delta published inside the block to each event loop in one wake-up.
+
+    One call_soon_threadsafe per loop per step instead of one per token: each wake-up is a
+    pipe write plus a loop iteration, and on a machine with as many compute threads as cores
+    the loop's work lands on a core that llama_decode is using.
+    """
+    if _deliveries.pending is not None:  # nested: the outer block delivers
+        yield
+        return
+    _deliveries.pending = {}
+    try:
+        yield
+    finally:
+        pending, _deliveries.pending = _deliveries.pending, None
+        for loop, items in pending.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                pass
+
+
 class RequestHandle:
     """Stream of Delta for one request; iterate it (sync or async), or cancel it."""
 
@@ -72,8 +111,12 @@ class RequestHandle:
         if delta.finish_reason is not None:
             self.finish_reason = delta.finish_reason
             items.append(_END)
+        pending = _deliveries.pending
         for item in items:
             if self._async is not None and self._loop is not None:
+                if pending is not None:
+                    pending.setdefault(self._loop, []).append((self._async, item))
+                    continue
                 try:
                     self._loop.call_soon_threadsafe(self._async.put_nowait, item)
                 except RuntimeError:  # the loop is closed: nobody is listening any more

@@ -31,6 +31,11 @@ _COUNTERS = {
     "num_prefix_hit_tokens": ("botframework_prefix_cache_hit_tokens", "prompt tokens reused from the KV cache"),
     "num_steps": ("botframework_engine_steps", "engine steps (one llama_decode each)"),
 }
+_TIMES_MS = {
+    "decode_ms": ("botframework_decode_seconds", "engine thread time in llama_decode"),
+    "sample_ms": ("botframework_sample_seconds", "engine thread time sampling"),
+    "schedule_ms": ("botframework_schedule_seconds", "engine thread time in Python: scheduling and publishing"),
+}
 
 
 class EngineCollector(Collector):
@@ -47,9 +52,9 @@ class EngineCollector(Collector):
         for key, (name, doc) in _COUNTERS.items():
             if key in snap:
                 yield CounterMetricFamily(name, doc, value=snap[key])
-        if "decode_ms" in snap:
-            yield CounterMetricFamily("botframework_decode_seconds", "time in llama_decode",
-                                      value=snap["decode_ms"] / 1e3)
+        for key, (name, doc) in _TIMES_MS.items():
+            if key in snap:
+                yield CounterMetricFamily(name, doc, value=snap[key] / 1e3)
         yield GaugeMetricFamily("botframework_model_loaded", "1 when the model is loaded and serving",
                                 value=snap.get("model_loaded", 0))
 
