@@ -7,6 +7,7 @@ a client that disconnects mid-stream frees its KV slot.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -179,6 +180,61 @@ def test_disconnect_mid_stream_frees_the_slot(base_url: str) -> None:
     while _stats(base_url)["num_busy_slots"] != 0:
         assert time.monotonic() < deadline, "the non-streamed request kept running after the client went away"
         time.sleep(0.1)
+
+
+def _wait_for(base_url: str, what: str, ok, timeout_s: float = 10.0) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not ok(stats := _stats(base_url)):
+        assert time.monotonic() < deadline, f"{what}: {stats}"
+        time.sleep(0.05)
+    return stats
+
+
+def _send_and_leave_open(base_url: str, body: dict) -> socket.socket:  # type: ignore[type-arg]
+    """POST without waiting for anything: the server answers a stream only once its first token
+    exists, so an HTTP client would block through the queue and the prefill."""
+    host, port = base_url.removeprefix("http://").split(":")
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\n"
+                 f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    return sock
+
+
+def test_disconnect_during_prefill_and_while_queued_frees_everything(base_url: str) -> None:
+    headers = {"authorization": f"Bearer {API_KEY}"}
+    # ~1,700 prompt tokens: seconds of prefill on a small CPU, one chunk per step
+    long_prompt = " ".join(f"item{i}" for i in range(450))
+    assert 1200 < len(httpx.post(f"{base_url}/tokenize", json={"content": long_prompt}, headers=headers,
+                                 timeout=10).json()["tokens"]) < 2000
+    body = {"model": MODEL, "prompt": long_prompt, "max_tokens": 8, "stream": True}
+    before = _stats(base_url)["num_generated_tokens"]
+    sock = _send_and_leave_open(base_url, body)
+    _wait_for(base_url, "the request never started its prefill", lambda s: s["num_prefilling"] == 1)
+    sock.close()  # gone before its first token
+    stats = _wait_for(base_url, "the prefilling sequence kept its slot after the client went away",
+                      lambda s: s["num_busy_slots"] == 0)
+    assert stats["num_prefilling"] == 0 and stats["num_running"] == 0
+    assert stats["num_generated_tokens"] == before  # cancelled before it sampled anything
+
+    # both slots busy with endless generations, a third request waits in the queue
+    eog = httpx.post(f"{base_url}/tokenize", json={"content": "<|im_end|><|endoftext|>", "parse_special": True},
+                     headers=headers, timeout=10).json()["tokens"]
+    endless = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 1500, "stream": True,
+               "logit_bias": {str(t): -100 for t in eog}}
+    a, b = _send_and_leave_open(base_url, endless), _send_and_leave_open(base_url, endless)
+    _wait_for(base_url, "two generations did not start", lambda s: s["num_running"] == 2)
+    queued = _send_and_leave_open(base_url, body)
+    _wait_for(base_url, "the third request was not queued", lambda s: s["num_waiting"] == 1)
+    queued.close()
+    _wait_for(base_url, "the queued request stayed in the queue after its client went away",
+              lambda s: s["num_waiting"] == 0)
+    assert _stats(base_url)["num_running"] == 2  # the others go on
+    a.close()
+    b.close()
+    stats = _wait_for(base_url, "slots stayed busy", lambda s: s["num_busy_slots"] == 0)
+    assert stats["num_waiting"] == 0 and stats["num_running"] == 0
+    assert httpx.get(f"{base_url}/health", timeout=5).status_code == 200
 
 
 def test_metrics(base_url: str) -> None:
