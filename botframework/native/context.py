@@ -149,11 +149,15 @@ class Context:
     # -- per-sequence state (eviction to host RAM / disk) -----------------------------------
     def state_seq_get(self, seq_id: int) -> bytes:
         size = lib().llama_state_seq_get_size(self.handle, seq_id)
-        buf = ffi.new("uint8_t[]", size)
-        written = lib().llama_state_seq_get_data(self.handle, buf, size, seq_id)
+        # written in place: no second copy (fresh pages cost as much as the copy itself)
+        buf = bytearray(size)
+        written = lib().llama_state_seq_get_data(self.handle, ffi.from_buffer("uint8_t[]", buf, require_writable=True),
+                                                 size, seq_id)
         if written == 0 and size != 0:
             raise NativeError(f"could not save the state of sequence {seq_id}", op="llama_state_seq_get_data")
-        return ffi.unpack(ffi.cast("char *", buf), written)
+        if written != size:
+            del buf[written:]
+        return buf  # type: ignore[return-value]  # a bytearray: bytes-like, never copied again
 
     def state_seq_set(self, seq_id: int, data: bytes) -> None:
         read = lib().llama_state_seq_set_data(self.handle, ffi.from_buffer("uint8_t[]", data), len(data), seq_id)

@@ -66,6 +66,7 @@ class WorkerConfig:
     session_ram_bytes: int = 512 << 20
     session_disk_bytes: int = 2 << 30
     session_dir: Path | None = None
+    prefix_cache_bytes: int = 1 << 30      # idle prompt caches in host RAM (SchedulerConfig)
     flash_attn: str = "auto"
 
 
@@ -99,7 +100,8 @@ class ModelWorker:
         self.engine = Engine(self.model, self.context)
         self.scheduler = Scheduler(
             SchedulerConfig(num_slots=config.num_slots, num_ctx=self.context.n_ctx,
-                            max_batch_tokens=config.max_batch_tokens, max_waiting=config.max_waiting),
+                            max_batch_tokens=config.max_batch_tokens, max_waiting=config.max_waiting,
+                            prefix_cache_bytes=config.prefix_cache_bytes),
             eog_tokens=self.model.eog_tokens,
             sessions=SessionStore(config.session_ram_bytes, config.session_disk_bytes, config.session_dir))
         self.metrics = WorkerMetrics()

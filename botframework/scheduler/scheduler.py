@@ -14,6 +14,7 @@ data, so this runs unchanged on a fake engine in tests.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -34,6 +35,13 @@ class SchedulerConfig:
     max_waiting: int = 256            # admission queue bound
     min_prefix_copy: int = 16         # shorter shared prefixes are recomputed, not copied
     priority_aging_s: float = 5.0     # a waiting request gains one priority level per this
+    # Idle slots' prompt caches move to host RAM when a new request is admitted, and come back
+    # (a state restore) when a later prompt starts with them. All sequences share one KV
+    # buffer and attention spans every cell up to the highest one in use, so cells kept for
+    # idle prefixes slow every decode; llama-server does the same with --kv-unified.
+    # 0: keep idle prefixes in the KV cache instead.
+    prefix_cache_bytes: int = 1 << 30
+    min_offload_tokens: int = 256     # smaller idle caches stay: cheap to keep, cheap to recompute
 
     def __post_init__(self) -> None:
         if self.num_slots < 1 or self.num_ctx < 2 or self.max_batch_tokens < self.num_slots:
@@ -62,6 +70,11 @@ class Scheduler:
         self._pending_ops: list[KVOp] = []
         self._pending_release: list[str] = []
         self._pending_saves: OrderedDict[int, str] = OrderedDict()  # seq_id -> session id
+        self.prefixes = SessionStore(config.prefix_cache_bytes, 0) if config.prefix_cache_bytes > 0 else None
+        self._pending_prefix_saves: dict[int, str] = {}              # seq_id -> prefix key
+        self._prefix_keys = itertools.count()
+        self.num_prefix_offloads = 0
+        self.num_prefix_restores = 0
         self._committed: dict[int, int] = {}
         # metrics
         self.num_prefix_hit_tokens = 0
@@ -118,7 +131,9 @@ class Scheduler:
         return self.sessions.info(session_id)
 
     def clear_prefix_cache(self) -> int:
-        """Drop the cached prefixes of idle slots (not sessions); returns the cells freed."""
+        """Drop the cached prefixes of idle slots and in RAM (not sessions); returns the cells freed."""
+        if self.prefixes is not None:
+            self.prefixes.clear()
         freed = 0
         for slot in self.slots:
             if slot.free and slot.cached:
@@ -154,17 +169,39 @@ class Scheduler:
             if budget <= 0:
                 break
             budget -= self._plan_prefill(seq, budget, items)
+        admitted = False
         while budget > 0 and self.waiting:
             seq = min(self.waiting, key=lambda s: (self._effective_priority(s, now), s.request.arrival))
             if not self._admit(seq):
                 break
+            admitted = True
             self.waiting.remove(seq)
             budget -= self._plan_prefill(seq, budget, items)
+        if admitted:
+            self._offload_idle_prefixes()
         plan = StepPlan(items=tuple(items), kv_ops=tuple(self._pending_ops),
-                        release=tuple(self._pending_release), save_states=tuple(self._pending_saves))
+                        release=tuple(self._pending_release),
+                        save_states=(*self._pending_saves, *self._pending_prefix_saves))
         self._pending_ops.clear()
         self._pending_release.clear()
         return plan
+
+    def _offload_idle_prefixes(self) -> None:
+        """Idle, session-less slots: save their cells' state to RAM and free the cells.
+
+        Runs after this step's admissions, so a COPY from such a slot comes first in kv_ops;
+        the engine saves states before it applies kv_ops.
+        """
+        if self.prefixes is None:
+            return
+        for slot in self.slots:
+            if (slot.free and slot.session_id is None and len(slot.cached) >= self.config.min_offload_tokens
+                    and slot.seq_id not in self._pending_saves):
+                key = f"prefix-{next(self._prefix_keys)}"
+                self.prefixes.prepare_save(key, list(slot.cached))
+                self._pending_prefix_saves[slot.seq_id] = key
+                self._clear_slot(slot)
+                self.num_prefix_offloads += 1
 
     def _effective_priority(self, seq: Sequence, now: float) -> float:
         waited = now - seq.request.arrival
@@ -215,8 +252,12 @@ class Scheduler:
         """Make room for n more cells for seq, reclaiming caches; False if impossible."""
         if seq.num_computed + n > self.config.num_ctx:
             return False
+        return self._make_room(n, exclude=seq.seq_id)
+
+    def _make_room(self, n: int, exclude: int) -> bool:
+        """Reclaim idle caches (not slot `exclude`) until n more cells fit; False if impossible."""
         while self.num_cells_used() + n > self.config.num_ctx:
-            victim = self._reclaimable_slot(exclude=seq.seq_id)
+            victim = self._reclaimable_slot(exclude=exclude)
             if victim is None:
                 return False
             if victim.session_id is not None:
@@ -259,6 +300,8 @@ class Scheduler:
             if slot is None:
                 return False
             self._clear_slot(slot)
+            if not self._make_room(self.sessions.num_tokens(session_id), exclude=slot.seq_id):
+                return False  # a restore needs real cells; wait until running sequences finish
             data, tokens = self.sessions.take(session_id)
             self._pending_ops.append(KVOp(KVOpKind.RESTORE, slot.seq_id, data=data))
             slot.cached = tokens
@@ -267,13 +310,16 @@ class Scheduler:
             slot = self._free_slot(prompt)
             if slot is None:
                 return False
+            restored = self._restore_prefix(slot, prompt)
         reuse = common_prefix_len(slot.cached, prompt)
         if restored is None and reuse < self.config.min_prefix_copy:
             # a live or cached slot may hold a longer prefix: share its cells instead
             src = max((s for s in self.slots if s is not slot and s.cached),
                       key=lambda s: common_prefix_len(s.cached, prompt), default=None)
             shared = min(common_prefix_len(src.cached, prompt), self._committed[src.seq_id]) if src else 0
-            if src is not None and shared >= self.config.min_prefix_copy and shared > reuse:
+            if (src is not None and shared >= self.config.min_prefix_copy and shared > reuse
+                    and self.num_cells_used() - len(slot.cached) + shared <= self.config.num_ctx):
+                # (cells shared by seq_cp cost nothing, but the accounting counts them per slot)
                 self._clear_slot(slot)
                 shared = min(shared, seq.num_prompt - 1)
                 self._pending_ops.append(KVOp(KVOpKind.COPY, slot.seq_id, 0, shared, src_seq_id=src.seq_id))
@@ -296,6 +342,27 @@ class Scheduler:
         self.num_prompt_tokens += seq.num_prompt
         return True
 
+    def _restore_prefix(self, slot: Slot, prompt: list[int]) -> list[int] | None:
+        """Bring back the stored prefix cache that covers most of `prompt`, when it beats what
+        the slot holds and what a COPY from another slot would share."""
+        if self.prefixes is None:
+            return None
+        key, n = self.prefixes.longest_prefix(prompt)
+        if key is None or n < self.config.min_prefix_copy or n <= common_prefix_len(slot.cached, prompt):
+            return None
+        live = max((min(common_prefix_len(s.cached, prompt), self._committed.get(s.seq_id, 0))
+                    for s in self.slots if s is not slot and s.cached), default=0)
+        if live >= n:
+            return None
+        self._clear_slot(slot)
+        if not self._make_room(self.prefixes.num_tokens(key), exclude=slot.seq_id):
+            return None  # the restore needs its cells at once (the unused tail goes after)
+        data, tokens = self.prefixes.take(key)
+        self._pending_ops.append(KVOp(KVOpKind.RESTORE, slot.seq_id, data=data))
+        slot.cached = tokens
+        self.num_prefix_restores += 1
+        return tokens
+
     def _free_slot(self, prompt: list[int]) -> Slot | None:
         free = [s for s in self.slots if s.free]
         if free:
@@ -313,6 +380,9 @@ class Scheduler:
             session_id = self._pending_saves.pop(seq_id, None)
             if session_id is not None:
                 self.sessions.complete_save(session_id, data)
+            key = self._pending_prefix_saves.pop(seq_id, None)
+            if key is not None and self.prefixes is not None:
+                self.prefixes.complete_save(key, data)
         now = self.clock()
         for sampled in result.sampled:
             seq = self.active.get(sampled.request_id)
@@ -360,6 +430,9 @@ class Scheduler:
         for session_id in self._pending_saves.values():
             self.sessions.drop(session_id)
         self._pending_saves.clear()
+        self._pending_prefix_saves.clear()
+        if self.prefixes is not None:
+            self.prefixes.clear()
         self._pending_ops.clear()
         for slot in self.slots:
             slot.cached = []
@@ -409,4 +482,8 @@ class Scheduler:
             "num_prompt_tokens": self.num_prompt_tokens,
             "num_generated_tokens": self.num_generated_tokens,
             "num_stored_sessions": len(self.sessions),
+            "num_stored_prefixes": len(self.prefixes) if self.prefixes is not None else 0,
+            "stored_prefix_bytes": self.prefixes.ram_bytes() if self.prefixes is not None else 0,
+            "num_prefix_offloads": self.num_prefix_offloads,
+            "num_prefix_restores": self.num_prefix_restores,
         }

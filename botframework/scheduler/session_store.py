@@ -1,4 +1,4 @@
-"""Evicted chat sessions: KV state bytes kept in host RAM (LRU), spilled to disk.
+"""Evicted chat sessions (and idle prompt prefixes): KV state bytes in host RAM (LRU), spilled to disk.
 
     slot evicted -> prepare_save(tokens) -> engine saves state -> complete_save(bytes)
         -> RAM (budget) -> oldest spilled to <dir>/<hash>.kv (budget) -> oldest dropped
@@ -62,6 +62,23 @@ class SessionStore:
         entry.path.unlink(missing_ok=True)
         return data, entry.tokens
 
+    def longest_prefix(self, tokens: list[int] | tuple[int, ...]) -> tuple[str | None, int]:
+        """The stored entry sharing the longest prefix with `tokens`, and that length."""
+        best, best_n = None, 0
+        for key, entry in self._entries.items():
+            n = _common_prefix_len(entry.tokens, tokens)
+            if n > best_n:
+                best, best_n = key, n
+        return best, best_n
+
+    def num_tokens(self, key: str) -> int:
+        return len(self._entries[key].tokens)
+
+    def clear(self) -> None:
+        for key in list(self._entries):
+            self._discard(key)
+        self._pending.clear()
+
     def drop(self, session_id: str) -> bool:
         self._pending.pop(session_id, None)
         return self._discard(session_id)
@@ -113,3 +130,11 @@ class SessionStore:
             if entry.path is not None:
                 self._discard(session_id)
                 self.num_dropped += 1
+
+
+def _common_prefix_len(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

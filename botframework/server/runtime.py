@@ -152,7 +152,8 @@ def load_runtime(settings: ServerSettings) -> ModelRuntime:
                          pull_missing=settings.pull_missing)
     worker = ModelWorker(path, WorkerConfig(
         n_ctx=settings.n_ctx, num_slots=settings.num_slots, n_threads=settings.n_threads,
-        n_threads_batch=settings.n_threads_batch, n_gpu_layers=settings.n_gpu_layers),
+        n_threads_batch=settings.n_threads_batch, n_gpu_layers=settings.n_gpu_layers,
+        prefix_cache_bytes=settings.prefix_cache_mb << 20),
         name=settings.served_model_id)
     try:
         templates = ChatTemplates(worker.model)

@@ -42,6 +42,7 @@ class ServerSettings:
     n_threads: int | None = None
     n_threads_batch: int | None = None
     n_gpu_layers: int = 0
+    prefix_cache_mb: int = 1024                # host RAM for idle prompt caches (0: keep them in the KV cache)
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -51,6 +52,8 @@ class ServerSettings:
                      "max_embedding_inputs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.prefix_cache_mb < 0:
+            raise ValueError("prefix_cache_mb must be >= 0")
         if any(not key for key in self.api_keys):
             raise ValueError("API keys must not be empty strings")
 
@@ -120,7 +123,7 @@ class ServerSettings:
 
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _INTS = {"port", "max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_logit_bias", "max_embedding_inputs",
-         "num_slots", "n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers"}
+         "num_slots", "n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers", "prefix_cache_mb"}
 
 
 def _parse(name: str, raw: str) -> Any:

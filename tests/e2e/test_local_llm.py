@@ -70,6 +70,20 @@ def test_session_second_turn_prefills_only_new_tokens(llm: LocalLLM) -> None:
     assert new_tokens < 40, f"second turn recomputed {new_tokens} tokens"
 
 
+def test_prompt_cache_moved_to_ram_continues_exactly(llm: LocalLLM) -> None:
+    prompt = "A long shared instruction block. " * 40 + "Question: what is a mutex?"
+    llm.complete(prompt, max_tokens=16, temperature=0)
+    in_place = llm.complete(prompt, max_tokens=16, temperature=0)  # reuses the same slot's cells
+    assert in_place.usage.cached_tokens == in_place.usage.prompt_tokens - 1
+    llm.complete("Something else entirely.", max_tokens=4, temperature=0)  # moves idle caches to RAM
+    stats = llm.worker.stats()
+    assert stats["num_stored_prefixes"] >= 1 and stats["stored_prefix_bytes"] > 0
+    restored = llm.complete(prompt, max_tokens=16, temperature=0)
+    assert llm.worker.stats()["num_prefix_restores"] == stats["num_prefix_restores"] + 1
+    assert restored.usage.cached_tokens == in_place.usage.cached_tokens
+    assert restored.token_ids == in_place.token_ids
+
+
 def test_evicted_session_restores_exactly() -> None:
     turn1 = [{"role": "user", "content": "Remember the number 42. Reply OK."}]
 

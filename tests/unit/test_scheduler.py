@@ -104,6 +104,54 @@ def test_prefix_reuse_prefills_only_new_tokens() -> None:
     assert engine.num_decoded - before == 2 + 3  # 2 new prompt tokens, then 3 decode steps
 
 
+def test_idle_prefixes_move_to_ram_and_come_back_when_a_prompt_starts_with_them() -> None:
+    cfg = SchedulerConfig(num_slots=2, num_ctx=4096, max_batch_tokens=512)
+    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 512)
+    system = list(range(100, 400))
+    first = make_seq(system + [1, 2, 3], max_tokens=4)
+    s.add(first)
+    run(s, engine)
+    other = make_seq(list(range(600, 650)), max_tokens=4)  # admitted: the idle cache leaves the KV
+    s.add(other)
+    run(s, engine)
+    assert s.num_prefix_offloads == 1 and len(s.prefixes) == 1  # type: ignore[arg-type]
+    assert engine.kv[first.seq_id] == [] and s.num_cells_used() == len(engine.kv[other.seq_id])
+    before = engine.num_decoded
+    third = make_seq(system + [7, 8], max_tokens=4)
+    s.add(third)
+    plan = s.schedule()
+    assert [op.kind.value for op in plan.kv_ops if op.seq_id == third.seq_id][-2:] == ["restore", "remove"]
+    s.update(plan, engine.execute(plan))
+    run(s, engine)
+    assert s.num_prefix_restores == 1 and third.num_cached == len(system)
+    assert engine.num_decoded - before == 2 + 3  # only the new prompt tokens, then decode
+    assert engine.kv[third.seq_id][: len(system)] == system
+
+
+def test_a_prompt_continuing_its_slot_reuses_it_in_place() -> None:
+    cfg = SchedulerConfig(num_slots=2, num_ctx=4096, max_batch_tokens=512)
+    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 512)
+    turn = make_seq(list(range(100, 400)), max_tokens=4)
+    s.add(turn)
+    run(s, engine)
+    again = make_seq(turn.tokens + [5], max_tokens=4)  # the whole conversation sent again, plus more
+    s.add(again)
+    run(s, engine)
+    assert again.seq_id == turn.seq_id and again.num_cached == len(turn.tokens) - 1
+    assert s.num_prefix_offloads == 0 and s.num_prefix_restores == 0
+
+
+def test_without_a_prefix_ram_budget_idle_prefixes_stay_in_the_kv_cache() -> None:
+    cfg = SchedulerConfig(num_slots=2, num_ctx=4096, max_batch_tokens=512, prefix_cache_bytes=0)
+    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 512)
+    first = make_seq(list(range(100, 400)), max_tokens=4)
+    s.add(first)
+    run(s, engine)
+    s.add(make_seq(list(range(600, 650)), max_tokens=4))
+    run(s, engine)
+    assert s.prefixes is None and len(engine.kv[first.seq_id]) == 300 + 3
+
+
 def test_shared_prefix_is_copied_from_a_live_sequence() -> None:
     cfg = SchedulerConfig(num_slots=2, num_ctx=4096, max_batch_tokens=512, min_prefix_copy=16)
     s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 512)
@@ -199,23 +247,26 @@ def test_priority_lane_goes_first_and_batch_work_is_not_starved() -> None:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.sampled_from(["add", "cancel", "step", "step", "step"]),
+@given(st.lists(st.tuples(st.sampled_from(["add", "add", "cancel", "step", "step", "drain"]),
                           st.integers(1, 300), st.integers(1, 12), st.sampled_from([None, "s1", "s2", "s3"])),
                 min_size=1, max_size=80),
-       st.integers(1, 4), st.sampled_from([16, 64, 256]))
-def test_random_add_cancel_step(ops: list, num_slots: int, budget: int) -> None:  # type: ignore[type-arg]
+       st.integers(1, 4), st.sampled_from([16, 64, 256]), st.sampled_from([0, 1 << 20]))
+def test_random_add_cancel_step(ops: list, num_slots: int, budget: int, prefix_ram: int) -> None:  # type: ignore[type-arg]
     budget = max(budget, num_slots)
-    cfg = SchedulerConfig(num_slots=num_slots, num_ctx=1024, max_batch_tokens=budget, max_waiting=1000)
+    cfg = SchedulerConfig(num_slots=num_slots, num_ctx=1024, max_batch_tokens=budget, max_waiting=1000,
+                          prefix_cache_bytes=prefix_ram, min_offload_tokens=16)  # offloads and restores happen
     s, engine = Scheduler(cfg, eog_tokens=frozenset({5})), FakeEngine(num_slots, budget)
     seqs: list[Sequence] = []
     for op, n, k, session in ops:
         if op == "add":
-            prompt = [(i * 7 + n) % 50 + 10 for i in range(n)]
+            prompt = [(i * 7 + n % 3) % 50 + 10 for i in range(n)]  # three families of shared prefixes
             seq = make_seq(prompt, max_tokens=k, session_id=session, ignore_eos=False)
             seqs.append(seq)
             s.add(seq)
         elif op == "cancel" and seqs:
             s.cancel(seqs[n % len(seqs)].request_id)
+        elif op == "drain":  # everything finishes: slots go idle with their caches
+            run(s, engine, max_steps=5000)
         else:
             plan = s.schedule()
             s.update(plan, engine.execute(plan))
@@ -228,3 +279,37 @@ def test_random_add_cancel_step(ops: list, num_slots: int, budget: int) -> None:
     assert engine.samplers == set(), "samplers of finished requests were not released"
     for slot in s.slots:
         assert slot.owner is None
+    if s.prefixes is not None:  # every offload completed; restores took what they used
+        assert not s._pending_prefix_saves
+        assert s.num_prefix_offloads - s.num_prefix_restores == len(s.prefixes) + s.prefixes.num_dropped
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(1, 200), st.integers(1, 8), st.booleans()),
+                min_size=2, max_size=30),
+       st.integers(2, 4), st.sampled_from([512, 4096]))
+def test_prefix_ram_changes_no_output(requests: list, num_slots: int, num_ctx: int) -> None:  # type: ignore[type-arg]
+    """Idle caches moved to RAM and restored: the same tokens as a run that keeps them in the
+    KV cache (the fake engine's 'sampling' depends on the cells' content), every step balanced."""
+    outputs = []
+    for prefix_ram in (0, 1 << 20):
+        cfg = SchedulerConfig(num_slots=num_slots, num_ctx=num_ctx, max_batch_tokens=64, max_waiting=1000,
+                              prefix_cache_bytes=prefix_ram, min_offload_tokens=16)
+        s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(num_slots, 64)
+        seqs = []
+        for family, n, k, drain in requests:  # families share long prefixes; a drain lets slots go idle
+            seq = make_seq([(i * 7 + family) % 50 + 10 for i in range(n)], max_tokens=k)
+            seqs.append(seq)
+            s.add(seq)
+            if drain:
+                run(s, engine)
+            else:
+                plan = s.schedule()
+                s.update(plan, engine.execute(plan))
+                check_invariants(s, engine)
+        run(s, engine)
+        outputs.append([seq.tokens for seq in seqs])
+        if s.prefixes is not None:
+            assert not s._pending_prefix_saves
+            assert s.num_prefix_offloads - s.num_prefix_restores == len(s.prefixes) + s.prefixes.num_dropped
+    assert outputs[0] == outputs[1]
