@@ -14,7 +14,10 @@ the model's exact text, so streamed fragments always add up to the final argumen
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+
+import numpy as np
 
 from botframework.chat.message import ToolCall
 
@@ -35,15 +38,34 @@ def find_calls(text: str, tool_names: frozenset[str], *, partial: bool, anywhere
     Complete (partial=False): only a finished JSON value naming known tools counts.
     Partial: a value that may still become one counts too (the caller holds text back).
     """
+    if not anywhere:
+        start = _first_non_space(text)
+        return None if start is None else _calls_at(text, start, tool_names, partial)
+    levels = _levels(text)
     pos = 0
     while True:
-        start = _next_candidate(text, pos) if anywhere else _first_non_space(text)
+        start = _next_candidate(text, pos)
         if start is None:
             return None
-        found = _calls_at(text, start, tool_names, partial)
-        if found is not None or not anywhere:
-            return found
+        # a call written among prose starts outside any bracket (a few stray ones allowed); the
+        # candidates inside "[[[[..." would each be scanned MAX_DEPTH deep: quadratic
+        if text[start] == "`" or levels[start] <= MAX_CANDIDATE_LEVEL:
+            found = _calls_at(text, start, tool_names, partial)
+            if found is not None:
+                return found
         pos = start + 1
+
+
+def _levels(text: str) -> np.ndarray:
+    """Bracket depth before each character (strings masked; closers never take it below 0)."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    masked = codes.copy()
+    for match in _STRING.finditer(text):
+        masked[match.start():match.end()] = 32
+    steps = ((masked == 91) | (masked == 123)).astype(np.int64) - ((masked == 93) | (masked == 125))
+    after = np.cumsum(steps)
+    after -= np.minimum(np.minimum.accumulate(after), 0)  # unbalanced closers reset to 0
+    return np.concatenate(([0], after[:-1])) if len(after) else after
 
 
 def _first_non_space(text: str) -> int | None:
@@ -86,19 +108,27 @@ def _calls_at(text: str, start: int, names: frozenset[str], partial: bool) -> Fo
     return FoundCalls(start, tuple(calls), True)
 
 
+MAX_DEPTH = 128  # deeper JSON is not taken for a tool call (tool schemas nest at most 64 levels)
+MAX_CANDIDATE_LEVEL = 4
+_STRING = re.compile(r'"(?:\\.|[^"\\])*"')
+
+
 class _Malformed(Exception):
     """Not JSON: whatever this is, it is not a tool call."""
 
 
-def _calls_in_value(text: str, i: int, names: frozenset[str]) -> tuple[list[ToolCall], int | None, bool]:
+def _calls_in_value(text: str, i: int, names: frozenset[str], depth: int = 0
+                    ) -> tuple[list[ToolCall], int | None, bool]:
     """(calls, end of the value or None if unfinished, whether it is or may become calls)."""
+    if depth > MAX_DEPTH:
+        raise _Malformed
     if i >= len(text):
         return [], None, True
     if text[i] == "[":
         calls: list[ToolCall] = []
-        elements, end = _elements(text, i)
+        elements, end = _elements(text, i, depth)
         for start, stop in elements:
-            sub, sub_end, possible = _calls_in_value(text, start, names)
+            sub, sub_end, possible = _calls_in_value(text, start, names, depth + 1)
             if not possible:
                 return [], end, False
             calls.extend(sub)
@@ -107,13 +137,13 @@ def _calls_in_value(text: str, i: int, names: frozenset[str]) -> tuple[list[Tool
         return calls, end, True
     if text[i] != "{":
         return [], None, False
-    members, end = _members(text, i)
+    members, end = _members(text, i, depth)
     spans = {key: (s, e) for key, s, e in members}
     if any(key not in _WRAPPER_KEYS for key in spans):
         return [], end, False
     for wrapper in ("tool_calls", "tool_call", "function"):
         if wrapper in spans:
-            sub, _, possible = _calls_in_value(text, spans[wrapper][0], names)
+            sub, _, possible = _calls_in_value(text, spans[wrapper][0], names, depth + 1)
             return sub, end, possible
     name_span = spans.get("name")
     if name_span is None or name_span[1] is None:
@@ -161,16 +191,18 @@ def _scan_string(text: str, i: int) -> int | None:
     return None
 
 
-def _scan_value(text: str, i: int) -> int | None:
+def _scan_value(text: str, i: int, depth: int) -> int | None:
+    if depth > MAX_DEPTH:
+        raise _Malformed
     if i >= len(text):
         return None
     c = text[i]
     if c == '"':
         return _scan_string(text, i)
     if c == "{":
-        return _members(text, i)[1]
+        return _members(text, i, depth)[1]
     if c == "[":
-        return _elements(text, i)[1]
+        return _elements(text, i, depth)[1]
     j = i
     while j < len(text) and text[j] in _SCALAR_CHARS:
         j += 1
@@ -179,7 +211,7 @@ def _scan_value(text: str, i: int) -> int | None:
     return None if j == len(text) else j
 
 
-def _members(text: str, i: int) -> tuple[list[tuple[str, int, int | None]], int | None]:
+def _members(text: str, i: int, depth: int = 0) -> tuple[list[tuple[str, int, int | None]], int | None]:
     """Members (key, value start, value end) of the object at `text[i]` == '{', and its end."""
     members: list[tuple[str, int, int | None]] = []
     i = _skip_ws(text, i + 1)
@@ -206,7 +238,7 @@ def _members(text: str, i: int) -> tuple[list[tuple[str, int, int | None]], int 
         value_start = _skip_ws(text, i + 1)
         if value_start >= len(text):
             return members, None
-        value_end = _scan_value(text, value_start)
+        value_end = _scan_value(text, value_start, depth + 1)
         members.append((key, value_start, value_end))
         if value_end is None:
             return members, None
@@ -214,7 +246,7 @@ def _members(text: str, i: int) -> tuple[list[tuple[str, int, int | None]], int 
     return members, None
 
 
-def _elements(text: str, i: int) -> tuple[list[tuple[int, int | None]], int | None]:
+def _elements(text: str, i: int, depth: int = 0) -> tuple[list[tuple[int, int | None]], int | None]:
     elements: list[tuple[int, int | None]] = []
     i = _skip_ws(text, i + 1)
     while i < len(text):
@@ -223,7 +255,7 @@ def _elements(text: str, i: int) -> tuple[list[tuple[int, int | None]], int | No
         if text[i] == ",":
             i = _skip_ws(text, i + 1)
             continue
-        end = _scan_value(text, i)
+        end = _scan_value(text, i, depth + 1)
         elements.append((i, end))
         if end is None:
             return elements, None

@@ -87,11 +87,32 @@ _UNSUPPORTED_ESCAPE = re.compile(r"\\[dDwWsSbBAZzpPhHvV]")
 _BACKREFERENCE = re.compile(r"\\[1-9]|\\k<")
 
 
+MAX_SCHEMA_DEPTH = 64  # JSON nesting of the schema document (an object property is two levels)
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a JSON value (a scalar is 0), without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def check_schema(schema: Any, *, where: str = "#", param: str = "response_format") -> None:
     """Raise UnsupportedSchemaError listing every keyword the grammar would not enforce,
     GrammarError if the schema is not a valid JSON Schema at all."""
     if not isinstance(schema, dict):
         raise GrammarError(f"the JSON schema at {where} must be an object", param=param)
+    depth = json_depth(schema)
+    if depth > MAX_SCHEMA_DEPTH:  # every checker and converter below recurses per level
+        raise GrammarError(f"the JSON schema at {where} nests {depth} levels deep; at most {MAX_SCHEMA_DEPTH} "
+                           "are allowed", param=param)
     try:
         validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
     except jsonschema.SchemaError as exc:
@@ -131,9 +152,12 @@ class SchemaValidator:
         """The JSON value of `text`; OutputValidationError if it is not JSON or not valid."""
         try:
             value = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (json.JSONDecodeError, TypeError, RecursionError) as exc:
             raise OutputValidationError(f"the model output is not valid JSON: {exc}", output=text) from None
-        errors = self.errors(value)
+        try:
+            errors = self.errors(value)
+        except RecursionError:  # a recursive schema ($ref) and output nested past Python's stack
+            raise OutputValidationError("the model output nests too deeply to validate", output=text) from None
         if errors:
             raise OutputValidationError("the model output does not match the JSON schema: " + "; ".join(errors[:5]),
                                         output=text)

@@ -19,6 +19,7 @@ that starts with the chat template's generation prompt is fed those prompt token
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import TracebackType
@@ -51,6 +52,37 @@ class GrammarSpec:
     trigger_patterns: tuple[str, ...] = ()
     trigger_tokens: tuple[int, ...] = ()
     prefill: str = ""
+
+    def __post_init__(self) -> None:
+        check_gbnf_limits(self.gbnf)
+
+
+# llama.cpp parses and walks grammars recursively: nesting ~20,000 groups deep, or a chain of
+# ~100,000 rules each starting with the next, overflows the thread's stack and kills the
+# process. Limits far below that, far above any real grammar (a JSON schema's has hundreds).
+MAX_GRAMMAR_BYTES = 1 << 20
+MAX_GRAMMAR_RULES = 10_000
+MAX_GRAMMAR_NESTING = 256
+
+
+_GBNF_LITERALS = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|#[^\n]*')
+
+
+def check_gbnf_limits(gbnf: str) -> None:
+    """GrammarError if the grammar is larger, has more rules or nests groups deeper than llama.cpp
+    can take safely. Scans outside "strings", [character classes] and # comments."""
+    if len(gbnf) > MAX_GRAMMAR_BYTES:
+        raise GrammarError(f"the grammar has {len(gbnf)} characters; at most {MAX_GRAMMAR_BYTES} are allowed",
+                           param="grammar")
+    bare = _GBNF_LITERALS.sub(" ", gbnf)
+    rules = bare.count("::=")
+    chars = np.frombuffer(bare.encode(), dtype=np.uint8)  # "(" and ")" are never part of a multi-byte character
+    deepest = int(np.cumsum((chars == 40).astype(np.int32) - (chars == 41)).max()) if len(chars) else 0
+    if deepest > MAX_GRAMMAR_NESTING:
+        raise GrammarError(f"the grammar nests groups {deepest} deep; at most {MAX_GRAMMAR_NESTING} are allowed",
+                           param="grammar")
+    if rules > MAX_GRAMMAR_RULES:
+        raise GrammarError(f"the grammar has {rules} rules; at most {MAX_GRAMMAR_RULES} are allowed", param="grammar")
 
 
 @dataclass(frozen=True)

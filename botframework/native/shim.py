@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import re
 from types import TracebackType
 from typing import Any
 
@@ -16,6 +17,8 @@ from botframework.errors import (
     InvalidRequestError,
     ModelLoadError,
 )
+import numpy as np
+
 from botframework.native._lib import ffi, lib
 from botframework.native.model import Model
 
@@ -100,11 +103,28 @@ class ChatTemplates:
         self.close()
 
 
+MAX_PARSE_NESTING = 128  # tool arguments nest at most 64 levels (chat.schema.MAX_SCHEMA_DEPTH)
+_JSON_STRING = re.compile(r'"(?:\\.|[^"\\])*"')
+
+
+def bracket_depth(text: str) -> int:
+    """Deepest nesting of [ and { outside JSON strings (unbalanced closers do not go below 0)."""
+    bare = _JSON_STRING.sub("", text).encode()
+    chars = np.frombuffer(bare, dtype=np.uint8)
+    if not len(chars):
+        return 0
+    steps = ((chars == 91) | (chars == 123)).astype(np.int32) - ((chars == 93) | (chars == 125))
+    return int(np.cumsum(steps).max())
+
+
 def chat_parse(text: str, params: dict[str, Any], *, partial: bool = False) -> dict[str, Any]:
     """Parse model output into an OpenAI assistant message (content, reasoning, tool_calls).
 
     `params` is what ChatTemplates.apply returned (format, parser, generation_prompt).
     """
+    depth = bracket_depth(text)
+    if depth > MAX_PARSE_NESTING:  # llama.cpp's PEG parser recurses per level: ~20,000 overflow the stack
+        raise InvalidRequestError(f"cannot parse the model output: it nests {depth} brackets deep")
     wanted = {k: params[k] for k in ("format", "parser", "generation_prompt", "reasoning_format",
                                      "parse_tool_calls") if k in params}
     out = _take_json(lib().bf_chat_parse(text.encode("utf-8"), 1 if partial else 0,

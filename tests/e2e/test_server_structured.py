@@ -99,6 +99,25 @@ def test_unsupported_schema_is_a_bad_request_naming_why(client: Any) -> None:  #
     assert "#/properties/zip" in info.value.message and "\\d" in info.value.message
 
 
+def test_grammar_and_schema_nested_past_the_limits_are_bad_requests(base_url: str) -> None:  # noqa: F811
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    deep_schema: dict[str, Any] = {"type": "string"}
+    for _ in range(300):  # 601 levels: jsonschema's own check recursed past Python's limit at ~100
+        deep_schema = {"type": "array", "items": deep_schema}
+    bodies = [  # each of these killed the server process (stack overflow) or was a 500
+        {"grammar": "root ::= " + "(" * 20_000 + '"a"' + ")" * 20_000},
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "deep", "schema": deep_schema}}},
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"x": deep_schema}}}}]},
+    ]
+    for extra in bodies:
+        r = httpx.post(f"{base_url}/v1/chat/completions", headers=headers, timeout=60, json={
+            "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **extra})
+        assert r.status_code == 400, (list(extra), r.status_code, r.text[:300])
+        assert "deep" in r.json()["error"]["message"]
+    assert httpx.get(f"{base_url}/health", timeout=5).status_code == 200
+
+
 def test_capabilities(base_url: str) -> None:  # noqa: F811  (the imported fixture)
     caps = httpx.get(f"{base_url}/v1/capabilities", headers={"Authorization": f"Bearer {API_KEY}"}).json()
     assert "pattern" in caps["json_schema"]["enforced_keywords"]
