@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable
@@ -30,7 +31,7 @@ from botframework.server.errors import (
     to_api_error,
 )
 from botframework.server.protocol import ChatCompletionRequest, CompletionRequest
-from botframework.server.runtime import Runtime
+from botframework.server.runtime import CHOICE_SEP, Runtime
 from botframework.server.settings import ServerSettings
 
 _PRIORITY = {"interactive": Priority.INTERACTIVE, "completion": Priority.COMPLETION, "batch": Priority.BATCH}
@@ -131,6 +132,109 @@ async def start(http: HTTPRequest, runtime: Runtime, request: Request) -> tuple[
         await deltas.aclose()  # type: ignore[attr-defined]
         raise first.error
     return first, deltas
+
+
+def choice_requests(request: Request, n: int, settings: ServerSettings) -> list[Request]:
+    """One engine request per choice (n > 1): ids id, id~1, ...; a given seed becomes seed, seed+1, ..."""
+    if n > settings.max_choices:
+        raise APIError(400, f"'n' is {n}; this server allows at most {settings.max_choices}", param="n",
+                       code="invalid_value")
+    out = [request]
+    for i in range(1, n):
+        sampler = request.params.sampler
+        if sampler.seed is not None:
+            sampler = dataclasses.replace(sampler, seed=(sampler.seed + i) % (2**32 - 1))
+        out.append(dataclasses.replace(request, request_id=f"{request.request_id}{CHOICE_SEP}{i}",
+                                       params=dataclasses.replace(request.params, sampler=sampler)))
+    return out
+
+
+async def start_all(http: HTTPRequest, runtime: Runtime, requests: list[Request]
+                    ) -> list[tuple[Delta, AsyncIterator[Delta]]]:
+    """`start` for every choice; if one fails, the others are cancelled and its error raised."""
+    if len(requests) == 1:
+        return [await start(http, runtime, requests[0])]
+    results = await asyncio.gather(*(start(http, runtime, r) for r in requests), return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        for r in results:
+            if not isinstance(r, BaseException):
+                await r[1].aclose()  # type: ignore[attr-defined]
+        raise failed[0]
+    return results  # type: ignore[return-value]
+
+
+async def collect_all(http: HTTPRequest, started: list[tuple[Delta, AsyncIterator[Delta]]]) -> list[Collected]:
+    """`collect` every choice at once; if one fails (a disconnect), the others are cancelled."""
+    if len(started) == 1:
+        return [await collect(http, *started[0])]
+    tasks = [asyncio.ensure_future(collect(http, first, deltas)) for first, deltas in started]
+    try:
+        return [await task for task in tasks]
+    finally:
+        for task in tasks:
+            task.cancel()  # no-op for the finished ones; the others close their streams (cancel)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def total_usage(usages: list[Usage | None]) -> Usage | None:
+    """OpenAI's usage for n choices: the prompt once, completion tokens of all choices."""
+    known = [u for u in usages if u is not None]
+    if not known:
+        return None
+    first = known[0]
+    return Usage(prompt_tokens=first.prompt_tokens, completion_tokens=sum(u.completion_tokens for u in known),
+                 cached_tokens=first.cached_tokens, truncated_tokens=first.truncated_tokens)
+
+
+@dataclass
+class StreamState:
+    """Shared by a response's per-choice SSE generators."""
+
+    failed: bool = False  # an error event was sent: the response ends
+    usages: list[Usage | None] = field(default_factory=list)
+
+
+async def fan_in(streams: list[AsyncIterator[bytes]], state: StreamState) -> AsyncIterator[bytes]:
+    """The events of every choice's stream as they come; stops after an error event."""
+    if len(streams) == 1:  # the common case: no tasks, no queue
+        try:
+            async for item in streams[0]:
+                yield item
+                if state.failed:
+                    return
+        finally:
+            await streams[0].aclose()  # type: ignore[attr-defined]
+        return
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    ended = object()
+
+    async def pump(stream: AsyncIterator[bytes]) -> None:
+        try:
+            async for item in stream:
+                queue.put_nowait(item)
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer below
+            queue.put_nowait(exc)
+        finally:
+            queue.put_nowait(ended)
+
+    tasks = [asyncio.ensure_future(pump(stream)) for stream in streams]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is ended:
+                remaining -= 1
+                continue
+            if isinstance(item, Exception):
+                raise item
+            yield item
+            if state.failed:
+                return
+    finally:
+        for task in tasks:
+            task.cancel()  # a choice still generating closes its stream: its sequence is cancelled
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def until_disconnected(http: HTTPRequest, work: Awaitable[T]) -> T:

@@ -1,7 +1,7 @@
 """OpenAI request shapes (pydantic), only at the HTTP edge.
 
 Unknown fields are rejected (extra="forbid"), so a client never silently loses an option;
-fields we accept but cannot honour yet (n > 1, echo, ...) are refused with a 400 naming
+fields we accept but cannot honour yet (echo, best_of, ...) are refused with a 400 naming
 them by `check_supported`. Chat turns with tool calls live in chat_protocol.py. Limits that
 depend on the settings or the model (max tokens cap, vocabulary size) are checked in
 generation.py.
@@ -89,8 +89,8 @@ class _Sampling(_Strict):
     n_keep: int = Field(default=0, ge=0)  # tokens a context shift never drops
 
     def check_supported(self) -> None:
-        if self.n != 1:
-            raise unsupported("n", "must be 1: several choices per request are not supported yet")
+        if self.n > 1 and self.session_id is not None:
+            raise unsupported("n", "must be 1 with session_id: a session holds one conversation")
         if self.stream_options is not None and not self.stream:
             raise unsupported("stream_options", "is only allowed when stream is true")
 
@@ -157,6 +157,11 @@ class InfillRequest(_Sampling):
     input_suffix: str = ""
     input_extra: list[dict[str, str]] = Field(default_factory=list, max_length=64)  # [{filename, text}]
     prompt: str = ""  # appended to the prefix (text typed since the last request)
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.n != 1:
+            raise unsupported("n", "must be 1 for /infill")
 
     @property
     def requested_max_tokens(self) -> int | None:

@@ -51,6 +51,9 @@ class Runtime(Protocol):
     def close(self) -> None: ...
 
 
+CHOICE_SEP = "~"  # the engine request of choice i > 0 of response "<id>" is "<id>~i"
+
+
 class ModelRuntime:
     """A ModelWorker plus the model's chat templates, under the id clients use."""
 
@@ -114,9 +117,11 @@ class ModelRuntime:
         scheduler = self.worker.scheduler
 
         def run() -> int:
-            if scheduler.cancel(request_or_session_id):
-                return 1
-            return int(scheduler.cancel_session(request_or_session_id))
+            choice_prefix = request_or_session_id + CHOICE_SEP  # the other choices of an n > 1 request
+            ids = [seq.request_id for seq in [*scheduler.waiting, *scheduler.active.values()]
+                   if seq.request_id == request_or_session_id or seq.request_id.startswith(choice_prefix)]
+            cancelled = sum(scheduler.cancel(request_id) for request_id in ids)
+            return cancelled or int(scheduler.cancel_session(request_or_session_id))
 
         return self.worker.call(run, timeout_s=10.0)  # type: ignore[no-any-return]
 

@@ -35,6 +35,7 @@ class ServerSettings:
     max_body_bytes: int = 4 << 20
     max_tokens_cap: int = 4096                 # largest max_tokens a request may ask for
     max_stop_strings: int = 4
+    max_choices: int = 8                       # largest n (choices per request)
     max_logit_bias: int = 1024                 # entries in logit_bias
     max_embedding_inputs: int = 256
     num_slots: int = 8
@@ -48,7 +49,7 @@ class ServerSettings:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, not {self.port}")
-        for name in ("max_body_bytes", "max_tokens_cap", "max_stop_strings", "num_slots", "n_ctx",
+        for name in ("max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_choices", "num_slots", "n_ctx",
                      "max_embedding_inputs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -122,7 +123,7 @@ class ServerSettings:
 
 
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
-_INTS = {"port", "max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_logit_bias", "max_embedding_inputs",
+_INTS = {"port", "max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_choices", "max_logit_bias", "max_embedding_inputs",
          "num_slots", "n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers", "prefix_cache_mb"}
 
 

@@ -154,6 +154,42 @@ def test_bad_requests_are_openai_errors(client) -> None:  # type: ignore[no-unty
         bad.models.list()
 
 
+def test_n_choices_whole_streamed_and_cancelled_together(client, base_url: str) -> None:  # type: ignore[no-untyped-def]
+    whole = client.chat.completions.create(model=MODEL, messages=MESSAGES, n=3, max_tokens=6, temperature=0.9,
+                                           seed=11, extra_body={"ignore_eos": True})
+    assert [c.index for c in whole.choices] == [0, 1, 2]
+    assert all(c.finish_reason == "length" and c.message.content for c in whole.choices)
+    assert whole.usage.completion_tokens == 18
+
+    texts: dict[int, str] = {0: "", 1: ""}
+    finishes: dict[int, str] = {}
+    usage = None
+    for chunk in client.chat.completions.create(model=MODEL, messages=MESSAGES, n=2, max_tokens=6, temperature=0.9,
+                                                seed=11, stream=True, stream_options={"include_usage": True},
+                                                extra_body={"ignore_eos": True}):
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert finishes == {0: "length", 1: "length"} and all(texts.values())
+    assert usage is not None and usage.completion_tokens == 12
+
+    headers = {"authorization": f"Bearer {API_KEY}"}
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 1500, "stream": True, "n": 2,
+            "ignore_eos": True}
+    with httpx.Client(timeout=60) as http, \
+            http.stream("POST", f"{base_url}/v1/completions", json=body, headers=headers) as r:
+        lines = r.iter_lines()
+        first = next(line for line in lines if line.startswith("data: {"))
+        response_id = json.loads(first[len("data: "):])["id"]
+        cancelled = http.post(f"{base_url}/v1/cancel/{response_id}", headers=headers).json()
+        assert cancelled["num_cancelled"] == 2
+        assert [line for line in lines if line][-1] == "data: [DONE]"  # both choices end, then the stream
+    _wait_for(base_url, "cancelled choices kept their slots", lambda s: s["num_busy_slots"] == 0)
+
+
 def test_disconnect_mid_stream_frees_the_slot(base_url: str) -> None:
     headers = {"authorization": f"Bearer {API_KEY}"}
     eog = httpx.post(f"{base_url}/tokenize", json={"content": "<|im_end|><|endoftext|>", "parse_special": True},

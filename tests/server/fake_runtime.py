@@ -144,7 +144,8 @@ class FakeRuntime:
 
     def cancel(self, request_or_session_id: str) -> int:
         ids = [rid for rid, r in self.active.items()
-               if rid == request_or_session_id or r.session_id == request_or_session_id]
+               if rid == request_or_session_id or rid.startswith(request_or_session_id + "~")
+               or r.session_id == request_or_session_id]
         for rid in ids:
             self._cancel(rid)
         return len(ids)

@@ -80,6 +80,46 @@ def test_completions_and_stream(run) -> None:
     run(go())
 
 
+def test_n_choices_whole_and_streamed(run) -> None:
+    async def go() -> None:
+        async with serve_fake() as c:
+            r = await c.post(CHAT, json=chat_body(n=3, max_tokens=5, seed=7))
+            body = r.json()
+            assert [ch["index"] for ch in body["choices"]] == [0, 1, 2]
+            assert all(ch["message"]["content"] == "Hello" for ch in body["choices"])
+            assert body["usage"]["completion_tokens"] == 15 and body["usage"]["prompt_tokens"] > 0
+            r = await c.post(CHAT, json=chat_body(n=2, max_tokens=5, stream=True,
+                                                  stream_options={"include_usage": True}))
+            events = sse_events(r.text)
+            assert events[-1] == "[DONE]" and events[-2]["choices"] == []
+            assert events[-2]["usage"]["completion_tokens"] == 10
+            for index in (0, 1):
+                mine = [e["choices"][0] for e in events[:-2] if e["choices"][0]["index"] == index]
+                assert mine[0]["delta"] == {"role": "assistant", "content": ""}
+                assert "".join(ch["delta"].get("content", "") for ch in mine) == "Hello"
+                assert [ch["finish_reason"] for ch in mine][-1] == "length"
+            r = await c.post("/v1/completions", json={"model": "fake-model", "prompt": "x", "n": 2, "max_tokens": 3})
+            assert [ch["text"] for ch in r.json()["choices"]] == ["Hel", "Hel"]
+            r = await c.post("/v1/completions", json={"model": "fake-model", "prompt": "x", "n": 2, "max_tokens": 3,
+                                                      "stream": True})
+            events = sse_events(r.text)
+            for index in (0, 1):
+                assert "".join(e["choices"][0]["text"] for e in events[:-1]
+                               if e["choices"][0]["index"] == index) == "Hel"
+    run(go())
+
+
+def test_n_choices_get_their_own_request_ids_and_seeds(run) -> None:
+    async def go() -> None:
+        runtime = FakeRuntime()
+        async with serve_fake(runtime) as c:
+            r = await c.post(CHAT, json=chat_body(n=3, max_tokens=2, seed=7))
+            rid = r.json()["id"]
+            assert [q.request_id for q in runtime.requests] == [rid, f"{rid}~1", f"{rid}~2"]
+            assert [q.params.sampler.seed for q in runtime.requests] == [7, 8, 9]
+    run(go())
+
+
 def test_models_health_tokenize_embeddings_metrics(run) -> None:
     async def go() -> None:
         async with serve_fake() as c:
@@ -113,7 +153,8 @@ MALFORMED: list[tuple[dict[str, Any], str | None]] = [
     (chat_body(temperature=-1), "temperature"),
     (chat_body(temperature="hot"), "temperature"),
     (chat_body(top_p=3), "top_p"),
-    (chat_body(n=2), "n"),
+    (chat_body(n=9), "n"),
+    (chat_body(n=2, session_id="s"), "n"),
     (chat_body(stop=["a", "b", "c", "d", "e"]), "stop"),
     (chat_body(stop=[""]), "stop"),
     (chat_body(logit_bias={"999999": 1}), "logit_bias"),

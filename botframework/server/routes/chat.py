@@ -10,6 +10,8 @@
              finish chunk, [usage chunk], [DONE]
              an engine error or a failed validation mid-stream -> an error event, then [DONE]
              the client goes away -> the generator is closed -> the sequence is cancelled
+    n > 1:   one engine request per choice (generation.choice_requests), batched like any
+             others; their chunks interleave in one stream, each with its choice index
 """
 
 from __future__ import annotations
@@ -34,15 +36,19 @@ from botframework.scheduler.output import Delta
 from botframework.scheduler.sequence import Request
 from botframework.server.auth import require_api_key
 from botframework.server.generation import (
+    StreamState,
     build_request,
-    collect,
+    choice_requests,
+    collect_all,
+    fan_in,
     get_runtime,
     new_id,
     openai_finish_reason,
     record,
     sse,
     sse_error,
-    start,
+    start_all,
+    total_usage,
     usage_json,
 )
 from botframework.server.protocol import ChatCompletionRequest
@@ -76,23 +82,25 @@ async def chat_completions(body: ChatCompletionRequest, http: HTTPRequest) -> di
     request_id = new_id("chatcmpl")
     request = with_grammar(build_request(body, plan.tokens, plan.rendered.additional_stops, settings, runtime,
                                          request_id, truncated_tokens=plan.rendered.truncated_tokens), plan)
-    first, deltas = await start(http, runtime, request)
+    started = await start_all(http, runtime, choice_requests(request, body.n, settings))
     created = int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_stream(http, runtime, plan, request_id, created, first, deltas, include_usage,
+        return StreamingResponse(_stream(http, runtime, plan, request_id, created, started, include_usage,
                                          body.logprobs),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
-    done = await collect(http, first, deltas)
-    finish = openai_finish_reason(done.finish_reason)
-    message = finish_message(plan, done.text, finish)  # OutputValidationError -> 500, never invalid JSON
-    logprobs = {"content": [_logprob_entry(runtime, lp) for lp in done.logprobs]} if body.logprobs else None
+    choices = []
+    collected = await collect_all(http, started)
+    for index, done in enumerate(collected):
+        finish = openai_finish_reason(done.finish_reason)
+        message = finish_message(plan, done.text, finish)  # OutputValidationError -> 500, never invalid JSON
+        logprobs = {"content": [_logprob_entry(runtime, lp) for lp in done.logprobs]} if body.logprobs else None
+        choices.append({"index": index, "message": message.to_openai(), "logprobs": logprobs,
+                        "finish_reason": _finish_reason(finish, message)})
     return {
         "id": request_id, "object": "chat.completion", "created": created, "model": runtime.model_id,
-        "system_fingerprint": None,
-        "choices": [{"index": 0, "message": message.to_openai(), "logprobs": logprobs,
-                     "finish_reason": _finish_reason(finish, message)}],
-        "usage": usage_json(done.usage),
+        "system_fingerprint": None, "choices": choices,
+        "usage": usage_json(total_usage([done.usage for done in collected])),
     }
 
 
@@ -116,14 +124,35 @@ def _delta_json(piece: MessageDelta) -> dict[str, Any]:
 
 
 async def _stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, request_id: str, created: int,
-                  first: Delta, deltas: AsyncIterator[Delta], include_usage: bool,
+                  started: list[tuple[Delta, AsyncIterator[Delta]]], include_usage: bool,
                   want_logprobs: bool) -> AsyncIterator[bytes]:
     base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": runtime.model_id,
             "system_fingerprint": None}
+    state = StreamState()
+    streams = [_choice_stream(http, runtime, plan, base, index, first, deltas, include_usage, want_logprobs, state)
+               for index, (first, deltas) in enumerate(started)]
+    try:
+        async for event in fan_in(streams, state):
+            yield event
+        if state.failed:
+            yield sse("[DONE]")
+            return
+        if include_usage:
+            yield sse({**base, "choices": [], "usage": usage_json(total_usage(state.usages))})
+        yield sse("[DONE]")
+    finally:
+        for _, deltas in started:
+            await deltas.aclose()  # type: ignore[attr-defined]  # cancels a sequence still running
+
+
+async def _choice_stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, base: dict[str, Any], index: int,
+                         first: Delta, deltas: AsyncIterator[Delta], include_usage: bool, want_logprobs: bool,
+                         state: StreamState) -> AsyncIterator[bytes]:
+    """One choice's chunks: role, pieces, finish (an error event instead if it fails)."""
     streamer = MessageStreamer(plan.parser)
 
     def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
-        payload: dict[str, Any] = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
+        payload: dict[str, Any] = {**base, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
                                                         "finish_reason": finish}]}
         if include_usage:
             payload["usage"] = None
@@ -134,8 +163,9 @@ async def _stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, request_i
         delta: Delta | None = first
         while delta is not None:
             if delta.error is not None:
+                state.failed = True
                 yield sse_error(delta.error)
-                break
+                return
             logprobs = ({"content": [_logprob_entry(runtime, lp) for lp in delta.logprobs]}
                         if want_logprobs and delta.logprobs else None)
             pieces = streamer.feed(delta.text)
@@ -152,14 +182,13 @@ async def _stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, request_i
                 try:
                     check_message(plan, message, finish)
                 except BotframeworkError as exc:  # structured output that does not validate
+                    state.failed = True
                     yield sse_error(exc)
-                    break
+                    return
+                state.usages.append(delta.usage)
                 yield chunk({}, _finish_reason(finish, message))
-                if include_usage:
-                    yield sse({**base, "choices": [], "usage": usage_json(delta.usage)})
-                break
+                return
             delta = await anext(deltas, None)
-        yield sse("[DONE]")
     finally:
         await deltas.aclose()  # type: ignore[attr-defined]  # cancels the sequence if it is still running
 

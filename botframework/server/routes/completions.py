@@ -18,15 +18,19 @@ from botframework.scheduler.output import Delta
 from botframework.server.auth import require_api_key
 from botframework.server.errors import APIError
 from botframework.server.generation import (
+    StreamState,
     build_request,
-    collect,
+    choice_requests,
+    collect_all,
+    fan_in,
     get_runtime,
     new_id,
     openai_finish_reason,
     record,
     sse,
     sse_error,
-    start,
+    start_all,
+    total_usage,
     usage_json,
 )
 from botframework.server.protocol import CompletionRequest
@@ -48,23 +52,25 @@ async def completions(body: CompletionRequest, http: HTTPRequest) -> dict[str, A
     else:
         tokens = await asyncio.to_thread(_prompt_tokens, runtime, body.prompt)
     request_id = new_id("cmpl")
-    request = build_request(body, tokens, (), http.app.state.settings, runtime, request_id)
-    first, deltas = await start(http, runtime, request)
+    settings = http.app.state.settings
+    request = build_request(body, tokens, (), settings, runtime, request_id)
+    started = await start_all(http, runtime, choice_requests(request, body.n, settings))
     created = int(time.time())
     want_logprobs = body.logprobs is not None
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_stream(http, runtime, request_id, created, first, deltas, include_usage,
+        return StreamingResponse(_stream(http, runtime, request_id, created, started, include_usage,
                                          want_logprobs),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
-    done = await collect(http, first, deltas)
+    collected = await collect_all(http, started)
     return {
         "id": request_id, "object": "text_completion", "created": created, "model": runtime.model_id,
         "system_fingerprint": None,
-        "choices": [{"index": 0, "text": done.text,
+        "choices": [{"index": index, "text": done.text,
                      "logprobs": _legacy_logprobs(runtime, done.logprobs) if want_logprobs else None,
-                     "finish_reason": openai_finish_reason(done.finish_reason)}],
-        "usage": usage_json(done.usage),
+                     "finish_reason": openai_finish_reason(done.finish_reason)}
+                    for index, done in enumerate(collected)],
+        "usage": usage_json(total_usage([done.usage for done in collected])),
     }
 
 
@@ -82,13 +88,30 @@ def _prompt_tokens(runtime: Runtime, prompt: str | list[str] | list[int]) -> lis
     return runtime.tokenize(text, add_special=True)
 
 
-async def _stream(http: HTTPRequest, runtime: Runtime, request_id: str, created: int, first: Delta,
-                  deltas: AsyncIterator[Delta], include_usage: bool, want_logprobs: bool) -> AsyncIterator[bytes]:
+async def _stream(http: HTTPRequest, runtime: Runtime, request_id: str, created: int,
+                  started: list[tuple[Delta, AsyncIterator[Delta]]], include_usage: bool,
+                  want_logprobs: bool) -> AsyncIterator[bytes]:
     base = {"id": request_id, "object": "text_completion", "created": created, "model": runtime.model_id,
             "system_fingerprint": None}
+    state = StreamState()
+    streams = [_choice_stream(http, runtime, base, index, first, deltas, include_usage, want_logprobs, state)
+               for index, (first, deltas) in enumerate(started)]
+    try:
+        async for event in fan_in(streams, state):
+            yield event
+        if include_usage and not state.failed:
+            yield sse({**base, "choices": [], "usage": usage_json(total_usage(state.usages))})
+        yield sse("[DONE]")
+    finally:
+        for _, deltas in started:
+            await deltas.aclose()  # type: ignore[attr-defined]  # cancels a sequence still running
 
+
+async def _choice_stream(http: HTTPRequest, runtime: Runtime, base: dict[str, Any], index: int, first: Delta,
+                         deltas: AsyncIterator[Delta], include_usage: bool, want_logprobs: bool,
+                         state: StreamState) -> AsyncIterator[bytes]:
     def chunk(text: str, finish: str | None = None, logprobs: Any = None) -> bytes:
-        payload: dict[str, Any] = {**base, "choices": [{"index": 0, "text": text, "logprobs": logprobs,
+        payload: dict[str, Any] = {**base, "choices": [{"index": index, "text": text, "logprobs": logprobs,
                                                         "finish_reason": finish}]}
         if include_usage:
             payload["usage"] = None
@@ -98,19 +121,18 @@ async def _stream(http: HTTPRequest, runtime: Runtime, request_id: str, created:
         delta: Delta | None = first
         while delta is not None:
             if delta.error is not None:
+                state.failed = True
                 yield sse_error(delta.error)
-                break
+                return
             logprobs = _legacy_logprobs(runtime, list(delta.logprobs)) if want_logprobs and delta.logprobs else None
             finish = openai_finish_reason(delta.finish_reason) if delta.finish_reason is not None else None
             if delta.text or logprobs or finish:
                 yield chunk(delta.text, finish, logprobs)
             if finish is not None:
                 record(http, delta.timings, delta.usage)
-                if include_usage:
-                    yield sse({**base, "choices": [], "usage": usage_json(delta.usage)})
-                break
+                state.usages.append(delta.usage)
+                return
             delta = await anext(deltas, None)
-        yield sse("[DONE]")
     finally:
         await deltas.aclose()  # type: ignore[attr-defined]
 
