@@ -49,11 +49,19 @@ class SchedulerConfig:
 
 
 def common_prefix_len(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    """Length of the common prefix: a binary search over slice comparisons (done in C)."""
+    if type(a) is not type(b):
+        a, b = list(a), list(b)
+    lo, hi = 0, min(len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    while lo < hi:  # a[:lo] == b[:lo] and a[:hi + 1] != b[:hi + 1]
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 class Scheduler:
@@ -170,8 +178,11 @@ class Scheduler:
                 break
             budget -= self._plan_prefill(seq, budget, items)
         admitted = False
-        while budget > 0 and self.waiting:
-            seq = min(self.waiting, key=lambda s: (self._effective_priority(s, now), s.request.arrival))
+        for seq in sorted(self.waiting, key=lambda s: (self._effective_priority(s, now), s.request.arrival)):
+            if budget <= 0:
+                break
+            if self._wait_for_shared_prefill(seq):
+                continue
             if not self._admit(seq):
                 break
             admitted = True
@@ -185,6 +196,23 @@ class Scheduler:
         self._pending_ops.clear()
         self._pending_release.clear()
         return plan
+
+    def _wait_for_shared_prefill(self, seq: Sequence) -> bool:
+        """True if an admitted sequence is still computing a prefix this prompt starts with
+        (the same system prompt, the other choices of an n > 1 request): wait for it and copy
+        its cells (seq_cp) instead of computing the same tokens twice in parallel."""
+        if seq.request.session_id is not None:
+            return False  # a session's own cache (or its stored state) comes first
+        prompt = seq.tokens[: seq.num_prompt]
+        head = prompt[: self.config.min_prefix_copy]
+        for other in self.active.values():
+            if other.tokens[: self.config.min_prefix_copy] != head:
+                continue
+            committed = self._committed.get(other.seq_id, 0)
+            shared = common_prefix_len(other.tokens[: other.num_prompt], prompt)
+            if shared >= self.config.min_prefix_copy and committed < min(shared, seq.num_prompt - 1):
+                return True
+        return False
 
     def _offload_idle_prefixes(self) -> None:
         """Idle, session-less slots: save their cells' state to RAM and free the cells.

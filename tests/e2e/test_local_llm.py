@@ -84,6 +84,23 @@ def test_prompt_cache_moved_to_ram_continues_exactly(llm: LocalLLM) -> None:
     assert restored.token_ids == in_place.token_ids
 
 
+def test_concurrent_requests_with_one_long_prefix_compute_it_once(llm: LocalLLM) -> None:
+    prompt = "Shared instructions for every request of this test. " * 30
+    results: list = [None] * 4  # type: ignore[type-arg]
+
+    def work(i: int) -> None:
+        results[i] = llm.complete(prompt + f"Request {i}:", max_tokens=4, temperature=0)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    cached = sorted(r.usage.cached_tokens for r in results)
+    # one request computes the shared part; the others wait for it and copy its cells
+    assert cached[0] < 20 and all(c >= results[0].usage.prompt_tokens - 10 for c in cached[1:])
+
+
 def test_evicted_session_restores_exactly() -> None:
     turn1 = [{"role": "user", "content": "Remember the number 42. Reply OK."}]
 

@@ -169,6 +169,36 @@ def test_shared_prefix_is_copied_from_a_live_sequence() -> None:
     assert b.num_cached == len(system)
 
 
+def test_requests_sharing_a_prefix_in_prefill_wait_and_copy_it() -> None:
+    cfg = SchedulerConfig(num_slots=4, num_ctx=4096, max_batch_tokens=64)
+    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(4, 64)
+    system = list(range(100, 400))
+    choices = [make_seq(system + [1, 2], max_tokens=3) for _ in range(3)]  # n=3, or three clients at once
+    other = make_seq(system[:200] + [7, 8, 9], max_tokens=3)               # the same system prompt, shorter
+    for seq in [*choices, other]:
+        s.add(seq)
+    run(s, engine)
+    assert [seq.num_cached for seq in choices] == [0, 301, 301] and other.num_cached == 200
+    # the shared tokens were computed once: 302 + 1 + 1 + 3 prompt tokens, 3 decode steps each
+    assert engine.num_decoded == 302 + 1 + 1 + 3 + 4 * 2
+    assert all(seq.handle.finish_reason is FinishReason.LENGTH for seq in [*choices, other])
+
+
+def test_a_request_waiting_on_a_cancelled_prefill_goes_ahead() -> None:
+    cfg = SchedulerConfig(num_slots=2, num_ctx=4096, max_batch_tokens=64)
+    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 64)
+    prompt = list(range(100, 400))
+    first, second = make_seq(prompt, max_tokens=2), make_seq(prompt, max_tokens=2)
+    s.add(first)
+    s.add(second)
+    plan = s.schedule()
+    s.update(plan, engine.execute(plan))
+    assert second in s.waiting and first.status is SequenceStatus.PREFILLING
+    s.cancel(first.request_id)
+    run(s, engine)
+    assert second.handle.finish_reason is FinishReason.LENGTH and second.num_cached == 0
+
+
 def test_session_second_turn_and_eviction_restore() -> None:
     cfg = SchedulerConfig(num_slots=1, num_ctx=4096, max_batch_tokens=256)
     s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(1, 256)
