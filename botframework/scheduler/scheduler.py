@@ -41,7 +41,10 @@ class SchedulerConfig:
     # idle prefixes slow every decode; llama-server does the same with --kv-unified.
     # 0: keep idle prefixes in the KV cache instead.
     prefix_cache_bytes: int = 1 << 30
-    min_offload_tokens: int = 256     # smaller idle caches stay: cheap to keep, cheap to recompute
+    # Smaller idle caches stay. Saving a sequence that was decoded in a batch copies one cell
+    # range per token (its cells interleave with the others'): offloading every idle slot cost
+    # 4-8 streams 90-200 ms of TTFT and 7-10% of tokens/s (bench/bench_serving.py levels).
+    min_offload_tokens: int = 256
 
     def __post_init__(self) -> None:
         if self.num_slots < 1 or self.num_ctx < 2 or self.max_batch_tokens < self.num_slots:
