@@ -41,9 +41,9 @@ class SchedulerConfig:
     # idle prefixes slow every decode; llama-server does the same with --kv-unified.
     # 0: keep idle prefixes in the KV cache instead.
     prefix_cache_bytes: int = 1 << 30
-    # Smaller idle caches stay. Saving a sequence that was decoded in a batch copies one cell
-    # range per token (its cells interleave with the others'): offloading every idle slot cost
-    # 4-8 streams 90-200 ms of TTFT and 7-10% of tokens/s (bench/bench_serving.py levels).
+    # Smaller idle caches stay where a repeated prompt reuses them in place: offloading every
+    # idle slot made bench_serving's 4-8 repeated short prompts recompute (a restore needs
+    # min_prefix_copy shared tokens), 90-200 ms more TTFT and 7-10% fewer tokens/s.
     min_offload_tokens: int = 256
 
     def __post_init__(self) -> None:
@@ -226,7 +226,8 @@ class Scheduler:
         if self.prefixes is None:
             return
         for slot in self.slots:
-            if (slot.free and slot.session_id is None and len(slot.cached) >= self.config.min_offload_tokens
+            if (slot.free and slot.session_id is None and slot.cached
+                    and len(slot.cached) >= self.config.min_offload_tokens
                     and slot.seq_id not in self._pending_saves):
                 key = f"prefix-{next(self._prefix_keys)}"
                 self.prefixes.prepare_save(key, list(slot.cached))
