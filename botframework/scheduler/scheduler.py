@@ -41,9 +41,10 @@ class SchedulerConfig:
     # idle prefixes slow every decode; llama-server does the same with --kv-unified.
     # 0: keep idle prefixes in the KV cache instead.
     prefix_cache_bytes: int = 1 << 30
-    # Smaller idle caches stay where a repeated prompt reuses them in place: offloading every
-    # idle slot made bench_serving's 4-8 repeated short prompts recompute (a restore needs
-    # min_prefix_copy shared tokens), 90-200 ms more TTFT and 7-10% fewer tokens/s.
+    # Smaller idle caches stay where a repeated prompt reuses them in place (offloading every
+    # idle slot made bench_serving's 4-8 repeated short prompts recompute: a restore needs
+    # min_prefix_copy shared tokens; 90-200 ms more TTFT, 7-10% fewer tokens/s), unless a
+    # prompt with this many new tokens is admitted: its prefill pays for every cell in use.
     min_offload_tokens: int = 256
 
     def __post_init__(self) -> None:
@@ -180,7 +181,7 @@ class Scheduler:
             if budget <= 0:
                 break
             budget -= self._plan_prefill(seq, budget, items)
-        admitted = False
+        admitted: list[Sequence] = []
         for seq in sorted(self.waiting, key=lambda s: (self._effective_priority(s, now), s.request.arrival)):
             if budget <= 0:
                 break
@@ -188,11 +189,13 @@ class Scheduler:
                 continue
             if not self._admit(seq):
                 break
-            admitted = True
+            admitted.append(seq)
             self.waiting.remove(seq)
             budget -= self._plan_prefill(seq, budget, items)
         if admitted:
-            self._offload_idle_prefixes()
+            # a long prefill attends over every cell in use: then small idle caches go too
+            long = any(seq.num_prompt - seq.num_cached >= self.config.min_offload_tokens for seq in admitted)
+            self._offload_idle_prefixes(1 if long else self.config.min_offload_tokens)
         plan = StepPlan(items=tuple(items), kv_ops=tuple(self._pending_ops),
                         release=tuple(self._pending_release),
                         save_states=(*self._pending_saves, *self._pending_prefix_saves))
@@ -217,7 +220,7 @@ class Scheduler:
                 return True
         return False
 
-    def _offload_idle_prefixes(self) -> None:
+    def _offload_idle_prefixes(self, min_tokens: int) -> None:
         """Idle, session-less slots: save their cells' state to RAM and free the cells.
 
         Runs after this step's admissions, so a COPY from such a slot comes first in kv_ops;
@@ -226,8 +229,7 @@ class Scheduler:
         if self.prefixes is None:
             return
         for slot in self.slots:
-            if (slot.free and slot.session_id is None and slot.cached
-                    and len(slot.cached) >= self.config.min_offload_tokens
+            if (slot.free and slot.session_id is None and slot.cached and len(slot.cached) >= min_tokens
                     and slot.seq_id not in self._pending_saves):
                 key = f"prefix-{next(self._prefix_keys)}"
                 self.prefixes.prepare_save(key, list(slot.cached))

@@ -128,6 +128,20 @@ def test_idle_prefixes_move_to_ram_and_come_back_when_a_prompt_starts_with_them(
     assert engine.kv[third.seq_id][: len(system)] == system
 
 
+def test_small_idle_caches_stay_unless_a_long_prefill_comes() -> None:
+    cfg = SchedulerConfig(num_slots=3, num_ctx=4096, max_batch_tokens=512)
+    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(3, 512)
+    small = make_seq(list(range(100, 150)), max_tokens=4)
+    s.add(small)
+    run(s, engine)
+    s.add(make_seq(list(range(600, 640)), max_tokens=4))  # short: the small cache stays for a repeat
+    run(s, engine)
+    assert s.num_prefix_offloads == 0 and len(engine.kv[small.seq_id]) == 53
+    s.add(make_seq(list(range(1000, 1300)), max_tokens=4))  # 300 new tokens attend over every cell
+    run(s, engine)
+    assert s.num_prefix_offloads == 2 and engine.kv[small.seq_id] == []
+
+
 def test_a_prompt_continuing_its_slot_reuses_it_in_place() -> None:
     cfg = SchedulerConfig(num_slots=2, num_ctx=4096, max_batch_tokens=512)
     s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 512)
