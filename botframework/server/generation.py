@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi import Request as HTTPRequest
+from fastapi.responses import Response
 
 from botframework.engine.sampling_params import SamplingParams
 from botframework.errors import InvalidRequestError
@@ -299,6 +300,11 @@ def record(http: HTTPRequest, timings: dict[str, float], usage: Usage | None) ->
     metrics = getattr(http.app.state, "metrics", None)
     if metrics is not None:
         metrics.observe(timings, usage)
+
+
+def json_response(payload: dict[str, Any]) -> Response:
+    """A whole answer, encoded once (FastAPI would walk it with jsonable_encoder first)."""
+    return Response(json.dumps(payload, ensure_ascii=False, separators=(",", ":")), media_type="application/json")
 
 
 def sse(payload: dict[str, Any] | str) -> bytes:

@@ -24,7 +24,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi import Request as HTTPRequest
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from botframework.chat.message import AssistantMessage, MessageDelta
 from botframework.chat.plan import ChatOptions, ChatPlan, check_message, finish_message
@@ -42,6 +42,7 @@ from botframework.server.generation import (
     collect_all,
     fan_in,
     get_runtime,
+    json_response,
     new_id,
     openai_finish_reason,
     record,
@@ -71,7 +72,7 @@ def chat_options(body: ChatCompletionRequest) -> ChatOptions:
 
 
 @router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(body: ChatCompletionRequest, http: HTTPRequest) -> dict[str, Any] | StreamingResponse:
+async def chat_completions(body: ChatCompletionRequest, http: HTTPRequest) -> Response:
     runtime = get_runtime(http, body.model)
     settings = http.app.state.settings
     body.check_supported()
@@ -97,11 +98,11 @@ async def chat_completions(body: ChatCompletionRequest, http: HTTPRequest) -> di
         logprobs = {"content": [_logprob_entry(runtime, lp) for lp in done.logprobs]} if body.logprobs else None
         choices.append({"index": index, "message": message.to_openai(), "logprobs": logprobs,
                         "finish_reason": _finish_reason(finish, message)})
-    return {
+    return json_response({
         "id": request_id, "object": "chat.completion", "created": created, "model": runtime.model_id,
         "system_fingerprint": None, "choices": choices,
         "usage": usage_json(total_usage([done.usage for done in collected])),
-    }
+    })
 
 
 def with_grammar(request: Request, plan: ChatPlan) -> Request:

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi import Request as HTTPRequest
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from botframework.scheduler.output import Delta
 from botframework.server.auth import require_api_key
@@ -24,6 +24,7 @@ from botframework.server.generation import (
     collect_all,
     fan_in,
     get_runtime,
+    json_response,
     new_id,
     openai_finish_reason,
     record,
@@ -38,10 +39,11 @@ from botframework.server.routes.chat import SSE_HEADERS
 from botframework.server.runtime import Runtime
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
+_INLINE_TOKENIZE_CHARS = 2048  # tokenized on the event loop below this (tens of microseconds)
 
 
 @router.post("/v1/completions", response_model=None)
-async def completions(body: CompletionRequest, http: HTTPRequest) -> dict[str, Any] | StreamingResponse:
+async def completions(body: CompletionRequest, http: HTTPRequest) -> Response:
     runtime = get_runtime(http, body.model)
     body.check_supported()
     if body.suffix is not None:  # fill-in-the-middle: the prompt is the prefix
@@ -50,7 +52,11 @@ async def completions(body: CompletionRequest, http: HTTPRequest) -> dict[str, A
             raise APIError(400, "'suffix' needs 'prompt' to be a string", param="prompt")
         tokens = await asyncio.to_thread(runtime.infill_tokens, prefix, body.suffix)
     else:
-        tokens = await asyncio.to_thread(_prompt_tokens, runtime, body.prompt)
+        chars = sum(len(p) for p in body.prompt if isinstance(p, str)) if isinstance(body.prompt, list) \
+            else len(body.prompt)
+        short = chars <= _INLINE_TOKENIZE_CHARS
+        tokens = (_prompt_tokens(runtime, body.prompt) if short  # a thread hop costs more than the work
+                  else await asyncio.to_thread(_prompt_tokens, runtime, body.prompt))
     request_id = new_id("cmpl")
     settings = http.app.state.settings
     request = build_request(body, tokens, (), settings, runtime, request_id)
@@ -63,7 +69,7 @@ async def completions(body: CompletionRequest, http: HTTPRequest) -> dict[str, A
                                          want_logprobs),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
     collected = await collect_all(http, started)
-    return {
+    return json_response({
         "id": request_id, "object": "text_completion", "created": created, "model": runtime.model_id,
         "system_fingerprint": None,
         "choices": [{"index": index, "text": done.text,
@@ -71,7 +77,7 @@ async def completions(body: CompletionRequest, http: HTTPRequest) -> dict[str, A
                      "finish_reason": openai_finish_reason(done.finish_reason)}
                     for index, done in enumerate(collected)],
         "usage": usage_json(total_usage([done.usage for done in collected])),
-    }
+    })
 
 
 def _prompt_tokens(runtime: Runtime, prompt: str | list[str] | list[int]) -> list[int]:
