@@ -24,7 +24,7 @@ from botframework.engine.step import KVOp, KVOpKind, PlanItem, StepPlan, StepRes
 from botframework.errors import BotframeworkError, BusyError, ContextLengthExceededError
 from botframework.scheduler.output import Delta, FinishReason, Usage
 from botframework.scheduler.sequence import Sequence, SequenceStatus, Slot
-from botframework.scheduler.session_store import SessionStore
+from botframework.scheduler.session_store import SessionStore, common_prefix_len
 
 
 @dataclass(frozen=True)
@@ -50,22 +50,6 @@ class SchedulerConfig:
     def __post_init__(self) -> None:
         if self.num_slots < 1 or self.num_ctx < 2 or self.max_batch_tokens < self.num_slots:
             raise ValueError(f"invalid scheduler config {self}")
-
-
-def common_prefix_len(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
-    """Length of the common prefix: a binary search over slice comparisons (done in C)."""
-    if type(a) is not type(b):
-        a, b = list(a), list(b)
-    lo, hi = 0, min(len(a), len(b))
-    if a[:hi] == b[:hi]:
-        return hi
-    while lo < hi:  # a[:lo] == b[:lo] and a[:hi + 1] != b[:hi + 1]
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 class Scheduler:

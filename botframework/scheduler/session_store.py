@@ -66,7 +66,7 @@ class SessionStore:
         """The stored entry sharing the longest prefix with `tokens`, and that length."""
         best, best_n = None, 0
         for key, entry in self._entries.items():
-            n = _common_prefix_len(entry.tokens, tokens)
+            n = common_prefix_len(entry.tokens, tokens)
             if n > best_n:
                 best, best_n = key, n
         return best, best_n
@@ -132,9 +132,17 @@ class SessionStore:
                 self.num_dropped += 1
 
 
-def _common_prefix_len(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+def common_prefix_len(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
+    """Length of the common prefix: a binary search over slice comparisons (done in C)."""
+    if type(a) is not type(b):
+        a, b = list(a), list(b)
+    lo, hi = 0, min(len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    while lo < hi:  # a[:lo] == b[:lo] and a[:hi + 1] != b[:hi + 1]
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

@@ -357,3 +357,14 @@ def test_prefix_ram_changes_no_output(requests: list, num_slots: int, num_ctx: i
             assert not s._pending_prefix_saves
             assert s.num_prefix_offloads - s.num_prefix_restores == len(s.prefixes) + s.prefixes.num_dropped
     assert outputs[0] == outputs[1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 3), max_size=40), st.lists(st.integers(0, 3), max_size=40), st.booleans())
+def test_common_prefix_len_matches_a_plain_scan(a: list[int], b: list[int], as_tuple: bool) -> None:
+    from botframework.scheduler.session_store import common_prefix_len
+
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    assert common_prefix_len(tuple(a) if as_tuple else a, b) == n
