@@ -162,6 +162,27 @@ def test_embeddings_are_normalised_and_meaningful(llm: LocalLLM) -> None:
     assert float(a @ b) > float(a @ c)
 
 
+def test_generation_goes_on_between_the_inputs_of_an_embedding_request(llm: LocalLLM) -> None:
+    arrivals: list[float] = []
+    started = threading.Event()
+
+    def generate() -> None:
+        for delta in llm.stream_complete_deltas("Count: 1, 2, 3,", max_tokens=400, ignore_eos=True, temperature=0):
+            arrivals.append(time.perf_counter())
+            started.set()
+
+    thread = threading.Thread(target=generate)
+    thread.start()
+    assert started.wait(60)
+    t0 = time.perf_counter()
+    vectors = llm.embed(["the quick brown fox " * 150] * 4)  # each input is one long engine command
+    t1 = time.perf_counter()
+    thread.join(timeout=300)
+    assert len(vectors) == 4
+    # at least one decode step ran between each two inputs (ordering, not a duration)
+    assert sum(1 for t in arrivals if t0 < t < t1) >= 3
+
+
 def test_bad_input_is_a_typed_error(llm: LocalLLM) -> None:
     with pytest.raises(InvalidRequestError):
         llm.complete("")
