@@ -89,19 +89,16 @@ class Engine:
         if sampler is not None:
             sampler.close()
 
-    def _sample(self, item: PlanItem, index: int) -> int:
+    def _sample(self, item: PlanItem, index: int) -> tuple[int, BotframeworkError | None]:
         """One request's next token. A sampler that cannot go on (a grammar with no allowed
-        token, a grammar that fails to build) ends that request with an end-of-generation
-        token instead of failing the whole batch; constrained callers validate what they got."""
+        token, a grammar that fails to build) ends that request with its error instead of
+        failing the whole batch."""
         try:
-            return self._sampler_for(item).sample(self.context, index)
+            return self._sampler_for(item).sample(self.context, index), None
         except BotframeworkError as exc:
-            if not self.model.eog_tokens:
-                raise
             log.warning("request %s: sampling stopped: %s", item.request_id, exc)
             self.num_sampler_failures += 1
-            special = self.model.special
-            return special.eos if self.model.is_eog(special.eos) else min(self.model.eog_tokens)
+            return -1, exc
 
     def execute(self, plan: StepPlan) -> StepResult:
         saved = {seq_id: self.context.state_seq_get(seq_id) for seq_id in plan.save_states}
@@ -121,7 +118,10 @@ class Engine:
         t1 = time.perf_counter()
         sampled = []
         for item, index in outputs:
-            token = self._sample(item, index)
+            token, error = self._sample(item, index)
+            if error is not None:
+                sampled.append(SampledToken(item.request_id, token, error=error))
+                continue
             logprob: float | None = None
             top: tuple[tuple[int, float], ...] = ()
             if item.num_logprobs is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from botframework.errors import BotframeworkError
 from botframework.native.sampler import SamplerSpec
 
 
@@ -67,6 +68,7 @@ class SampledToken:
     token: int
     logprob: float | None = None
     top_logprobs: tuple[tuple[int, float], ...] = ()
+    error: BotframeworkError | None = None  # the sampler could not go on: the request ends with it
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from botframework.engine.step import KVOp, KVOpKind, PlanItem, StepPlan, StepResult
-from botframework.errors import BotframeworkError, BusyError, ContextLengthExceededError
+from botframework.errors import BotframeworkError, BusyError, ContextLengthExceededError, GrammarError
 from botframework.scheduler.output import Delta, FinishReason, Usage
 from botframework.scheduler.sequence import Sequence, SequenceStatus, Slot
 from botframework.scheduler.session_store import SessionStore, common_prefix_len
@@ -406,6 +406,13 @@ class Scheduler:
             seq = self.active.get(sampled.request_id)
             if seq is None:
                 continue  # cancelled while the step ran
+            if sampled.error is not None:  # e.g. a grammar that allows no token here: fail closed, say why
+                error = sampled.error
+                if isinstance(error, GrammarError):
+                    error = GrammarError(f"generation stopped after {seq.num_generated} tokens: {error}",
+                                         param=error.param)
+                self._finish(seq, FinishReason.ERROR, error=error)
+                continue
             token = sampled.token
             if seq.first_token_at is None:
                 seq.first_token_at = now

@@ -118,6 +118,21 @@ def test_grammar_and_schema_nested_past_the_limits_are_bad_requests(base_url: st
     assert httpx.get(f"{base_url}/health", timeout=5).status_code == 200
 
 
+def test_a_grammar_that_allows_no_token_is_an_error_not_an_empty_answer(base_url: str) -> None:  # noqa: F811
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
+            "grammar": 'root ::= "Hi" [^\\x00-\\U0010FFFF]'}  # "Hi", then a class no character is in
+    r = httpx.post(f"{base_url}/v1/chat/completions", headers=headers, json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "invalid_grammar" and "generation stopped after" in err["message"]
+    r = httpx.post(f"{base_url}/v1/chat/completions", headers=headers, json={**body, "stream": True}, timeout=60)
+    events = [line[len("data: "):] for line in r.text.split("\n\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "invalid_grammar"
+    stats = httpx.get(f"{base_url}/v1/stats", headers=headers, timeout=10).json()
+    assert stats["num_busy_slots"] == 0
+
+
 def test_capabilities(base_url: str) -> None:  # noqa: F811  (the imported fixture)
     caps = httpx.get(f"{base_url}/v1/capabilities", headers={"Authorization": f"Bearer {API_KEY}"}).json()
     assert "pattern" in caps["json_schema"]["enforced_keywords"]

@@ -133,9 +133,10 @@ def test_raw_grammar_constrains_and_a_dead_end_grammar_does_not_kill_the_engine(
     result = llm.chat("Answer yes or no: is water wet?", grammar='root ::= "yes" | "no"', max_tokens=8,
                       temperature=0)
     assert result.text in ("yes", "no") and result.finish_reason == "stop"
-    # no token can ever satisfy this grammar: the request ends, the engine goes on
-    dead = llm.chat("Hello", grammar="root ::= [\\x00]", max_tokens=8, temperature=0)
-    assert dead.text == "" and dead.finish_reason == "stop"
+    # no token can ever satisfy this grammar: the request fails saying so (never an empty
+    # "stop" answer that looks like the model's), the engine goes on
+    with pytest.raises(GrammarError, match="generation stopped after 0 tokens"):
+        llm.chat("Hello", grammar="root ::= [\\x00]", max_tokens=8, temperature=0)
     with pytest.raises(GrammarError):
         llm.chat("Hello", grammar="root ::= (", max_tokens=8)
     assert llm.chat("Say hi.", max_tokens=4, temperature=0).usage.completion_tokens >= 1
