@@ -187,8 +187,12 @@ def bench_servers(servers: dict[str, str], levels: list[int], max_tokens: int, r
         for name in names:
             results[name].levels.append(median_level(runs[name]))
             print(f"  {name} N={n}: {results[name].levels[-1]}", flush=True)
+    trips: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):  # alternating too: a round trip is ~10 ms, a busy neighbour shifts it by ms
+        for name in (names if r % 2 == 0 else names[::-1]):
+            trips[name].append(asyncio.run(roundtrip(servers[name], repeats=20)))
     for name in names:
-        results[name].cached_roundtrip_p50_ms = asyncio.run(roundtrip(servers[name]))
+        results[name].cached_roundtrip_p50_ms = statistics.median(trips[name])
         results[name].system_cold_ttft_ms, results[name].system_warm_ttft_ms = asyncio.run(system_prompt(servers[name]))
     return [results[name] for name in names]
 
@@ -260,10 +264,11 @@ def main() -> int:
                   "--kv-unified", "--metrics"]
     print(f"botframework server and llama-server: {args.parallel} slots, {args.threads} threads, "
           f"{args.rounds} alternating rounds per level (logs in /tmp/bench-*.log)", flush=True)
+    tg_before = llama_bench_tg(model, args.threads, args.tokens)
     with running(ours_cmd, ours_port, "ours") as ours_base, running(theirs_cmd, theirs_port, "llama-server") as theirs_base:
         results = bench_servers({"botframework": ours_base, "llama-server": theirs_base}, levels, args.tokens,
                                 args.rounds)
-    tg = llama_bench_tg(model, args.threads, args.tokens)
+    tg = (tg_before + llama_bench_tg(model, args.threads, args.tokens)) / 2  # before and after the servers
     if not args.skip_inprocess:
         print("in-process scheduler", flush=True)
         results.append(bench_inprocess(model, levels, args.tokens, args))
