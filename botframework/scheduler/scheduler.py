@@ -72,6 +72,8 @@ class Scheduler:
         self.num_prefix_offloads = 0
         self.num_prefix_restores = 0
         self._committed: dict[int, int] = {}
+        self._cell_refs: dict[int, int] = {}  # physical cell id -> slots holding it (seq_cp shares cells)
+        self._next_cell = 0
         # metrics
         self.num_prefix_hit_tokens = 0
         self.num_prompt_tokens = 0
@@ -130,12 +132,11 @@ class Scheduler:
         """Drop the cached prefixes of idle slots and in RAM (not sessions); returns the cells freed."""
         if self.prefixes is not None:
             self.prefixes.clear()
-        freed = 0
+        before = self.num_cells_used()
         for slot in self.slots:
             if slot.free and slot.cached:
-                freed += len(slot.cached)
                 self._clear_slot(slot)
-        return freed
+        return before - self.num_cells_used()
 
     @property
     def has_work(self) -> bool:
@@ -231,6 +232,7 @@ class Scheduler:
         seq.num_computed += len(tokens)
         slot = self.slots[seq.seq_id]
         slot.cached = seq.kv_tokens()
+        self._grow_cells(slot, len(slot.cached) - len(slot.cells))
         return PlanItem(request_id=seq.request_id, seq_id=seq.seq_id, tokens=tuple(tokens),
                         start_pos=start, sample=sample, sampler=params.sampler,
                         num_logprobs=params.num_logprobs)
@@ -249,22 +251,56 @@ class Scheduler:
     def _shift(self, seq: Sequence) -> bool:
         """Context shift: drop the older half of the generated context after the first n_keep
         tokens and slide the rest down, so a long generation can go on (llama-server's scheme)."""
-        n_keep = min(seq.request.num_keep, seq.num_computed - 2)
+        # A cell has one position for all the sequences holding it: sliding a cell shared with
+        # another slot (a copied prefix) would move that sequence's tokens too, and dropping it
+        # frees nothing. Such a prefix is kept like the first n_keep tokens.
+        cells = self.slots[seq.seq_id].cells
+        shared_end = max((i + 1 for i, cell in enumerate(cells) if self._cell_refs[cell] > 1), default=0)
+        wanted = seq.num_keep if seq.num_discarded else max(seq.request.num_keep, shared_end)
+        n_keep = min(wanted, seq.num_computed - 2)
         n_discard = (seq.num_computed - n_keep) // 2
-        if n_keep < 0 or n_discard < 1:
-            return False
+        if n_keep < shared_end or n_discard < 1 or (seq.num_discarded and n_keep != seq.num_keep):
+            return False  # (the keep boundary is fixed once a sequence has shifted)
         self._pending_ops.append(KVOp(KVOpKind.REMOVE, seq.seq_id, n_keep, n_keep + n_discard))
         self._pending_ops.append(KVOp(KVOpKind.SHIFT, seq.seq_id, n_keep + n_discard, seq.num_computed,
                                       delta=-n_discard))
         seq.shift(n_keep, n_discard)
-        self.slots[seq.seq_id].cached = seq.kv_tokens()
+        slot = self.slots[seq.seq_id]
+        slot.cached = seq.kv_tokens()
+        self._drop_cells(slot, n_keep, n_keep + n_discard)
         self._committed[seq.seq_id] = 0  # positions moved: not a COPY source this step
         return self._reserve(1, seq)
 
     # -- KV accounting ----------------------------------------------------------------------
     def num_cells_used(self) -> int:
-        """Cells held by all slots (shared prefixes counted once per slot: an upper bound)."""
-        return sum(len(slot.cached) for slot in self.slots)
+        """Physical cells in use: a prefix copied between slots (seq_cp) counts once."""
+        return len(self._cell_refs)
+
+    def _grow_cells(self, slot: Slot, n: int) -> None:
+        """n new cells at the end of the slot."""
+        if n > 0:
+            first = self._next_cell
+            self._next_cell += n
+            new = range(first, first + n)
+            self._cell_refs.update(dict.fromkeys(new, 1))
+            slot.cells.extend(new)
+
+    def _drop_cells(self, slot: Slot, start: int, stop: int | None = None) -> None:
+        """The slot lets go of its cells [start, stop); a cell no slot holds is free."""
+        refs = self._cell_refs
+        for cell in slot.cells[start:stop]:
+            if refs[cell] == 1:
+                del refs[cell]
+            else:
+                refs[cell] -= 1
+        del slot.cells[start:stop]
+
+    def _share_cells(self, dst: Slot, src: Slot, n: int) -> None:
+        """dst (empty) holds src's first n cells too, as llama_memory_seq_cp does."""
+        assert not dst.cells
+        dst.cells = src.cells[:n]
+        for cell in dst.cells:
+            self._cell_refs[cell] += 1
 
     def _reserve(self, n: int, seq: Sequence) -> bool:
         """Make room for n more cells for seq, reclaiming caches; False if impossible."""
@@ -293,6 +329,7 @@ class Scheduler:
         if slot.cached:
             self._pending_ops.append(KVOp(KVOpKind.REMOVE, slot.seq_id))
         slot.cached = []
+        self._drop_cells(slot, 0)
         self._committed[slot.seq_id] = 0  # nothing left to share with a COPY this step
 
     def _evict_session(self, slot: Slot) -> None:
@@ -323,6 +360,7 @@ class Scheduler:
             data, tokens = self.sessions.take(session_id)
             self._pending_ops.append(KVOp(KVOpKind.RESTORE, slot.seq_id, data=data))
             slot.cached = tokens
+            self._grow_cells(slot, len(tokens))
             restored = tokens
         if slot is None:
             slot = self._free_slot(prompt)
@@ -335,18 +373,18 @@ class Scheduler:
             src = max((s for s in self.slots if s is not slot and s.cached),
                       key=lambda s: common_prefix_len(s.cached, prompt), default=None)
             shared = min(common_prefix_len(src.cached, prompt), self._committed[src.seq_id]) if src else 0
-            if (src is not None and shared >= self.config.min_prefix_copy and shared > reuse
-                    and self.num_cells_used() - len(slot.cached) + shared <= self.config.num_ctx):
-                # (cells shared by seq_cp cost nothing, but the accounting counts them per slot)
+            if src is not None and shared >= self.config.min_prefix_copy and shared > reuse:
                 self._clear_slot(slot)
                 shared = min(shared, seq.num_prompt - 1)
                 self._pending_ops.append(KVOp(KVOpKind.COPY, slot.seq_id, 0, shared, src_seq_id=src.seq_id))
                 slot.cached = prompt[:shared]
+                self._share_cells(slot, src, shared)
                 reuse = shared
         reuse = min(reuse, seq.num_prompt - 1)  # the last prompt token is decoded for logits
         if len(slot.cached) > reuse:
             self._pending_ops.append(KVOp(KVOpKind.REMOVE, slot.seq_id, reuse, -1))
             slot.cached = slot.cached[:reuse]
+            self._drop_cells(slot, reuse)
             self._committed[slot.seq_id] = min(self._committed.get(slot.seq_id, 0), reuse)
         slot.owner = seq
         slot.session_id = session_id
@@ -378,6 +416,7 @@ class Scheduler:
         data, tokens = self.prefixes.take(key)
         self._pending_ops.append(KVOp(KVOpKind.RESTORE, slot.seq_id, data=data))
         slot.cached = tokens
+        self._grow_cells(slot, len(tokens))
         self.num_prefix_restores += 1
         return tokens
 
@@ -461,7 +500,9 @@ class Scheduler:
         self._pending_ops.clear()
         for slot in self.slots:
             slot.cached = []
+            slot.cells = []
             slot.session_id = None
+        self._cell_refs.clear()
 
     def _finish(self, seq: Sequence, reason: FinishReason, *, text: str = "", token_ids: tuple[int, ...] = (),
                 logprobs: tuple = (), error: BotframeworkError | None = None) -> None:

@@ -90,10 +90,12 @@ class Sequence:
 
 @dataclass
 class Slot:
-    """One KV sequence id. `cached` are the tokens at positions 0..len-1 in the cache."""
+    """One KV sequence id. `cached` are the tokens at positions 0..len-1 in the cache;
+    `cells` the ids of the physical cells holding them (shared with other slots after a COPY)."""
 
     seq_id: int
     cached: list[int] = field(default_factory=list)
+    cells: list[int] = field(default_factory=list)
     owner: Sequence | None = None
     session_id: str | None = None
     last_used: float = 0.0

@@ -50,6 +50,12 @@ def check_invariants(s: Scheduler, engine: FakeEngine) -> None:
     assert len(owners) == len(set(owners)) and set(owners) == active
     for slot in s.slots:  # the scheduler's view of the KV cache matches the cache
         assert engine.kv[slot.seq_id] == slot.cached, f"slot {slot.seq_id} accounting"
+        assert len(slot.cells) == len(slot.cached)
+    refs: dict[int, int] = {}  # physical cells: each counted once however many slots share it
+    for slot in s.slots:
+        for cell in slot.cells:
+            refs[cell] = refs.get(cell, 0) + 1
+    assert refs == s._cell_refs
     assert s.num_cells_used() <= s.config.num_ctx
 
 
@@ -198,6 +204,21 @@ def test_requests_sharing_a_prefix_in_prefill_wait_and_copy_it() -> None:
     assert all(seq.handle.finish_reason is FinishReason.LENGTH for seq in [*choices, other])
 
 
+def test_a_shared_prefix_counts_once_against_the_context() -> None:
+    # physically 300 shared + 3 x 201 own cells = 903 fit in 1,100; counted per slot (1,503) the
+    # third request used to stop with "length" after 65 tokens
+    cfg = SchedulerConfig(num_slots=3, num_ctx=1100, max_batch_tokens=64)
+    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(3, 64)
+    system = list(range(100, 400))
+    seqs = [make_seq(system + [i], max_tokens=200) for i in range(3)]
+    for seq in seqs:
+        s.add(seq)
+    run(s, engine)
+    assert [seq.num_generated for seq in seqs] == [200, 200, 200]
+    assert sorted(seq.num_cached for seq in seqs) == [0, 300, 300]
+    assert s.num_cells_used() == 300 + 3 * 200  # idle caches: the shared prefix once, each tail
+
+
 def test_a_request_waiting_on_a_cancelled_prefill_goes_ahead() -> None:
     cfg = SchedulerConfig(num_slots=2, num_ctx=4096, max_batch_tokens=64)
     s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 64)
@@ -243,6 +264,33 @@ def test_context_shift_keeps_generating_past_the_window() -> None:
     assert finished(shifted) is FinishReason.LENGTH and shifted.num_generated == 200
     assert shifted.num_discarded > 0
     assert engine.kv[shifted.seq_id][:4] == [1, 2, 3, 4]  # the kept prefix survived every shift
+
+
+def test_context_shift_never_slides_a_cell_another_sequence_holds() -> None:
+    # a cell has one position for every sequence holding it: sliding the copied system prompt
+    # would move the other sequence's tokens too (and dropping it would free nothing)
+    cfg = SchedulerConfig(num_slots=2, num_ctx=560, max_batch_tokens=64)
+    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 64)
+    system = list(range(100, 400))
+    a = make_seq(system + [1], max_tokens=400, context_shift=True)
+    b = make_seq(system + [2], max_tokens=200, context_shift=True)
+    s.add(a)
+    s.add(b)
+    num_shifts = kept_shared = 0
+    while s.has_work:
+        before = {slot.seq_id: list(slot.cells) for slot in s.slots}
+        plan = s.schedule()
+        for op in plan.kv_ops:
+            if op.kind.value != "shift":
+                continue
+            num_shifts += 1
+            others = {cell for seq_id, cells in before.items() if seq_id != op.seq_id for cell in cells}
+            assert not set(before[op.seq_id][op.p0:op.p1]) & others, "slid a cell another sequence holds"
+            kept_shared += bool(set(before[op.seq_id][:300]) & others)
+        s.update(plan, engine.execute(plan))
+        check_invariants(s, engine)
+    assert a.num_generated == 400 and b.num_generated == 200
+    assert num_shifts and kept_shared  # some shifts happened while the prefix was shared, and kept it
 
 
 def test_cancel_frees_everything_by_next_step() -> None:
