@@ -179,4 +179,8 @@ void bf_chat_templates_free(void * handle);
 char * bf_chat_templates_caps(void * handle);
 char * bf_chat_apply(void * handle, const char * inputs_json);
 char * bf_chat_parse(const char * text, int is_partial, const char * params_json);
+typedef struct bf_chat_parser bf_chat_parser;
+bf_chat_parser * bf_chat_parser_init(const char * params_json);
+char * bf_chat_parser_parse(const bf_chat_parser * parser, const char * text, int is_partial);
+void bf_chat_parser_free(bf_chat_parser * parser);
 void bf_string_free(char * s);

@@ -348,19 +348,23 @@ char * bf_chat_apply(void * handle, const char * inputs_json) {
     }
 }
 
-char * bf_chat_parse(const char * text, int is_partial, const char * params_json) {
+static common_chat_parser_params parser_params_from_json(const char * params_json) {
+    ojson in = ojson::parse(params_json);
+    common_chat_parser_params params;
+    params.format = (common_chat_format) in.value("format", (int) COMMON_CHAT_FORMAT_CONTENT_ONLY);
+    params.reasoning_format = common_reasoning_format_from_name(in.value("reasoning_format", std::string("none")));
+    params.generation_prompt = in.value("generation_prompt", std::string());
+    params.parse_tool_calls = in.value("parse_tool_calls", true);
+    std::string parser = in.value("parser", std::string());
+    if (!parser.empty()) {
+        // A serialized PEG parser from bf_chat_apply: without it no tool call is found.
+        params.parser.load(parser);
+    }
+    return params;
+}
+
+static char * parse_with(const char * text, int is_partial, const common_chat_parser_params & params) {
     try {
-        ojson in = ojson::parse(params_json);
-        common_chat_parser_params params;
-        params.format = (common_chat_format) in.value("format", (int) COMMON_CHAT_FORMAT_CONTENT_ONLY);
-        params.reasoning_format = common_reasoning_format_from_name(in.value("reasoning_format", std::string("none")));
-        params.generation_prompt = in.value("generation_prompt", std::string());
-        params.parse_tool_calls = in.value("parse_tool_calls", true);
-        std::string parser = in.value("parser", std::string());
-        if (!parser.empty()) {
-            // A serialized PEG parser from bf_chat_apply: without it no tool call is found.
-            params.parser.load(parser);
-        }
         common_chat_msg msg = common_chat_parse(text, is_partial != 0, params);
         return ok_json(ojson::parse(msg.to_json_oaicompat().dump()));
     } catch (const std::exception & e) {
@@ -368,6 +372,41 @@ char * bf_chat_parse(const char * text, int is_partial, const char * params_json
     } catch (...) {
         return error_json("unknown error");
     }
+}
+
+char * bf_chat_parse(const char * text, int is_partial, const char * params_json) {
+    try {
+        return parse_with(text, is_partial, parser_params_from_json(params_json));
+    } catch (const std::exception & e) {
+        return error_json(e.what());
+    } catch (...) {
+        return error_json("unknown error");
+    }
+}
+
+// The same parser for every delta of a stream: loading the serialized PEG parser is most of
+// a parse of a short text (~0.3 ms of ~0.45 ms per delta).
+struct bf_chat_parser {
+    common_chat_parser_params params;
+};
+
+bf_chat_parser * bf_chat_parser_init(const char * params_json) {
+    try {
+        return new bf_chat_parser{parser_params_from_json(params_json)};
+    } catch (...) {
+        return nullptr;
+    }
+}
+
+char * bf_chat_parser_parse(const bf_chat_parser * parser, const char * text, int is_partial) {
+    if (parser == nullptr) {
+        return error_json("no parser");
+    }
+    return parse_with(text, is_partial, parser->params);
+}
+
+void bf_chat_parser_free(bf_chat_parser * parser) {
+    delete parser;
 }
 
 void bf_string_free(char * s) {

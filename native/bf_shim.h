@@ -49,6 +49,10 @@ char * bf_chat_apply(void * handle, const char * inputs_json);
  * "generation_prompt", "reasoning_format", "parse_tool_calls"}) -> OpenAI message JSON
  * {"role", "content", "reasoning_content", "tool_calls"} | {"error": "..."} */
 char * bf_chat_parse(const char * text, int is_partial, const char * params_json);
+typedef struct bf_chat_parser bf_chat_parser;
+bf_chat_parser * bf_chat_parser_init(const char * params_json);
+char * bf_chat_parser_parse(const bf_chat_parser * parser, const char * text, int is_partial);
+void bf_chat_parser_free(bf_chat_parser * parser);
 
 void bf_string_free(char * s);
 

@@ -26,7 +26,7 @@ from botframework.chat.message import AssistantMessage, ToolCall
 from botframework.chat.schema import SchemaValidator
 from botframework.chat.tools import Tool, ToolChoice, ToolChoiceMode
 from botframework.errors import InvalidRequestError
-from botframework.native.shim import chat_parse
+from botframework.native.shim import ChatParser
 
 log = logging.getLogger("botframework.chat")
 
@@ -46,6 +46,7 @@ class OutputParser:
     tools: tuple[Tool, ...] = ()
     choice: ToolChoice = field(default_factory=lambda: ToolChoice(ToolChoiceMode.NONE))
     _validators: dict[str, SchemaValidator] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _native: dict[str, ChatParser] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def tool_names(self) -> frozenset[str]:
@@ -69,8 +70,11 @@ class OutputParser:
             return AssistantMessage(content=text)
         native_tools = self.mode is OutputMode.TOOLS_NATIVE and self.choice.calls_tools
         try:
-            out = chat_parse(text, {**self.params, "reasoning_format": "auto", "parse_tool_calls": native_tools},
-                             partial=partial)
+            parser = self._native.get("parser")
+            if parser is None:  # loaded once: a stream parses its whole text again at every delta
+                parser = self._native["parser"] = ChatParser(
+                    {**self.params, "reasoning_format": "auto", "parse_tool_calls": native_tools})
+            out = parser.parse(text, partial=partial)
         except InvalidRequestError as exc:  # the model did not follow the format: keep its text
             if not partial:
                 log.debug("chat output does not parse (%s); returning it as content", exc)

@@ -121,14 +121,48 @@ def chat_parse(text: str, params: dict[str, Any], *, partial: bool = False) -> d
     """Parse model output into an OpenAI assistant message (content, reasoning, tool_calls).
 
     `params` is what ChatTemplates.apply returned (format, parser, generation_prompt).
+    One-off; a stream parses its growing text with one ChatParser.
     """
-    depth = bracket_depth(text)
-    if depth > MAX_PARSE_NESTING:  # llama.cpp's PEG parser recurses per level: ~20,000 overflow the stack
-        raise InvalidRequestError(f"cannot parse the model output: it nests {depth} brackets deep")
-    wanted = {k: params[k] for k in ("format", "parser", "generation_prompt", "reasoning_format",
-                                     "parse_tool_calls") if k in params}
-    out = _take_json(lib().bf_chat_parse(text.encode("utf-8"), 1 if partial else 0,
-                                         json.dumps(wanted).encode("utf-8")))
+    _check_depth(text)
+    out = _take_json(lib().bf_chat_parse(text.encode("utf-8"), 1 if partial else 0, _parser_params(params)))
     if "error" in out:
         raise InvalidRequestError(f"cannot parse the model output: {out['error']}")
     return out
+
+
+class ChatParser:
+    """chat_parse with the params (and the serialized PEG parser in them) loaded once."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self._handle: Any = lib().bf_chat_parser_init(_parser_params(params))
+        if self._handle == ffi.NULL:
+            raise InvalidRequestError("the chat template's output parser could not be loaded")
+
+    def parse(self, text: str, *, partial: bool = False) -> dict[str, Any]:
+        if self._handle is None:
+            raise ClosedError("chat parser is closed")
+        _check_depth(text)
+        out = _take_json(lib().bf_chat_parser_parse(self._handle, text.encode("utf-8"), 1 if partial else 0))
+        if "error" in out:
+            raise InvalidRequestError(f"cannot parse the model output: {out['error']}")
+        return out
+
+    def close(self) -> None:
+        if self._handle is not None:
+            lib().bf_chat_parser_free(self._handle)
+            self._handle = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _parser_params(params: dict[str, Any]) -> bytes:
+    wanted = {k: params[k] for k in ("format", "parser", "generation_prompt", "reasoning_format",
+                                     "parse_tool_calls") if k in params}
+    return json.dumps(wanted).encode("utf-8")
+
+
+def _check_depth(text: str) -> None:
+    depth = bracket_depth(text)
+    if depth > MAX_PARSE_NESTING:  # llama.cpp's PEG parser recurses per level: ~20,000 overflow the stack
+        raise InvalidRequestError(f"cannot parse the model output: it nests {depth} brackets deep")

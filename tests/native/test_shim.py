@@ -22,7 +22,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from botframework.errors import GrammarError, InvalidRequestError, ModelLoadError
+from botframework.errors import ClosedError, GrammarError, InvalidRequestError, ModelLoadError
 from botframework.native import (
     Batch,
     Context,
@@ -32,7 +32,7 @@ from botframework.native import (
     SamplerSpec,
 )
 from botframework.native.sampler import GrammarSpec
-from botframework.native.shim import ChatTemplates, chat_parse, json_schema_to_grammar
+from botframework.native.shim import ChatParser, ChatTemplates, chat_parse, json_schema_to_grammar
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "vendor" / "llama.cpp" / "models" / "templates"
@@ -399,6 +399,21 @@ def test_canned_plain_answer_parses_to_content_only(family: str,
     message = chat_parse(text, apply_with_tools(family, family_templates))
     assert message["content"] == content
     assert not message.get("tool_calls")
+
+
+@pytest.mark.parametrize("family", list(CANNED))
+def test_a_loaded_chat_parser_answers_like_chat_parse_every_time(family: str,
+                                                                family_templates: dict[str, ChatTemplates]) -> None:
+    _, call, _, _, answer, _ = CANNED[family]
+    params = apply_with_tools(family, family_templates)
+    parser = ChatParser(params)
+    for text in (call, answer, call):  # one parser, many texts, as a stream uses it
+        for end in sorted({1, len(text) // 2, len(text)}):
+            assert parser.parse(text[:end], partial=True) == chat_parse(text[:end], params, partial=True)
+        assert parser.parse(text) == chat_parse(text, params)
+    parser.close()
+    with pytest.raises(ClosedError):
+        parser.parse(answer)
 
 
 @pytest.mark.parametrize("family", ["qwen2.5-hermes", "mistral-nemo", "deepseek-r1", "qwen3-coder", "gpt-oss"])
