@@ -188,6 +188,15 @@ def test_n_choices_whole_streamed_and_cancelled_together(client, base_url: str) 
         assert cancelled["num_cancelled"] == 2
         assert [line for line in lines if line][-1] == "data: [DONE]"  # both choices end, then the stream
     _wait_for(base_url, "cancelled choices kept their slots", lambda s: s["num_busy_slots"] == 0)
+    with httpx.Client(timeout=60) as http, \
+            http.stream("POST", f"{base_url}/v1/completions", json=body, headers=headers) as r:
+        lines = r.iter_lines()
+        seen = 0
+        while seen < 6:
+            seen += next(lines).startswith("data: {")
+        assert _stats(base_url)["num_running"] == 2
+        r.close()  # the client leaves: both choices stop
+    _wait_for(base_url, "choices kept running after the client went away", lambda s: s["num_busy_slots"] == 0)
 
 
 def test_disconnect_mid_stream_frees_the_slot(base_url: str) -> None:
