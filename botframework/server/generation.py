@@ -192,20 +192,28 @@ def total_usage(usages: list[Usage | None]) -> Usage | None:
 class StreamState:
     """Shared by a response's per-choice SSE generators."""
 
-    failed: bool = False  # an error event was sent: the response ends
+    error_event: bytes | None = None  # a choice failed: this event ends the response
     usages: list[Usage | None] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return self.error_event is not None
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error_event is None:  # the first failure is the one reported
+            self.error_event = sse_error(exc)
 
 
 async def fan_in(streams: list[AsyncIterator[bytes]], state: StreamState) -> AsyncIterator[bytes]:
-    """The events of every choice's stream as they come; stops after an error event."""
+    """The events of every choice's stream as they come; a failed choice's error event ends it."""
     if len(streams) == 1:  # the common case: no tasks, no queue
         try:
             async for item in streams[0]:
                 yield item
-                if state.failed:
-                    return
         finally:
             await streams[0].aclose()  # type: ignore[attr-defined]
+        if state.error_event is not None:
+            yield state.error_event
         return
     queue: asyncio.Queue[Any] = asyncio.Queue()
     ended = object()
@@ -224,13 +232,14 @@ async def fan_in(streams: list[AsyncIterator[bytes]], state: StreamState) -> Asy
         remaining = len(tasks)
         while remaining:
             item = await queue.get()
-            if item is ended:
-                remaining -= 1
-                continue
             if isinstance(item, Exception):
                 raise item
-            yield item
-            if state.failed:
+            if item is ended:
+                remaining -= 1
+            else:
+                yield item
+            if state.error_event is not None:
+                yield state.error_event
                 return
     finally:
         for task in tasks:

@@ -29,7 +29,8 @@ class FakeRuntime:
     def __init__(self, *, model_id: str = "fake-model", reply: str = "Hello from the fake model.",
                  json_reply: str = "{}",
                  n_ctx: int = 512, n_vocab: int = 1000, token_delay_s: float = 0.0,
-                 submit_error: BotframeworkError | None = None, error_after: int | None = None) -> None:
+                 submit_error: BotframeworkError | None = None, error_after: int | None = None,
+                 error_suffix: str = "") -> None:
         self.model_id = model_id
         self.created = int(time.time())
         self.n_ctx = n_ctx
@@ -39,6 +40,7 @@ class FakeRuntime:
         self.token_delay_s = token_delay_s
         self.submit_error = submit_error
         self.error_after = error_after  # fail the request like a failed llama_decode after N tokens
+        self.error_suffix = error_suffix  # ...only requests whose id ends with this (one choice of n)
         self.requests: list[Request] = []
         self.active: dict[str, Request] = {}
         self.handles: dict[str, RequestHandle] = {}
@@ -114,7 +116,7 @@ class FakeRuntime:
             await asyncio.sleep(self.token_delay_s)
             if rid not in self.active:
                 return  # cancelled: _cancel published the final delta
-            if n == self.error_after:
+            if n == self.error_after and rid.endswith(self.error_suffix):
                 self.active.pop(rid, None)
                 self.handles.pop(rid, None)
                 handle.publish(Delta(rid, finish_reason=FinishReason.ERROR, usage=self._usage(request, n),

@@ -224,6 +224,18 @@ def test_engine_error_mid_stream_is_an_error_event(run) -> None:
     run(go())
 
 
+def test_one_choice_failing_ends_the_stream_and_cancels_the_others(run) -> None:
+    async def go() -> None:
+        runtime = FakeRuntime(error_after=3, error_suffix="~1", token_delay_s=0.01)
+        async with serve_fake(runtime) as c:
+            events = sse_events((await c.post(CHAT, json=chat_body(stream=True, n=2))).text)
+            assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "engine_error"
+            assert all("error" not in e for e in events[:-2])  # one error event, nothing after it
+            first = events[0]["id"]
+            assert runtime.cancelled == [first] and not runtime.active  # choice 0 stopped with it
+    run(go())
+
+
 def test_failed_model_load_keeps_server_up(run) -> None:
     async def go() -> None:
         async with serve_fake(fail=ModelLoadError("not a gguf")) as c:

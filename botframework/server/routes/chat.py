@@ -47,7 +47,6 @@ from botframework.server.generation import (
     openai_finish_reason,
     record,
     sse,
-    sse_error,
     start_all,
     total_usage,
     usage_json,
@@ -164,8 +163,7 @@ async def _choice_stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, ba
         delta: Delta | None = first
         while delta is not None:
             if delta.error is not None:
-                state.failed = True
-                yield sse_error(delta.error)
+                state.fail(delta.error)
                 return
             logprobs = ({"content": [_logprob_entry(runtime, lp) for lp in delta.logprobs]}
                         if want_logprobs and delta.logprobs else None)
@@ -183,8 +181,7 @@ async def _choice_stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, ba
                 try:
                     check_message(plan, message, finish)
                 except BotframeworkError as exc:  # structured output that does not validate
-                    state.failed = True
-                    yield sse_error(exc)
+                    state.fail(exc)
                     return
                 state.usages.append(delta.usage)
                 yield chunk({}, _finish_reason(finish, message))

@@ -29,7 +29,6 @@ from botframework.server.generation import (
     openai_finish_reason,
     record,
     sse,
-    sse_error,
     start_all,
     total_usage,
     usage_json,
@@ -127,8 +126,7 @@ async def _choice_stream(http: HTTPRequest, runtime: Runtime, base: dict[str, An
         delta: Delta | None = first
         while delta is not None:
             if delta.error is not None:
-                state.failed = True
-                yield sse_error(delta.error)
+                state.fail(delta.error)
                 return
             logprobs = _legacy_logprobs(runtime, list(delta.logprobs)) if want_logprobs and delta.logprobs else None
             finish = openai_finish_reason(delta.finish_reason) if delta.finish_reason is not None else None
