@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_shim import CANNED, FAMILIES, USER_TEXT, WEATHER_TOOL, load_template  # noqa: E402
+from test_shim import CANNED, USER_TEXT, WEATHER_TOOL, family_templates, templates_for  # noqa: E402,F401
 
 from botframework.chat.jsoncalls import find_calls  # noqa: E402
 from botframework.chat.message import AssistantMessage, MessageDelta, new_call_id  # noqa: E402
@@ -42,20 +41,6 @@ TOOLS = parse_tools([WEATHER_TOOL])
 AUTO = ToolChoice(ToolChoiceMode.AUTO)
 REQUIRED = ToolChoice(ToolChoiceMode.REQUIRED)
 NAMES = frozenset({"get_weather"})
-
-
-@pytest.fixture(scope="module")
-def family_templates() -> Iterator[dict[str, ChatTemplates]]:
-    loaded: dict[str, ChatTemplates] = {}
-    yield loaded
-    for templates in loaded.values():
-        templates.close()
-
-
-def templates_for(family: str, cache: dict[str, ChatTemplates]) -> ChatTemplates:
-    if family not in cache:
-        cache[family] = ChatTemplates(None, template_override=load_template(FAMILIES[family][0]))
-    return cache[family]
 
 
 def family_parser(family: str, cache: dict[str, ChatTemplates], choice: ToolChoice = AUTO) -> OutputParser:

@@ -29,6 +29,12 @@ def make_seq(prompt: list[int], max_tokens: int = 8, session_id: str | None = No
     return Sequence(request, handle, IncrementalDetokenizer(lambda t: b"x"))
 
 
+def scheduler_and_engine(eog: frozenset[int] = frozenset(), **config: object) -> tuple[Scheduler, FakeEngine]:
+    """A scheduler and a fake engine with its slots and token budget."""
+    cfg = SchedulerConfig(**config)  # type: ignore[arg-type]
+    return Scheduler(cfg, eog_tokens=eog), FakeEngine(cfg.num_slots, cfg.max_batch_tokens)
+
+
 def run(s: Scheduler, engine: FakeEngine, max_steps: int = 10_000) -> int:
     steps = 0
     while s.has_work and steps < max_steps:
@@ -64,8 +70,7 @@ def finished(seq: Sequence) -> FinishReason | None:
 
 
 def test_every_request_gets_exactly_max_tokens() -> None:
-    cfg = SchedulerConfig(num_slots=4, num_ctx=4096, max_batch_tokens=64)
-    s, engine = Scheduler(cfg, eog_tokens=frozenset({999})), FakeEngine(4, 64)
+    s, engine = scheduler_and_engine(num_slots=4, num_ctx=4096, max_batch_tokens=64, eog=frozenset({999}))
     seqs = [make_seq(list(range(1, 10 + i * 7)), max_tokens=5 + i) for i in range(16)]
     for seq in seqs:
         s.add(seq)
@@ -76,8 +81,7 @@ def test_every_request_gets_exactly_max_tokens() -> None:
 
 
 def test_long_prefill_does_not_block_running_sequences() -> None:
-    cfg = SchedulerConfig(num_slots=2, num_ctx=8192, max_batch_tokens=32)
-    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 32)
+    s, engine = scheduler_and_engine(num_slots=2, num_ctx=8192, max_batch_tokens=32)
     short = make_seq([1, 2, 3], max_tokens=50)
     s.add(short)
     run_steps = 3
@@ -96,8 +100,7 @@ def test_long_prefill_does_not_block_running_sequences() -> None:
 
 
 def test_prefix_reuse_prefills_only_new_tokens() -> None:
-    cfg = SchedulerConfig(num_slots=2, num_ctx=4096, max_batch_tokens=512)
-    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 512)
+    s, engine = scheduler_and_engine(num_slots=2, num_ctx=4096, max_batch_tokens=512)
     system = list(range(100, 400))
     first = make_seq(system + [1, 2, 3], max_tokens=4)
     s.add(first)
@@ -111,8 +114,7 @@ def test_prefix_reuse_prefills_only_new_tokens() -> None:
 
 
 def test_idle_prefixes_move_to_ram_and_come_back_when_a_prompt_starts_with_them() -> None:
-    cfg = SchedulerConfig(num_slots=2, num_ctx=4096, max_batch_tokens=512)
-    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 512)
+    s, engine = scheduler_and_engine(num_slots=2, num_ctx=4096, max_batch_tokens=512)
     system = list(range(100, 400))
     first = make_seq(system + [1, 2, 3], max_tokens=4)
     s.add(first)
@@ -135,8 +137,7 @@ def test_idle_prefixes_move_to_ram_and_come_back_when_a_prompt_starts_with_them(
 
 
 def test_small_idle_caches_stay_unless_a_long_prefill_comes() -> None:
-    cfg = SchedulerConfig(num_slots=3, num_ctx=4096, max_batch_tokens=512)
-    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(3, 512)
+    s, engine = scheduler_and_engine(num_slots=3, num_ctx=4096, max_batch_tokens=512)
     small = make_seq(list(range(100, 150)), max_tokens=4)
     s.add(small)
     run(s, engine)
@@ -149,8 +150,7 @@ def test_small_idle_caches_stay_unless_a_long_prefill_comes() -> None:
 
 
 def test_a_prompt_continuing_its_slot_reuses_it_in_place() -> None:
-    cfg = SchedulerConfig(num_slots=2, num_ctx=4096, max_batch_tokens=512)
-    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 512)
+    s, engine = scheduler_and_engine(num_slots=2, num_ctx=4096, max_batch_tokens=512)
     turn = make_seq(list(range(100, 400)), max_tokens=4)
     s.add(turn)
     run(s, engine)
@@ -162,8 +162,7 @@ def test_a_prompt_continuing_its_slot_reuses_it_in_place() -> None:
 
 
 def test_without_a_prefix_ram_budget_idle_prefixes_stay_in_the_kv_cache() -> None:
-    cfg = SchedulerConfig(num_slots=2, num_ctx=4096, max_batch_tokens=512, prefix_cache_bytes=0)
-    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 512)
+    s, engine = scheduler_and_engine(num_slots=2, num_ctx=4096, max_batch_tokens=512, prefix_cache_bytes=0)
     first = make_seq(list(range(100, 400)), max_tokens=4)
     s.add(first)
     run(s, engine)
@@ -173,8 +172,7 @@ def test_without_a_prefix_ram_budget_idle_prefixes_stay_in_the_kv_cache() -> Non
 
 
 def test_shared_prefix_is_copied_from_a_live_sequence() -> None:
-    cfg = SchedulerConfig(num_slots=2, num_ctx=4096, max_batch_tokens=512, min_prefix_copy=16)
-    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 512)
+    s, engine = scheduler_and_engine(num_slots=2, num_ctx=4096, max_batch_tokens=512, min_prefix_copy=16)
     system = list(range(100, 300))
     a = make_seq(system + [1], max_tokens=50)
     s.add(a)
@@ -190,8 +188,7 @@ def test_shared_prefix_is_copied_from_a_live_sequence() -> None:
 
 
 def test_requests_sharing_a_prefix_in_prefill_wait_and_copy_it() -> None:
-    cfg = SchedulerConfig(num_slots=4, num_ctx=4096, max_batch_tokens=64)
-    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(4, 64)
+    s, engine = scheduler_and_engine(num_slots=4, num_ctx=4096, max_batch_tokens=64)
     system = list(range(100, 400))
     choices = [make_seq(system + [1, 2], max_tokens=3) for _ in range(3)]  # n=3, or three clients at once
     other = make_seq(system[:200] + [7, 8, 9], max_tokens=3)               # the same system prompt, shorter
@@ -207,8 +204,7 @@ def test_requests_sharing_a_prefix_in_prefill_wait_and_copy_it() -> None:
 def test_a_shared_prefix_counts_once_against_the_context() -> None:
     # physically 300 shared + 3 x 201 own cells = 903 fit in 1,100; counted per slot (1,503) the
     # third request used to stop with "length" after 65 tokens
-    cfg = SchedulerConfig(num_slots=3, num_ctx=1100, max_batch_tokens=64)
-    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(3, 64)
+    s, engine = scheduler_and_engine(num_slots=3, num_ctx=1100, max_batch_tokens=64)
     system = list(range(100, 400))
     seqs = [make_seq(system + [i], max_tokens=200) for i in range(3)]
     for seq in seqs:
@@ -220,8 +216,7 @@ def test_a_shared_prefix_counts_once_against_the_context() -> None:
 
 
 def test_a_request_waiting_on_a_cancelled_prefill_goes_ahead() -> None:
-    cfg = SchedulerConfig(num_slots=2, num_ctx=4096, max_batch_tokens=64)
-    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 64)
+    s, engine = scheduler_and_engine(num_slots=2, num_ctx=4096, max_batch_tokens=64)
     prompt = list(range(100, 400))
     first, second = make_seq(prompt, max_tokens=2), make_seq(prompt, max_tokens=2)
     s.add(first)
@@ -235,8 +230,7 @@ def test_a_request_waiting_on_a_cancelled_prefill_goes_ahead() -> None:
 
 
 def test_session_second_turn_and_eviction_restore() -> None:
-    cfg = SchedulerConfig(num_slots=1, num_ctx=4096, max_batch_tokens=256)
-    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(1, 256)
+    s, engine = scheduler_and_engine(num_slots=1, num_ctx=4096, max_batch_tokens=256)
     turn1 = make_seq(list(range(1, 50)), max_tokens=5, session_id="A")
     s.add(turn1)
     run(s, engine)
@@ -252,8 +246,7 @@ def test_session_second_turn_and_eviction_restore() -> None:
 
 
 def test_context_shift_keeps_generating_past_the_window() -> None:
-    cfg = SchedulerConfig(num_slots=2, num_ctx=64, max_batch_tokens=32)
-    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 32)
+    s, engine = scheduler_and_engine(num_slots=2, num_ctx=64, max_batch_tokens=32)
     plain = make_seq(list(range(1, 20)), max_tokens=200)
     shifted = make_seq(list(range(1, 20)), max_tokens=200, context_shift=True, num_keep=4)
     s.add(plain)
@@ -269,8 +262,7 @@ def test_context_shift_keeps_generating_past_the_window() -> None:
 def test_context_shift_never_slides_a_cell_another_sequence_holds() -> None:
     # a cell has one position for every sequence holding it: sliding the copied system prompt
     # would move the other sequence's tokens too (and dropping it would free nothing)
-    cfg = SchedulerConfig(num_slots=2, num_ctx=560, max_batch_tokens=64)
-    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 64)
+    s, engine = scheduler_and_engine(num_slots=2, num_ctx=560, max_batch_tokens=64)
     system = list(range(100, 400))
     a = make_seq(system + [1], max_tokens=400, context_shift=True)
     b = make_seq(system + [2], max_tokens=200, context_shift=True)
@@ -294,8 +286,7 @@ def test_context_shift_never_slides_a_cell_another_sequence_holds() -> None:
 
 
 def test_cancel_frees_everything_by_next_step() -> None:
-    cfg = SchedulerConfig(num_slots=2, num_ctx=4096, max_batch_tokens=16)
-    s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(2, 16)
+    s, engine = scheduler_and_engine(num_slots=2, num_ctx=4096, max_batch_tokens=16)
     a, b, c = (make_seq(list(range(1, 100)), max_tokens=100) for _ in range(3))
     for seq in (a, b, c):
         s.add(seq)
@@ -345,9 +336,9 @@ def test_priority_lane_goes_first_and_batch_work_is_not_starved() -> None:
        st.integers(1, 4), st.sampled_from([16, 64, 256]), st.sampled_from([0, 1 << 20]))
 def test_random_add_cancel_step(ops: list, num_slots: int, budget: int, prefix_ram: int) -> None:  # type: ignore[type-arg]
     budget = max(budget, num_slots)
-    cfg = SchedulerConfig(num_slots=num_slots, num_ctx=1024, max_batch_tokens=budget, max_waiting=1000,
-                          prefix_cache_bytes=prefix_ram, min_offload_tokens=16)  # offloads and restores happen
-    s, engine = Scheduler(cfg, eog_tokens=frozenset({5})), FakeEngine(num_slots, budget)
+    s, engine = scheduler_and_engine(num_slots=num_slots, num_ctx=1024, max_batch_tokens=budget, max_waiting=1000,
+                                     prefix_cache_bytes=prefix_ram, min_offload_tokens=16,  # offloads, restores
+                                     eog=frozenset({5}))
     seqs: list[Sequence] = []
     for op, n, k, session in ops:
         if op == "add":
@@ -385,9 +376,8 @@ def test_prefix_ram_changes_no_output(requests: list, num_slots: int, num_ctx: i
     KV cache (the fake engine's 'sampling' depends on the cells' content), every step balanced."""
     outputs = []
     for prefix_ram in (0, 1 << 20):
-        cfg = SchedulerConfig(num_slots=num_slots, num_ctx=num_ctx, max_batch_tokens=64, max_waiting=1000,
-                              prefix_cache_bytes=prefix_ram, min_offload_tokens=16)
-        s, engine = Scheduler(cfg, eog_tokens=frozenset()), FakeEngine(num_slots, 64)
+        s, engine = scheduler_and_engine(num_slots=num_slots, num_ctx=num_ctx, max_batch_tokens=64, max_waiting=1000,
+                                         prefix_cache_bytes=prefix_ram, min_offload_tokens=16)
         seqs = []
         for family, n, k, drain in requests:  # families share long prefixes; a drain lets slots go idle
             seq = make_seq([(i * 7 + family) % 50 + 10 for i in range(n)], max_tokens=k)
