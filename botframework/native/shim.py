@@ -124,10 +124,7 @@ def chat_parse(text: str, params: dict[str, Any], *, partial: bool = False) -> d
     One-off; a stream parses its growing text with one ChatParser.
     """
     _check_depth(text)
-    out = _take_json(lib().bf_chat_parse(text.encode("utf-8"), 1 if partial else 0, _parser_params(params)))
-    if "error" in out:
-        raise InvalidRequestError(f"cannot parse the model output: {out['error']}")
-    return out
+    return _parsed(lib().bf_chat_parse(text.encode("utf-8"), 1 if partial else 0, _parser_params(params)))
 
 
 class ChatParser:
@@ -142,10 +139,7 @@ class ChatParser:
         if self._handle is None:
             raise ClosedError("chat parser is closed")
         _check_depth(text)
-        out = _take_json(lib().bf_chat_parser_parse(self._handle, text.encode("utf-8"), 1 if partial else 0))
-        if "error" in out:
-            raise InvalidRequestError(f"cannot parse the model output: {out['error']}")
-        return out
+        return _parsed(lib().bf_chat_parser_parse(self._handle, text.encode("utf-8"), 1 if partial else 0))
 
     def close(self) -> None:
         if self._handle is not None:
@@ -160,6 +154,13 @@ def _parser_params(params: dict[str, Any]) -> bytes:
     wanted = {k: params[k] for k in ("format", "parser", "generation_prompt", "reasoning_format",
                                      "parse_tool_calls") if k in params}
     return json.dumps(wanted).encode("utf-8")
+
+
+def _parsed(ptr: Any) -> dict[str, Any]:
+    out = _take_json(ptr)
+    if "error" in out:
+        raise InvalidRequestError(f"cannot parse the model output: {out['error']}")
+    return out
 
 
 def _check_depth(text: str) -> None:
