@@ -14,12 +14,12 @@ the model's exact text, so streamed fragments always add up to the final argumen
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from botframework.chat.message import ToolCall
+from botframework.native.shim import bracket_levels
 
 _WRAPPER_KEYS = frozenset({"name", "arguments", "parameters", "id", "type", "function", "tool_call", "tool_calls"})
 _SCALAR_CHARS = frozenset("0123456789+-.eEtruefalsnl")
@@ -58,13 +58,7 @@ def find_calls(text: str, tool_names: frozenset[str], *, partial: bool, anywhere
 
 def _levels(text: str) -> np.ndarray:
     """Bracket depth before each character (strings masked; closers never take it below 0)."""
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    masked = codes.copy()
-    for match in _STRING.finditer(text):
-        masked[match.start():match.end()] = 32
-    steps = ((masked == 91) | (masked == 123)).astype(np.int64) - ((masked == 93) | (masked == 125))
-    after = np.cumsum(steps)
-    after -= np.minimum(np.minimum.accumulate(after), 0)  # unbalanced closers reset to 0
+    after = bracket_levels(text)
     return np.concatenate(([0], after[:-1])) if len(after) else after
 
 
@@ -110,7 +104,6 @@ def _calls_at(text: str, start: int, names: frozenset[str], partial: bool) -> Fo
 
 MAX_DEPTH = 128  # deeper JSON is not taken for a tool call (tool schemas nest at most 64 levels)
 MAX_CANDIDATE_LEVEL = 4
-_STRING = re.compile(r'"(?:\\.|[^"\\])*"')
 
 
 class _Malformed(Exception):

@@ -107,14 +107,22 @@ MAX_PARSE_NESTING = 128  # tool arguments nest at most 64 levels (chat.schema.MA
 _JSON_STRING = re.compile(r'"(?:\\.|[^"\\])*"')
 
 
+def bracket_levels(text: str) -> np.ndarray:
+    """Nesting of [ and { after each character of `text` (JSON strings masked; unbalanced
+    closers never take it below 0)."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).copy()  # one entry per character
+    for match in _JSON_STRING.finditer(text):
+        codes[match.start():match.end()] = 32
+    steps = ((codes == 91) | (codes == 123)).astype(np.int64) - ((codes == 93) | (codes == 125))
+    levels = np.cumsum(steps)
+    levels -= np.minimum(np.minimum.accumulate(levels), 0) if len(levels) else 0
+    return levels
+
+
 def bracket_depth(text: str) -> int:
-    """Deepest nesting of [ and { outside JSON strings (unbalanced closers do not go below 0)."""
-    bare = _JSON_STRING.sub("", text).encode()
-    chars = np.frombuffer(bare, dtype=np.uint8)
-    if not len(chars):
-        return 0
-    steps = ((chars == 91) | (chars == 123)).astype(np.int32) - ((chars == 93) | (chars == 125))
-    return int(np.cumsum(steps).max())
+    """Deepest nesting of [ and { outside JSON strings."""
+    levels = bracket_levels(text)
+    return int(levels.max()) if len(levels) else 0
 
 
 def chat_parse(text: str, params: dict[str, Any], *, partial: bool = False) -> dict[str, Any]:

@@ -85,6 +85,9 @@ def test_schema_depth_is_limited_before_any_recursive_checker() -> None:
 def test_deeply_nested_model_output_is_content_not_a_crash() -> None:
     text = '<tool_call>\n{"name": "get_weather", "arguments": ' + "[" * 20_000 + "]" * 20_000 + "}\n</tool_call>"
     assert bracket_depth(text) == 20_001 and bracket_depth('"[[[" [ ] ] ] [') == 1
+    assert bracket_depth("]" * 5 + "[" * 3) == 3  # stray closers do not hide what opens after them
+    with pytest.raises(InvalidRequestError, match="nests 20000 brackets deep"):
+        chat_parse("]" * 20_000 + "[" * 20_000, {})
     with pytest.raises(InvalidRequestError, match="nests 20001 brackets deep"):
         chat_parse(text, {})
     assert find_calls(text, frozenset({"get_weather"}), partial=False, anywhere=True) is None
