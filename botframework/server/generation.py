@@ -247,6 +247,21 @@ async def fan_in(streams: list[AsyncIterator[bytes]], state: StreamState) -> Asy
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def sse_choices(started: list[tuple[Delta, AsyncIterator[Delta]]], streams: list[AsyncIterator[bytes]],
+                      state: StreamState, base: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:
+    """A streamed response: every choice's chunks as they come, the summed usage chunk if asked
+    (not after an error), then [DONE]. Closing it cancels the sequences still running."""
+    try:
+        async for event in fan_in(streams, state):
+            yield event
+        if include_usage and not state.failed:
+            yield sse({**base, "choices": [], "usage": usage_json(total_usage(state.usages))})
+        yield sse("[DONE]")
+    finally:
+        for _, deltas in started:
+            await deltas.aclose()  # type: ignore[attr-defined]
+
+
 async def until_disconnected(http: HTTPRequest, work: Awaitable[T]) -> T:
     """Await `work`, cancelling it if the client closes the connection meanwhile.
 

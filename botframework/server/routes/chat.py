@@ -40,13 +40,13 @@ from botframework.server.generation import (
     build_request,
     choice_requests,
     collect_all,
-    fan_in,
     get_runtime,
     json_response,
     new_id,
     openai_finish_reason,
     record,
     sse,
+    sse_choices,
     start_all,
     total_usage,
     usage_json,
@@ -123,26 +123,15 @@ def _delta_json(piece: MessageDelta) -> dict[str, Any]:
     return {"content": piece.content}
 
 
-async def _stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, request_id: str, created: int,
-                  started: list[tuple[Delta, AsyncIterator[Delta]]], include_usage: bool,
-                  want_logprobs: bool) -> AsyncIterator[bytes]:
+def _stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, request_id: str, created: int,
+            started: list[tuple[Delta, AsyncIterator[Delta]]], include_usage: bool,
+            want_logprobs: bool) -> AsyncIterator[bytes]:
     base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": runtime.model_id,
             "system_fingerprint": None}
     state = StreamState()
     streams = [_choice_stream(http, runtime, plan, base, index, first, deltas, include_usage, want_logprobs, state)
                for index, (first, deltas) in enumerate(started)]
-    try:
-        async for event in fan_in(streams, state):
-            yield event
-        if state.failed:
-            yield sse("[DONE]")
-            return
-        if include_usage:
-            yield sse({**base, "choices": [], "usage": usage_json(total_usage(state.usages))})
-        yield sse("[DONE]")
-    finally:
-        for _, deltas in started:
-            await deltas.aclose()  # type: ignore[attr-defined]  # cancels a sequence still running
+    return sse_choices(started, streams, state, base, include_usage)
 
 
 async def _choice_stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, base: dict[str, Any], index: int,
