@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_shim import CANNED, USER_TEXT, WEATHER_TOOL, family_templates, templates_for  # noqa: E402,F401
+from test_shim import CANNED, USER_TEXT, WEATHER_TOOL, templates_for  # noqa: E402
 
 from botframework.chat.jsoncalls import find_calls  # noqa: E402
 from botframework.chat.message import AssistantMessage, MessageDelta, new_call_id  # noqa: E402

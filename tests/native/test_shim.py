@@ -259,14 +259,6 @@ FAMILIES: dict[str, tuple[str, str, bool]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def family_templates() -> Iterator[dict[str, ChatTemplates]]:
-    loaded: dict[str, ChatTemplates] = {}
-    yield loaded
-    for templates in loaded.values():
-        templates.close()
-
-
 def templates_for(family: str, cache: dict[str, ChatTemplates]) -> ChatTemplates:
     if family not in cache:
         cache[family] = ChatTemplates(None, template_override=load_template(FAMILIES[family][0]))
