@@ -13,6 +13,7 @@ Native compute runs without the GIL, so the asyncio server keeps serving while i
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -106,7 +107,7 @@ class ModelWorker:
             sessions=SessionStore(config.session_ram_bytes, config.session_disk_bytes, config.session_dir))
         self.metrics = WorkerMetrics()
         self._embed_context: Context | None = None
-        self._commands: list[Callable[[], None]] = []
+        self._commands: list[Callable[[], object]] = []
         self._cv = threading.Condition()
         self._closing = False
         self._ids = itertools.count()
@@ -187,7 +188,7 @@ class ModelWorker:
                 raise InvalidRequestError(f"input {i} is empty", param="input")
         # one engine command per input: running generations get a step between inputs instead
         # of waiting for the whole batch (8 inputs of 4,000 tokens take over a minute on 2 cores)
-        return [self.call(lambda tokens=tokens: self._embed_one(tokens)) for tokens in token_lists]
+        return [self.call(functools.partial(self._embed_one, tokens)) for tokens in token_lists]
 
     def close(self) -> None:
         with self._cv:
@@ -205,7 +206,7 @@ class ModelWorker:
         self.close()
 
     # -- engine thread ----------------------------------------------------------------------
-    def _post(self, command: Callable[[], None]) -> None:
+    def _post(self, command: Callable[[], object]) -> None:
         with self._cv:
             if self._closing:
                 raise ClosedError(f"model worker {self.name!r} is closed")

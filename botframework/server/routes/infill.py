@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends
 from fastapi import Request as HTTPRequest
 from fastapi.responses import StreamingResponse
 
-from botframework.scheduler.output import Delta
+from botframework.scheduler.output import Delta, FinishReason
 from botframework.server.auth import require_api_key
 from botframework.server.generation import (
     build_request,
@@ -50,7 +50,7 @@ async def infill(body: InfillRequest, http: HTTPRequest) -> dict[str, Any] | Str
     done = await collect(http, first, deltas)
     usage = done.usage
     return {"content": done.text, "stop": True, "model": runtime.model_id,
-            "stop_type": "limit" if done.finish_reason.value == "length" else "eos",
+            "stop_type": "limit" if done.finish_reason is FinishReason.LENGTH else "eos",
             "tokens_predicted": usage.completion_tokens if usage else 0,
             "tokens_evaluated": usage.prompt_tokens if usage else 0}
 
