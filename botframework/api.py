@@ -82,11 +82,12 @@ class LocalLLM:
     def __init__(self, model: str | os.PathLike[str] = DEFAULT_MODEL, *, n_ctx: int = 8192,
                  num_slots: int = 4, n_threads: int | None = None, n_threads_batch: int | None = None,
                  n_gpu_layers: int = 0, pull: bool = True, chat_template: str | None = None,
-                 flash_attn: str = "auto") -> None:
+                 flash_attn: str = "auto", hugepages: bool = True) -> None:
         path = resolve_model(str(model), pull_missing=pull, progress=pull)
         self.worker = ModelWorker(path, WorkerConfig(
             n_ctx=n_ctx, num_slots=num_slots, n_threads=n_threads, n_threads_batch=n_threads_batch,
-            n_gpu_layers=n_gpu_layers, flash_attn=flash_attn))
+            n_gpu_layers=n_gpu_layers, flash_attn=flash_attn,
+            hugepages=hugepages))
         try:
             self.templates = ChatTemplates(self.worker.model, chat_template)
         except BaseException:

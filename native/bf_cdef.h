@@ -20,6 +20,9 @@ enum llama_pooling_type {
     LLAMA_POOLING_TYPE_UNSPECIFIED, LLAMA_POOLING_TYPE_NONE, LLAMA_POOLING_TYPE_MEAN,
     LLAMA_POOLING_TYPE_CLS, LLAMA_POOLING_TYPE_LAST, LLAMA_POOLING_TYPE_RANK, ...
 };
+enum llama_load_mode {
+    LLAMA_LOAD_MODE_AUTO = -1, LLAMA_LOAD_MODE_NONE = 0, LLAMA_LOAD_MODE_MMAP = 1, ...
+};
 enum llama_flash_attn_type {
     LLAMA_FLASH_ATTN_TYPE_AUTO, LLAMA_FLASH_ATTN_TYPE_DISABLED, LLAMA_FLASH_ATTN_TYPE_ENABLED, ...
 };
@@ -43,6 +46,7 @@ typedef struct llama_sampler_chain_params { bool no_perf; } llama_sampler_chain_
 struct llama_model_params {
     int32_t n_gpu_layers;
     int32_t main_gpu;
+    enum llama_load_mode load_mode;
     bool vocab_only;
     bool check_tensors;
     bool use_extra_bufts;

@@ -18,6 +18,7 @@ import numpy as np
 from botframework.errors import ClosedError, InvalidRequestError, ModelLoadError, NativeError
 from botframework.native._lib import ffi, lib
 from botframework.native.batch import Batch
+from botframework.native.hugepages import HugePageWatch
 from botframework.native.kv_memory import KVMemory
 from botframework.native.model import Model
 from botframework.native.status import check_decode
@@ -80,7 +81,9 @@ class Context:
         native.flash_attn_type = getattr(lib(), _FLASH_ATTN[params.flash_attn])
         native.kv_unified = params.kv_unified
         native.no_perf = True
-        handle = lib().llama_init_from_model(model.handle, native)
+        with HugePageWatch(model.hugepages) as watch:  # the KV cache and compute buffers
+            handle = lib().llama_init_from_model(model.handle, native)
+        self.hugepage_bytes = watch.collapsed_bytes
         if handle == ffi.NULL:
             raise ModelLoadError(f"llama.cpp could not create a context ({params}); out of memory?")
         self._handle: Any = handle

@@ -69,6 +69,7 @@ class WorkerConfig:
     session_dir: Path | None = None
     prefix_cache_bytes: int = 1 << 30      # idle prompt caches in host RAM (SchedulerConfig)
     flash_attn: str = "auto"
+    hugepages: bool = True                 # weights and KV cache in 2 MiB pages (ModelParams)
 
 
 @dataclass
@@ -88,7 +89,8 @@ class ModelWorker:
         decode_threads, batch_threads = default_threads()
         self.n_threads = config.n_threads or decode_threads
         self.n_threads_batch = config.n_threads_batch or config.n_threads or batch_threads
-        self.model = Model(model_path, ModelParams(n_gpu_layers=config.n_gpu_layers))
+        self.model = Model(model_path, ModelParams(n_gpu_layers=config.n_gpu_layers,
+                                                          hugepages=config.hugepages))
         try:
             n_ctx = min(config.n_ctx, self.model.n_ctx_train) if config.n_ctx else self.model.n_ctx_train
             self.context = Context(self.model, ContextParams(

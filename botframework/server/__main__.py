@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--api-key", dest="api_keys", action="append")
     p.add_argument("--cors-origin", dest="cors_origins", action="append")
     p.add_argument("--allow-non-loopback", action="store_true", default=None)
+    p.add_argument("--no-hugepages", dest="hugepages", action="store_false", default=None,
+                   help="mmap the model file instead of copying it into huge pages")
     p.add_argument("--log-level")
     p.add_argument("--config", help="TOML settings file (flags and BOTFRAMEWORK_* override it)")
     args = vars(p.parse_args(argv))

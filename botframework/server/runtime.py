@@ -158,7 +158,7 @@ def load_runtime(settings: ServerSettings) -> ModelRuntime:
     worker = ModelWorker(path, WorkerConfig(
         n_ctx=settings.n_ctx, num_slots=settings.num_slots, n_threads=settings.n_threads,
         n_threads_batch=settings.n_threads_batch, n_gpu_layers=settings.n_gpu_layers,
-        prefix_cache_bytes=settings.prefix_cache_mb << 20),
+        hugepages=settings.hugepages, prefix_cache_bytes=settings.prefix_cache_mb << 20),
         name=settings.served_model_id)
     try:
         templates = ChatTemplates(worker.model)

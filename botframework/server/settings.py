@@ -43,6 +43,7 @@ class ServerSettings:
     n_threads: int | None = None
     n_threads_batch: int | None = None
     n_gpu_layers: int = 0
+    hugepages: bool = True                     # weights and KV cache in 2 MiB pages (Linux THP)
     prefix_cache_mb: int = 1024                # host RAM for idle prompt caches (0: keep them in the KV cache)
     log_level: str = "info"
 
@@ -134,7 +135,7 @@ def _parse(name: str, raw: str) -> Any:
             return int(raw)
         except ValueError:
             raise ValueError(f"{_ENV_PREFIX}{name.upper()} must be an integer, not {raw!r}") from None
-    if name in ("pull_missing", "allow_non_loopback"):
+    if name in ("pull_missing", "allow_non_loopback", "hugepages"):
         try:
             return _BOOL[raw.strip().lower()]
         except KeyError:

@@ -302,6 +302,7 @@ def test_settings() -> None:
     s = ServerSettings.from_env({"BOTFRAMEWORK_PORT": "9000", "BOTFRAMEWORK_API_KEYS": "a, b",
                                  "BOTFRAMEWORK_ALLOW_NON_LOOPBACK": "yes"})
     assert (s.port, s.api_keys, s.allow_non_loopback) == (9000, ("a", "b"), True)
+    assert s.hugepages and not ServerSettings.from_env({"BOTFRAMEWORK_HUGEPAGES": "off"}).hugepages
     assert s.replace(port=None, host="0.0.0.0").host == "0.0.0.0" and s.replace(port=None).port == 9000
     with pytest.raises(ValueError):
         ServerSettings.from_env({"BOTFRAMEWORK_PORT": "http"})

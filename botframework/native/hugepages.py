@@ -1,0 +1,124 @@
+"""Transparent huge pages for the memory llama.cpp reads every step: weights and KV cache.
+
+    with HugePageWatch(enabled) as watch:   # snapshot of the anonymous mappings
+        llama_model_load_from_file(...)     # load_mode NONE: weights in anonymous memory
+    watch.collapsed_bytes                   # new or grown mappings -> 2 MiB pages
+
+Decoding one token reads every weight once. From an mmap'd GGUF the weights sit in 4 KiB
+page-cache pages (a 92 MB model: ~23,000 pages, far more than the TLB covers), so each pass
+walks page tables and the prefetchers stop at every page boundary. Copied into anonymous
+memory and collapsed into 2 MiB pages, the same pass needs ~46 TLB entries: llama-bench
+tg128 on SmolLM2-135M Q4_1, 2 threads, rounds alternated on this 2-core VM: 122.8 t/s
+mmap'd, 131.7 t/s in huge pages (+7%); without huge pages, plain anonymous memory was
+slower than the mmap (116.7).
+
+Linux only: madvise(MADV_HUGEPAGE) so that the kernel backs later faults with huge pages,
+then MADV_COLLAPSE (Linux 6.1+) to convert what is already populated now instead of waiting
+for khugepaged. Either call may fail (THP set to "never", an older kernel, no memory in
+2 MiB pieces): the memory then stays as it was, which is only slower.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import sys
+from pathlib import Path
+from types import TracebackType
+
+log = logging.getLogger("botframework.native")
+
+MADV_HUGEPAGE = 14
+MADV_COLLAPSE = 25
+HUGE_PAGE = 2 << 20
+_THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def thp_mode() -> str:
+    """The kernel's THP setting ("always", "madvise", "never"), or "" where there is none."""
+    try:
+        text = _THP_ENABLED.read_text()
+    except OSError:
+        return ""
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else ""
+
+
+def available() -> bool:
+    return sys.platform.startswith("linux") and thp_mode() in ("always", "madvise")
+
+
+def anonymous_mappings() -> dict[int, int]:
+    """start -> end of this process's private, writable mappings backed by no file."""
+    out: dict[int, int] = {}
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) < 5 or not fields[1].startswith("rw") or fields[1][3] != "p":
+            continue
+        if len(fields) == 6 and fields[5].strip():  # a file, [heap], [stack], ...
+            continue
+        start, _, end = fields[0].partition("-")
+        out[int(start, 16)] = int(end, 16)
+    return out
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    libc.madvise.restype = ctypes.c_int
+    return libc
+
+
+def collapse(start: int, end: int) -> int:
+    """Huge pages for the 2 MiB-aligned part of [start, end); the bytes collapsed now.
+
+    MADV_COLLAPSE refuses (EINVAL) a range with pieces nobody has touched yet (part of a
+    KV cache), so a refused range is collapsed piece by piece: the untouched pieces stay
+    empty and get huge pages when first written."""
+    lo = (start + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1)
+    hi = end & ~(HUGE_PAGE - 1)
+    if hi <= lo:
+        return 0
+    libc = _libc()
+    if libc.madvise(lo, hi - lo, MADV_HUGEPAGE) != 0:
+        return 0
+    if libc.madvise(lo, hi - lo, MADV_COLLAPSE) == 0:
+        return hi - lo
+    done = 0
+    for piece in range(lo, hi, HUGE_PAGE):
+        if libc.madvise(piece, HUGE_PAGE, MADV_COLLAPSE) == 0:
+            done += HUGE_PAGE
+    log.debug("collapsed %d of %d bytes into huge pages", done, hi - lo)
+    return done
+
+
+class HugePageWatch:
+    """Collapses the anonymous mappings that appear or grow inside the `with` block.
+
+    Other threads may map memory meanwhile; their mappings get huge pages too, which is
+    harmless (only mappings of 2 MiB or more are touched, and only whole aligned pieces)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled and available()
+        self.collapsed_bytes = 0
+        self._before: dict[int, int] = {}
+
+    def __enter__(self) -> HugePageWatch:
+        if self.enabled:
+            self._before = anonymous_mappings()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if not self.enabled or exc_type is not None:
+            return
+        for start, end in anonymous_mappings().items():
+            old_end = self._before.get(start)
+            if old_end is not None and old_end >= end:
+                continue
+            if end - start >= HUGE_PAGE:
+                self.collapsed_bytes += collapse(start, end)
