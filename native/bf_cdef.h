@@ -177,6 +177,7 @@ struct llama_sampler * llama_sampler_init_logit_bias(int32_t n_vocab, int32_t n_
 void bf_log_set_level(int min_level);
 const char * bf_build_info(void);
 int bf_selftest_quantized(char * report, size_t report_size);
+int bf_madvise(void * addr, size_t length, int advice);
 char * bf_json_schema_to_grammar(const char * schema_json);
 char * bf_chat_templates_new(const struct llama_model * model, const char * template_override, void ** out_handle);
 void bf_chat_templates_free(void * handle);

@@ -17,7 +17,12 @@
 
 #include <nlohmann/json.hpp>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#endif
+
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -246,6 +251,15 @@ int bf_selftest_quantized(char * report, size_t report_size) {
         snprintf(report, report_size, "%s", out.c_str());
     }
     return failures;
+}
+
+int bf_madvise(void * addr, size_t length, int advice) {
+#if defined(__unix__) || defined(__APPLE__)
+    return madvise(addr, length, advice) == 0 ? 0 : errno;
+#else
+    (void) addr; (void) length; (void) advice;
+    return ENOSYS;
+#endif
 }
 
 char * bf_json_schema_to_grammar(const char * schema_json) {

@@ -26,6 +26,10 @@ const char * bf_build_info(void);
  * number of failed cases otherwise; a human-readable report is written to `report`. */
 int bf_selftest_quantized(char * report, size_t report_size);
 
+/* madvise(addr, length, advice): 0, or the errno (ENOSYS where there is no madvise). Used for
+ * transparent huge pages over llama.cpp's weight and KV buffers (botframework/native/hugepages.py). */
+int bf_madvise(void * addr, size_t length, int advice);
+
 /* {"schema": {...}} -> {"grammar": "..."} | {"error": "..."} */
 char * bf_json_schema_to_grammar(const char * schema_json);
 

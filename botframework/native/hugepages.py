@@ -20,11 +20,12 @@ for khugepaged. Either call may fail (THP set to "never", an older kernel, no me
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import sys
 from pathlib import Path
 from types import TracebackType
+
+from botframework.native._lib import ffi, lib
 
 log = logging.getLogger("botframework.native")
 
@@ -66,11 +67,9 @@ def anonymous_mappings() -> dict[int, int]:
     return out
 
 
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    libc.madvise.restype = ctypes.c_int
-    return libc
+def _madvise(start: int, length: int, advice: int) -> int:
+    """0, or the errno."""
+    return int(lib().bf_madvise(ffi.cast("void *", start), length, advice))
 
 
 def collapse(start: int, end: int) -> int:
@@ -83,14 +82,13 @@ def collapse(start: int, end: int) -> int:
     hi = end & ~(HUGE_PAGE - 1)
     if hi <= lo:
         return 0
-    libc = _libc()
-    if libc.madvise(lo, hi - lo, MADV_HUGEPAGE) != 0:
+    if _madvise(lo, hi - lo, MADV_HUGEPAGE) != 0:
         return 0
-    if libc.madvise(lo, hi - lo, MADV_COLLAPSE) == 0:
+    if _madvise(lo, hi - lo, MADV_COLLAPSE) == 0:
         return hi - lo
     done = 0
     for piece in range(lo, hi, HUGE_PAGE):
-        if libc.madvise(piece, HUGE_PAGE, MADV_COLLAPSE) == 0:
+        if _madvise(piece, HUGE_PAGE, MADV_COLLAPSE) == 0:
             done += HUGE_PAGE
     log.debug("collapsed %d of %d bytes into huge pages", done, hi - lo)
     return done
