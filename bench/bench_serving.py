@@ -6,7 +6,7 @@
         R rounds alternating which server goes first (medians: the machine's speed drifts)
             -> aggregate tokens/s, TTFT p50/p95, single-stream decode t/s from inter-token time
     cached max_tokens=1 round trip p50; 1,000-token system prompt: cold vs repeated TTFT
-    llama-bench tg128 (same build): the single-stream decode reference
+    llama-bench tg128 (same build), once per single-stream round: the single-stream decode reference
     + our scheduler in-process (LocalLLM, threads) at the same levels
     -> table with ratios ours / llama-server
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import socket
@@ -30,7 +31,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 
@@ -172,10 +173,14 @@ def median_level(rounds: list[LevelResult]) -> LevelResult:
                        statistics.median(r.decode_tps_single for r in rounds))
 
 
-def bench_servers(servers: dict[str, str], levels: list[int], max_tokens: int, rounds: int) -> list[ServerResult]:
+def bench_servers(servers: dict[str, str], levels: list[int], max_tokens: int, rounds: int,
+                  reference: Callable[[], float] | None = None) -> tuple[list[ServerResult], float]:
     """Both servers are up the whole time; each level runs `rounds` times, alternating which
-    server goes first, so drift in the machine's speed hits both alike. Medians are reported."""
+    server goes first, so drift in the machine's speed hits both alike. Medians are reported.
+    `reference` (llama-bench tg) runs once per single-stream round, between the servers'
+    runs, while both idle: the median, taken at the same times as theirs, is returned."""
     results = {name: ServerResult(name) for name in servers}
+    references: list[float] = []
     for base in servers.values():
         asyncio.run(level(base, 2, 16))  # warm up
     names = list(servers)
@@ -184,6 +189,8 @@ def bench_servers(servers: dict[str, str], levels: list[int], max_tokens: int, r
         for r in range(rounds):
             for name in (names if r % 2 == 0 else names[::-1]):
                 runs[name].append(asyncio.run(level(servers[name], n, max_tokens)))
+                if n == 1 and reference is not None and name == names[0]:
+                    references.append(reference())
         for name in names:
             results[name].levels.append(median_level(runs[name]))
             print(f"  {name} N={n}: {results[name].levels[-1]}", flush=True)
@@ -194,13 +201,13 @@ def bench_servers(servers: dict[str, str], levels: list[int], max_tokens: int, r
     for name in names:
         results[name].cached_roundtrip_p50_ms = statistics.median(trips[name])
         results[name].system_cold_ttft_ms, results[name].system_warm_ttft_ms = asyncio.run(system_prompt(servers[name]))
-    return [results[name] for name in names]
+    return [results[name] for name in names], statistics.median(references) if references else 0.0
 
 
-def llama_bench_tg(model: Path, threads: int, n_gen: int) -> float:
+def llama_bench_tg(model: Path, threads: int, n_gen: int, repetitions: int = 3) -> float:
     """llama-bench's tg (tokens/s) from the same build: the single-stream decode reference."""
     exe = build_tools(("llama-bench",))["llama-bench"]
-    out = subprocess.run([str(exe), "-m", str(model), "-p", "0", "-n", str(n_gen), "-t", str(threads), "-r", "3",
+    out = subprocess.run([str(exe), "-m", str(model), "-p", "0", "-n", str(n_gen), "-t", str(threads), "-r", str(repetitions),
                           "-o", "json"], check=True, capture_output=True, text=True).stdout
     return float(json.loads(out)[0]["avg_ts"])
 
@@ -264,11 +271,12 @@ def main() -> int:
                   "--kv-unified", "--metrics"]
     print(f"botframework server and llama-server: {args.parallel} slots, {args.threads} threads, "
           f"{args.rounds} alternating rounds per level (logs in /tmp/bench-*.log)", flush=True)
-    tg_before = llama_bench_tg(model, args.threads, args.tokens)
+    build_tools(("llama-bench",))
     with running(ours_cmd, ours_port, "ours") as ours_base, running(theirs_cmd, theirs_port, "llama-server") as theirs_base:
-        results = bench_servers({"botframework": ours_base, "llama-server": theirs_base}, levels, args.tokens,
-                                args.rounds)
-    tg = (tg_before + llama_bench_tg(model, args.threads, args.tokens)) / 2  # before and after the servers
+        results, tg = bench_servers({"botframework": ours_base, "llama-server": theirs_base}, levels, args.tokens,
+                                    args.rounds, functools.partial(llama_bench_tg, model, args.threads, args.tokens, 1))
+    if not tg:  # no single-stream level
+        tg = llama_bench_tg(model, args.threads, args.tokens)
     if not args.skip_inprocess:
         print("in-process scheduler", flush=True)
         results.append(bench_inprocess(model, levels, args.tokens, args))
