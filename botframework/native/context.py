@@ -143,6 +143,12 @@ class Context:
             raise NativeError(f"no embeddings for batch index {i}", op="llama_get_embeddings_ith")
         return np.frombuffer(ffi.buffer(ptr, self.model.n_embd * 4), dtype=np.float32).copy()
 
+    @property
+    def causal_attn(self) -> bool:
+        """Whether a token attends only to those before it (decoder models): such a sequence
+        can be computed in pieces through the KV cache."""
+        return bool(lib().llama_get_causal_attn(self.handle))
+
     def embeddings_seq(self, seq_id: int) -> np.ndarray:
         ptr = lib().llama_get_embeddings_seq(self.handle, seq_id)
         if ptr == ffi.NULL:

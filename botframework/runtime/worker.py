@@ -37,6 +37,7 @@ from botframework.scheduler.sequence import Request, Sequence
 from botframework.scheduler.session_store import SessionStore
 
 T = TypeVar("T")
+EMBED_PIECE_TOKENS = 128  # tokens of a causal model's embedding input per engine command
 log = logging.getLogger("botframework.runtime")
 
 
@@ -109,6 +110,7 @@ class ModelWorker:
             sessions=SessionStore(config.session_ram_bytes, config.session_disk_bytes, config.session_dir))
         self.metrics = WorkerMetrics()
         self._embed_context: Context | None = None
+        self._embed_lock = threading.Lock()
         self._commands: list[Callable[[], object]] = []
         self._cv = threading.Condition()
         self._closing = False
@@ -188,9 +190,27 @@ class ModelWorker:
         for i, tokens in enumerate(token_lists):
             if not tokens:
                 raise InvalidRequestError(f"input {i} is empty", param="input")
-        # one engine command per input: running generations get a step between inputs instead
-        # of waiting for the whole batch (8 inputs of 4,000 tokens take over a minute on 2 cores)
-        return [self.call(functools.partial(self._embed_one, tokens)) for tokens in token_lists]
+        return [self._embed_tokens(tokens) for tokens in token_lists]
+
+    def _embed_tokens(self, tokens: list[int]) -> np.ndarray:
+        """One input, in engine commands of at most EMBED_PIECE_TOKENS tokens for a causal model
+        (one for the whole input otherwise): running generations get a step between pieces
+        instead of waiting for the whole input (4,000 tokens take ~10 s on 2 cores). Each piece
+        is one ubatch whose mean llama.cpp pools; the length-weighted mean of the pieces is the
+        mean over the input. The lock keeps another input's pieces out of the sequence."""
+        with self._embed_lock:
+            causal, capacity = self.call(self._embed_context_info)
+            if len(tokens) > capacity:
+                raise InvalidRequestError(
+                    f"input has {len(tokens)} tokens; the embedding context holds {capacity}", param="input")
+            piece = EMBED_PIECE_TOKENS if causal else len(tokens)
+            total = np.zeros(self.model.n_embd, dtype=np.float64)
+            for start in range(0, len(tokens), piece):
+                chunk = tokens[start:start + piece]
+                total += self.call(functools.partial(self._embed_piece, chunk, start)) * len(chunk)
+        vector = (total / len(tokens)).astype(np.float32)
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm > 0 else vector
 
     def close(self) -> None:
         with self._cv:
@@ -269,23 +289,26 @@ class ModelWorker:
         self.context.memory.clear()
         self.scheduler.reset_after_failure(error)
 
-    def _embed_one(self, tokens: list[int]) -> np.ndarray:
+    def _embed_context_info(self) -> tuple[bool, int]:
+        """(causal attention, tokens an input may have), creating the embedding context."""
         if self._embed_context is None:
+            n = min(self.model.n_ctx_train, 8192)
             self._embed_context = Context(self.model, ContextParams(
-                n_ctx=min(self.model.n_ctx_train, 8192), n_batch=min(self.model.n_ctx_train, 8192),
-                n_ubatch=min(self.model.n_ctx_train, 8192), n_seq_max=1, n_threads=self.n_threads,
+                n_ctx=n, n_batch=n, n_ubatch=n, n_seq_max=1, n_threads=self.n_threads,
                 n_threads_batch=self.n_threads_batch, embeddings=True, pooling="mean"))
         ctx = self._embed_context
-        if len(tokens) > ctx.n_batch:
-            raise InvalidRequestError(
-                f"input has {len(tokens)} tokens; the embedding context holds {ctx.n_batch}", param="input")
+        return ctx.causal_attn, min(ctx.n_ctx, ctx.n_ubatch)
+
+    def _embed_piece(self, tokens: list[int], start: int) -> np.ndarray:
+        """The mean of the last hidden states of tokens[start:] after the cached 0..start-1."""
+        ctx = self._embed_context
+        assert ctx is not None
         from botframework.native.batch import Batch
 
         batch = Batch(len(tokens))
-        batch.add_sequence(tokens, 0, 0, logits_last=True)
+        batch.add_sequence(tokens, start, 0, logits_last=True)
         batch.logits[: len(tokens)] = 1  # pooled embeddings need every token marked as output
-        ctx.memory.clear()
+        if start == 0:
+            ctx.memory.clear()
         ctx.decode(batch)
-        vector = ctx.embeddings_seq(0)
-        norm = float(np.linalg.norm(vector))
-        return vector / norm if norm > 0 else vector
+        return ctx.embeddings_seq(0)
