@@ -48,6 +48,7 @@ class ContextParams:
     pooling: str = "unspecified"
     flash_attn: str = "auto"
     kv_unified: bool = True
+    hugepages: bool = True  # KV cache and compute buffers in huge pages, when the model uses them
 
     def __post_init__(self) -> None:
         if self.n_ctx < 0 or self.n_batch < 1 or self.n_ubatch < 1 or self.n_seq_max < 1:
@@ -81,7 +82,7 @@ class Context:
         native.flash_attn_type = getattr(lib(), _FLASH_ATTN[params.flash_attn])
         native.kv_unified = params.kv_unified
         native.no_perf = True
-        with HugePageWatch(model.hugepages) as watch:  # the KV cache and compute buffers
+        with HugePageWatch(model.hugepages and params.hugepages) as watch:  # KV cache, compute buffers
             handle = lib().llama_init_from_model(model.handle, native)
         self.hugepage_bytes = watch.collapsed_bytes
         if handle == ffi.NULL:

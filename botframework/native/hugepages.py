@@ -14,14 +14,18 @@ slower than the mmap (116.7).
 
 Linux only: madvise(MADV_HUGEPAGE) so that the kernel backs later faults with huge pages,
 then MADV_COLLAPSE (Linux 6.1+) to convert what is already populated now instead of waiting
-for khugepaged. Either call may fail (THP set to "never", an older kernel, no memory in
-2 MiB pieces): the memory then stays as it was, which is only slower.
+for khugepaged. available() tries both once on a scratch mapping: THP set to "never" or a
+kernel without MADV_COLLAPSE keeps llama.cpp's mmap. Later failures (no free huge pages)
+leave the rest of the memory as it was.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import mmap
 import sys
+from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
 
@@ -31,22 +35,51 @@ log = logging.getLogger("botframework.native")
 
 MADV_HUGEPAGE = 14
 MADV_COLLAPSE = 25
-HUGE_PAGE = 2 << 20
-_THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+_THP = Path("/sys/kernel/mm/transparent_hugepage")
 
 
 def thp_mode() -> str:
     """The kernel's THP setting ("always", "madvise", "never"), or "" where there is none."""
     try:
-        text = _THP_ENABLED.read_text()
+        text = (_THP / "enabled").read_text()
     except OSError:
         return ""
     start, end = text.find("["), text.find("]")
     return text[start + 1:end] if 0 <= start < end else ""
 
 
+@lru_cache(maxsize=1)
+def huge_page_size() -> int:
+    """The size of a transparent huge page (2 MiB on x86-64; more on arm64 with 16K/64K pages)."""
+    try:
+        return int((_THP / "hpage_pmd_size").read_text())
+    except (OSError, ValueError):
+        return 2 << 20
+
+
+@lru_cache(maxsize=1)
 def available() -> bool:
-    return sys.platform.startswith("linux") and thp_mode() in ("always", "madvise")
+    """THP is on (always / madvise) and MADV_COLLAPSE works (Linux 6.1+), tried once on a
+    scratch mapping. Without the collapse the weights would be copied out of the mmap into
+    plain pages, which decode slower than the mmap: then nothing is changed at all."""
+    if not sys.platform.startswith("linux") or thp_mode() not in ("always", "madvise"):
+        return False
+    size = huge_page_size()
+    scratch = mmap.mmap(-1, 2 * size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        scratch.write(b"\x01" * (2 * size))  # populated, as the weights are after loading
+        view = ffi.from_buffer(scratch)
+        try:
+            start = int(ffi.cast("uintptr_t", view))
+            lo = (start + size - 1) & ~(size - 1)
+            ok = (_madvise(lo, size, MADV_HUGEPAGE) == 0 and _madvise(lo, size, MADV_COLLAPSE) == 0)
+        finally:
+            ffi.release(view)
+    finally:
+        scratch.close()
+    if not ok:
+        log.info("transparent huge pages cannot be collapsed here (Linux < 6.1?): the model stays mmap'd")
+    return ok
 
 
 def anonymous_mappings() -> dict[int, int]:
@@ -73,13 +106,15 @@ def _madvise(start: int, length: int, advice: int) -> int:
 
 
 def collapse(start: int, end: int) -> int:
-    """Huge pages for the 2 MiB-aligned part of [start, end); the bytes collapsed now.
+    """Huge pages for the aligned part of [start, end); the bytes collapsed now.
 
     MADV_COLLAPSE refuses (EINVAL) a range with pieces nobody has touched yet (part of a
     KV cache), so a refused range is collapsed piece by piece: the untouched pieces stay
-    empty and get huge pages when first written."""
-    lo = (start + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1)
-    hi = end & ~(HUGE_PAGE - 1)
+    empty and get huge pages when first written. Out of free huge pages (ENOMEM, EAGAIN:
+    each try may compact memory synchronously), it stops: what is left stays as it is."""
+    size = huge_page_size()
+    lo = (start + size - 1) & ~(size - 1)
+    hi = end & ~(size - 1)
     if hi <= lo:
         return 0
     if _madvise(lo, hi - lo, MADV_HUGEPAGE) != 0:
@@ -87,9 +122,13 @@ def collapse(start: int, end: int) -> int:
     if _madvise(lo, hi - lo, MADV_COLLAPSE) == 0:
         return hi - lo
     done = 0
-    for piece in range(lo, hi, HUGE_PAGE):
-        if _madvise(piece, HUGE_PAGE, MADV_COLLAPSE) == 0:
-            done += HUGE_PAGE
+    for piece in range(lo, hi, size):
+        err = _madvise(piece, size, MADV_COLLAPSE)
+        if err == 0:
+            done += size
+        elif err != errno.EINVAL:
+            log.info("stopped collapsing huge pages after %d bytes: %s", done, errno.errorcode.get(err, err))
+            break
     log.debug("collapsed %d of %d bytes into huge pages", done, hi - lo)
     return done
 
@@ -97,8 +136,9 @@ def collapse(start: int, end: int) -> int:
 class HugePageWatch:
     """Collapses the anonymous mappings that appear or grow inside the `with` block.
 
-    Other threads may map memory meanwhile; their mappings get huge pages too, which is
-    harmless (only mappings of 2 MiB or more are touched, and only whole aligned pieces)."""
+    Other threads may map memory meanwhile; their mappings get huge pages too (only whole
+    aligned pieces of mappings of a huge page or more): use it where little else runs, as
+    while a model or its context loads."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled and available()
@@ -118,5 +158,5 @@ class HugePageWatch:
             old_end = self._before.get(start)
             if old_end is not None and old_end >= end:
                 continue
-            if end - start >= HUGE_PAGE:
+            if end - start >= huge_page_size():
                 self.collapsed_bytes += collapse(start, end)
