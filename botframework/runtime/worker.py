@@ -13,13 +13,15 @@ Native compute runs without the GIL, so the asyncio server keeps serving while i
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import functools
 import itertools
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -28,6 +30,7 @@ import numpy as np
 from botframework.engine.detokenizer import IncrementalDetokenizer
 from botframework.engine.engine import Engine
 from botframework.errors import BotframeworkError, ClosedError, InvalidRequestError, NativeError
+from botframework.native.batch import Batch
 from botframework.native.context import Context, ContextParams
 from botframework.native.model import Model, ModelParams
 from botframework.native.sampler import SamplerChain
@@ -37,7 +40,6 @@ from botframework.scheduler.sequence import Request, Sequence
 from botframework.scheduler.session_store import SessionStore
 
 T = TypeVar("T")
-EMBED_PIECE_TOKENS = 128  # tokens of a causal model's embedding input per engine command
 log = logging.getLogger("botframework.runtime")
 
 
@@ -71,6 +73,7 @@ class WorkerConfig:
     prefix_cache_bytes: int = 1 << 30      # idle prompt caches in host RAM (SchedulerConfig)
     flash_attn: str = "auto"
     hugepages: bool = True                 # weights and KV cache in 2 MiB pages (ModelParams)
+    embed_piece_tokens: int = 128          # a causal model's embedding input: tokens per engine-loop turn
 
 
 @dataclass
@@ -110,7 +113,8 @@ class ModelWorker:
             sessions=SessionStore(config.session_ram_bytes, config.session_disk_bytes, config.session_dir))
         self.metrics = WorkerMetrics()
         self._embed_context: Context | None = None
-        self._embed_lock = threading.Lock()
+        self._embed_jobs: collections.deque[_EmbedJob] = collections.deque()  # engine thread only
+        self.embed_piece_tokens = config.embed_piece_tokens
         self._commands: list[Callable[[], object]] = []
         self._cv = threading.Condition()
         self._closing = False
@@ -185,32 +189,19 @@ class ModelWorker:
         return self.call(self.scheduler.stats)
 
     def embed(self, texts: list[str]) -> list[np.ndarray]:
-        """Mean-pooled, L2-normalised embeddings, computed on the engine thread."""
+        """Mean-pooled, L2-normalised embeddings, computed on the engine thread.
+
+        Each input is a job the engine loop advances by one piece per turn, between generation
+        steps (see _embed_turn): a long input no longer holds every stream for its whole
+        prefill (4,000 tokens take ~10 s on 2 cores)."""
         token_lists = [self.model.tokenize(t) for t in texts]
         for i, tokens in enumerate(token_lists):
             if not tokens:
                 raise InvalidRequestError(f"input {i} is empty", param="input")
-        return [self._embed_tokens(tokens) for tokens in token_lists]
-
-    def _embed_tokens(self, tokens: list[int]) -> np.ndarray:
-        """One input, in engine commands of at most EMBED_PIECE_TOKENS tokens for a causal model
-        (one for the whole input otherwise): running generations get a step between pieces
-        instead of waiting for the whole input (4,000 tokens take ~10 s on 2 cores). Each piece
-        is one ubatch whose mean llama.cpp pools; the length-weighted mean of the pieces is the
-        mean over the input. The lock keeps another input's pieces out of the sequence."""
-        with self._embed_lock:
-            causal, capacity = self.call(self._embed_context_info)
-            if len(tokens) > capacity:
-                raise InvalidRequestError(
-                    f"input has {len(tokens)} tokens; the embedding context holds {capacity}", param="input")
-            piece = EMBED_PIECE_TOKENS if causal else len(tokens)
-            total = np.zeros(self.model.n_embd, dtype=np.float64)
-            for start in range(0, len(tokens), piece):
-                chunk = tokens[start:start + piece]
-                total += self.call(functools.partial(self._embed_piece, chunk, start)) * len(chunk)
-        vector = (total / len(tokens)).astype(np.float32)
-        norm = float(np.linalg.norm(vector))
-        return vector / norm if norm > 0 else vector
+        jobs = [_EmbedJob(tokens) for tokens in token_lists]
+        for job in jobs:
+            self._post(functools.partial(self._embed_jobs.append, job))
+        return [job.result.result() for job in jobs]
 
     def close(self) -> None:
         with self._cv:
@@ -239,7 +230,8 @@ class ModelWorker:
         try:
             while True:
                 with self._cv:
-                    while not self._commands and not self.scheduler.has_work and not self._closing:
+                    while (not self._commands and not self.scheduler.has_work and not self._embed_jobs
+                           and not self._closing):
                         self._cv.wait()
                     commands, self._commands = self._commands, []
                     closing = self._closing
@@ -250,6 +242,8 @@ class ModelWorker:
                         log.exception("engine command failed")
                 if closing:
                     break
+                if self._embed_jobs:
+                    self._embed_turn()
                 if self.scheduler.has_work:
                     try:
                         self._step()
@@ -261,6 +255,8 @@ class ModelWorker:
             for seq in list(self.scheduler.waiting):
                 self.scheduler.cancel(seq.request_id)
             self.engine.close()
+            while self._embed_jobs:
+                self._embed_jobs.popleft().result.set_exception(ClosedError("the model was unloaded"))
             if self._embed_context is not None:
                 self._embed_context.close()
             self.context.close()
@@ -289,26 +285,54 @@ class ModelWorker:
         self.context.memory.clear()
         self.scheduler.reset_after_failure(error)
 
-    def _embed_context_info(self) -> tuple[bool, int]:
-        """(causal attention, tokens an input may have), creating the embedding context."""
+    def _embed_turn(self) -> None:
+        """Advance the first embedding job by one piece: up to embed_piece_tokens tokens of a
+        causal model's input (through the KV cache, after the pieces before it), or the whole
+        input of a model whose tokens attend both ways. llama.cpp mean-pools each piece (one
+        ubatch); the length-weighted mean of the pieces is the mean over the input."""
+        job = self._embed_jobs[0]
+        try:
+            ctx = self._embed_context_for(job)
+            piece = self.embed_piece_tokens if ctx.causal_attn else len(job.tokens)
+            tokens = job.tokens[job.done:job.done + piece]
+            batch = Batch(len(tokens))
+            batch.add_sequence(tokens, job.done, 0, logits_last=True)
+            batch.logits[: len(tokens)] = 1  # pooled embeddings need every token marked as output
+            if job.done == 0:
+                ctx.memory.clear()
+            ctx.decode(batch)
+            job.total = job.total + ctx.embeddings_seq(0).astype(np.float64) * len(tokens)
+            job.done += len(tokens)
+        except Exception as exc:  # the caller's error (too long, a failed decode): theirs to raise
+            self._embed_jobs.popleft()
+            job.result.set_exception(exc)
+            return
+        if job.done == len(job.tokens):
+            self._embed_jobs.popleft()
+            vector = (job.total / len(job.tokens)).astype(np.float32)
+            norm = float(np.linalg.norm(vector))
+            job.result.set_result(vector / norm if norm > 0 else vector)
+
+    def _embed_context_for(self, job: _EmbedJob) -> Context:
         if self._embed_context is None:
             n = min(self.model.n_ctx_train, 8192)
+            # no huge-page watch: other threads are running now, their mappings are not ours
             self._embed_context = Context(self.model, ContextParams(
                 n_ctx=n, n_batch=n, n_ubatch=n, n_seq_max=1, n_threads=self.n_threads,
-                n_threads_batch=self.n_threads_batch, embeddings=True, pooling="mean"))
+                n_threads_batch=self.n_threads_batch, embeddings=True, pooling="mean", hugepages=False))
         ctx = self._embed_context
-        return ctx.causal_attn, min(ctx.n_ctx, ctx.n_ubatch)
+        capacity = min(ctx.n_ctx, ctx.n_ubatch)
+        if len(job.tokens) > capacity:
+            raise InvalidRequestError(
+                f"input has {len(job.tokens)} tokens; the embedding context holds {capacity}", param="input")
+        return ctx
 
-    def _embed_piece(self, tokens: list[int], start: int) -> np.ndarray:
-        """The mean of the last hidden states of tokens[start:] after the cached 0..start-1."""
-        ctx = self._embed_context
-        assert ctx is not None
-        from botframework.native.batch import Batch
 
-        batch = Batch(len(tokens))
-        batch.add_sequence(tokens, start, 0, logits_last=True)
-        batch.logits[: len(tokens)] = 1  # pooled embeddings need every token marked as output
-        if start == 0:
-            ctx.memory.clear()
-        ctx.decode(batch)
-        return ctx.embeddings_seq(0)
+@dataclass
+class _EmbedJob:
+    """One embedding input on its way through the engine loop (engine thread only)."""
+
+    tokens: list[int]
+    done: int = 0                          # tokens computed so far
+    total: np.ndarray | float = 0.0        # sum of the pieces' means times their lengths
+    result: concurrent.futures.Future[np.ndarray] = field(default_factory=concurrent.futures.Future)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import random
 import threading
 import time
@@ -189,17 +190,28 @@ def test_generation_goes_on_between_the_inputs_of_an_embedding_request(llm: Loca
 
 def test_an_embedding_in_pieces_is_the_embedding_of_the_whole_input(llm: LocalLLM,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import botframework.runtime.worker as worker_module
-
+    worker = llm.worker
     text = "Embeddings of long inputs are computed through the KV cache a piece at a time. " * 20
-    assert len(llm.worker.model.tokenize(text)) > 2 * worker_module.EMBED_PIECE_TOKENS
+    assert len(worker.model.tokenize(text)) > 2 * worker.embed_piece_tokens
     pieces = np.array(llm.embed([text])[0])
-    monkeypatch.setattr(worker_module, "EMBED_PIECE_TOKENS", 1 << 20)
+    assert worker.call(lambda: worker._embed_context.causal_attn)  # else it was one piece anyway
+    monkeypatch.setattr(worker, "embed_piece_tokens", 1 << 20)
     whole = np.array(llm.embed([text])[0])
     # not bit-identical in general (kernels pick their algorithm from the ubatch's shape):
     # measured 9e-8 apart here; pieces that did not continue each other's KV cells: 0.025
     assert float(pieces @ whole) > 0.9999
     assert np.abs(pieces - whole).max() < 1e-3
+
+
+def test_embedding_inputs_from_many_threads_do_not_mix(llm: LocalLLM) -> None:
+    texts = [f"Document {i}: " + "words about topic number %d. " % i * 40 for i in range(4)]
+    alone = [np.array(v) for v in llm.embed(texts)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda t: np.array(llm.embed([t])[0]), texts))
+    for a, b in zip(alone, together):
+        assert np.abs(a - b).max() < 1e-3
+    with pytest.raises(InvalidRequestError, match="embedding context holds"):
+        llm.embed(["word " * 9000])
 
 
 def test_bad_input_is_a_typed_error(llm: LocalLLM) -> None:
