@@ -123,6 +123,7 @@ class ServerSettings:
         return cls(**values)
 
 
+_BOOLS = {"pull_missing", "allow_non_loopback", "hugepages"}
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _INTS = {"port", "max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_choices", "max_logit_bias", "max_embedding_inputs",
          "num_slots", "n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers", "prefix_cache_mb"}
@@ -135,7 +136,7 @@ def _parse(name: str, raw: str) -> Any:
             return int(raw)
         except ValueError:
             raise ValueError(f"{_ENV_PREFIX}{name.upper()} must be an integer, not {raw!r}") from None
-    if name in ("pull_missing", "allow_non_loopback", "hugepages"):
+    if name in _BOOLS:
         try:
             return _BOOL[raw.strip().lower()]
         except KeyError:
@@ -146,6 +147,11 @@ def _parse(name: str, raw: str) -> Any:
 
 
 def _coerce(name: str, value: Any) -> Any:
+    if name in _BOOLS and not isinstance(value, bool):  # a config file's "off" is not true
+        try:
+            return _BOOL[str(value).strip().lower()]
+        except KeyError:
+            raise ValueError(f"{name} must be a boolean, not {value!r}") from None
     if name == "models_dirs":
         return tuple(Path(p) for p in value)
     if name in ("api_keys", "cors_origins"):

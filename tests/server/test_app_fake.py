@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -293,7 +294,7 @@ def test_cancel_endpoint(run) -> None:
     run(go())
 
 
-def test_settings() -> None:
+def test_settings(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="API key"):
         ServerSettings(host="0.0.0.0").check_bind()
     ServerSettings(host="0.0.0.0", api_keys=("k",)).check_bind()
@@ -303,6 +304,13 @@ def test_settings() -> None:
                                  "BOTFRAMEWORK_ALLOW_NON_LOOPBACK": "yes"})
     assert (s.port, s.api_keys, s.allow_non_loopback) == (9000, ("a", "b"), True)
     assert s.hugepages and not ServerSettings.from_env({"BOTFRAMEWORK_HUGEPAGES": "off"}).hugepages
+    config = tmp_path / "server.toml"
+    config.write_text('hugepages = "off"\npull_missing = false\n')
+    from_file = ServerSettings.from_env({}, config=config)
+    assert from_file.hugepages is False and from_file.pull_missing is False
+    config.write_text('hugepages = "sometimes"\n')
+    with pytest.raises(ValueError, match="hugepages must be a boolean"):
+        ServerSettings.from_env({}, config=config)
     assert s.replace(port=None, host="0.0.0.0").host == "0.0.0.0" and s.replace(port=None).port == 9000
     with pytest.raises(ValueError):
         ServerSettings.from_env({"BOTFRAMEWORK_PORT": "http"})
