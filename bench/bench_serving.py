@@ -110,18 +110,29 @@ def _post(base: str, path: str, body: dict[str, object]) -> tuple[socket.socket,
     sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
                  f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
     stream = sock.makefile("rb")
-    status = stream.readline()
-    if b" 200 " not in status:
-        raise RuntimeError(f"{base}{path}: {status.decode().strip()} {stream.read(2000).decode()}")
-    while stream.readline() not in (b"\r\n", b""):
-        pass
+    try:
+        status = stream.readline()
+        headers = []
+        while (line := stream.readline()) not in (b"\r\n", b""):
+            headers.append(line.lower())
+        if status.split()[1:2] != [b"200"]:
+            raise RuntimeError(f"{base}{path}: {status.decode().strip()} {stream.read(2000).decode()}")
+        if b"transfer-encoding: chunked\r\n" not in headers:
+            raise RuntimeError(f"{base}{path}: the stream is not chunked")
+    except BaseException:
+        stream.close()
+        sock.close()
+        raise
     return sock, stream
 
 
 def _chunks(stream: BinaryIO) -> Iterator[bytes]:
     """The body of a chunked (Transfer-Encoding) response, chunk by chunk as it arrives."""
     while True:
-        size = int(stream.readline().split(b";")[0].strip() or b"0", 16)
+        line = stream.readline()
+        if not line:
+            raise RuntimeError("the connection closed before the last chunk")
+        size = int(line.split(b";")[0].strip(), 16)
         if size == 0:
             return
         data = stream.read(size + 2)  # buffered: blocks until all of it is there
@@ -141,12 +152,14 @@ def stream_one(base: str, prompt: str, max_tokens: int) -> tuple[float, list[flo
     t0 = time.perf_counter()
     arrivals: list[float] = []
     sock, stream = _post(base, "/v1/completions", body)
+    done = False
     try:
         pending = b""
         for data in _chunks(stream):
             now = time.perf_counter()
             *events, pending = (pending + data).split(b"\n\n")
             for event in events:
+                done = done or event == b"data: [DONE]"
                 if not event.startswith(b"data: ") or event == b"data: [DONE]":
                     continue
                 choices = json.loads(event[6:]).get("choices") or []
@@ -155,8 +168,8 @@ def stream_one(base: str, prompt: str, max_tokens: int) -> tuple[float, list[flo
     finally:
         stream.close()
         sock.close()
-    if not arrivals:
-        raise RuntimeError("no tokens streamed")
+    if not arrivals or not done:
+        raise RuntimeError(f"{base}: the stream ended after {len(arrivals)} tokens without [DONE]")
     return (arrivals[0] - t0) * 1e3, arrivals
 
 
@@ -217,8 +230,9 @@ def bench_servers(servers: dict[str, str], levels: list[int], max_tokens: int, r
                   reference: Callable[[], float] | None = None) -> tuple[list[ServerResult], float]:
     """Both servers are up the whole time; each level runs `rounds` times, alternating which
     server goes first, so drift in the machine's speed hits both alike. Medians are reported.
-    `reference` (llama-bench tg) runs once per single-stream round, between the servers'
-    runs, while both idle: the median, taken at the same times as theirs, is returned."""
+    `reference` (llama-bench tg) runs once per single-stream round, right after the first
+    server's run (so between the two, or after both, as the order alternates), while both
+    idle: its median, taken at the same times as theirs, is returned."""
     results = {name: ServerResult(name) for name in servers}
     references: list[float] = []
     for base in servers.values():
