@@ -38,21 +38,36 @@ def find_calls(text: str, tool_names: frozenset[str], *, partial: bool, anywhere
     Complete (partial=False): only a finished JSON value naming known tools counts.
     Partial: a value that may still become one counts too (the caller holds text back).
     """
+    return scan_calls(text, tool_names, partial=partial, anywhere=anywhere)[0]
+
+
+def scan_calls(text: str, tool_names: frozenset[str], *, partial: bool, anywhere: bool,
+               resume: int = 0) -> tuple[FoundCalls | None, int]:
+    """find_calls, and where a scan of a longer text that starts with this one may resume.
+
+    A streamed answer is scanned again at every delta. With partial=True a candidate that is
+    refused stays refused however the text goes on (a finished value that names no tool, a
+    key that is no wrapper key, a name that is no tool, malformed JSON, a candidate too deep
+    in brackets: all decided by text already written), so the next scan starts at the first
+    candidate not refused yet instead of at 0: the scans stay linear in the text, not
+    quadratic. `resume` must come from this function, for a text this one starts with."""
     if not anywhere:
         start = _first_non_space(text)
-        return None if start is None else _calls_at(text, start, tool_names, partial)
-    levels = _levels(text)
-    pos = 0
+        return (None, 0) if start is None else (_calls_at(text, start, tool_names, partial), 0)
+    levels: np.ndarray | None = None  # computed for the first bracket candidate, if there is one
+    pos = resume
     while True:
         start = _next_candidate(text, pos)
         if start is None:
-            return None
+            return None, len(text)
+        if text[start] != "`" and levels is None:
+            levels = _levels(text)
         # a call written among prose starts outside any bracket (a few stray ones allowed); the
         # candidates inside "[[[[..." would each be scanned MAX_DEPTH deep: quadratic
-        if text[start] == "`" or levels[start] <= MAX_CANDIDATE_LEVEL:
+        if text[start] == "`" or (levels is not None and levels[start] <= MAX_CANDIDATE_LEVEL):
             found = _calls_at(text, start, tool_names, partial)
             if found is not None:
-                return found
+                return found, start
         pos = start + 1
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from botframework.chat.jsoncalls import find_calls
+from botframework.chat.jsoncalls import find_calls, scan_calls
 from botframework.chat.message import AssistantMessage, ToolCall
 from botframework.chat.schema import SchemaValidator
 from botframework.chat.tools import Tool, ToolChoice, ToolChoiceMode
@@ -47,6 +47,8 @@ class OutputParser:
     choice: ToolChoice = field(default_factory=lambda: ToolChoice(ToolChoiceMode.NONE))
     _validators: dict[str, SchemaValidator] = field(default_factory=dict, init=False, repr=False, compare=False)
     _native: dict[str, ChatParser] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # a stream's last partial scan for JSON calls: (content, where the next scan may resume)
+    _scan: list[tuple[str, int]] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
     def tool_names(self) -> frozenset[str]:
@@ -91,7 +93,13 @@ class OutputParser:
 
     def _json_calls(self, message: AssistantMessage, partial: bool, anywhere: bool) -> AssistantMessage:
         content = message.content or ""
-        found = find_calls(content, self.tool_names, partial=partial, anywhere=anywhere)
+        if partial:  # streaming: go on from the last scan while the content only grows
+            last = self._scan[0] if self._scan else ("", 0)
+            resume = last[1] if content.startswith(last[0]) else 0
+            found, resume = scan_calls(content, self.tool_names, partial=True, anywhere=anywhere, resume=resume)
+            self._scan[:] = [(content, resume)]
+        else:
+            found = find_calls(content, self.tool_names, partial=False, anywhere=anywhere)
         if found is None:
             return message
         if not partial and not found.complete:

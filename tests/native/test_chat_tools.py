@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_shim import CANNED, USER_TEXT, WEATHER_TOOL, templates_for  # noqa: E402
 
-from botframework.chat.jsoncalls import find_calls  # noqa: E402
+from botframework.chat.jsoncalls import find_calls, scan_calls  # noqa: E402
 from botframework.chat.message import AssistantMessage, MessageDelta, new_call_id  # noqa: E402
 from botframework.chat.parse import OutputMode, OutputParser  # noqa: E402
 from botframework.chat.plan import ChatOptions, plan_chat  # noqa: E402
@@ -280,6 +280,23 @@ def test_find_calls_partial_holds_back_and_grows() -> None:
             arguments_seen = found.calls[0].arguments
     assert arguments_seen == '{"location": "Paris"}'
     assert find_calls("I like {curly} things", NAMES, partial=True, anywhere=True) is None
+
+
+@pytest.mark.parametrize("text", [
+    'It is {warm} in [Paris]; ```python\nx = 1\n``` {"name": "get_time", "arguments": {}} then '
+    '{"name": "get_weather", "arguments": {"location": "Paris"}} and more {"x": 1}',
+    '[[[[ {"na": 1} {"name": 5} ["a", {"name": "get_weather"}] {"name": "get_weather", "arguments": {}}',
+    'Sure.\n```json\n[{"name": "get_weather", "arguments": {"location": "Rome"}}]\n```\nDone.',
+    '{"name": "get_weather", "arguments": {"location": "Par',
+])
+def test_resumed_partial_scans_equal_fresh_scans(text: str) -> None:
+    """A stream's scans resume where the last one stopped; at every prefix they must find what
+    a scan of the whole prefix from 0 finds (a refused candidate stays refused)."""
+    resume = 0
+    for end in range(len(text) + 1):
+        prefix = text[:end]
+        found, resume = scan_calls(prefix, NAMES, partial=True, anywhere=True, resume=resume)
+        assert found == find_calls(prefix, NAMES, partial=True, anywhere=True), prefix
 
 
 def test_call_ids_are_openai_shaped_and_unique() -> None:
