@@ -354,14 +354,9 @@ class Scheduler:
             slot = self._free_slot(prompt)
             if slot is None:
                 return False
-            self._clear_slot(slot)
-            if not self._make_room(self.sessions.num_tokens(session_id), exclude=slot.seq_id):
+            restored = self._restore(slot, self.sessions, session_id)
+            if restored is None:
                 return False  # a restore needs real cells; wait until running sequences finish
-            data, tokens = self.sessions.take(session_id)
-            self._pending_ops.append(KVOp(KVOpKind.RESTORE, slot.seq_id, data=data))
-            slot.cached = tokens
-            self._grow_cells(slot, len(tokens))
-            restored = tokens
         if slot is None:
             slot = self._free_slot(prompt)
             if slot is None:
@@ -410,14 +405,21 @@ class Scheduler:
                     for s in self.slots if s is not slot and s.cached), default=0)
         if live >= n:
             return None
+        tokens = self._restore(slot, self.prefixes, key)  # its cells at once; the unused tail goes after
+        if tokens is not None:
+            self.num_prefix_restores += 1
+        return tokens
+
+    def _restore(self, slot: Slot, store: SessionStore, key: str) -> list[int] | None:
+        """Empty the slot and bring back a stored state into it (RESTORE): the stored tokens,
+        or None if its cells cannot be made free now (the state stays stored)."""
         self._clear_slot(slot)
-        if not self._make_room(self.prefixes.num_tokens(key), exclude=slot.seq_id):
-            return None  # the restore needs its cells at once (the unused tail goes after)
-        data, tokens = self.prefixes.take(key)
+        if not self._make_room(store.num_tokens(key), exclude=slot.seq_id):
+            return None
+        data, tokens = store.take(key)
         self._pending_ops.append(KVOp(KVOpKind.RESTORE, slot.seq_id, data=data))
         slot.cached = tokens
         self._grow_cells(slot, len(tokens))
-        self.num_prefix_restores += 1
         return tokens
 
     def _free_slot(self, prompt: list[int]) -> Slot | None:
