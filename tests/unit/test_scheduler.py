@@ -99,12 +99,19 @@ def test_long_prefill_does_not_block_running_sequences() -> None:
     assert long.status is SequenceStatus.PREFILLING
 
 
-def test_prefix_reuse_prefills_only_new_tokens() -> None:
+def after_a_system_prompt() -> tuple[Scheduler, FakeEngine, list[int], Sequence]:
+    """Two slots, one of them idle with the finished first request's 300-token system prompt
+    (+3 tokens) cached; returns the system prompt and that request."""
     s, engine = scheduler_and_engine(num_slots=2, num_ctx=4096, max_batch_tokens=512)
     system = list(range(100, 400))
     first = make_seq(system + [1, 2, 3], max_tokens=4)
     s.add(first)
     run(s, engine)
+    return s, engine, system, first
+
+
+def test_prefix_reuse_prefills_only_new_tokens() -> None:
+    s, engine, system, _ = after_a_system_prompt()
     before = engine.num_decoded
     second = make_seq(system + [7, 8], max_tokens=4)
     s.add(second)
@@ -114,11 +121,7 @@ def test_prefix_reuse_prefills_only_new_tokens() -> None:
 
 
 def test_idle_prefixes_move_to_ram_and_come_back_when_a_prompt_starts_with_them() -> None:
-    s, engine = scheduler_and_engine(num_slots=2, num_ctx=4096, max_batch_tokens=512)
-    system = list(range(100, 400))
-    first = make_seq(system + [1, 2, 3], max_tokens=4)
-    s.add(first)
-    run(s, engine)
+    s, engine, system, first = after_a_system_prompt()
     other = make_seq(list(range(600, 650)), max_tokens=4)  # admitted: the idle cache leaves the KV
     s.add(other)
     run(s, engine)
