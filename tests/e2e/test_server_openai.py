@@ -202,12 +202,18 @@ def test_n_choices_whole_streamed_and_cancelled_together(client, base_url: str) 
     _wait_for(base_url, "choices kept running after the client went away", lambda s: s["num_busy_slots"] == 0)
 
 
+def _endless_body(base_url: str) -> dict:  # type: ignore[type-arg]
+    """A streamed completion that cannot end on its own: its end-of-generation tokens are
+    banned, so it runs for minutes (1,500 tokens) unless it is stopped."""
+    eog = httpx.post(f"{base_url}/tokenize", json={"content": "<|im_end|><|endoftext|>", "parse_special": True},
+                     headers={"authorization": f"Bearer {API_KEY}"}, timeout=10).json()["tokens"]
+    return {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 1500, "stream": True,
+            "logit_bias": {str(t): -100 for t in eog}}
+
+
 def test_disconnect_mid_stream_frees_the_slot(base_url: str) -> None:
     headers = {"authorization": f"Bearer {API_KEY}"}
-    eog = httpx.post(f"{base_url}/tokenize", json={"content": "<|im_end|><|endoftext|>", "parse_special": True},
-                     headers=headers, timeout=10).json()["tokens"]
-    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 1500, "stream": True,
-            "logit_bias": {str(t): -100 for t in eog}}  # no end-of-generation: it would run for minutes
+    body = _endless_body(base_url)
     with httpx.Client(timeout=60) as http, \
             http.stream("POST", f"{base_url}/v1/completions", json=body, headers=headers) as r:
         assert r.status_code == 200
@@ -266,10 +272,7 @@ def test_disconnect_during_prefill_and_while_queued_frees_everything(base_url: s
     assert stats["num_generated_tokens"] == before  # cancelled before it sampled anything
 
     # both slots busy with endless generations, a third request waits in the queue
-    eog = httpx.post(f"{base_url}/tokenize", json={"content": "<|im_end|><|endoftext|>", "parse_special": True},
-                     headers=headers, timeout=10).json()["tokens"]
-    endless = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 1500, "stream": True,
-               "logit_bias": {str(t): -100 for t in eog}}
+    endless = _endless_body(base_url)
     a, b = _send_and_leave_open(base_url, endless), _send_and_leave_open(base_url, endless)
     _wait_for(base_url, "two generations did not start", lambda s: s["num_running"] == 2)
     queued = _send_and_leave_open(base_url, body)
