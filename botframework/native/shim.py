@@ -11,14 +11,14 @@ import re
 from types import TracebackType
 from typing import Any
 
+import numpy as np
+
 from botframework.errors import (
     ClosedError,
     GrammarError,
     InvalidRequestError,
     ModelLoadError,
 )
-import numpy as np
-
 from botframework.native._lib import ffi, lib
 from botframework.native.model import Model
 
