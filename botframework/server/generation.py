@@ -336,6 +336,15 @@ def sse(payload: dict[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+def sse_choice(base: dict[str, Any], choice: dict[str, Any], include_usage: bool) -> bytes:
+    """One choice's chunk of a streamed response; with stream_options.include_usage every chunk
+    carries "usage": null, as OpenAI sends them (the usage chunk comes last)."""
+    payload: dict[str, Any] = {**base, "choices": [choice]}
+    if include_usage:
+        payload["usage"] = None
+    return sse(payload)
+
+
 def sse_error(exc: BaseException) -> bytes:
     """An error in the middle of a stream: one OpenAI-shaped error event (then the caller ends it)."""
     err = to_api_error(exc)

@@ -45,7 +45,7 @@ from botframework.server.generation import (
     new_id,
     openai_finish_reason,
     record,
-    sse,
+    sse_choice,
     sse_choices,
     start_all,
     total_usage,
@@ -141,11 +141,8 @@ async def _choice_stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, ba
     streamer = MessageStreamer(plan.parser)
 
     def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
-        payload: dict[str, Any] = {**base, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
-                                                        "finish_reason": finish}]}
-        if include_usage:
-            payload["usage"] = None
-        return sse(payload)
+        return sse_choice(base, {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish},
+                          include_usage)
 
     try:
         yield chunk({"role": "assistant", "content": ""})

@@ -27,7 +27,7 @@ from botframework.server.generation import (
     new_id,
     openai_finish_reason,
     record,
-    sse,
+    sse_choice,
     sse_choices,
     start_all,
     total_usage,
@@ -108,11 +108,8 @@ async def _choice_stream(http: HTTPRequest, runtime: Runtime, base: dict[str, An
                          deltas: AsyncIterator[Delta], include_usage: bool, want_logprobs: bool,
                          state: StreamState) -> AsyncIterator[bytes]:
     def chunk(text: str, finish: str | None = None, logprobs: Any = None) -> bytes:
-        payload: dict[str, Any] = {**base, "choices": [{"index": index, "text": text, "logprobs": logprobs,
-                                                        "finish_reason": finish}]}
-        if include_usage:
-            payload["usage"] = None
-        return sse(payload)
+        return sse_choice(base, {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish},
+                          include_usage)
 
     try:
         delta: Delta | None = first
