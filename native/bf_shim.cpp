@@ -253,6 +253,67 @@ int bf_selftest_quantized(char * report, size_t report_size) {
     return failures;
 }
 
+// First index of the largest value, like numpy's argmax and llama.cpp's greedy sampler. The
+// maximum of each block is a vector reduction; only the first block holding the overall
+// maximum is searched element by element. NaN never compares greater: without a finite
+// maximum the answer is 0.
+static int32_t bf_argmax(const float * x, int32_t n) {
+    constexpr int32_t block = 1024;
+    float best = -INFINITY;
+    int32_t best_block = 0;
+    for (int32_t b = 0; b < n; b += block) {
+        const int32_t e = std::min(n, b + block);
+        float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+        for (int32_t i = b; i < e; ++i) {
+            m = x[i] > m ? x[i] : m;
+        }
+        if (m > best) {
+            best = m;
+            best_block = b;
+        }
+    }
+    const int32_t e = std::min(n, best_block + block);
+    for (int32_t i = best_block; i < e; ++i) {
+        if (x[i] == best) {
+            return i;
+        }
+    }
+    return 0;
+}
+
+int32_t bf_sample(struct llama_context * ctx, int32_t idx, struct llama_sampler * pre,
+                  struct llama_sampler * post, int greedy, llama_token_data * cand, int32_t n_vocab) {
+    const float * logits = llama_get_logits_ith(ctx, idx);
+    if (logits == nullptr) {
+        return -1;
+    }
+    llama_token token;
+    if (greedy && pre == nullptr) {
+        token = bf_argmax(logits, n_vocab);
+    } else {
+        for (int32_t i = 0; i < n_vocab; ++i) {
+            cand[i].id = i;
+            cand[i].logit = logits[i];
+            cand[i].p = 0.0f;
+        }
+        llama_token_data_array arr = {cand, (size_t) n_vocab, -1, false};
+        if (pre != nullptr) {
+            llama_sampler_apply(pre, &arr);  // in place, same order: logits only
+        }
+        llama_sampler_apply(post, &arr);
+        if (arr.selected < 0 || (size_t) arr.selected >= arr.size || !std::isfinite(arr.data[arr.selected].logit)) {
+            return -2;
+        }
+        token = arr.data[arr.selected].id;
+    }
+    if (pre != nullptr) {
+        llama_sampler_accept(pre, token);
+    }
+    llama_sampler_accept(post, token);
+    return token;
+}
+
 int bf_madvise(void * addr, size_t length, int advice) {
 #if defined(__unix__) || defined(__APPLE__)
     return madvise(addr, length, advice) == 0 ? 0 : errno;

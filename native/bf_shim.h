@@ -30,6 +30,16 @@ int bf_selftest_quantized(char * report, size_t report_size);
  * transparent huge pages over llama.cpp's weight and KV buffers (botframework/native/hugepages.py). */
 int bf_madvise(void * addr, size_t length, int advice);
 
+/* One token from output `idx` of the context's last decode, without a grammar: the logits go
+ * through `pre` (may be NULL; it only adjusts logits) and then `post`, and the token is
+ * accepted by both. With `greedy` and no `pre`, the argmax of the logits (first of equal
+ * maxima), without filling `cand`; otherwise `cand` (n_vocab entries) is the scratch the
+ * samplers work in. Returns the token, -1 if the output has no logits, -2 if `post` chose
+ * nothing finite (every candidate at -inf). The engine's per-token path: one call instead of
+ * filling candidates from Python (botframework/native/sampler.py). */
+int32_t bf_sample(struct llama_context * ctx, int32_t idx, struct llama_sampler * pre,
+                  struct llama_sampler * post, int greedy, llama_token_data * cand, int32_t n_vocab);
+
 /* {"schema": {...}} -> {"grammar": "..."} | {"error": "..."} */
 char * bf_json_schema_to_grammar(const char * schema_json);
 

@@ -132,7 +132,6 @@ class SamplerChain:
         self._pre: Any = lib().llama_sampler_chain_init(params)
         self._handle: Any = lib().llama_sampler_chain_init(params)  # `post`
         self._grammar: Any = None  # separate from the chains: applied only when needed
-        self._plain_greedy = False
         self._prefill: list[int] = []
         # llama_token_data {int32 id; float logit; float p} for every token, reused per sample
         self._candidates = np.zeros(model.n_vocab, dtype=_TOKEN_DATA)
@@ -183,7 +182,6 @@ class SamplerChain:
             self._add(pre, L.llama_sampler_init_penalties(model.n_vocab, last_n, spec.repeat_penalty,
                                                           spec.frequency_penalty, spec.presence_penalty), "penalties")
         self._has_pre = bool(L.llama_sampler_chain_n(pre))
-        self._plain_greedy = spec.greedy and not self._has_pre and spec.grammar is None
         if spec.greedy:
             self._add(post, L.llama_sampler_init_greedy(), "greedy")
             return
@@ -225,14 +223,19 @@ class SamplerChain:
         """
         L = lib()
         post = self.handle
+        n = len(self._candidates)
+        if self._grammar is None:  # the per-token path: one C call (native/bf_shim.h, bf_sample)
+            token = L.bf_sample(context.handle, batch_index, self._pre if self._has_pre else ffi.NULL, post,
+                                self.spec.greedy, self._data, n)
+            if token == -1:
+                raise InvalidRequestError(f"batch output {batch_index} has no logits", param="batch_index")
+            if token == -2:
+                raise InvalidRequestError("no token can be sampled here: logit_bias excludes every candidate",
+                                          param="logit_bias")
+            return int(token)
         logits = L.llama_get_logits_ith(context.handle, batch_index)
         if logits == ffi.NULL:
             raise InvalidRequestError(f"batch output {batch_index} has no logits", param="batch_index")
-        n = len(self._candidates)
-        if self._plain_greedy:  # argmax, first of equal maxima like llama's greedy sampler; no copy
-            token = int(np.argmax(np.frombuffer(ffi.buffer(logits, n * 4), dtype=np.float32)))
-            L.llama_sampler_accept(post, token)
-            return token
         cand = self._candidates
         # samplers sort and truncate in place: refill ids, logits and p every time
         cand["id"] = self._ids

@@ -1,0 +1,134 @@
+"""The per-token sampling path (bf_sample in native/bf_shim.cpp) against llama.cpp's own.
+
+    SamplerChain(spec).sample(ctx, i)   ==   llama_sampler_sample(one chain built the same way, ctx, i)
+
+for greedy, seeded sampling, penalties and logit_bias, token after token (both chains accept
+every token, so penalty history and the dist sampler's random state stay in step). The greedy
+argmax reads the context's logits buffer directly: it is written here to pin the ties, NaN
+and block boundaries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from botframework.errors import InvalidRequestError
+from botframework.native import Batch, Context, ContextParams, Model, SamplerChain, SamplerSpec
+from botframework.native._lib import ffi, lib
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[Model]:
+    from botframework.runtime.pull import pull
+
+    with Model(pull("smollm2-135m-instruct")) as m:
+        yield m
+
+
+@pytest.fixture(scope="module")
+def context(model: Model) -> Iterator[Context]:
+    with Context(model, ContextParams(n_ctx=512, n_batch=64, n_threads=2, n_threads_batch=2)) as ctx:
+        yield ctx
+
+
+def reference_chain(model: Model, spec: SamplerSpec) -> Any:
+    """The same samplers in one llama.cpp chain, in the order SamplerChain uses (pre, then post)."""
+    L = lib()
+    params = L.llama_sampler_chain_default_params()
+    chain = L.llama_sampler_chain_init(params)
+    if spec.logit_bias:
+        arr = ffi.new("llama_logit_bias[]", len(spec.logit_bias))
+        for i, (token, bias) in enumerate(spec.logit_bias.items()):
+            arr[i].token, arr[i].bias = token, bias
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_logit_bias(model.n_vocab, len(spec.logit_bias), arr))
+    if spec.repeat_penalty != 1.0 or spec.presence_penalty or spec.frequency_penalty:
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_penalties(
+            model.n_vocab, spec.repeat_last_n, spec.repeat_penalty, spec.frequency_penalty, spec.presence_penalty))
+    if spec.greedy:
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+        return chain
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(spec.top_k))
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(spec.top_p, 1))
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_min_p(spec.min_p, 1))
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(spec.temperature))
+    L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(spec.seed))
+    return chain
+
+
+SPECS = {
+    "greedy": SamplerSpec(temperature=0.0),
+    "greedy_logit_bias": SamplerSpec(temperature=0.0, logit_bias={11: 5.0, 198: -100.0, 30: 2.5}),
+    "greedy_penalties": SamplerSpec(temperature=0.0, repeat_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.4),
+    "seeded": SamplerSpec(temperature=0.9, top_k=40, top_p=0.9, min_p=0.02, seed=1234),
+    "seeded_penalties_bias": SamplerSpec(temperature=1.2, top_k=100, top_p=0.95, min_p=0.0, seed=7,
+                                         repeat_penalty=1.1, frequency_penalty=0.3, logit_bias={13: 3.0}),
+}
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_sample_matches_llama_sampler_sample(name: str, model: Model, context: Context) -> None:
+    spec = SPECS[name]
+    L = lib()
+    context.memory.clear()
+    tokens = model.tokenize("The quick brown fox said that the weather", add_special=True)
+    batch = Batch(64)
+    index = batch.add_sequence(tokens, 0, 0, logits_last=True)
+    context.decode(batch)
+    reference = reference_chain(model, spec)
+    try:
+        with SamplerChain(model, spec) as sampler:
+            pos = len(tokens)
+            for _ in range(40):
+                expected = L.llama_sampler_sample(reference, context.handle, index)  # accepts too
+                token = sampler.sample(context, index)
+                assert token == expected
+                batch.clear()
+                index = batch.add(token, pos, 0, want_logits=True)
+                pos += 1
+                context.decode(batch)
+    finally:
+        L.llama_sampler_free(reference)
+
+
+def greedy_on(model: Model, context: Context, values: np.ndarray) -> int:
+    """Greedy sample after writing `values` over output 0's logits (the buffer is the context's)."""
+    context.memory.clear()
+    batch = Batch(1)
+    batch.add(model.tokenize("Hi")[0], 0, 0, want_logits=True)
+    context.decode(batch)
+    logits = np.frombuffer(ffi.buffer(lib().llama_get_logits_ith(context.handle, 0), model.n_vocab * 4),
+                           dtype=np.float32)
+    logits[:] = values
+    with SamplerChain(model, SamplerSpec(temperature=0.0)) as sampler:
+        return sampler.sample(context, 0)
+
+
+def test_greedy_argmax_takes_the_first_of_equal_maxima(model: Model, context: Context) -> None:
+    n = model.n_vocab
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=n).astype(np.float32)
+    for winners in ([0], [n - 1], [1023, 1024], [2047, 5000, n - 1], [n // 2, n // 2 + 1]):
+        v = values.copy()
+        v[winners] = 9.0
+        assert greedy_on(model, context, v) == winners[0]
+    v = np.full(n, -math.inf, dtype=np.float32)
+    v[4097] = -1e30
+    assert greedy_on(model, context, v) == 4097
+    v = values.copy()
+    v[::7] = np.nan  # NaN never wins; the largest number does
+    v[3001] = 50.0
+    assert greedy_on(model, context, v) == 3001
+    for _ in range(20):
+        v = rng.normal(size=n).astype(np.float32)
+        assert greedy_on(model, context, v) == int(np.argmax(v))
+
+
+def test_a_missing_output_is_an_error_not_a_crash(model: Model, context: Context) -> None:
+    with SamplerChain(model, SamplerSpec(temperature=0.5, seed=1)) as sampler, \
+            pytest.raises(InvalidRequestError, match="no logits"):
+        sampler.sample(context, 10_000)
