@@ -8,7 +8,7 @@
     cached max_tokens=1 round trip p50; 1,000-token system prompt: cold vs repeated TTFT
     llama-bench tg128 (same build), once per single-stream round: the single-stream decode reference
     + our scheduler in-process (LocalLLM, threads) at the same levels
-    -> table with ratios ours / llama-server
+    -> table with ratios ours / llama-server: of the medians, and of each round (median, min-max)
 
 Usage: python bench/bench_serving.py [--levels 1,4,8,16] [--tokens 128] [--parallel 8] [--threads T]
                                      [--rounds R] [--skip-inprocess] [--json FILE]
@@ -55,6 +55,7 @@ class LevelResult:
     ttft_p50_ms: float
     ttft_p95_ms: float
     decode_tps_single: float = 0.0
+    rounds: list[float] = field(default_factory=list)  # tokens/s of each round (medians above)
 
 
 @dataclass
@@ -223,7 +224,17 @@ def median_level(rounds: list[LevelResult]) -> LevelResult:
     return LevelResult(rounds[0].streams, statistics.median(r.tokens_per_s for r in rounds),
                        statistics.median(r.ttft_p50_ms for r in rounds),
                        statistics.median(r.ttft_p95_ms for r in rounds),
-                       statistics.median(r.decode_tps_single for r in rounds))
+                       statistics.median(r.decode_tps_single for r in rounds),
+                       [r.tokens_per_s for r in rounds])
+
+
+def paired_ratio(a: LevelResult, b: LevelResult) -> tuple[float, float, float]:
+    """Median, min and max over rounds of a's tokens/s over b's in the same round.
+
+    The two ran back to back (alternating which went first), so a shift in the machine's
+    speed between rounds, which moves both medians, cancels in each round's ratio."""
+    ratios = [x / y for x, y in zip(a.rounds, b.rounds)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def bench_servers(servers: dict[str, str], levels: list[int], max_tokens: int, rounds: int,
@@ -336,11 +347,13 @@ def main() -> int:
         results.append(bench_inprocess(model, levels, args.tokens, args))
 
     ours, theirs = results[0], results[1]
-    print(f"\n{'streams':>7} | {'ours t/s':>9} {'llama t/s':>9} {'ratio':>6} | {'ours TTFT p50/p95 ms':>21} | "
-          f"{'llama TTFT p50/p95 ms':>22}" + (" | in-proc t/s" if len(results) > 2 else ""))
+    print(f"\n{'streams':>7} | {'ours t/s':>9} {'llama t/s':>9} {'ratio':>6} | {'per round: median [min-max]':>27} | "
+          f"{'ours TTFT p50/p95 ms':>21} | {'llama TTFT p50/p95 ms':>22}" + (" | in-proc t/s" if len(results) > 2 else ""))
     for i, n in enumerate(levels):
         a, b = ours.levels[i], theirs.levels[i]
+        mid, lo, hi = paired_ratio(a, b)
         row = (f"{n:>7} | {a.tokens_per_s:9.1f} {b.tokens_per_s:9.1f} {a.tokens_per_s / b.tokens_per_s:6.2f} | "
+               f"{mid:11.3f} [{lo:.3f}-{hi:.3f}] | "
                f"{a.ttft_p50_ms:9.1f} / {a.ttft_p95_ms:9.1f} | {b.ttft_p50_ms:10.1f} / {b.ttft_p95_ms:9.1f}")
         if len(results) > 2:
             row += f" | {results[2].levels[i].tokens_per_s:9.1f}"
