@@ -59,6 +59,7 @@ class _Deliveries(threading.local):
 
     def __init__(self) -> None:
         self.pending: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] | None = None
+        self.firsts: list[RequestHandle] = []  # handles given their first (not last) delta in the block
 
 
 _deliveries = _Deliveries()
@@ -70,21 +71,27 @@ def _deliver(items: list[tuple[asyncio.Queue[Any], Any]]) -> None:
 
 
 @contextmanager
-def batched() -> Iterator[None]:
+def batched() -> Iterator[list[RequestHandle]]:
     """Hand every delta published inside the block to each event loop in one wake-up.
 
     One call_soon_threadsafe per loop per step instead of one per token: each wake-up is a
     pipe write plus a loop iteration, and on a machine with as many compute threads as cores
     the loop's work lands on a core that llama_decode is using.
+
+    Yields the list of asyncio handles whose first delta (not their last) was published in
+    the block, filled when it ends: see RequestHandle.wait_first_handled.
     """
+    firsts: list[RequestHandle] = []
     if _deliveries.pending is not None:  # nested: the outer block delivers
-        yield
+        yield firsts
         return
     _deliveries.pending = {}
     try:
-        yield
+        yield firsts
     finally:
         pending, _deliveries.pending = _deliveries.pending, None
+        firsts += _deliveries.firsts
+        _deliveries.firsts = []
         for loop, items in pending.items():
             try:
                 loop.call_soon_threadsafe(_deliver, items)
@@ -104,6 +111,8 @@ class RequestHandle:
         self._async: asyncio.Queue[Any] | None = asyncio.Queue() if loop is not None else None
         self.finished = threading.Event()
         self.finish_reason: FinishReason | None = None
+        self._published = False
+        self._first_handled = threading.Event()  # the async consumer is done with the first delta
 
     # called on the engine thread
     def publish(self, delta: Delta) -> None:
@@ -112,6 +121,10 @@ class RequestHandle:
             self.finish_reason = delta.finish_reason
             items.append(_END)
         pending = _deliveries.pending
+        if not self._published:
+            self._published = True
+            if pending is not None and self._async is not None and delta.finish_reason is None:
+                _deliveries.firsts.append(self)
         for item in items:
             if self._async is not None and self._loop is not None:
                 if pending is not None:
@@ -130,6 +143,18 @@ class RequestHandle:
         if not self.finished.is_set():
             self._cancel(self.request_id)
 
+    def wait_first_handled(self, timeout_s: float) -> bool:
+        """Engine thread: wait (without the GIL) until the asyncio consumer has handled the
+        first delta, i.e. asks for the next one (a server has sent the response's headers and
+        first chunk by then), or gave up on the stream.
+
+        The first token is the one a client waits for. If the engine went straight on to the
+        next llama_decode, the event loop would wake to find the GIL taken, and then both
+        cores busy with the decode: measured on 2 cores, the first chunk reached the client
+        ~5 ms (most of a decode step) after it was sampled. Waiting here lets the loop run on
+        the engine's own core; it happens once per request."""
+        return self._first_handled.wait(timeout_s)
+
     def __iter__(self) -> Iterator[Delta]:
         if self._async is not None:
             raise RuntimeError("this handle was created for asyncio: use `async for`")
@@ -146,12 +171,17 @@ class RequestHandle:
     async def __aiter__(self) -> AsyncIterator[Delta]:
         if self._async is None:
             raise RuntimeError("this handle was created without an event loop: use `for`")
+        received = 0
         try:
             while True:
+                if received == 1:
+                    self._first_handled.set()
                 item = await self._async.get()
                 if item is _END:
                     return
+                received += 1
                 yield item
         finally:
+            self._first_handled.set()
             if not self.finished.is_set():
                 self.cancel()
