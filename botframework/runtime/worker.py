@@ -74,7 +74,7 @@ class WorkerConfig:
     flash_attn: str = "auto"
     hugepages: bool = True                 # weights and KV cache in 2 MiB pages (ModelParams)
     embed_piece_tokens: int = 128          # a causal model's embedding input: tokens per engine-loop turn
-    first_token_wait_ms: float = 3.0       # at most, for event loops to send first tokens (RequestHandle.wait_first_handled)
+    handoff_wait_ms: float = 3.0           # at most, for event loops to send first/last tokens (RequestHandle.wait_handled)
 
 
 @dataclass
@@ -116,7 +116,7 @@ class ModelWorker:
         self._embed_context: Context | None = None
         self._embed_jobs: collections.deque[_EmbedJob] = collections.deque()  # engine thread only
         self.embed_piece_tokens = config.embed_piece_tokens
-        self.first_token_wait_s = config.first_token_wait_ms / 1e3
+        self.handoff_wait_s = config.handoff_wait_ms / 1e3
         self._commands: list[Callable[[], object]] = []
         self._cv = threading.Condition()
         self._closing = False
@@ -272,12 +272,12 @@ class ModelWorker:
         except NativeError as exc:
             self._recover(exc)
             return
-        with batched() as firsts:
+        with batched() as waits:
             self.scheduler.update(plan, result)
-        if firsts:  # a request's first token: let its event loop send it before the next decode
-            deadline = time.perf_counter() + self.first_token_wait_s
-            for handle in firsts:
-                handle.wait_first_handled(max(0.0, deadline - time.perf_counter()))
+        if waits:  # a request's first or last token: its event loop sends it before the next decode
+            deadline = time.perf_counter() + self.handoff_wait_s
+            for handle in waits:
+                handle.wait_handled(max(0.0, deadline - time.perf_counter()))
         t1 = time.perf_counter()
         m = self.metrics
         m.num_steps += 1

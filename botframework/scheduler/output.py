@@ -59,7 +59,7 @@ class _Deliveries(threading.local):
 
     def __init__(self) -> None:
         self.pending: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] | None = None
-        self.firsts: list[RequestHandle] = []  # handles given their first (not last) delta in the block
+        self.waits: list[RequestHandle] = []  # handles given their first or last delta in the block
 
 
 _deliveries = _Deliveries()
@@ -78,20 +78,20 @@ def batched() -> Iterator[list[RequestHandle]]:
     pipe write plus a loop iteration, and on a machine with as many compute threads as cores
     the loop's work lands on a core that llama_decode is using.
 
-    Yields the list of asyncio handles whose first delta (not their last) was published in
-    the block, filled when it ends: see RequestHandle.wait_first_handled.
+    Yields the list of asyncio handles whose first or last delta was published in the block,
+    filled when it ends: see RequestHandle.wait_handled.
     """
-    firsts: list[RequestHandle] = []
+    waits: list[RequestHandle] = []
     if _deliveries.pending is not None:  # nested: the outer block delivers
-        yield firsts
+        yield waits
         return
     _deliveries.pending = {}
     try:
-        yield firsts
+        yield waits
     finally:
         pending, _deliveries.pending = _deliveries.pending, None
-        firsts += _deliveries.firsts
-        _deliveries.firsts = []
+        waits += _deliveries.waits
+        _deliveries.waits = []
         for loop, items in pending.items():
             try:
                 loop.call_soon_threadsafe(_deliver, items)
@@ -111,8 +111,9 @@ class RequestHandle:
         self._async: asyncio.Queue[Any] | None = asyncio.Queue() if loop is not None else None
         self.finished = threading.Event()
         self.finish_reason: FinishReason | None = None
-        self._published = False
-        self._first_handled = threading.Event()  # the async consumer is done with the first delta
+        self._num_published = 0
+        self._wait_for = 0                       # the delta wait_handled waits for (1: the first)
+        self._handled = threading.Event()        # the asyncio consumer is done with that delta
 
     # called on the engine thread
     def publish(self, delta: Delta) -> None:
@@ -121,10 +122,12 @@ class RequestHandle:
             self.finish_reason = delta.finish_reason
             items.append(_END)
         pending = _deliveries.pending
-        if not self._published:
-            self._published = True
-            if pending is not None and self._async is not None and delta.finish_reason is None:
-                _deliveries.firsts.append(self)
+        self._num_published += 1
+        if pending is not None and self._async is not None and (
+                self._num_published == 1 or delta.finish_reason is not None):
+            self._wait_for = self._num_published
+            self._handled.clear()
+            _deliveries.waits.append(self)
         for item in items:
             if self._async is not None and self._loop is not None:
                 if pending is not None:
@@ -143,17 +146,19 @@ class RequestHandle:
         if not self.finished.is_set():
             self._cancel(self.request_id)
 
-    def wait_first_handled(self, timeout_s: float) -> bool:
+    def wait_handled(self, timeout_s: float) -> bool:
         """Engine thread: wait (without the GIL) until the asyncio consumer has handled the
-        first delta, i.e. asks for the next one (a server has sent the response's headers and
-        first chunk by then), or gave up on the stream.
+        first or last delta that batched() listed this handle for: it asks for the next one
+        (a server has sent the headers and first chunk, or the last chunk, by then), or it
+        stopped iterating.
 
-        The first token is the one a client waits for. If the engine went straight on to the
-        next llama_decode, the event loop would wake to find the GIL taken, and then both
-        cores busy with the decode: measured on 2 cores, the first chunk reached the client
-        ~5 ms (most of a decode step) after it was sampled. Waiting here lets the loop run on
-        the engine's own core; it happens once per request."""
-        return self._first_handled.wait(timeout_s)
+        A client waits for the first token, and for the last before it sends its next request.
+        If the engine went straight on to the next llama_decode, the event loop would wake to
+        find the GIL taken, and then both cores busy with the decode: on 2 cores the first
+        chunk reached the client most of a decode step after it was sampled. Waiting here lets
+        the loop run on the engine's own core. Twice per request; waiting for every token
+        instead was slower (the loop's work then never overlaps a decode)."""
+        return self._handled.wait(timeout_s)
 
     def __iter__(self) -> Iterator[Delta]:
         if self._async is not None:
@@ -174,14 +179,14 @@ class RequestHandle:
         received = 0
         try:
             while True:
-                if received == 1:
-                    self._first_handled.set()
+                if received and received >= self._wait_for:
+                    self._handled.set()
                 item = await self._async.get()
                 if item is _END:
                     return
                 received += 1
                 yield item
         finally:
-            self._first_handled.set()
+            self._handled.set()
             if not self.finished.is_set():
                 self.cancel()

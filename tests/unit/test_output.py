@@ -70,39 +70,44 @@ def test_sync_consumers_are_not_held_back_by_a_step() -> None:
     assert [d.text for d in handle] == ["a"]
 
 
-def test_first_deltas_are_reported_and_handled_once_the_consumer_asks_for_more() -> None:
-    """The engine waits (RequestHandle.wait_first_handled) for a request's first token to be
-    sent before its next decode: batched() lists the asyncio handles whose first delta, not
-    their last, it published; the handle counts it handled when its consumer asks for more."""
+def test_first_and_last_deltas_are_reported_and_handled_once_the_consumer_asks_for_more() -> None:
+    """The engine waits (RequestHandle.wait_handled) for a request's first and last tokens to
+    be sent before its next decode: batched() lists the asyncio handles whose first or last
+    delta it published; the handle counts that delta handled when its consumer asks for more."""
     loop = asyncio.new_event_loop()
     handle = RequestHandle("r", lambda _id: None, loop)
     one_token = RequestHandle("d", lambda _id: None, loop)
     sync = RequestHandle("s", lambda _id: None)
-    with batched() as firsts:
+    with batched() as waits:
         handle.publish(Delta("r", text="a"))
         one_token.publish(Delta("d", text="x", finish_reason=FinishReason.STOP))
         sync.publish(Delta("s", text="y"))
-        assert firsts == []  # filled when the block ends
-    assert firsts == [handle]
-    assert not handle.wait_first_handled(0.01)
-    with batched() as later:
+        assert waits == []  # filled when the block ends
+    assert waits == [handle, one_token]
+    assert not handle.wait_handled(0.01)
+    with batched() as middle:
         handle.publish(Delta("r", text="b"))
-        handle.publish(Delta("r", text="c", finish_reason=FinishReason.STOP))
-    assert later == []
+    assert middle == []
 
     async def consume() -> list[str]:
         deltas = handle.__aiter__()
         first = await deltas.__anext__()
-        assert not handle.wait_first_handled(0)  # taken, but its chunk may not be sent yet
+        assert not handle.wait_handled(0)  # taken, but its chunk may not be sent yet
         second = await deltas.__anext__()
-        assert handle.wait_first_handled(0)  # it came back for more: the first was handled
-        return [first.text, second.text] + [delta.text async for delta in deltas]
+        assert handle.wait_handled(0)  # it came back for more: the first was handled
+        with batched() as last:  # the engine publishes the last delta meanwhile
+            handle.publish(Delta("r", text="c", finish_reason=FinishReason.STOP))
+        assert last == [handle] and not handle.wait_handled(0)
+        third = await deltas.__anext__()
+        assert not handle.wait_handled(0)
+        assert [delta.text async for delta in deltas] == []
+        return [first.text, second.text, third.text]
 
     try:
         assert loop.run_until_complete(consume()) == ["a", "b", "c"]
     finally:
         loop.close()
-    assert handle.wait_first_handled(0)
+    assert handle.wait_handled(0)
 
 
 def test_a_consumer_that_gives_up_does_not_keep_the_engine_waiting() -> None:
@@ -120,4 +125,4 @@ def test_a_consumer_that_gives_up_does_not_keep_the_engine_waiting() -> None:
         assert loop.run_until_complete(first_only()) == "a"
     finally:
         loop.close()
-    assert handle.wait_first_handled(0)
+    assert handle.wait_handled(0)
