@@ -72,13 +72,20 @@ class Batch:
         if self.n_tokens + n > self.capacity:
             raise ValueError("batch is full")
         lo, hi = self.n_tokens, self.n_tokens + n
-        self.token[lo:hi] = tokens
-        self.pos[lo:hi] = np.arange(start_pos, start_pos + n, dtype=np.int32)
-        self.n_seq_id[lo:hi] = 1
-        self.seq_id[lo:hi, 0] = seq_id
-        self.logits[lo:hi] = 0
-        if logits_last:
-            self.logits[hi - 1] = 1
+        if n == 1:  # a decode step's token: item writes, no temporary arrays
+            self.token[lo] = tokens[0]
+            self.pos[lo] = start_pos
+            self.n_seq_id[lo] = 1
+            self.seq_id[lo, 0] = seq_id
+            self.logits[lo] = logits_last
+        else:
+            self.token[lo:hi] = tokens
+            self.pos[lo:hi] = np.arange(start_pos, start_pos + n, dtype=np.int32)
+            self.n_seq_id[lo:hi] = 1
+            self.seq_id[lo:hi, 0] = seq_id
+            self.logits[lo:hi] = 0
+            if logits_last:
+                self.logits[hi - 1] = 1
         self.n_tokens = hi
         return hi - 1
 

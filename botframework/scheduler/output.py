@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, AsyncIterator, Callable, Iterator
@@ -70,29 +69,35 @@ def _deliver(items: list[tuple[asyncio.Queue[Any], Any]]) -> None:
         q.put_nowait(item)
 
 
-@contextmanager
-def batched() -> Iterator[list[RequestHandle]]:
+class batched:
     """Hand every delta published inside the block to each event loop in one wake-up.
 
     One call_soon_threadsafe per loop per step instead of one per token: each wake-up is a
     pipe write plus a loop iteration, and on a machine with as many compute threads as cores
     the loop's work lands on a core that llama_decode is using.
 
-    Yields the list of asyncio handles whose first or last delta was published in the block,
-    filled when it ends: see RequestHandle.wait_handled.
+    `with batched() as waits`: the list of asyncio handles whose first or last delta was
+    published in the block, filled when it ends: see RequestHandle.wait_handled. (A class, not
+    a generator: the engine thread enters it every step.)
     """
-    waits: list[RequestHandle] = []
-    if _deliveries.pending is not None:  # nested: the outer block delivers
-        yield waits
-        return
-    _deliveries.pending = {}
-    try:
-        yield waits
-    finally:
+
+    def __init__(self) -> None:
+        self.waits: list[RequestHandle] = []
+        self._outer = False
+
+    def __enter__(self) -> list[RequestHandle]:
+        if _deliveries.pending is None:  # nested: the outer block delivers
+            self._outer = True
+            _deliveries.pending = {}
+        return self.waits
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._outer:
+            return
         pending, _deliveries.pending = _deliveries.pending, None
-        waits += _deliveries.waits
+        self.waits += _deliveries.waits
         _deliveries.waits = []
-        for loop, items in pending.items():
+        for loop, items in (pending or {}).items():
             try:
                 loop.call_soon_threadsafe(_deliver, items)
             except RuntimeError:  # the loop is closed: nobody is listening any more
