@@ -89,6 +89,7 @@ class Model:
         self._vocab = lib().llama_model_get_vocab(handle)
         self._lock = threading.Lock()
         self.n_vocab: int = lib().llama_vocab_n_tokens(self._vocab)
+        self._pieces: dict[int, bytes] = {}  # token_to_piece(special=False): once per token id
         self.n_ctx_train: int = lib().llama_model_n_ctx_train(handle)
         self.n_embd: int = lib().llama_model_n_embd(handle)
         self.n_layer: int = lib().llama_model_n_layer(handle)
@@ -184,7 +185,17 @@ class Model:
                 raise InvalidRequestError(f"token id {t} out of vocabulary (0..{self.n_vocab - 1})", param=param)
 
     def token_to_piece(self, token: int, *, special: bool = False) -> bytes:
-        """The raw bytes of one token; may be part of a multi-byte UTF-8 character."""
+        """The raw bytes of one token; may be part of a multi-byte UTF-8 character.
+
+        Plain pieces are remembered: the engine thread asks for one per generated token."""
+        if not special:
+            piece = self._pieces.get(token)
+            if piece is None:
+                piece = self._pieces[token] = self._piece(token, False)
+            return piece
+        return self._piece(token, True)
+
+    def _piece(self, token: int, special: bool) -> bytes:
         if not 0 <= token < self.n_vocab:
             raise InvalidRequestError(f"token id {token} out of vocabulary (0..{self.n_vocab - 1})")
         buf = ffi.new("char[]", 64)
