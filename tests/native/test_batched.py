@@ -35,7 +35,7 @@ So both runs stay on the same algorithm at every step:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -96,14 +96,6 @@ def _params(n_seq_max: int) -> ContextParams:
     # fastest setting on small shared VMs, where 2 threads spin-waiting can take seconds a step.
     return ContextParams(n_ctx=1024, n_batch=512, n_ubatch=512, n_seq_max=n_seq_max,
                          n_threads=1, n_threads_batch=1)
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[Model]:
-    from botframework.runtime.pull import pull
-
-    with Model(pull("smollm2-135m-instruct")) as loaded:
-        yield loaded
 
 
 def _tokenize(model: Model, text: str) -> list[int]:

@@ -39,13 +39,6 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def model_path() -> Path:
-    from botframework.runtime.pull import pull
-
-    return pull("smollm2-135m-instruct")
-
-
-@pytest.fixture(scope="module")
 def llama_simple() -> Path:
     if str(BENCH_DIR) not in sys.path:
         sys.path.insert(0, str(BENCH_DIR))
@@ -55,12 +48,6 @@ def llama_simple() -> Path:
         return build_tools(["llama-simple"])["llama-simple"]
     except ToolBuildError as exc:
         pytest.fail(f"cannot build llama.cpp's llama-simple, the reference for this test: {exc}")
-
-
-@pytest.fixture(scope="module")
-def model(model_path: Path) -> Iterator[Model]:
-    with Model(model_path) as loaded:
-        yield loaded
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,6 @@ from botframework.native._lib import ffi, lib
 
 
 @pytest.fixture(scope="module")
-def model() -> Iterator[Model]:
-    from botframework.runtime.pull import pull
-
-    with Model(pull("smollm2-135m-instruct")) as m:
-        yield m
-
-
-@pytest.fixture(scope="module")
 def context(model: Model) -> Iterator[Context]:
     with Context(model, ContextParams(n_ctx=512, n_batch=64, n_threads=2, n_threads_batch=2)) as ctx:
         yield ctx
