@@ -86,8 +86,7 @@ class LocalLLM:
         path = resolve_model(str(model), pull_missing=pull, progress=pull)
         self.worker = ModelWorker(path, WorkerConfig(
             n_ctx=n_ctx, num_slots=num_slots, n_threads=n_threads, n_threads_batch=n_threads_batch,
-            n_gpu_layers=n_gpu_layers, flash_attn=flash_attn,
-            hugepages=hugepages))
+            n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, hugepages=hugepages))
         try:
             self.templates = ChatTemplates(self.worker.model, chat_template)
         except BaseException:

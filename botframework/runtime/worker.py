@@ -94,8 +94,7 @@ class ModelWorker:
         decode_threads, batch_threads = default_threads()
         self.n_threads = config.n_threads or decode_threads
         self.n_threads_batch = config.n_threads_batch or config.n_threads or batch_threads
-        self.model = Model(model_path, ModelParams(n_gpu_layers=config.n_gpu_layers,
-                                                          hugepages=config.hugepages))
+        self.model = Model(model_path, ModelParams(n_gpu_layers=config.n_gpu_layers, hugepages=config.hugepages))
         try:
             n_ctx = min(config.n_ctx, self.model.n_ctx_train) if config.n_ctx else self.model.n_ctx_train
             self.context = Context(self.model, ContextParams(

@@ -54,11 +54,10 @@ _END = object()
 
 
 class _Deliveries(threading.local):
-    """Deltas for asyncio consumers held back during one engine step (see `batched`)."""
+    """The `batched` block this thread is in, if any."""
 
     def __init__(self) -> None:
-        self.pending: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] | None = None
-        self.waits: list[RequestHandle] = []  # handles given their first or last delta in the block
+        self.block: batched | None = None
 
 
 _deliveries = _Deliveries()
@@ -82,22 +81,21 @@ class batched:
     """
 
     def __init__(self) -> None:
-        self.waits: list[RequestHandle] = []
-        self._outer = False
+        self.pending: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] = {}
+        self.waits: list[RequestHandle] = []  # what `with` gives: _listed, once the block ends
+        self._listed: list[RequestHandle] = []  # handles given their first or last delta in the block
 
     def __enter__(self) -> list[RequestHandle]:
-        if _deliveries.pending is None:  # nested: the outer block delivers
-            self._outer = True
-            _deliveries.pending = {}
+        if _deliveries.block is None:  # the outermost block delivers and lists; a nested one does nothing
+            _deliveries.block = self
         return self.waits
 
     def __exit__(self, *exc: object) -> None:
-        if not self._outer:
+        if _deliveries.block is not self:
             return
-        pending, _deliveries.pending = _deliveries.pending, None
-        self.waits += _deliveries.waits
-        _deliveries.waits = []
-        for loop, items in (pending or {}).items():
+        _deliveries.block = None
+        self.waits += self._listed
+        for loop, items in self.pending.items():
             try:
                 loop.call_soon_threadsafe(_deliver, items)
             except RuntimeError:  # the loop is closed: nobody is listening any more
@@ -126,17 +124,17 @@ class RequestHandle:
         if delta.finish_reason is not None:
             self.finish_reason = delta.finish_reason
             items.append(_END)
-        pending = _deliveries.pending
+        block = _deliveries.block
         self._num_published += 1
-        if pending is not None and self._async is not None and (
+        if block is not None and self._async is not None and (
                 self._num_published == 1 or delta.finish_reason is not None):
             self._wait_for = self._num_published
             self._handled.clear()
-            _deliveries.waits.append(self)
+            block._listed.append(self)
         for item in items:
             if self._async is not None and self._loop is not None:
-                if pending is not None:
-                    pending.setdefault(self._loop, []).append((self._async, item))
+                if block is not None:
+                    block.pending.setdefault(self._loop, []).append((self._async, item))
                     continue
                 try:
                     self._loop.call_soon_threadsafe(self._async.put_nowait, item)
