@@ -52,6 +52,10 @@ class SchedulerConfig:
             raise ValueError(f"invalid scheduler config {self}")
 
 
+def _queue_order(seq: Sequence) -> tuple[int, float]:
+    return seq.request.priority, seq.request.arrival
+
+
 class Scheduler:
     def __init__(self, config: SchedulerConfig, eog_tokens: frozenset[int],
                  sessions: SessionStore | None = None,
@@ -72,6 +76,7 @@ class Scheduler:
         self.num_prefix_offloads = 0
         self.num_prefix_restores = 0
         self._committed: dict[int, int] = {}
+        self._deadlines: list[Sequence] = []   # queued or active sequences that have a deadline
         self._cell_refs: dict[int, int] = {}  # physical cell id -> slots holding it (seq_cp shares cells)
         self._next_cell = 0
         # metrics
@@ -89,6 +94,8 @@ class Scheduler:
                 "tokens (at least one is needed for the answer)",
                 num_prompt_tokens=seq.num_prompt, num_ctx=self.config.num_ctx)
         self.waiting.append(seq)
+        if seq.request.deadline is not None:
+            self._deadlines.append(seq)
 
     def cancel(self, request_id: str) -> bool:
         """Cancel by request id; True if something was cancelled."""
@@ -145,23 +152,30 @@ class Scheduler:
     # -- planning ---------------------------------------------------------------------------
     def schedule(self) -> StepPlan:
         now = self.clock()
-        # Cells a COPY may share: only what earlier steps computed (kv_ops run before decode).
-        self._committed = {slot.seq_id: len(slot.cached) for slot in self.slots}
-        for seq in [*self.waiting, *self.active.values()]:
-            if seq.request.deadline is not None and now >= seq.request.deadline:
-                self.cancel(seq.request_id)
+        if self.waiting:  # (only admissions read it)
+            # Cells a COPY may share: only what earlier steps computed (kv_ops run before decode).
+            self._committed = {slot.seq_id: len(slot.cached) for slot in self.slots}
+        if self._deadlines:
+            for seq in self._deadlines:
+                if seq.status is not SequenceStatus.FINISHED and now >= seq.request.deadline:  # type: ignore[operator]
+                    self.cancel(seq.request_id)
+            self._deadlines = [seq for seq in self._deadlines if seq.status is not SequenceStatus.FINISHED]
         budget = self.config.max_batch_tokens
         items: list[PlanItem] = []
-        running = sorted((s for s in self.active.values() if s.status is SequenceStatus.RUNNING),
-                         key=lambda s: (s.request.priority, s.request.arrival))
+        running: list[Sequence] = []
+        prefilling: list[Sequence] = []
+        for seq in self.active.values():
+            (running if seq.status is SequenceStatus.RUNNING else prefilling).append(seq)
+        if len(running) > 1:
+            running.sort(key=_queue_order)
         for seq in running:
             if not self._reserve(1, seq) and not (seq.request.context_shift and self._shift(seq)):
                 self._finish(seq, FinishReason.LENGTH)
                 continue
             items.append(self._item(seq, [seq.tokens[-1]], sample=True))
             budget -= 1
-        prefilling = sorted((s for s in self.active.values() if s.status is SequenceStatus.PREFILLING),
-                            key=lambda s: (s.request.priority, s.request.arrival))
+        if len(prefilling) > 1:
+            prefilling.sort(key=_queue_order)
         for seq in prefilling:
             if budget <= 0:
                 break
@@ -231,7 +245,10 @@ class Scheduler:
         start = seq.num_computed
         seq.num_computed += len(tokens)
         slot = self.slots[seq.seq_id]
-        slot.cached = seq.kv_tokens()
+        if len(slot.cached) == start and not seq.num_discarded:
+            slot.cached.extend(tokens)  # the slot's own list: no copy of the whole sequence per step
+        else:
+            slot.cached = seq.kv_tokens()
         self._grow_cells(slot, len(slot.cached) - len(slot.cells))
         return PlanItem(request_id=seq.request_id, seq_id=seq.seq_id, tokens=tuple(tokens),
                         start_pos=start, sample=sample, sampler=params.sampler,

@@ -52,6 +52,7 @@ def check_invariants(s: Scheduler, engine: FakeEngine) -> None:
     for seq in s.active.values():
         assert seq.status in (SequenceStatus.PREFILLING, SequenceStatus.RUNNING)
         assert s.slots[seq.seq_id].owner is seq
+        assert s.slots[seq.seq_id].cached == seq.kv_tokens()  # kept up to date step by step
     owners = [slot.owner.request_id for slot in s.slots if slot.owner is not None]
     assert len(owners) == len(set(owners)) and set(owners) == active
     for slot in s.slots:  # the scheduler's view of the KV cache matches the cache
@@ -301,6 +302,37 @@ def test_cancel_frees_everything_by_next_step() -> None:
     assert finished(a) is FinishReason.CANCELLED and finished(c) is FinishReason.CANCELLED
     assert engine.kv[a.seq_id] == [] and a.request_id not in engine.samplers
     assert not s.cancel(a.request_id)
+
+
+def test_deadlines_cancel_queued_and_running_requests_only() -> None:
+    clock = [0.0]
+    s = Scheduler(SchedulerConfig(num_slots=1, num_ctx=512, max_batch_tokens=16), eog_tokens=frozenset(),
+                  clock=lambda: clock[0])
+    engine = FakeEngine(1, 16)
+
+    def seq(deadline: float | None) -> Sequence:
+        request = Request(f"r{next(_ids)}", (1, 2, 3), SamplingParams(max_tokens=50, ignore_eos=True),
+                          deadline=deadline, arrival=0.0)
+        return Sequence(request, RequestHandle(request.request_id, lambda _id: None),
+                        IncrementalDetokenizer(lambda t: b"x"))
+
+    running, queued, free = seq(5.0), seq(3.0), seq(None)
+    for q in (running, queued, free):
+        s.add(q)
+    for _ in range(3):
+        plan = s.schedule()
+        s.update(plan, engine.execute(plan))
+    assert running.status is SequenceStatus.RUNNING and queued.status is SequenceStatus.WAITING
+    clock[0] = 3.0
+    plan = s.schedule()  # the queued one's deadline passed
+    s.update(plan, engine.execute(plan))
+    assert finished(queued) is FinishReason.CANCELLED and finished(running) is None
+    clock[0] = 5.0
+    run(s, engine)
+    assert finished(running) is FinishReason.CANCELLED and 0 < running.num_generated < 50
+    assert finished(free) is FinishReason.LENGTH and free.num_generated == 50
+    assert not s._deadlines  # finished sequences leave the deadline list
+    check_invariants(s, engine)
 
 
 def test_admission_queue_is_bounded_and_overflow_is_an_error() -> None:
