@@ -27,12 +27,21 @@ def _complete_prefix_len(data: bytes) -> int:
 
 
 class IncrementalDetokenizer:
-    def __init__(self, piece: Callable[[int], bytes]) -> None:
+    """`piece`: a token's bytes. `text` (optional): a token's text when its piece is complete,
+    valid UTF-8 on its own, else None (Model.piece_text): with nothing pending, that text is
+    the answer, without the byte bookkeeping (the engine thread feeds one token per step)."""
+
+    def __init__(self, piece: Callable[[int], bytes], text: Callable[[int], str | None] | None = None) -> None:
         self._piece = piece
+        self._text = text
         self._pending = b""
 
     def feed(self, token: int) -> str:
         """Add one token; return the newly completed text (possibly empty)."""
+        if not self._pending and self._text is not None:
+            text = self._text(token)
+            if text is not None:
+                return text
         self._pending += self._piece(token)
         cut = _complete_prefix_len(self._pending)
         ready, self._pending = self._pending[:cut], self._pending[cut:]

@@ -89,16 +89,6 @@ class Engine:
         if sampler is not None:
             sampler.close()
 
-    def _sample(self, item: PlanItem, index: int) -> tuple[int, BotframeworkError | None]:
-        """One request's next token. A sampler that cannot go on (a grammar with no allowed
-        token, a grammar that fails to build) ends that request with its error instead of
-        failing the whole batch."""
-        try:
-            return self._sampler_for(item).sample(self.context, index), None
-        except BotframeworkError as exc:
-            log.warning("request %s: sampling stopped: %s", item.request_id, exc)
-            self.num_sampler_failures += 1
-            return -1, exc
 
     def execute(self, plan: StepPlan) -> StepResult:
         saved = {seq_id: self.context.state_seq_get(seq_id) for seq_id in plan.save_states}
@@ -117,20 +107,30 @@ class Engine:
         self.context.decode(batch)
         t1 = time.perf_counter()
         sampled = []
+        samplers, context = self._samplers, self.context
         for item, index in outputs:
-            token, error = self._sample(item, index)
-            if error is not None:
-                sampled.append(SampledToken(item.request_id, token, error=error))
+            # A sampler that cannot go on (a grammar with no allowed token, a grammar that fails
+            # to build) ends that request with its error instead of failing the whole batch.
+            try:
+                sampler = samplers.get(item.request_id)
+                if sampler is None:
+                    sampler = self._sampler_for(item)
+                token = sampler.sample(context, index)
+            except BotframeworkError as exc:
+                log.warning("request %s: sampling stopped: %s", item.request_id, exc)
+                self.num_sampler_failures += 1
+                sampled.append(SampledToken(item.request_id, -1, error=exc))
                 continue
-            logprob: float | None = None
+            if item.num_logprobs is None:
+                sampled.append(SampledToken(item.request_id, token))
+                continue
             top: tuple[tuple[int, float], ...] = ()
-            if item.num_logprobs is not None:
-                logprobs = log_softmax(self.context.logits_ith(index))
-                logprob = float(logprobs[token])
-                if item.num_logprobs > 0:
-                    best = np.argpartition(-logprobs, item.num_logprobs)[: item.num_logprobs]
-                    best = best[np.argsort(-logprobs[best])]
-                    top = tuple((int(t), float(logprobs[t])) for t in best)
+            logprobs = log_softmax(context.logits_ith(index))
+            logprob = float(logprobs[token])
+            if item.num_logprobs > 0:
+                best = np.argpartition(-logprobs, item.num_logprobs)[: item.num_logprobs]
+                best = best[np.argsort(-logprobs[best])]
+                top = tuple((int(t), float(logprobs[t])) for t in best)
             sampled.append(SampledToken(item.request_id, token, logprob, top))
         t2 = time.perf_counter()
         return StepResult(sampled=tuple(sampled), num_tokens=batch.n_tokens,

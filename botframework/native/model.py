@@ -90,6 +90,7 @@ class Model:
         self._lock = threading.Lock()
         self.n_vocab: int = lib().llama_vocab_n_tokens(self._vocab)
         self._pieces: dict[int, bytes] = {}  # token_to_piece(special=False): once per token id
+        self._texts: dict[int, str | None] = {}  # piece_text: once per token id
         self.n_ctx_train: int = lib().llama_model_n_ctx_train(handle)
         self.n_embd: int = lib().llama_model_n_embd(handle)
         self.n_layer: int = lib().llama_model_n_layer(handle)
@@ -194,6 +195,20 @@ class Model:
                 piece = self._pieces[token] = self._piece(token, False)
             return piece
         return self._piece(token, True)
+
+    def piece_text(self, token: int) -> str | None:
+        """The text of a token whose plain piece is complete, valid UTF-8; None for a piece that
+        is part of a multi-byte character (or invalid). Remembered like token_to_piece."""
+        try:
+            return self._texts[token]
+        except KeyError:
+            pass
+        try:
+            text: str | None = self.token_to_piece(token).decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        self._texts[token] = text
+        return text
 
     def _piece(self, token: int, special: bool) -> bytes:
         if not 0 <= token < self.n_vocab:

@@ -182,6 +182,9 @@ class SamplerChain:
             self._add(pre, L.llama_sampler_init_penalties(model.n_vocab, last_n, spec.repeat_penalty,
                                                           spec.frequency_penalty, spec.presence_penalty), "penalties")
         self._has_pre = bool(L.llama_sampler_chain_n(pre))
+        self._pre_arg = pre if self._has_pre else ffi.NULL  # bf_sample's arguments, fixed per chain
+        self._greedy = spec.greedy
+        self._n_vocab = model.n_vocab
         if spec.greedy:
             self._add(post, L.llama_sampler_init_greedy(), "greedy")
             return
@@ -223,10 +226,9 @@ class SamplerChain:
         """
         L = lib()
         post = self.handle
-        n = len(self._candidates)
+        n = self._n_vocab
         if self._grammar is None:  # the per-token path: one C call (native/bf_shim.h, bf_sample)
-            token = L.bf_sample(context.handle, batch_index, self._pre if self._has_pre else ffi.NULL, post,
-                                self.spec.greedy, self._data, n)
+            token = L.bf_sample(context.handle, batch_index, self._pre_arg, post, self._greedy, self._data, n)
             if token == -1:
                 raise InvalidRequestError(f"batch output {batch_index} has no logits", param="batch_index")
             if token == -2:

@@ -138,7 +138,7 @@ class ModelWorker:
         # (an exception now, a 400 over HTTP), never something the engine thread trips on.
         sampler = SamplerChain(self.model, request.params.sampler)
         handle = RequestHandle(request.request_id, self.cancel, loop)
-        seq = Sequence(request, handle, IncrementalDetokenizer(self.model.token_to_piece))
+        seq = Sequence(request, handle, IncrementalDetokenizer(self.model.token_to_piece, self.model.piece_text))
 
         def add() -> None:
             try:

@@ -330,16 +330,29 @@ def test_tokenize_detokenize_round_trip(model: Model, name: str) -> None:
     assert b"".join(model.token_to_piece(t) for t in tokens) == text.encode("utf-8")
 
 
+@pytest.mark.parametrize("with_text", [False, True], ids=["bytes", "piece_text"])
 @pytest.mark.parametrize("name", list(TEXTS))
-def test_incremental_detokenizer_emits_whole_characters(model: Model, name: str) -> None:
+def test_incremental_detokenizer_emits_whole_characters(model: Model, name: str, with_text: bool) -> None:
     text = TEXTS[name]
     tokens = model.tokenize(text, add_special=False)
-    detok = IncrementalDetokenizer(model.token_to_piece)
+    detok = IncrementalDetokenizer(model.token_to_piece, model.piece_text if with_text else None)
     deltas = [detok.feed(t) for t in tokens]
     tail = detok.flush()
     assert tail == ""
     assert not any("\ufffd" in d for d in deltas)
     assert "".join(deltas) == text
+    if with_text:  # the shortcut (a whole piece's text) gives the very same deltas as the byte path
+        plain = IncrementalDetokenizer(model.token_to_piece)
+        assert deltas == [plain.feed(t) for t in tokens]
+
+
+def test_piece_text_is_none_for_part_of_a_character(model: Model) -> None:
+    tokens = model.tokenize("🦙", add_special=False)
+    assert model.piece_text(tokens[0]) is None and model.piece_text(tokens[0]) is None  # remembered too
+    word = model.tokenize(" hello", add_special=False)[0]
+    assert model.piece_text(word) == model.token_to_piece(word).decode()
+    with pytest.raises(InvalidRequestError):
+        model.piece_text(model.n_vocab)
 
 
 @pytest.mark.parametrize("name", ["cjk", "emoji", "rare"])
