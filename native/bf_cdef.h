@@ -181,6 +181,8 @@ int bf_selftest_quantized(char * report, size_t report_size);
 int bf_madvise(void * addr, size_t length, int advice);
 int32_t bf_sample(struct llama_context * ctx, int32_t idx, struct llama_sampler * pre,
                   struct llama_sampler * post, int greedy, llama_token_data * cand, int32_t n_vocab);
+int32_t bf_fill_candidates(struct llama_context * ctx, int32_t idx, struct llama_sampler * pre,
+                           llama_token_data * cand, int32_t n_vocab, float * adjusted);
 char * bf_json_schema_to_grammar(const char * schema_json);
 char * bf_chat_templates_new(const struct llama_model * model, const char * template_override, void ** out_handle);
 void bf_chat_templates_free(void * handle);

@@ -282,6 +282,33 @@ static int32_t bf_argmax(const float * x, int32_t n) {
     return 0;
 }
 
+static void bf_fill(const float * logits, struct llama_sampler * pre, llama_token_data * cand, int32_t n_vocab) {
+    for (int32_t i = 0; i < n_vocab; ++i) {
+        cand[i].id = i;
+        cand[i].logit = logits[i];
+        cand[i].p = 0.0f;
+    }
+    if (pre != nullptr) {
+        llama_token_data_array arr = {cand, (size_t) n_vocab, -1, false};
+        llama_sampler_apply(pre, &arr);  // in place, same order: logits only
+    }
+}
+
+int32_t bf_fill_candidates(struct llama_context * ctx, int32_t idx, struct llama_sampler * pre,
+                           llama_token_data * cand, int32_t n_vocab, float * adjusted) {
+    const float * logits = llama_get_logits_ith(ctx, idx);
+    if (logits == nullptr) {
+        return -1;
+    }
+    bf_fill(logits, pre, cand, n_vocab);
+    if (adjusted != nullptr) {
+        for (int32_t i = 0; i < n_vocab; ++i) {
+            adjusted[i] = cand[i].logit;
+        }
+    }
+    return 0;
+}
+
 int32_t bf_sample(struct llama_context * ctx, int32_t idx, struct llama_sampler * pre,
                   struct llama_sampler * post, int greedy, llama_token_data * cand, int32_t n_vocab) {
     const float * logits = llama_get_logits_ith(ctx, idx);
@@ -292,15 +319,8 @@ int32_t bf_sample(struct llama_context * ctx, int32_t idx, struct llama_sampler 
     if (greedy && pre == nullptr) {
         token = bf_argmax(logits, n_vocab);
     } else {
-        for (int32_t i = 0; i < n_vocab; ++i) {
-            cand[i].id = i;
-            cand[i].logit = logits[i];
-            cand[i].p = 0.0f;
-        }
+        bf_fill(logits, pre, cand, n_vocab);
         llama_token_data_array arr = {cand, (size_t) n_vocab, -1, false};
-        if (pre != nullptr) {
-            llama_sampler_apply(pre, &arr);  // in place, same order: logits only
-        }
         llama_sampler_apply(post, &arr);
         if (arr.selected < 0 || (size_t) arr.selected >= arr.size || !std::isfinite(arr.data[arr.selected].logit)) {
             return -2;

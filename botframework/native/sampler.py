@@ -145,6 +145,7 @@ class SamplerChain:
         self._short = np.zeros(2 * max(self._tiers, default=1) if with_grammar else 1, dtype=_TOKEN_DATA)
         self._short_data = ffi.cast("llama_token_data *", ffi.from_buffer(self._short))
         self._adjusted = np.zeros(model.n_vocab if with_grammar else 1, dtype=np.float32)
+        self._adjusted_ptr = ffi.cast("float *", ffi.from_buffer(self._adjusted))
         self._one = ffi.new("llama_token_data[1]")
         self._one_array = ffi.new("llama_token_data_array *")
         self._one_array.data = self._one
@@ -235,28 +236,18 @@ class SamplerChain:
                 raise InvalidRequestError("no token can be sampled here: logit_bias excludes every candidate",
                                           param="logit_bias")
             return int(token)
-        logits = L.llama_get_logits_ith(context.handle, batch_index)
-        if logits == ffi.NULL:
+        # Samplers sort and truncate in place: the candidates (ids, logits after `pre`, p) are
+        # refilled every time, and the adjusted logits copied for the grammar's later steps.
+        filled = L.bf_fill_candidates(context.handle, batch_index, self._pre_arg, self._data, n, self._adjusted_ptr)
+        if filled == -1:
             raise InvalidRequestError(f"batch output {batch_index} has no logits", param="batch_index")
-        cand = self._candidates
-        # samplers sort and truncate in place: refill ids, logits and p every time
-        cand["id"] = self._ids
-        cand["logit"] = np.frombuffer(ffi.buffer(logits, n * 4), dtype=np.float32)
-        cand["p"] = 0.0
-        array = self._array
-        if self._has_pre:
-            array.data, array.size, array.selected, array.sorted = self._data, n, -1, False
-            L.llama_sampler_apply(self._pre, array)  # in place, same order: logits only
-        if self._grammar is not None:
-            self._adjusted[:] = cand["logit"]
         token = self._select(self._data, n)
-        if self._grammar is not None:
-            if self._grammar_allows(token):
-                self.num_grammar_fast += 1
-            else:
-                kept = self._array.size if self._array.size < n else 0  # greedy keeps everything
-                token = self._sample_constrained(self._adjusted, cand["id"][:kept].copy())
-            L.llama_sampler_accept(self._grammar, token)
+        if self._grammar_allows(token):
+            self.num_grammar_fast += 1
+        else:
+            kept = self._array.size if self._array.size < n else 0  # greedy keeps everything
+            token = self._sample_constrained(self._adjusted, self._candidates["id"][:kept].copy())
+        L.llama_sampler_accept(self._grammar, token)
         L.llama_sampler_accept(self._pre, token)
         L.llama_sampler_accept(post, token)
         return token

@@ -10,6 +10,7 @@ and block boundaries.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 
 from botframework.errors import InvalidRequestError
 from botframework.native import Batch, Context, ContextParams, Model, SamplerChain, SamplerSpec
+from botframework.native.sampler import GrammarSpec
 from botframework.native._lib import ffi, lib
 
 
@@ -28,8 +30,9 @@ def context(model: Model) -> Iterator[Context]:
         yield ctx
 
 
-def reference_chain(model: Model, spec: SamplerSpec) -> Any:
-    """The same samplers in one llama.cpp chain, in the order SamplerChain uses (pre, then post)."""
+def reference_chain(model: Model, spec: SamplerSpec, post: bool = True) -> Any:
+    """The same samplers in one llama.cpp chain, in the order SamplerChain uses (pre, then post;
+    only pre when `post` is False)."""
     L = lib()
     params = L.llama_sampler_chain_default_params()
     chain = L.llama_sampler_chain_init(params)
@@ -41,6 +44,8 @@ def reference_chain(model: Model, spec: SamplerSpec) -> Any:
     if spec.repeat_penalty != 1.0 or spec.presence_penalty or spec.frequency_penalty:
         L.llama_sampler_chain_add(chain, L.llama_sampler_init_penalties(
             model.n_vocab, spec.repeat_last_n, spec.repeat_penalty, spec.frequency_penalty, spec.presence_penalty))
+    if not post:
+        return chain
     if spec.greedy:
         L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
         return chain
@@ -83,6 +88,41 @@ def test_sample_matches_llama_sampler_sample(name: str, model: Model, context: C
                 index = batch.add(token, pos, 0, want_logits=True)
                 pos += 1
                 context.decode(batch)
+    finally:
+        L.llama_sampler_free(reference)
+
+
+DIGITS = GrammarSpec(gbnf='root ::= [0-9]+ ("," " "? [0-9]+)*')
+
+
+@pytest.mark.parametrize("name", [name for name, spec in SPECS.items() if spec.greedy])
+def test_grammar_path_matches_llama_sampler_sample(name: str, model: Model, context: Context) -> None:
+    """With a grammar the candidates are filled in C (bf_fill_candidates) and the grammar is
+    applied in steps; greedy, the token must be llama.cpp's: pre, grammar, greedy in one chain.
+    The prompt wants words, the grammar digits: the constrained steps run, not only the fast one."""
+    spec = dataclasses.replace(SPECS[name], grammar=DIGITS)
+    L = lib()
+    context.memory.clear()
+    tokens = model.tokenize("The quick brown fox said that the weather", add_special=True)
+    batch = Batch(64)
+    index = batch.add_sequence(tokens, 0, 0, logits_last=True)
+    context.decode(batch)
+    reference = reference_chain(model, dataclasses.replace(spec, temperature=1.0, grammar=None), post=False)
+    grammar = L.llama_sampler_init_grammar(model.vocab, DIGITS.gbnf.encode(), b"root")
+    L.llama_sampler_chain_add(reference, grammar)
+    L.llama_sampler_chain_add(reference, L.llama_sampler_init_greedy())
+    try:
+        with SamplerChain(model, spec) as sampler:
+            pos = len(tokens)
+            for _ in range(40):
+                expected = L.llama_sampler_sample(reference, context.handle, index)
+                token = sampler.sample(context, index)
+                assert token == expected
+                batch.clear()
+                index = batch.add(token, pos, 0, want_logits=True)
+                pos += 1
+                context.decode(batch)
+            assert sampler.num_grammar_kept + sampler.num_grammar_short + sampler.num_grammar_full > 0
     finally:
         L.llama_sampler_free(reference)
 
