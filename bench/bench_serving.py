@@ -237,9 +237,16 @@ def paired_ratio(a: LevelResult, b: LevelResult) -> tuple[float, float, float]:
     return statistics.median(ratios), min(ratios), max(ratios)
 
 
+def rounds_for(n: int, rounds: int) -> int:
+    """Rounds at n streams: a level below 4 streams gets more (4x at 1 stream), as its rounds
+    are short (one 128-token stream is ~1 s) and drift moves a short round's ratio the most
+    (the per-round ratios at 1 stream spread over 0.95-1.12 in 5 rounds)."""
+    return rounds * max(1, 4 // max(1, n))
+
+
 def bench_servers(servers: dict[str, str], levels: list[int], max_tokens: int, rounds: int,
                   reference: Callable[[], float] | None = None) -> tuple[list[ServerResult], float]:
-    """Both servers are up the whole time; each level runs `rounds` times, alternating which
+    """Both servers are up the whole time; each level runs rounds_for(n, rounds) times, alternating which
     server goes first, so drift in the machine's speed hits both alike. Medians are reported.
     `reference` (llama-bench tg) runs once per single-stream round, right after the first
     server's run (so between the two, or after both, as the order alternates), while both
@@ -251,7 +258,7 @@ def bench_servers(servers: dict[str, str], levels: list[int], max_tokens: int, r
     names = list(servers)
     for n in levels:
         runs: dict[str, list[LevelResult]] = {name: [] for name in names}
-        for r in range(rounds):
+        for r in range(rounds_for(n, rounds)):
             for name in (names if r % 2 == 0 else names[::-1]):
                 runs[name].append(level(servers[name], n, max_tokens))
                 if n == 1 and reference is not None and name == names[0]:
@@ -319,7 +326,8 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=8, help="slots on both servers")
     parser.add_argument("--ctx", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=default_threads()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="runs per level and server (medians reported)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="runs per level and server, 4x at 1 stream and 2x at 2 (medians reported)")
     parser.add_argument("--skip-inprocess", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
