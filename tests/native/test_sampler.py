@@ -67,29 +67,35 @@ SPECS = {
 }
 
 
-@pytest.mark.parametrize("name", SPECS)
-def test_sample_matches_llama_sampler_sample(name: str, model: Model, context: Context) -> None:
-    spec = SPECS[name]
+def sample_alongside(model: Model, context: Context, spec: SamplerSpec, reference: Any, steps: int = 40) -> int:
+    """Decode `steps` tokens, each sampled by SamplerChain(spec) and, from the same logits, by
+    llama_sampler_sample(reference) (which accepts too): they must agree every time. Frees
+    `reference`; returns how many steps the grammar's constrained path decided."""
     L = lib()
-    context.memory.clear()
-    tokens = model.tokenize("The quick brown fox said that the weather", add_special=True)
-    batch = Batch(64)
-    index = batch.add_sequence(tokens, 0, 0, logits_last=True)
-    context.decode(batch)
-    reference = reference_chain(model, spec)
     try:
+        context.memory.clear()
+        tokens = model.tokenize("The quick brown fox said that the weather", add_special=True)
+        batch = Batch(64)
+        index = batch.add_sequence(tokens, 0, 0, logits_last=True)
+        context.decode(batch)
         with SamplerChain(model, spec) as sampler:
             pos = len(tokens)
-            for _ in range(40):
-                expected = L.llama_sampler_sample(reference, context.handle, index)  # accepts too
+            for _ in range(steps):
+                expected = L.llama_sampler_sample(reference, context.handle, index)
                 token = sampler.sample(context, index)
                 assert token == expected
                 batch.clear()
                 index = batch.add(token, pos, 0, want_logits=True)
                 pos += 1
                 context.decode(batch)
+            return sampler.num_grammar_kept + sampler.num_grammar_short + sampler.num_grammar_full
     finally:
         L.llama_sampler_free(reference)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_sample_matches_llama_sampler_sample(name: str, model: Model, context: Context) -> None:
+    sample_alongside(model, context, SPECS[name], reference_chain(model, SPECS[name]))
 
 
 DIGITS = GrammarSpec(gbnf='root ::= [0-9]+ ("," " "? [0-9]+)*')
@@ -100,31 +106,12 @@ def test_grammar_path_matches_llama_sampler_sample(name: str, model: Model, cont
     """With a grammar the candidates are filled in C (bf_fill_candidates) and the grammar is
     applied in steps; greedy, the token must be llama.cpp's: pre, grammar, greedy in one chain.
     The prompt wants words, the grammar digits: the constrained steps run, not only the fast one."""
-    spec = dataclasses.replace(SPECS[name], grammar=DIGITS)
     L = lib()
-    context.memory.clear()
-    tokens = model.tokenize("The quick brown fox said that the weather", add_special=True)
-    batch = Batch(64)
-    index = batch.add_sequence(tokens, 0, 0, logits_last=True)
-    context.decode(batch)
-    reference = reference_chain(model, dataclasses.replace(spec, temperature=1.0, grammar=None), post=False)
-    grammar = L.llama_sampler_init_grammar(model.vocab, DIGITS.gbnf.encode(), b"root")
-    L.llama_sampler_chain_add(reference, grammar)
+    reference = reference_chain(model, SPECS[name], post=False)
+    L.llama_sampler_chain_add(reference, L.llama_sampler_init_grammar(model.vocab, DIGITS.gbnf.encode(), b"root"))
     L.llama_sampler_chain_add(reference, L.llama_sampler_init_greedy())
-    try:
-        with SamplerChain(model, spec) as sampler:
-            pos = len(tokens)
-            for _ in range(40):
-                expected = L.llama_sampler_sample(reference, context.handle, index)
-                token = sampler.sample(context, index)
-                assert token == expected
-                batch.clear()
-                index = batch.add(token, pos, 0, want_logits=True)
-                pos += 1
-                context.decode(batch)
-            assert sampler.num_grammar_kept + sampler.num_grammar_short + sampler.num_grammar_full > 0
-    finally:
-        L.llama_sampler_free(reference)
+    constrained = sample_alongside(model, context, dataclasses.replace(SPECS[name], grammar=DIGITS), reference)
+    assert constrained > 0
 
 
 def greedy_on(model: Model, context: Context, values: np.ndarray) -> int:
