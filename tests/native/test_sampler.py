@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 
 from botframework.errors import InvalidRequestError
 from botframework.native import Batch, Context, ContextParams, Model, SamplerChain, SamplerSpec
+from botframework.native import sampler as sampler_module
 from botframework.native.sampler import GrammarSpec
 from botframework.native._lib import ffi, lib
 
@@ -151,3 +153,41 @@ def test_a_missing_output_is_an_error_not_a_crash(model: Model, context: Context
     with SamplerChain(model, SamplerSpec(temperature=0.5, seed=1)) as sampler, \
             pytest.raises(InvalidRequestError, match="no logits"):
         sampler.sample(context, 10_000)
+
+
+def test_samplers_of_one_thread_share_a_candidate_buffer_and_still_agree(model: Model, context: Context) -> None:
+    """A request no longer allocates its own 49,152 candidates: the samplers of a thread share one
+    buffer (another thread has its own). Two non-greedy samplers, one with a pre chain, sampling
+    in turn from the same outputs must each still match llama.cpp's chain built like it."""
+    a = sampler_module._scratch_candidates(model.n_vocab)
+    assert sampler_module._scratch_candidates(model.n_vocab)[0] is a[0]
+    other: list[Any] = []
+    thread = threading.Thread(target=lambda: other.append(sampler_module._scratch_candidates(model.n_vocab)))
+    thread.start()
+    thread.join()
+    assert other[0][0] is not a[0]
+
+    L = lib()
+    specs = [SPECS["seeded"], SPECS["seeded_penalties_bias"]]
+    references = [reference_chain(model, spec) for spec in specs]
+    context.memory.clear()
+    tokens = model.tokenize("Once upon a time, in a small village", add_special=True)
+    batch = Batch(64)
+    index = batch.add_sequence(tokens, 0, 0, logits_last=True)
+    context.decode(batch)
+    try:
+        with SamplerChain(model, specs[0]) as first, SamplerChain(model, specs[1]) as second:
+            pos = len(tokens)
+            for _ in range(30):
+                chosen = []
+                for sampler, reference in zip((first, second), references):
+                    expected = L.llama_sampler_sample(reference, context.handle, index)
+                    chosen.append(sampler.sample(context, index))
+                    assert chosen[-1] == expected
+                batch.clear()
+                index = batch.add(chosen[0], pos, 0, want_logits=True)
+                pos += 1
+                context.decode(batch)
+    finally:
+        for reference in references:
+            L.llama_sampler_free(reference)

@@ -242,12 +242,12 @@ def test_grammar_shortcuts_choose_what_the_full_grammar_would(model: Model, cont
 
 def reference_greedy(plain: SamplerChain, context: Context, index: int) -> int:
     """argmax of the adjusted logits over every token the grammar allows (nothing accepted)."""
-    cand = plain._candidates
+    cand = np.zeros(len(plain._ids), dtype=sampler_module._TOKEN_DATA)  # its own: not the samplers' scratch
     cand["id"] = plain._ids
     cand["logit"] = np.array(context.logits_ith(index), dtype=np.float32)
-    cand["p"] = 0.0
     array = plain._array
-    array.data, array.size, array.selected, array.sorted = plain._data, len(cand), -1, False
+    data = sampler_module.ffi.cast("llama_token_data *", sampler_module.ffi.from_buffer(cand))
+    array.data, array.size, array.selected, array.sorted = data, len(cand), -1, False
     sampler_module.lib().llama_sampler_apply(plain._pre, array)  # bias, penalties (its own history)
     sampler_module.lib().llama_sampler_apply(plain._grammar, array)
     return int(cand["id"][int(np.argmax(cand["logit"]))])
