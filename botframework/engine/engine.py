@@ -89,7 +89,6 @@ class Engine:
         if sampler is not None:
             sampler.close()
 
-
     def execute(self, plan: StepPlan) -> StepResult:
         saved = {seq_id: self.context.state_seq_get(seq_id) for seq_id in plan.save_states}
         for op in plan.kv_ops:

@@ -180,8 +180,7 @@ class SamplerChain:
             last_n = model.n_vocab if spec.repeat_last_n == -1 else spec.repeat_last_n
             self._add(pre, L.llama_sampler_init_penalties(model.n_vocab, last_n, spec.repeat_penalty,
                                                           spec.frequency_penalty, spec.presence_penalty), "penalties")
-        self._has_pre = bool(L.llama_sampler_chain_n(pre))
-        self._pre_arg = pre if self._has_pre else ffi.NULL  # bf_sample's arguments, fixed per chain
+        self._pre_arg = pre if L.llama_sampler_chain_n(pre) else ffi.NULL  # bf_sample's arguments, fixed per chain
         self._greedy = spec.greedy
         self._n_vocab = model.n_vocab
         if spec.greedy:
