@@ -8,7 +8,8 @@
     cached max_tokens=1 round trip p50; 1,000-token system prompt: cold vs repeated TTFT
     llama-bench tg128 (same build), once per single-stream round: the single-stream decode reference
     + our scheduler in-process (LocalLLM, threads) at the same levels
-    -> table with ratios ours / llama-server: of the medians, and of each round (median, min-max)
+    -> table with ratios ours / llama-server: of the medians, and of each round (median, its 95%
+       interval, rounds ahead)
 
 Usage: python bench/bench_serving.py [--levels 1,4,8,16] [--tokens 128] [--parallel 8] [--threads T]
                                      [--rounds R] [--skip-inprocess] [--json FILE]
@@ -21,6 +22,7 @@ import asyncio
 import concurrent.futures
 import functools
 import json
+import math
 import os
 import socket
 import statistics
@@ -228,13 +230,40 @@ def median_level(rounds: list[LevelResult]) -> LevelResult:
                        [r.tokens_per_s for r in rounds])
 
 
-def paired_ratio(a: LevelResult, b: LevelResult) -> tuple[float, float, float]:
-    """Median, min and max over rounds of a's tokens/s over b's in the same round.
+def median_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval for the median: the k-th smallest and k-th largest
+    value, k the largest with P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2 (sign-test
+    interval). Below 6 values even (min, max) covers less than 95%; it is returned anyway."""
+    ordered = sorted(values)
+    n = len(ordered)
+    tail, k, below = (1 - confidence) / 2, 0, 0.0
+    while k < n // 2:
+        below += math.comb(n, k) / 2 ** n  # P(X <= k) after adding k, i.e. P(X < k + 1)
+        if below > tail:
+            break
+        k += 1
+    k = max(k, 1)
+    return ordered[k - 1], ordered[n - k]
+
+
+@dataclass(frozen=True)
+class PairedRatio:
+    median: float
+    ci_low: float    # 95% interval of the median (median_ci)
+    ci_high: float
+    ahead: int       # rounds where a was faster than b
+    rounds: int
+
+
+def paired_ratio(a: LevelResult, b: LevelResult) -> PairedRatio:
+    """a's tokens/s over b's in the same round: median over rounds, its 95% interval, and how
+    many rounds a won.
 
     The two ran back to back (alternating which went first), so a shift in the machine's
     speed between rounds, which moves both medians, cancels in each round's ratio."""
     ratios = [x / y for x, y in zip(a.rounds, b.rounds)]
-    return statistics.median(ratios), min(ratios), max(ratios)
+    low, high = median_ci(ratios)
+    return PairedRatio(statistics.median(ratios), low, high, sum(r > 1.0 for r in ratios), len(ratios))
 
 
 def rounds_for(n: int, rounds: int) -> int:
@@ -355,13 +384,13 @@ def main() -> int:
         results.append(bench_inprocess(model, levels, args.tokens, args))
 
     ours, theirs = results[0], results[1]
-    print(f"\n{'streams':>7} | {'ours t/s':>9} {'llama t/s':>9} {'ratio':>6} | {'per round: median [min-max]':>27} | "
+    print(f"\n{'streams':>7} | {'ours t/s':>9} {'llama t/s':>9} {'ratio':>6} | {'per round: median [95% CI] ahead':>36} | "
           f"{'ours TTFT p50/p95 ms':>21} | {'llama TTFT p50/p95 ms':>22}" + (" | in-proc t/s" if len(results) > 2 else ""))
     for i, n in enumerate(levels):
         a, b = ours.levels[i], theirs.levels[i]
-        mid, lo, hi = paired_ratio(a, b)
+        pr = paired_ratio(a, b)
         row = (f"{n:>7} | {a.tokens_per_s:9.1f} {b.tokens_per_s:9.1f} {a.tokens_per_s / b.tokens_per_s:6.2f} | "
-               f"{mid:11.3f} [{lo:.3f}-{hi:.3f}] | "
+               f"{pr.median:11.3f} [{pr.ci_low:.3f}-{pr.ci_high:.3f}] {pr.ahead:>3}/{pr.rounds:<3} | "
                f"{a.ttft_p50_ms:9.1f} / {a.ttft_p95_ms:9.1f} | {b.ttft_p50_ms:10.1f} / {b.ttft_p95_ms:9.1f}")
         if len(results) > 2:
             row += f" | {results[2].levels[i].tokens_per_s:9.1f}"
