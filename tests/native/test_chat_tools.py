@@ -106,6 +106,62 @@ def test_canned_answer_streams_as_content(family: str, family_templates: dict[st
     assert assemble(deltas).content == content
 
 
+class _TimedParser:
+    """Wraps a parser: each partial parse advances a fake clock by `cost` seconds."""
+
+    def __init__(self, parser: OutputParser, clock: list[float], cost: float) -> None:
+        self.parser, self.clock, self.cost = parser, clock, cost
+        self.partial_texts: list[str] = []
+
+    def parse(self, text: str, *, partial: bool = False) -> AssistantMessage:
+        if partial:
+            self.partial_texts.append(text)
+            self.clock[0] += self.cost
+        return self.parser.parse(text, partial=partial)
+
+
+@pytest.mark.parametrize("cost_s, head, parsed_every", [(50e-6, 2048, 1), (1e-3, 2048, 9), (1e-3, 100, 1)])
+def test_costly_partial_parses_are_spaced(cost_s: float, head: int, parsed_every: int) -> None:
+    # A delta every 6 ms. A 1 ms parse of 2 KB or more is followed by 49 ms without one: every
+    # 9th delta is parsed, the text of the others goes out with it. A 50 us parse, or any parse
+    # of a short text, runs at every delta.
+    clock = [0.0]
+    timed = _TimedParser(OutputParser(OutputMode.TEXT), clock, cost_s)
+    streamer = MessageStreamer(timed, clock=lambda: clock[0], cpu_clock=lambda: clock[0])  # type: ignore[arg-type]
+    pieces = ["x" * head + " "] + [f"word{i} " for i in range(1, 40)]
+    deltas: list[MessageDelta] = []
+    for i, piece in enumerate(pieces):
+        clock[0] = i * 6e-3
+        got = streamer.feed(piece)
+        assert bool(got) == (i % parsed_every == 0)
+        deltas += got
+    assert len(timed.partial_texts) == -(-len(pieces) // parsed_every)
+    last, final = streamer.finish()
+    assert assemble(deltas + last).content == final.content == "".join(pieces)
+
+
+def test_long_reasoning_stream_adds_up_with_spaced_parses(family_templates: dict[str, ChatTemplates]) -> None:
+    # 30 KB of reasoning, then a call: the real parser takes well over 0.1 ms per partial parse
+    # here, so fed back to back most deltas are held; what streams still adds up to the message.
+    _, text, _, reasoning, _, _ = CANNED["deepseek-r1"]
+    assert reasoning is not None
+    long_reasoning = ("Let me think about the weather in Paris step by step. " * 560) + reasoning
+    text = text.replace(reasoning, long_reasoning, 1)
+    clock = [0.0]
+    timed = _TimedParser(family_parser("deepseek-r1", family_templates), clock, 0.0)
+    streamer = MessageStreamer(timed)  # type: ignore[arg-type]
+    deltas: list[MessageDelta] = []
+    for start in range(0, len(text), 4):
+        deltas += streamer.feed(text[start:start + 4])
+    last, final = streamer.finish()
+    streamed = assemble(deltas + last)
+    assert len(timed.partial_texts) < len(range(0, len(text), 4)) // 2
+    assert [(c.name, json.loads(c.arguments)) for c in streamed.tool_calls] == [("get_weather", {"location": "Paris"})]
+    assert [(c.name, c.arguments, c.id) for c in streamed.tool_calls] == [
+        (c.name, c.arguments, c.id) for c in final.tool_calls]
+    assert (streamed.reasoning_content or "").strip() == (final.reasoning_content or "").strip() == long_reasoning
+
+
 @pytest.mark.parametrize("family", ["qwen2.5-hermes", "llama-3.1", "mistral-nemo", "gpt-oss"])
 def test_bare_or_fenced_json_counts_when_the_family_tags_are_missing(
         family: str, family_templates: dict[str, ChatTemplates]) -> None:
