@@ -37,6 +37,9 @@ from botframework.server.settings import ServerSettings
 
 _PRIORITY = {"interactive": Priority.INTERACTIVE, "completion": Priority.COMPLETION, "batch": Priority.BATCH}
 _DISCONNECT_POLL_S = 0.25
+# Texts up to this many characters (token lists up to a quarter of it) are tokenized or
+# detokenized on the event loop: tens of microseconds, less than the hop to a worker thread.
+INLINE_TOKENIZE_CHARS = 2048
 T = TypeVar("T")
 
 

@@ -132,6 +132,10 @@ def test_models_health_tokenize_embeddings_metrics(run) -> None:
             assert_error(await c.get("/v1/models/other"), 404, code="model_not_found")
             toks = (await c.post("/tokenize", json={"content": "ab"})).json()["tokens"]
             assert (await c.post("/detokenize", json={"tokens": toks})).json()["content"] == "ab"
+            long = "xy" * 1500  # past INLINE_TOKENIZE_CHARS: both ways on a worker thread
+            toks = (await c.post("/tokenize", json={"content": long, "add_special": False})).json()["tokens"]
+            assert len(toks) == 3000
+            assert (await c.post("/detokenize", json={"tokens": toks})).json()["content"] == long
             assert_error(await c.post("/detokenize", json={"tokens": [10**6]}), 400, param="tokens")
             emb = (await c.post("/v1/embeddings", json={"model": "fake-model", "input": ["a", "b"]})).json()
             assert len(emb["data"]) == 2 and len(emb["data"][0]["embedding"]) == 8

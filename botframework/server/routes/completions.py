@@ -18,6 +18,7 @@ from botframework.scheduler.output import Delta
 from botframework.server.auth import require_api_key
 from botframework.server.errors import APIError
 from botframework.server.generation import (
+    INLINE_TOKENIZE_CHARS,
     StreamState,
     build_request,
     choice_requests,
@@ -38,7 +39,6 @@ from botframework.server.routes.chat import SSE_HEADERS
 from botframework.server.runtime import Runtime
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
-_INLINE_TOKENIZE_CHARS = 2048  # tokenized on the event loop below this (tens of microseconds)
 
 
 @router.post("/v1/completions", response_model=None)
@@ -53,7 +53,7 @@ async def completions(body: CompletionRequest, http: HTTPRequest) -> Response:
     else:
         chars = sum(len(p) for p in body.prompt if isinstance(p, str)) if isinstance(body.prompt, list) \
             else len(body.prompt)
-        short = chars <= _INLINE_TOKENIZE_CHARS
+        short = chars <= INLINE_TOKENIZE_CHARS
         tokens = (_prompt_tokens(runtime, body.prompt) if short  # a thread hop costs more than the work
                   else await asyncio.to_thread(_prompt_tokens, runtime, body.prompt))
     request_id = new_id("cmpl")
