@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -37,10 +37,17 @@ from botframework.server.settings import ServerSettings
 
 _PRIORITY = {"interactive": Priority.INTERACTIVE, "completion": Priority.COMPLETION, "batch": Priority.BATCH}
 _DISCONNECT_POLL_S = 0.25
-# Texts up to this many characters (token lists up to a quarter of it) are tokenized or
-# detokenized on the event loop: tens of microseconds, less than the hop to a worker thread.
-INLINE_TOKENIZE_CHARS = 2048
+INLINE_TOKENIZE_CHARS = 2048  # see tokenizer_call
 T = TypeVar("T")
+
+
+async def tokenizer_call(num_chars: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """fn(*args, **kwargs), a tokenizer call over about num_chars characters: on the event loop
+    up to INLINE_TOKENIZE_CHARS (tens of microseconds, less than the hop to a worker thread),
+    on a worker thread above."""
+    if num_chars <= INLINE_TOKENIZE_CHARS:
+        return fn(*args, **kwargs)
+    return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 def get_runtime(http: HTTPRequest, model: str | None = None) -> Runtime:

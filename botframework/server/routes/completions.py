@@ -18,7 +18,6 @@ from botframework.scheduler.output import Delta
 from botframework.server.auth import require_api_key
 from botframework.server.errors import APIError
 from botframework.server.generation import (
-    INLINE_TOKENIZE_CHARS,
     StreamState,
     build_request,
     choice_requests,
@@ -31,6 +30,7 @@ from botframework.server.generation import (
     sse_choice,
     sse_choices,
     start_all,
+    tokenizer_call,
     total_usage,
     usage_json,
 )
@@ -53,9 +53,7 @@ async def completions(body: CompletionRequest, http: HTTPRequest) -> Response:
     else:
         chars = sum(len(p) for p in body.prompt if isinstance(p, str)) if isinstance(body.prompt, list) \
             else len(body.prompt)
-        short = chars <= INLINE_TOKENIZE_CHARS
-        tokens = (_prompt_tokens(runtime, body.prompt) if short  # a thread hop costs more than the work
-                  else await asyncio.to_thread(_prompt_tokens, runtime, body.prompt))
+        tokens = await tokenizer_call(chars, _prompt_tokens, runtime, body.prompt)
     request_id = new_id("cmpl")
     settings = http.app.state.settings
     request = build_request(body, tokens, (), settings, runtime, request_id)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -11,7 +9,7 @@ from fastapi import Request as HTTPRequest
 
 from botframework.server.auth import require_api_key
 from botframework.server.errors import APIError
-from botframework.server.generation import INLINE_TOKENIZE_CHARS, get_runtime
+from botframework.server.generation import get_runtime, tokenizer_call
 from botframework.server.protocol import DetokenizeRequest, TokenizeRequest
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -20,9 +18,8 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, http: HTTPRequest) -> dict[str, Any]:
     runtime = get_runtime(http)
-    work = functools.partial(runtime.tokenize, body.content, add_special=body.add_special,
-                             parse_special=body.parse_special)
-    tokens = work() if len(body.content) <= INLINE_TOKENIZE_CHARS else await asyncio.to_thread(work)
+    tokens = await tokenizer_call(len(body.content), runtime.tokenize, body.content, add_special=body.add_special,
+                                  parse_special=body.parse_special)
     if not body.with_pieces:
         return {"tokens": tokens}
     pieces = []
@@ -43,6 +40,5 @@ async def detokenize(body: DetokenizeRequest, http: HTTPRequest) -> dict[str, An
     if bad:
         raise APIError(400, f"token id {bad[0]} is out of the vocabulary (0..{runtime.n_vocab - 1})",
                        param="tokens")
-    if len(body.tokens) <= INLINE_TOKENIZE_CHARS // 4:
-        return {"content": runtime.detokenize(body.tokens)}
-    return {"content": await asyncio.to_thread(runtime.detokenize, body.tokens)}
+    # ~4 characters a token
+    return {"content": await tokenizer_call(4 * len(body.tokens), runtime.detokenize, body.tokens)}
