@@ -54,6 +54,17 @@ class OutputParser:
     def tool_names(self) -> frozenset[str]:
         return frozenset(t.name for t in self.tools)
 
+    @property
+    def plain(self) -> bool:
+        """parse(text) is AssistantMessage(content=text), whatever the text: nothing to parse."""
+        return self._plain_split and not (self.choice.calls_tools and self.tools)
+
+    @property
+    def _plain_split(self) -> bool:
+        thinking = bool(self.params.get("supports_thinking"))
+        return self.mode is OutputMode.GRAMMAR or (self.mode in (OutputMode.TEXT, OutputMode.TOOLS_GENERIC)
+                                                   and not thinking) or not self.params
+
     def parse(self, text: str, *, partial: bool = False) -> AssistantMessage:
         message = self._split(text, partial)
         if self.choice.calls_tools and self.tools:
@@ -66,9 +77,7 @@ class OutputParser:
 
     def _split(self, text: str, partial: bool) -> AssistantMessage:
         """Content / reasoning / native tool calls, via common_chat_parse when it is needed."""
-        thinking = bool(self.params.get("supports_thinking"))
-        if self.mode is OutputMode.GRAMMAR or (self.mode in (OutputMode.TEXT, OutputMode.TOOLS_GENERIC)
-                                               and not thinking) or not self.params:
+        if self._plain_split:
             return AssistantMessage(content=text)
         native_tools = self.mode is OutputMode.TOOLS_NATIVE and self.choice.calls_tools
         try:

@@ -42,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             n_threads=args.threads, n_threads_batch=args.threads_batch, n_gpu_layers=args.n_gpu_layers,
             hugepages=args.hugepages,
             api_keys=tuple(args.api_key or ()) or None, cors_origins=tuple(args.cors_origin or ()) or None,
-            allow_non_loopback=args.allow_non_loopback)
+            allow_non_loopback=args.allow_non_loopback, direct_stream=args.direct_stream)
         settings.check_bind()
     except ValueError as exc:
         print(f"botframework: error: {exc}", file=sys.stderr)
@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cors-origin", action="append", help="allow this CORS origin (repeatable)")
     p.add_argument("--allow-non-loopback", action="store_true", default=None,
                    help="allow binding a non-loopback address without an API key")
+    p.add_argument("--no-direct-stream", dest="direct_stream", action="store_false", default=None,
+                   help="send every streamed chunk from the event loop, not the engine thread")
     p.add_argument("--config", help="TOML settings file (flags and BOTFRAMEWORK_* override it)")
     p.set_defaults(func=cmd_serve)
 

@@ -14,7 +14,7 @@ import queue
 import threading
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator, Protocol
 
 from botframework.errors import BotframeworkError
 
@@ -102,8 +102,28 @@ class batched:
                 pass
 
 
+class Taken(Enum):
+    """What a DirectSink did with a delta."""
+
+    NO = 0             # not taken: it goes to the consumer as usual, and the sink is detached
+    YES = 1            # taken (written to the client); the sink takes the next one too
+    YES_DETACH = 2     # taken, but the sink is detached: its bytes are still on their way
+
+
+class DirectSink(Protocol):
+    """Takes a running stream's deltas on the engine thread, instead of the event loop (see
+    RequestHandle.attach_direct). Called with the handle's lock held: it must not block."""
+
+    def take(self, delta: Delta) -> Taken: ...  # never given the last delta of a request
+
+
 class RequestHandle:
-    """Stream of Delta for one request; iterate it (sync or async), or cancel it."""
+    """Stream of Delta for one request; iterate it (sync or async), or cancel it.
+
+    An asyncio consumer may attach a DirectSink between two deltas (a server writing a stream's
+    chunks to the client's socket from the engine thread); publish hands it the next deltas
+    until it declines one, which then goes to the consumer as usual.
+    """
 
     def __init__(self, request_id: str, cancel: Callable[[str], None],
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -114,12 +134,26 @@ class RequestHandle:
         self._async: asyncio.Queue[Any] | None = asyncio.Queue() if loop is not None else None
         self.finished = threading.Event()
         self.finish_reason: FinishReason | None = None
-        self._num_published = 0
+        self._num_published = 0                  # deltas queued for the consumer (not a sink's)
+        self._num_consumed = 0                   # ... and taken from the queue by the async consumer
         self._wait_for = 0                       # the delta wait_handled waits for (1: the first)
         self._handled = threading.Event()        # the asyncio consumer is done with that delta
+        self._lock = threading.Lock()            # publish vs. attach_direct / detach_direct
+        self._direct: DirectSink | None = None
 
     # called on the engine thread
     def publish(self, delta: Delta) -> None:
+        with self._lock:
+            direct = self._direct
+            if direct is not None:  # the last delta (or an error) always goes to the consumer
+                taken = direct.take(delta) if delta.finish_reason is None and delta.error is None else Taken.NO
+                if taken is not Taken.YES:
+                    self._direct = None
+                if taken is not Taken.NO:
+                    return
+            self._enqueue(delta)
+
+    def _enqueue(self, delta: Delta) -> None:
         items: list[Any] = [delta]
         if delta.finish_reason is not None:
             self.finish_reason = delta.finish_reason
@@ -144,6 +178,21 @@ class RequestHandle:
                 self._sync.put(item)
         if delta.finish_reason is not None:
             self.finished.set()
+
+    # called by the asyncio consumer
+    def attach_direct(self, sink: DirectSink) -> bool:
+        """Let `sink` take the next deltas, if every delta published so far has been consumed
+        (so what the sink writes cannot overtake them) and the request is still running."""
+        with self._lock:
+            if self._num_published != self._num_consumed or self.finished.is_set():
+                return False
+            self._direct = sink
+            return True
+
+    def detach_direct(self) -> None:
+        """After this returns, the sink is not called again (until attached again)."""
+        with self._lock:
+            self._direct = None
 
     def cancel(self) -> None:
         if not self.finished.is_set():
@@ -179,15 +228,14 @@ class RequestHandle:
     async def __aiter__(self) -> AsyncIterator[Delta]:
         if self._async is None:
             raise RuntimeError("this handle was created without an event loop: use `for`")
-        received = 0
         try:
             while True:
-                if received and received >= self._wait_for:
+                if self._num_consumed and self._num_consumed >= self._wait_for:
                     self._handled.set()
                 item = await self._async.get()
                 if item is _END:
                     return
-                received += 1
+                self._num_consumed += 1
                 yield item
         finally:
             self._handled.set()

@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-non-loopback", action="store_true", default=None)
     p.add_argument("--no-hugepages", dest="hugepages", action="store_false", default=None,
                    help="mmap the model file instead of copying it into huge pages")
+    p.add_argument("--no-direct-stream", dest="direct_stream", action="store_false", default=None,
+                   help="send every streamed chunk from the event loop (see server/direct.py)")
     p.add_argument("--log-level")
     p.add_argument("--config", help="TOML settings file (flags and BOTFRAMEWORK_* override it)")
     args = vars(p.parse_args(argv))

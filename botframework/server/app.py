@@ -1,6 +1,7 @@
 """create_app(settings): the FastAPI app; the model loads in lifespan, never at import time.
 
-    uvicorn -> CORS -> BodySizeLimit (pure ASGI, 413) -> FastAPI routes (auth as a dependency)
+    uvicorn -> ExposeConnection (server/direct.py) -> CORS -> BodySizeLimit (pure ASGI, 413)
+            -> FastAPI routes (auth as a dependency)
     lifespan: runtime_factory(settings) in a thread -> app.state.runtime
               (a failed load leaves runtime None: model routes 503, /health "degraded")
 """
@@ -16,8 +17,10 @@ from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp
 
 from botframework.server import errors
+from botframework.server.direct import ExposeConnection
 from botframework.server.limits import BodySizeLimit
 from botframework.server.metrics import ServerMetrics
 from botframework.server.routes import (
@@ -41,6 +44,12 @@ log = logging.getLogger("botframework.server")
 RuntimeFactory = Callable[[ServerSettings], Runtime]
 
 
+class _App(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        # outside even Starlette's ServerErrorMiddleware: ExposeConnection needs uvicorn's own `send`
+        return ExposeConnection(super().build_middleware_stack())
+
+
 def create_app(settings: ServerSettings | None = None, runtime_factory: RuntimeFactory | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     factory = runtime_factory or load_runtime
@@ -62,7 +71,7 @@ def create_app(settings: ServerSettings | None = None, runtime_factory: RuntimeF
 
     from botframework import __version__
 
-    app = FastAPI(title="botframework", version=__version__, lifespan=lifespan,
+    app = _App(title="botframework", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None,  # the docs UIs load assets from a CDN: no network
                   openapi_url="/openapi.json")
     app.state.settings = settings

@@ -72,6 +72,12 @@ class ServerMetrics:
                                 registry=self.registry)
         self.completion_tokens = Counter("botframework_completion_tokens", "tokens returned to clients",
                                          registry=self.registry)
+        self.direct_chunks = Counter("botframework_sse_direct_chunks",
+                                     "streamed chunks the engine thread wrote to the client's socket",
+                                     registry=self.registry)
+        self.direct_handed_back = Counter("botframework_sse_direct_handed_back",
+                                          "direct writes the socket did not take whole: finished by the event loop",
+                                          registry=self.registry)
 
     def observe(self, timings: dict[str, float], usage: Usage | None) -> None:
         self.requests.inc()

@@ -45,6 +45,7 @@ class ServerSettings:
     n_gpu_layers: int = 0
     hugepages: bool = True                     # weights and KV cache in 2 MiB pages (Linux THP)
     prefix_cache_mb: int = 1024                # host RAM for idle prompt caches (0: keep them in the KV cache)
+    direct_stream: bool = True                 # running streams' chunks written by the engine thread (direct.py)
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -123,7 +124,7 @@ class ServerSettings:
         return cls(**values)
 
 
-_BOOLS = {"pull_missing", "allow_non_loopback", "hugepages"}
+_BOOLS = {"pull_missing", "allow_non_loopback", "hugepages", "direct_stream"}
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _INTS = {"port", "max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_choices", "max_logit_bias", "max_embedding_inputs",
          "num_slots", "n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers", "prefix_cache_mb"}

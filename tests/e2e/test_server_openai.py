@@ -288,6 +288,88 @@ def test_disconnect_during_prefill_and_while_queued_frees_everything(base_url: s
     assert httpx.get(f"{base_url}/health", timeout=5).status_code == 200
 
 
+def _metric(base_url: str, name: str) -> float:
+    text = httpx.get(f"{base_url}/metrics", headers={"authorization": f"Bearer {API_KEY}"}, timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def _read_chunked(stream) -> Iterator[bytes]:  # type: ignore[no-untyped-def]
+    """A chunked HTTP body, strictly: every size line, chunk and CRLF where it must be."""
+    while True:
+        size_line = stream.readline()
+        assert size_line.endswith(b"\r\n"), size_line
+        size = int(size_line, 16)
+        data = stream.read(size) if size else b""
+        assert len(data) == size and stream.read(2) == b"\r\n"
+        if not size:
+            return
+        yield data
+
+
+def _raw_stream(base_url: str, path: str, body: dict, *, rcvbuf: int = 0, wait_s: float = 0.0,  # type: ignore[type-arg]
+                ) -> list[dict]:  # type: ignore[type-arg]
+    """POST a streamed request on a raw socket (optionally a small receive buffer, and not
+    reading for wait_s): the SSE events of the chunked body, checked strictly, as JSON."""
+    host, port = base_url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: a small window
+    sock.settimeout(120)
+    sock.connect((host, int(port)))
+    payload = json.dumps(body).encode()
+    with sock, sock.makefile("rb") as stream:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {API_KEY}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        time.sleep(wait_s)
+        assert stream.readline().startswith(b"HTTP/1.1 200")
+        headers = []
+        while (line := stream.readline()) != b"\r\n":
+            headers.append(line.lower())
+        assert b"transfer-encoding: chunked\r\n" in headers
+        body_bytes = b"".join(_read_chunked(stream))
+    events = body_bytes.split(b"\n\n")
+    assert events[-1] == b"" and events[-2] == b"data: [DONE]"
+    assert all(e.startswith(b"data: {") for e in events[:-2])
+    return [json.loads(e[len(b"data: "):]) for e in events[:-2]]
+
+
+def test_streamed_tokens_go_out_from_the_engine_thread(base_url: str, client) -> None:  # type: ignore[no-untyped-def]
+    """server/direct.py: a running stream's chunks are written by the engine thread; the client
+    sees the same events, in order, as the non-streamed answer."""
+    before = _metric(base_url, "botframework_sse_direct_chunks_total")
+    prompt = "The three primary colours are"
+    whole = client.completions.create(model=MODEL, prompt=prompt, max_tokens=32, temperature=0, extra_body={
+        "ignore_eos": True})
+    events = _raw_stream(base_url, "/v1/completions", {
+        "model": MODEL, "prompt": prompt, "max_tokens": 32, "temperature": 0, "ignore_eos": True, "stream": True,
+        "stream_options": {"include_usage": True}})
+    assert "".join(e["choices"][0]["text"] for e in events if e["choices"]) == whole.choices[0].text
+    assert [list(e) for e in events[:-1]] == [["id", "object", "created", "model", "system_fingerprint", "choices",
+                                               "usage"]] * (len(events) - 1)
+    assert len({e["id"] for e in events}) == 1 and events[-1]["usage"]["completion_tokens"] == 32
+    assert events[-2]["choices"][0]["finish_reason"] == "length"
+    chat = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=24, temperature=0,
+                                               stream=True))
+    whole_chat = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=24, temperature=0)
+    assert "".join(c.choices[0].delta.content or "" for c in chat) == whole_chat.choices[0].message.content
+    # the first token goes out with the headers and the last with finish_reason: all between directly
+    assert _metric(base_url, "botframework_sse_direct_chunks_total") - before >= 30 + len(chat) - 4
+
+
+def test_a_slow_reader_gets_every_streamed_byte_in_order(base_url: str, client) -> None:  # type: ignore[no-untyped-def]
+    """A client with a small receive window that does not read while ~60 KB of events are
+    generated, then reads them all: the stream arrives complete and in order, and the slot is
+    free after it. (Whether the kernel's buffers took every write whole depends on its send
+    buffer tuning; tests/server/test_direct.py forces the writes that are not taken whole.)"""
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 300, "temperature": 0}
+    whole = client.completions.create(**body, extra_body={"ignore_eos": True})
+    events = _raw_stream(base_url, "/v1/completions", {**body, "ignore_eos": True, "stream": True, "stream_options": {
+        "include_usage": True}}, rcvbuf=4096, wait_s=3.0)
+    assert "".join(e["choices"][0]["text"] for e in events if e["choices"]) == whole.choices[0].text
+    assert events[-1]["usage"]["completion_tokens"] == 300
+    _wait_for(base_url, "the slow reader's slot stayed busy", lambda s: s["num_busy_slots"] == 0)
+
+
 def test_metrics(base_url: str) -> None:
     text = httpx.get(f"{base_url}/metrics", headers={"authorization": f"Bearer {API_KEY}"}, timeout=10).text
     assert "botframework_generated_tokens_total" in text

@@ -126,3 +126,59 @@ def test_a_consumer_that_gives_up_does_not_keep_the_engine_waiting() -> None:
     finally:
         loop.close()
     assert handle.wait_handled(0)
+
+
+class RecordingSink:
+    """A DirectSink that takes deltas whose text is in `take`, detaching after those in `last`."""
+
+    def __init__(self, take: str, last: str = "") -> None:
+        self.take_texts, self.last, self.taken = take, last, []  # type: ignore[var-annotated]
+
+    def take(self, delta: Delta):  # type: ignore[no-untyped-def]
+        from botframework.scheduler.output import Taken
+
+        if delta.text not in self.take_texts:
+            return Taken.NO
+        self.taken.append(delta.text)
+        return Taken.YES_DETACH if delta.text in self.last else Taken.YES
+
+
+def test_a_direct_sink_takes_deltas_until_it_declines_one() -> None:
+    loop = asyncio.new_event_loop()
+    handle = RequestHandle("r", lambda _id: None, loop)
+    sink = RecordingSink(take="abdefz")
+    try:
+        assert handle.attach_direct(sink)
+        for text in "abcd":  # c is declined: it goes to the consumer, and d too (the sink let go)
+            handle.publish(Delta("r", text=text))
+        deltas = handle.__aiter__()
+        assert [loop.run_until_complete(anext(deltas)).text for _ in range(2)] == ["c", "d"]
+        assert handle.attach_direct(sink)
+        handle.publish(Delta("r", text="e"))
+        handle.publish(Delta("r", text="z", finish_reason=FinishReason.STOP))  # the last is never offered
+        assert loop.run_until_complete(anext(deltas)).text == "z"
+        assert sink.taken == ["a", "b", "e"] and handle.finished.is_set()
+        assert not handle.attach_direct(sink)  # finished
+    finally:
+        loop.close()
+
+
+def test_a_direct_sink_is_attached_only_when_nothing_is_on_its_way_and_may_detach_itself() -> None:
+    loop = asyncio.new_event_loop()
+    handle = RequestHandle("r", lambda _id: None, loop)
+    try:
+        handle.publish(Delta("r", text="q"))
+        assert not handle.attach_direct(RecordingSink(take="x"))  # q is not consumed yet: x would overtake it
+        deltas = handle.__aiter__()
+        assert loop.run_until_complete(anext(deltas)).text == "q"
+        sink = RecordingSink(take="xy", last="x")
+        assert handle.attach_direct(sink)
+        handle.publish(Delta("r", text="x"))  # taken, and the sink lets go
+        handle.publish(Delta("r", text="y"))  # so this one is the consumer's
+        assert loop.run_until_complete(anext(deltas)).text == "y"
+        assert handle.attach_direct(sink)
+        handle.detach_direct()
+        handle.publish(Delta("r", text="x"))
+        assert loop.run_until_complete(anext(deltas)).text == "x" and sink.taken == ["x"]
+    finally:
+        loop.close()

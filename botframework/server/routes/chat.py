@@ -35,6 +35,7 @@ from botframework.errors import BotframeworkError
 from botframework.scheduler.output import Delta
 from botframework.scheduler.sequence import Request
 from botframework.server.auth import require_api_key
+from botframework.server.direct import DirectSSE
 from botframework.server.generation import (
     StreamState,
     build_request,
@@ -48,6 +49,7 @@ from botframework.server.generation import (
     sse_choice,
     sse_choices,
     start_all,
+    text_template,
     total_usage,
     usage_json,
 )
@@ -129,21 +131,33 @@ def _stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, request_id: str
     base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": runtime.model_id,
             "system_fingerprint": None}
     state = StreamState()
-    streams = [_choice_stream(http, runtime, plan, base, index, first, deltas, include_usage, want_logprobs, state)
+    streams = [_choice_stream(http, runtime, plan, base, index, first, deltas, include_usage, want_logprobs, state,
+                              single=len(started) == 1)
                for index, (first, deltas) in enumerate(started)]
     return sse_choices(started, streams, state, base, include_usage)
 
 
 async def _choice_stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, base: dict[str, Any], index: int,
                          first: Delta, deltas: AsyncIterator[Delta], include_usage: bool, want_logprobs: bool,
-                         state: StreamState) -> AsyncIterator[bytes]:
-    """One choice's chunks: role, pieces, finish (an error event instead if it fails)."""
+                         state: StreamState, single: bool) -> AsyncIterator[bytes]:
+    """One choice's chunks: role, pieces, finish (an error event instead if it fails). The only
+    choice's running content may go out from the engine thread (server/direct.py): the same
+    chunks, and this generator waits for the last delta meanwhile."""
     streamer = MessageStreamer(plan.parser)
 
     def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
         return sse_choice(base, {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish},
                           include_usage)
 
+    direct = None
+    if single and plan.parser.plain:  # a parse would run on the engine thread: only when there is none
+        content_chunk = text_template(lambda text: chunk({"content": text}))
+
+        def piece_chunk(piece: MessageDelta) -> bytes:
+            body = _delta_json(piece)
+            return content_chunk(piece.content) if "content" in body else chunk(body)
+
+        direct = DirectSSE.open(http, deltas, lambda text: b"".join(piece_chunk(p) for p in streamer.feed(text)))
     try:
         yield chunk({"role": "assistant", "content": ""})
         delta: Delta | None = first
@@ -172,8 +186,12 @@ async def _choice_stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, ba
                 state.usages.append(delta.usage)
                 yield chunk({}, _finish_reason(finish, message))
                 return
+            if direct is not None:
+                direct.arm()
             delta = await anext(deltas, None)
     finally:
+        if direct is not None:
+            direct.close()
         await deltas.aclose()  # type: ignore[attr-defined]  # cancels the sequence if it is still running
 
 

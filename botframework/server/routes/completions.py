@@ -16,6 +16,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from botframework.scheduler.output import Delta
 from botframework.server.auth import require_api_key
+from botframework.server.direct import DirectSSE
 from botframework.server.errors import APIError
 from botframework.server.generation import (
     StreamState,
@@ -30,6 +31,7 @@ from botframework.server.generation import (
     sse_choice,
     sse_choices,
     start_all,
+    text_template,
     tokenizer_call,
     total_usage,
     usage_json,
@@ -97,18 +99,23 @@ def _stream(http: HTTPRequest, runtime: Runtime, request_id: str, created: int,
     base = {"id": request_id, "object": "text_completion", "created": created, "model": runtime.model_id,
             "system_fingerprint": None}
     state = StreamState()
-    streams = [_choice_stream(http, runtime, base, index, first, deltas, include_usage, want_logprobs, state)
+    streams = [_choice_stream(http, runtime, base, index, first, deltas, include_usage, want_logprobs, state,
+                              single=len(started) == 1)
                for index, (first, deltas) in enumerate(started)]
     return sse_choices(started, streams, state, base, include_usage)
 
 
 async def _choice_stream(http: HTTPRequest, runtime: Runtime, base: dict[str, Any], index: int, first: Delta,
                          deltas: AsyncIterator[Delta], include_usage: bool, want_logprobs: bool,
-                         state: StreamState) -> AsyncIterator[bytes]:
+                         state: StreamState, single: bool) -> AsyncIterator[bytes]:
+    """One choice's chunks. The only choice's running text may go out from the engine thread
+    (server/direct.py): the same chunks, and this generator waits for the last delta meanwhile."""
     def chunk(text: str, finish: str | None = None, logprobs: Any = None) -> bytes:
         return sse_choice(base, {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish},
                           include_usage)
 
+    text_chunk = text_template(chunk)
+    direct = DirectSSE.open(http, deltas, lambda text: text_chunk(text) if text else b"") if single else None
     try:
         delta: Delta | None = first
         while delta is not None:
@@ -123,8 +130,12 @@ async def _choice_stream(http: HTTPRequest, runtime: Runtime, base: dict[str, An
                 record(http, delta.timings, delta.usage)
                 state.usages.append(delta.usage)
                 return
+            if direct is not None:
+                direct.arm()
             delta = await anext(deltas, None)
     finally:
+        if direct is not None:
+            direct.close()
         await deltas.aclose()  # type: ignore[attr-defined]
 
 
