@@ -277,9 +277,12 @@ def bench_servers(servers: dict[str, str], levels: list[int], max_tokens: int, r
                   reference: Callable[[], float] | None = None) -> tuple[list[ServerResult], float]:
     """Both servers are up the whole time; each level runs rounds_for(n, rounds) times, alternating which
     server goes first, so drift in the machine's speed hits both alike. Medians are reported.
-    `reference` (llama-bench tg) runs once per single-stream round, right after the first
-    server's run (so between the two, or after both, as the order alternates), while both
-    idle: its median, taken at the same times as theirs, is returned."""
+    `reference` (llama-bench tg) runs once per single-stream round, after both servers' runs,
+    while both idle: its median, taken at the same times as theirs, is returned. So each server
+    follows the other in half the rounds and the reference in the other half: a server that
+    starts right after the other's stream pays ~5 ms more to its first token (the other's
+    threads are still winding down), and with the reference between the two (as it was until
+    session 7) only one of them ever did."""
     results = {name: ServerResult(name) for name in servers}
     references: list[float] = []
     for base in servers.values():
@@ -290,8 +293,8 @@ def bench_servers(servers: dict[str, str], levels: list[int], max_tokens: int, r
         for r in range(rounds_for(n, rounds)):
             for name in (names if r % 2 == 0 else names[::-1]):
                 runs[name].append(level(servers[name], n, max_tokens))
-                if n == 1 and reference is not None and name == names[0]:
-                    references.append(reference())
+            if n == 1 and reference is not None:
+                references.append(reference())
         for name in names:
             results[name].levels.append(median_level(runs[name]))
             print(f"  {name} N={n}: {results[name].levels[-1]}", flush=True)

@@ -39,3 +39,27 @@ def test_paired_ratio_compares_round_by_round() -> None:
     assert (pr.ci_low, pr.ci_high) == (ratios[0], ratios[-1])
     assert (pr.ahead, pr.rounds) == (3, 6)  # a tie is not a win
     assert bench_serving.rounds_for(1, 5) == 20
+
+
+def test_each_server_follows_the_other_as_often_as_it_is_followed(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A server that starts right after the other's stream pays more to its first token: the
+    order of runs (and of the llama-bench reference between them) must not favour either."""
+    events: list[str] = []
+
+    def fake_level(base: str, n: int, max_tokens: int) -> LevelResult:
+        events.append(base if n == 1 else "other")
+        return LevelResult(n, 100.0, 10.0, 10.0, 100.0)
+
+    async def fake_roundtrip(base: str, repeats: int = 30) -> float:
+        return 10.0
+
+    monkeypatch.setattr(bench_serving, "level", fake_level)
+    monkeypatch.setattr(bench_serving, "roundtrip", fake_roundtrip)
+    monkeypatch.setattr(bench_serving, "system_prompt", lambda base: (100.0, 1.0))
+    bench_serving.bench_servers({"ours": "A", "llama": "B"}, [1], 16, rounds=3,
+                                reference=lambda: events.append("ref") or 120.0)  # type: ignore[func-returns-value]
+    runs = events[2:]  # after the warm-ups
+    assert runs.count("A") == runs.count("B") == 12 and runs.count("ref") == 12
+    after = [(prev, cur) for prev, cur in zip(runs, runs[1:]) if cur in "AB"]
+    assert after.count(("B", "A")) == after.count(("A", "B")) > 0
+    assert after.count(("ref", "A")) + (runs[0] == "A") == after.count(("ref", "B")) + (runs[0] == "B")
