@@ -150,7 +150,8 @@ async def _choice_stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, ba
                           include_usage)
 
     direct = None
-    if single and plan.parser.plain:  # a parse would run on the engine thread: only when there is none
+    # not with a parser (it would run on the engine thread) nor logprobs (every delta has some)
+    if single and plan.parser.plain and not want_logprobs:
         content_chunk = text_template(lambda text: chunk({"content": text}))
 
         def piece_chunk(piece: MessageDelta) -> bytes:

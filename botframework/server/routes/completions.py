@@ -115,7 +115,8 @@ async def _choice_stream(http: HTTPRequest, runtime: Runtime, base: dict[str, An
                           include_usage)
 
     text_chunk = text_template(chunk)
-    direct = DirectSSE.open(http, deltas, lambda text: text_chunk(text) if text else b"") if single else None
+    direct = DirectSSE.open(http, deltas, lambda text: text_chunk(text) if text else b"") \
+        if single and not want_logprobs else None  # with logprobs, every delta would be declined
     try:
         delta: Delta | None = first
         while delta is not None:
