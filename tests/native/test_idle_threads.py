@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 PROBE = """
 import json, os, time
@@ -32,9 +33,11 @@ def _probe(spincount: str | None) -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
     if spincount is not None:
         env["GOMP_SPINCOUNT"] = spincount
-    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300,
-                         check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    # not from the checkout: `-c` puts the cwd first on sys.path, shadowing the installed package
+    proc = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tempfile.gettempdir())
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def test_idle_compute_threads_sleep_and_the_setting_stays_in_the_process() -> None:
