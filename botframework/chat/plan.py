@@ -21,6 +21,7 @@ from typing import Any
 from botframework.chat.message import AssistantMessage
 from botframework.chat.parse import OutputMode, OutputParser
 from botframework.chat.render import OverflowPolicy, RenderedChat, render_chat
+from botframework.chat.schema import calendar_dates
 from botframework.chat.structured import StructuredOutput
 from botframework.chat.tools import (
     Tool,
@@ -138,7 +139,7 @@ def _template_grammar(model: Model, params: Mapping[str, Any]) -> GrammarSpec:
         elif kind == 3:  # PATTERN_FULL: must match the whole text so far
             patterns.append(("" if value.startswith("^") else "^") + value + ("" if value.endswith("$") else "$"))
     tokens = [t for t in tokens if 0 <= t < model.n_vocab]
-    return GrammarSpec(str(params["grammar"]), lazy=lazy, trigger_patterns=tuple(patterns),
+    return GrammarSpec(calendar_dates(str(params["grammar"])), lazy=lazy, trigger_patterns=tuple(patterns),
                        trigger_tokens=tuple(tokens), prefill="" if lazy else str(params.get("generation_prompt", "")))
 
 

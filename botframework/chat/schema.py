@@ -128,12 +128,39 @@ def check_schema(schema: Any, *, where: str = "#", param: str = "response_format
 
 
 def schema_grammar(schema: dict[str, Any], *, param: str = "response_format") -> str:
-    """check_schema, then llama.cpp's conversion to GBNF."""
+    """check_schema, then llama.cpp's conversion to GBNF (with real calendar dates)."""
     check_schema(schema, param=param)
     try:
-        return json_schema_to_grammar(schema)
+        return calendar_dates(json_schema_to_grammar(schema))
     except GrammarError as exc:
         raise GrammarError(str(exc), param=param) from None
+
+
+# llama.cpp's rule for format "date" (and "date-time") takes any day 01-31 of any month, and
+# year 0000: 2023-02-30 or 2023-04-31 passed the grammar and then failed validation (a 500).
+_LLAMA_DATE_RULE = 'date ::= [0-9]{4} "-" ( "0" [1-9] | "1" [0-2] ) "-" ( "0" [1-9] | [1-2] [0-9] | "3" [0-1] )'
+_DATE_RULES = {  # years 0001-9999; February 29 in leap years only (Gregorian, as Python's date)
+    "date": 'bf-date-year "-" ( bf-date-m31 "-" bf-date-d31 | bf-date-m30 "-" bf-date-d30 | "02-" bf-date-d28 )'
+            ' | bf-date-leap-year "-02-29"',
+    "bf-date-year": '[1-9] [0-9]{3} | "0" [1-9] [0-9]{2} | "00" [1-9] [0-9] | "000" [1-9]',
+    "bf-date-leap-year": '[0-9] [0-9] bf-date-q | bf-date-q "00"',  # divisible by 4, not by 100 unless by 400
+    "bf-date-q": '"0" [48] | [2468] [048] | [13579] [26]',  # 04..96 in steps of 4 (not 00)
+    "bf-date-m31": '"0" [13578] | "1" [02]',
+    "bf-date-m30": '"0" [469] | "11"',
+    "bf-date-d31": '"0" [1-9] | [12] [0-9] | "3" [01]',
+    "bf-date-d30": '"0" [1-9] | [12] [0-9] | "30"',
+    "bf-date-d28": '"0" [1-9] | "1" [0-9] | "2" [0-8]',
+}
+
+
+def calendar_dates(gbnf: str) -> str:
+    """llama.cpp's `date` rule, if the grammar has it, replaced by one that takes only real dates."""
+    lines = gbnf.splitlines()
+    if _LLAMA_DATE_RULE not in lines or any(line.startswith("bf-date-") for line in lines):
+        return gbnf  # no date (or a vendored converter that writes it differently; or our names taken)
+    out = [line for line in lines if line != _LLAMA_DATE_RULE]
+    out += [f"{name} ::= {body}" for name, body in _DATE_RULES.items()]
+    return "\n".join(out) + ("\n" if gbnf.endswith("\n") else "")
 
 
 class SchemaValidator:

@@ -8,6 +8,7 @@ list, response_format forms, and the grammar sampler's shortcuts against the pla
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -251,3 +252,38 @@ def reference_greedy(plain: SamplerChain, context: Context, index: int) -> int:
     sampler_module.lib().llama_sampler_apply(plain._pre, array)  # bias, penalties (its own history)
     sampler_module.lib().llama_sampler_apply(plain._grammar, array)
     return int(cand["id"][int(np.argmax(cand["logit"]))])
+
+
+def _grammar_takes(model: Model, gbnf: str, text: str) -> bool:
+    """The grammar accepts every token of `text` in turn (a prefix check: enough to see a rejection)."""
+    with SamplerChain(model, SamplerSpec(temperature=0.0, grammar=GrammarSpec(gbnf))) as chain:
+        for token in model.tokenize(text, add_special=False):
+            try:
+                chain.accept(token)
+            except GrammarError:
+                return False
+    return True
+
+
+@pytest.mark.parametrize("fmt, suffix", [("date", ""), ("date-time", "T10:20:30Z")])
+def test_format_date_takes_only_calendar_dates(model: Model, fmt: str, suffix: str) -> None:
+    """llama.cpp's `date` rule took 2023-02-30 and year 0000 (then validation failed: a 500);
+    chat.schema.calendar_dates replaces it. The validator is Python's date, as jsonschema's."""
+    import datetime
+
+    gbnf = schema_grammar({"type": "string", "format": fmt})
+    assert "bf-date-leap-year ::=" in gbnf  # the replacement happened
+    validator = SchemaValidator({"type": "string", "format": fmt})
+    cases = ["2023-02-28", "2023-02-29", "2023-02-30", "2024-02-29", "2000-02-29", "1900-02-29", "2400-02-29",
+             "0004-02-29", "0000-01-01", "0001-01-01", "9999-12-31", "2023-04-31", "2023-04-30", "2023-06-31",
+             "2023-11-31", "2023-12-31", "2023-13-01", "2023-00-10", "2023-01-00", "2023-01-32", "2023-08-31"]
+    for day in cases:
+        try:
+            datetime.date.fromisoformat(day)
+            real = True
+        except ValueError:
+            real = False
+        text = json.dumps(day + suffix)
+        assert _grammar_takes(model, gbnf, text) == real, day
+        if real:
+            assert validator.parse(text) == day + suffix  # what the grammar takes, validation takes
