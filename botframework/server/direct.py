@@ -1,9 +1,10 @@
 """A running stream's chunks written to the client's socket by the engine thread.
 
     uvicorn (httptools) -> ExposeConnection: scope[CYCLE] = the request's response cycle
-    route: the headers and the first chunk go through Starlette and uvicorn as usual; then,
-      between two deltas, DirectSSE.arm(): uvicorn's write buffer is empty and every delta
-      published so far has been consumed -> handle.attach_direct(self)
+    route: DirectSSE.attach(http, deltas, ...); the headers and the first chunk go through
+      Starlette and uvicorn as usual; then, as the route waits for each next delta (DeltaStream),
+      DirectSSE.arm(): uvicorn's write buffer is empty and every delta published so far has
+      been consumed -> handle.attach_direct(self)
     engine thread: handle.publish(delta) -> DirectSSE.take(delta): the route's chunk for it,
       framed as an HTTP/1.1 chunk, one send(MSG_DONTWAIT) on a dup of the connection's socket
     the last delta, logprobs, a text the route cannot format here: declined, it goes the usual
@@ -76,17 +77,20 @@ class DirectSSE:
         self.handed_back = 0  # sends that did not complete: their rest went to the transport
 
     @classmethod
-    def open(cls, http: HTTPRequest, deltas: Any, format: Callable[[str], bytes | None]) -> DirectSSE | None:
-        """For the stream read from `deltas` (generation.start's), if its connection allows it."""
+    def attach(cls, http: HTTPRequest, deltas: Any, format: Callable[[], Callable[[str], bytes | None]]) -> None:
+        """Give the stream read from `deltas` (generation.start's DeltaStream) a DirectSSE, if its
+        connection allows it: armed before each wait for a delta, closed with `deltas`.
+        `format()` makes the chunk formatter (only called when there will be a DirectSSE)."""
         cycle = http.scope.get(CYCLE)
         handle = getattr(deltas, "handle", None)
         settings = getattr(http.app.state, "settings", None)
         if cycle is None or handle is None or (settings is not None and not settings.direct_stream):
-            return None
+            return
         transport = cycle.transport
         if transport.get_extra_info("sslcontext") is not None or transport.get_extra_info("socket") is None:
-            return None
-        return cls(cycle, handle, asyncio.get_running_loop(), format, getattr(http.app.state, "metrics", None))
+            return
+        deltas.direct = cls(cycle, handle, asyncio.get_running_loop(), format(),
+                            getattr(http.app.state, "metrics", None))
 
     def arm(self) -> None:
         """Event loop, between two deltas: let the engine thread write the next ones, if what

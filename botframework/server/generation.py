@@ -13,10 +13,10 @@ import contextlib
 import dataclasses
 import json
 import uuid
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request as HTTPRequest
 from fastapi.responses import Response
@@ -35,6 +35,9 @@ from botframework.server.errors import (
 from botframework.server.protocol import ChatCompletionRequest, CompletionRequest
 from botframework.server.runtime import CHOICE_SEP, Runtime
 from botframework.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from botframework.server.direct import DirectSSE
 
 _PRIORITY = {"interactive": Priority.INTERACTIVE, "completion": Priority.COMPLETION, "batch": Priority.BATCH}
 _DISCONNECT_POLL_S = 0.25
@@ -132,20 +135,28 @@ def _logit_bias(bias: dict[str, float] | None, n_vocab: int, cap: int) -> dict[i
 
 
 class DeltaStream:
-    """A handle's deltas, as `start` returns them: an async iterator that knows its handle."""
+    """A handle's deltas, as `start` returns them: an async iterator that knows its handle.
+
+    A streaming route may give it a DirectSSE (DirectSSE.attach): armed before each wait for
+    the next delta, so the engine thread writes the deltas meanwhile, and closed with it."""
 
     def __init__(self, handle: RequestHandle) -> None:
         self.handle = handle
+        self.direct: DirectSSE | None = None
         self._deltas = handle.__aiter__()
 
     def __aiter__(self) -> DeltaStream:
         return self
 
     def __anext__(self) -> Awaitable[Delta]:
+        if self.direct is not None:
+            self.direct.arm()
         return self._deltas.__anext__()
 
-    def aclose(self) -> Awaitable[None]:
-        return self._deltas.aclose()  # type: ignore[attr-defined, no-any-return]
+    async def aclose(self) -> None:
+        if self.direct is not None:
+            self.direct.close()
+        await self._deltas.aclose()  # type: ignore[attr-defined]
 
 
 async def start(http: HTTPRequest, runtime: Runtime, request: Request) -> tuple[Delta, AsyncIterator[Delta]]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -149,16 +149,18 @@ async def _choice_stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, ba
         return sse_choice(base, {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish},
                           include_usage)
 
-    direct = None
-    # not with a parser (it would run on the engine thread) nor logprobs (every delta has some)
-    if single and plan.parser.plain and not want_logprobs:
+    def direct_format() -> Callable[[str], bytes]:
         content_chunk = text_template(lambda text: chunk({"content": text}))
 
         def piece_chunk(piece: MessageDelta) -> bytes:
             body = _delta_json(piece)
             return content_chunk(piece.content) if "content" in body else chunk(body)
 
-        direct = DirectSSE.open(http, deltas, lambda text: b"".join(piece_chunk(p) for p in streamer.feed(text)))
+        return lambda text: b"".join(piece_chunk(p) for p in streamer.feed(text))
+
+    # not with a parser (it would run on the engine thread) nor logprobs (every delta has some)
+    if single and plan.parser.plain and not want_logprobs:
+        DirectSSE.attach(http, deltas, direct_format)
     try:
         yield chunk({"role": "assistant", "content": ""})
         delta: Delta | None = first
@@ -187,12 +189,8 @@ async def _choice_stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, ba
                 state.usages.append(delta.usage)
                 yield chunk({}, _finish_reason(finish, message))
                 return
-            if direct is not None:
-                direct.arm()
             delta = await anext(deltas, None)
     finally:
-        if direct is not None:
-            direct.close()
         await deltas.aclose()  # type: ignore[attr-defined]  # cancels the sequence if it is still running
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -114,9 +114,12 @@ async def _choice_stream(http: HTTPRequest, runtime: Runtime, base: dict[str, An
         return sse_choice(base, {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish},
                           include_usage)
 
-    text_chunk = text_template(chunk)
-    direct = DirectSSE.open(http, deltas, lambda text: text_chunk(text) if text else b"") \
-        if single and not want_logprobs else None  # with logprobs, every delta would be declined
+    def direct_format() -> Callable[[str], bytes]:
+        text_chunk = text_template(chunk)
+        return lambda text: text_chunk(text) if text else b""
+
+    if single and not want_logprobs:  # with logprobs, every delta would be declined
+        DirectSSE.attach(http, deltas, direct_format)
     try:
         delta: Delta | None = first
         while delta is not None:
@@ -131,12 +134,8 @@ async def _choice_stream(http: HTTPRequest, runtime: Runtime, base: dict[str, An
                 record(http, delta.timings, delta.usage)
                 state.usages.append(delta.usage)
                 return
-            if direct is not None:
-                direct.arm()
             delta = await anext(deltas, None)
     finally:
-        if direct is not None:
-            direct.close()
         await deltas.aclose()  # type: ignore[attr-defined]
 
 
