@@ -287,3 +287,23 @@ def test_format_date_takes_only_calendar_dates(model: Model, fmt: str, suffix: s
         assert _grammar_takes(model, gbnf, text) == real, day
         if real:
             assert validator.parse(text) == day + suffix  # what the grammar takes, validation takes
+
+
+@pytest.mark.parametrize("fmt, prefix", [("time", ""), ("date-time", "2024-02-29T")])
+def test_format_time_grammar_within_validator(model: Model, fmt: str, prefix: str) -> None:
+    """llama.cpp's `time` rule (hours 00-23, minutes and seconds 00-59, an optional 3-digit
+    fraction, Z or an offset up to 23:59) is narrower than the validator (rfc3339-validator takes
+    any fraction and a lowercase z): whatever the grammar takes must validate, and the parts the
+    validator refuses (hour 24, minute or second 60, offset hour 24) the grammar refuses too.
+    So no generated time can fail validation after the fact."""
+    gbnf = schema_grammar({"type": "string", "format": fmt})
+    validator = SchemaValidator({"type": "string", "format": fmt})
+    taken = ["00:00:00Z", "23:59:59Z", "12:34:56.789Z", "12:34:56+05:30", "07:08:09-23:59", "19:00:00.000+00:00"]
+    for time in taken:
+        text = json.dumps(prefix + time)
+        assert _grammar_takes(model, gbnf, text), time
+        assert validator.parse(text) == prefix + time
+    for time in ["24:00:00Z", "12:60:00Z", "12:00:60Z", "12:00:00+24:00", "12:00:00+05:60", "1:02:03Z"]:
+        text = json.dumps(prefix + time)
+        assert not _grammar_takes(model, gbnf, text), time
+        assert validator.errors(prefix + time), time  # the validator refuses it too
