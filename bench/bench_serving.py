@@ -13,6 +13,11 @@
 
 Usage: python bench/bench_serving.py [--levels 1,4,8,16] [--tokens 128] [--parallel 8] [--threads T]
                                      [--rounds R] [--skip-inprocess] [--json FILE]
+                                     [--reference llama-server|botframework]
+
+`--reference botframework` puts a second instance of our server where llama-server was (an A/A
+run): on a machine whose speed drifts, its ratios show how far from 1.0 two equal servers land,
+which is the resolution of the comparison at each level.
 """
 
 from __future__ import annotations
@@ -361,6 +366,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="runs per level and server, 4x at 1 stream and 2x at 2 (medians reported)")
     parser.add_argument("--skip-inprocess", action="store_true")
+    parser.add_argument("--reference", choices=("llama-server", "botframework"), default="llama-server",
+                        help="the server ours is compared with: botframework runs a second instance of ours "
+                             "in llama-server's place (an A/A run: how far from 1.0 the ratios of two equal "
+                             "servers land on this machine, i.e. the resolution of the comparison)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -374,11 +383,15 @@ def main() -> int:
     theirs_cmd = [str(llama_server), "-m", str(model), "--host", "127.0.0.1", "--port", str(theirs_port),
                   "-np", str(args.parallel), "-c", str(args.ctx), "-t", str(args.threads), "-tb", str(args.threads),
                   "--kv-unified", "--metrics"]
-    print(f"botframework server and llama-server: {args.parallel} slots, {args.threads} threads, "
+    ref = "llama-server"
+    if args.reference == "botframework":  # A/A: the same command on the other port, started second as llama-server is
+        theirs_cmd = [str(theirs_port) if arg == str(ours_port) else arg for arg in ours_cmd]
+        ref = "botframework#2"
+    print(f"botframework server and {ref}: {args.parallel} slots, {args.threads} threads, "
           f"{args.rounds} alternating rounds per level (logs in /tmp/bench-*.log)", flush=True)
     build_tools(("llama-bench",))
-    with running(ours_cmd, ours_port, "ours") as ours_base, running(theirs_cmd, theirs_port, "llama-server") as theirs_base:
-        results, tg = bench_servers({"botframework": ours_base, "llama-server": theirs_base}, levels, args.tokens,
+    with running(ours_cmd, ours_port, "ours") as ours_base, running(theirs_cmd, theirs_port, ref) as theirs_base:
+        results, tg = bench_servers({"botframework": ours_base, ref: theirs_base}, levels, args.tokens,
                                     args.rounds, functools.partial(llama_bench_tg, model, args.threads, args.tokens, 1))
     if not tg:  # no single-stream level
         tg = llama_bench_tg(model, args.threads, args.tokens)
@@ -387,8 +400,9 @@ def main() -> int:
         results.append(bench_inprocess(model, levels, args.tokens, args))
 
     ours, theirs = results[0], results[1]
-    print(f"\n{'streams':>7} | {'ours t/s':>9} {'llama t/s':>9} {'ratio':>6} | {'per round: median [95% CI] ahead':>36} | "
-          f"{'ours TTFT p50/p95 ms':>21} | {'llama TTFT p50/p95 ms':>22}" + (" | in-proc t/s" if len(results) > 2 else ""))
+    short = "llama" if ref == "llama-server" else "ours#2"
+    print(f"\n{'streams':>7} | {'ours t/s':>9} {short + ' t/s':>9} {'ratio':>6} | {'per round: median [95% CI] ahead':>36} | "
+          f"{'ours TTFT p50/p95 ms':>21} | {short + ' TTFT p50/p95 ms':>22}" + (" | in-proc t/s" if len(results) > 2 else ""))
     for i, n in enumerate(levels):
         a, b = ours.levels[i], theirs.levels[i]
         pr = paired_ratio(a, b)
@@ -400,10 +414,10 @@ def main() -> int:
         print(row)
     if ours.levels and ours.levels[0].decode_tps_single:
         a, b = ours.levels[0].decode_tps_single, theirs.levels[0].decode_tps_single
-        print(f"single-stream decode (inter-token): ours {a:.1f} t/s, llama-server {b:.1f} t/s, ratio {a / b:.2f}; "
-              f"llama-bench tg{args.tokens} {tg:.1f} t/s: ours {a / tg:.2f}x, llama-server {b / tg:.2f}x")
+        print(f"single-stream decode (inter-token): ours {a:.1f} t/s, {ref} {b:.1f} t/s, ratio {a / b:.2f}; "
+              f"llama-bench tg{args.tokens} {tg:.1f} t/s: ours {a / tg:.2f}x, {ref} {b / tg:.2f}x")
     print(f"cached max_tokens=1 round trip p50: ours {ours.cached_roundtrip_p50_ms:.1f} ms, "
-          f"llama-server {theirs.cached_roundtrip_p50_ms:.1f} ms, "
+          f"{ref} {theirs.cached_roundtrip_p50_ms:.1f} ms, "
           f"difference {ours.cached_roundtrip_p50_ms - theirs.cached_roundtrip_p50_ms:+.1f} ms")
     for r in (ours, theirs):
         print(f"1,000-token system prompt ({r.name}): cold TTFT {r.system_cold_ttft_ms:.1f} ms, repeated "
