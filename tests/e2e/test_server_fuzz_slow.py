@@ -8,54 +8,27 @@ process never dies.
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from server_proc import free_port, served
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-_PORT = _free_port()
+_PORT = free_port()
 _BASE = f"http://127.0.0.1:{_PORT}"
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "BOTFRAMEWORK_MAX_TOKENS_CAP": "16"}
-    proc = subprocess.Popen([sys.executable, "-m", "botframework.server", "--port", str(_PORT), "--parallel", "4",
-                             "--ctx-size", "2048", "--log-level", "warning"],
-                            cwd=tempfile.gettempdir(), env=env)  # not the checkout: it would shadow the install
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, "the server exited while starting"
-            try:
-                if httpx.get(f"{_BASE}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become healthy"
-            time.sleep(0.2)
+    with served(["--parallel", "4", "--ctx-size", "2048", "--log-level", "warning"],
+                env={"BOTFRAMEWORK_MAX_TOKENS_CAP": "16"}, port=_PORT) as (_, proc):
         yield proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_real_server_never_answers_5xx(server: subprocess.Popen[bytes]) -> None:

@@ -13,10 +13,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -28,6 +24,7 @@ import pytest
 openai = pytest.importorskip("openai")
 
 from botframework.runtime.catalog import DEFAULT_MODEL  # noqa: E402
+from server_proc import served  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -36,35 +33,11 @@ SOAK_S = float(os.environ.get("BOTFRAMEWORK_SOAK_S", "90"))
 CLIENTS = 12
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "botframework.server", "--port", str(port), "--parallel", "4",
-                             "--ctx-size", "4096", "--log-level", "warning"],
-                            cwd=tempfile.gettempdir())  # not the checkout: it would shadow the install
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, "the server exited while starting"
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become healthy"
-            time.sleep(0.2)
+    with served(["--parallel", "4", "--ctx-size", "4096", "--log-level", "warning"]) as (url, proc):
         yield url
         assert proc.poll() is None, "the server died under load"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 class Soak:

@@ -1,0 +1,46 @@
+"""Start the real server as a child process for the slow end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def served(args: list[str], env: dict[str, str] | None = None, port: int | None = None,
+           timeout_s: float = 180) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`python -m botframework.server --port P *args` until /health answers; (base URL, process).
+    Run from the temp dir, not the checkout: `-m` puts the cwd first on sys.path, shadowing the install."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "botframework.server", "--port", str(port), *args],
+                            cwd=tempfile.gettempdir(), env={**os.environ, **(env or {})})
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert proc.poll() is None, "the server exited while starting"
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the server did not become healthy"
+            time.sleep(0.2)
+        yield url, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
