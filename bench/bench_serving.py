@@ -377,16 +377,20 @@ def main() -> int:
     llama_server = build_tools(("llama-server",))["llama-server"]
 
     ours_port, theirs_port = free_port(), free_port()
-    ours_cmd = [sys.executable, "-m", "botframework.server", "--port", str(ours_port),
+
+    def botframework_cmd(port: int) -> list[str]:
+        return [sys.executable, "-m", "botframework.server", "--port", str(port),
                 "--parallel", str(args.parallel), "--ctx-size", str(args.ctx), "--threads", str(args.threads),
                 "--threads-batch", str(args.threads), "--log-level", "warning"]
-    theirs_cmd = [str(llama_server), "-m", str(model), "--host", "127.0.0.1", "--port", str(theirs_port),
-                  "-np", str(args.parallel), "-c", str(args.ctx), "-t", str(args.threads), "-tb", str(args.threads),
-                  "--kv-unified", "--metrics"]
-    ref = "llama-server"
-    if args.reference == "botframework":  # A/A: the same command on the other port, started second as llama-server is
-        theirs_cmd = [str(theirs_port) if arg == str(ours_port) else arg for arg in ours_cmd]
-        ref = "botframework#2"
+
+    ours_cmd = botframework_cmd(ours_port)
+    if args.reference == "botframework":  # A/A: ours again on the other port, started second as llama-server is
+        ref, theirs_cmd = "botframework#2", botframework_cmd(theirs_port)
+    else:
+        ref = "llama-server"
+        theirs_cmd = [str(llama_server), "-m", str(model), "--host", "127.0.0.1", "--port", str(theirs_port),
+                      "-np", str(args.parallel), "-c", str(args.ctx), "-t", str(args.threads),
+                      "-tb", str(args.threads), "--kv-unified", "--metrics"]
     print(f"botframework server and {ref}: {args.parallel} slots, {args.threads} threads, "
           f"{args.rounds} alternating rounds per level (logs in /tmp/bench-*.log)", flush=True)
     build_tools(("llama-bench",))
