@@ -22,16 +22,11 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 from botframework.runtime.catalog import DEFAULT_MODEL
+from server_proc import free_port
 
 MODEL = DEFAULT_MODEL
 API_KEY = "e2e-test-key"
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +37,7 @@ def base_url() -> Iterator[str]:
         resolve_model(MODEL, pull_missing=True)
     except Exception as exc:  # noqa: BLE001 - no network and no cache: nothing to serve
         pytest.fail(f"model {MODEL} unavailable: {exc}")
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)  # the installed package (the source tree has no compiled module)
     proc = subprocess.Popen(
         [sys.executable, "-m", "botframework.server", "--port", str(port), "--model", MODEL, "--parallel", "2",

@@ -53,6 +53,13 @@ class Soak:
         with self.lock:
             self.failures.append(what)
 
+    def _post(self, what: str, path: str, body: dict | None = None) -> httpx.Response:  # type: ignore[type-arg]
+        """POST; a 5xx is recorded as a failure."""
+        r = self.http.post(path, json=body)
+        if r.status_code >= 500:
+            self._fail(f"{what}: {r.status_code} {r.text[:200]}")
+        return r
+
     def _sse(self, path: str, body: dict, leave_after: int | None = None,  # type: ignore[type-arg]
              on_first: Callable[[dict], None] | None = None) -> None:  # type: ignore[type-arg]
         with self.http.stream("POST", path, json={**body, "stream": True}) as r:
@@ -101,9 +108,7 @@ class Soak:
 
     def cancel_mid_stream(self) -> None:
         def cancel(event: dict) -> None:  # type: ignore[type-arg]
-            r = self.http.post(f"/v1/cancel/{event['id']}")
-            if r.status_code >= 500:
-                self._fail(f"cancel: {r.status_code}")
+            self._post("cancel", f"/v1/cancel/{event['id']}")
         self._sse("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "Go on."}],
                                            "max_tokens": 200, "ignore_eos": True}, on_first=cancel)
 
@@ -115,32 +120,24 @@ class Soak:
         schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
                                                    "age": {"type": "integer"}},
                   "required": ["name", "age"], "additionalProperties": False}
-        r = self.http.post("/v1/chat/completions", json={
+        r = self._post("json_schema", "/v1/chat/completions", {
             "model": MODEL, "messages": [{"role": "user", "content": "A person as JSON."}], "max_tokens": 64,
             "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}})
-        if r.status_code >= 500:
-            self._fail(f"json_schema: {r.status_code} {r.text[:200]}")
-        elif r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "stop":
+        if r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "stop":
             value = json.loads(r.json()["choices"][0]["message"]["content"])
             assert set(value) == {"name", "age"}
 
     def session(self) -> None:
         sid = f"soak-{random.randint(0, 5)}"  # a few sessions shared by the clients: turns race
-        r = self.http.post("/v1/chat/completions", json={
+        self._post("session", "/v1/chat/completions", {
             "model": MODEL, "session_id": sid, "max_tokens": 8,
             "messages": [{"role": "user", "content": f"Turn {random.randint(0, 99)}"}]})
-        if r.status_code >= 500:
-            self._fail(f"session: {r.status_code} {r.text[:200]}")
 
     def embeddings(self) -> None:
-        r = self.http.post("/v1/embeddings", json={"model": MODEL, "input": ["a cat", "a dog sat"]})
-        if r.status_code >= 500:
-            self._fail(f"embeddings: {r.status_code}")
+        self._post("embeddings", "/v1/embeddings", {"model": MODEL, "input": ["a cat", "a dog sat"]})
 
     def tokenize(self) -> None:
-        r = self.http.post("/tokenize", json={"content": "Hello there"})
-        if r.status_code >= 500:
-            self._fail(f"tokenize: {r.status_code}")
+        self._post("tokenize", "/tokenize", {"content": "Hello there"})
 
     def malformed(self) -> None:
         bodies = [{"model": MODEL, "messages": []}, {"model": MODEL, "prompt": [10**9]},
