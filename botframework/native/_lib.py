@@ -20,7 +20,9 @@ from botframework.errors import BotframeworkError
 # request, the default also burns both cores for ~5 ms (a server started right after another
 # one's stream paid that to its first token). 3,000 (~50 us) still covers the waits inside a
 # graph: llama-bench pp256/tg128 unchanged. Measured server against server, same run: +0.7%
-# tokens/s at 1 stream (inter-token time too), +4% at 8. Set GOMP_SPINCOUNT to override.
+# tokens/s at 1 stream (inter-token time too), +4% at 8; 300 and 30,000 against 3,000: -2.6%
+# and ~-5% at 1 stream. (Two copies of one server land up to ~3% apart per run here, so only
+# the last is clearly outside the noise.) Set GOMP_SPINCOUNT to override.
 # Only for this load: child processes (a llama-server a benchmark starts) keep their default.
 DEFAULT_GOMP_SPINCOUNT = "3000"
 _set_spin = "GOMP_SPINCOUNT" not in os.environ
