@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from build_llama_tools import build_tools  # noqa: E402
 
 from botframework.runtime.pull import pull  # noqa: E402
-from botframework.runtime.worker import default_threads  # noqa: E402
+from botframework.config import default_threads  # noqa: E402
 
 SYSTEM_WORDS = ("You are a meticulous assistant for a software company. Follow the style guide: be brief, "
                 "cite the relevant module, prefer examples over prose, and never invent APIs. ")

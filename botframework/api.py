@@ -26,13 +26,13 @@ from botframework.chat.render import OverflowPolicy
 from botframework.chat.stream import MessageStreamer
 from botframework.chat.structured import StructuredOutput, structured_output
 from botframework.chat.tools import parse_tool_choice, parse_tools
-from botframework.engine.sampling_params import SamplingParams
+from botframework.specs import SamplingParams
 from botframework.errors import (
     BotframeworkError,
     InvalidRequestError,
     OutputValidationError,
 )
-from botframework.native.sampler import GrammarSpec, SamplerSpec
+from botframework.specs import GrammarSpec, SamplerSpec
 from botframework.native.shim import ChatTemplates
 from botframework.runtime.catalog import DEFAULT_MODEL
 from botframework.runtime.pull import resolve_model

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from botframework.chat.message import ToolCall
-from botframework.native.shim import bracket_levels
+from botframework.native.jsontext import bracket_levels
 
 _WRAPPER_KEYS = frozenset({"name", "arguments", "parameters", "id", "type", "function", "tool_call", "tool_calls"})
 _SCALAR_CHARS = frozenset("0123456789+-.eEtruefalsnl")

@@ -19,14 +19,16 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botframework.chat.jsoncalls import find_calls, scan_calls
 from botframework.chat.message import AssistantMessage, ToolCall
 from botframework.chat.schema import SchemaValidator
 from botframework.chat.tools import Tool, ToolChoice, ToolChoiceMode
 from botframework.errors import InvalidRequestError
-from botframework.native.shim import ChatParser
+
+if TYPE_CHECKING:
+    from botframework.native.shim import ChatParser
 
 log = logging.getLogger("botframework.chat")
 
@@ -83,6 +85,8 @@ class OutputParser:
         try:
             parser = self._native.get("parser")
             if parser is None:  # loaded once: a stream parses its whole text again at every delta
+                from botframework.native.shim import ChatParser
+
                 parser = self._native["parser"] = ChatParser(
                     {**self.params, "reasoning_format": "auto", "parse_tool_calls": native_tools})
             out = parser.parse(text, partial=partial)

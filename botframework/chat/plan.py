@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botframework.chat.message import AssistantMessage
 from botframework.chat.parse import OutputMode, OutputParser
@@ -32,9 +32,11 @@ from botframework.chat.tools import (
     offered_tools,
 )
 from botframework.errors import InvalidRequestError
-from botframework.native.model import Model
-from botframework.native.sampler import GrammarSpec
-from botframework.native.shim import ChatTemplates
+from botframework.specs import GrammarSpec
+
+if TYPE_CHECKING:
+    from botframework.native.model import Model
+    from botframework.native.shim import ChatTemplates
 
 REASONING_FORMAT = "auto"  # split <think> (and each family's equivalent) into reasoning_content
 

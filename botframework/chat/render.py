@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from botframework.errors import ContextLengthExceededError, InvalidRequestError
-from botframework.native.model import Model
-from botframework.native.shim import ChatTemplates
+
+if TYPE_CHECKING:
+    from botframework.native.model import Model
+    from botframework.native.shim import ChatTemplates
 
 
 class OverflowPolicy(Enum):

@@ -28,7 +28,6 @@ from botframework.errors import (
     OutputValidationError,
     UnsupportedSchemaError,
 )
-from botframework.native.shim import json_schema_to_grammar
 
 # keyword -> how it is enforced (published as-is)
 ENFORCED_KEYWORDS: dict[str, str] = {
@@ -88,6 +87,13 @@ _BACKREFERENCE = re.compile(r"\\[1-9]|\\k<")
 
 
 MAX_SCHEMA_DEPTH = 64  # JSON nesting of the schema document (an object property is two levels)
+
+
+def json_schema_to_grammar(schema: Any) -> str:
+    """llama.cpp's JSON Schema -> GBNF converter (native: imported on first use)."""
+    from botframework.native.shim import json_schema_to_grammar as convert
+
+    return convert(schema)
 
 
 def json_depth(value: Any) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 
 from botframework.chat.schema import check_schema, schema_grammar
 from botframework.errors import InvalidRequestError
-from botframework.native.sampler import GrammarSpec
+from botframework.specs import GrammarSpec
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _ROOT_RULE = re.compile(r"^root ::= ", re.MULTILINE)

@@ -78,7 +78,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from botframework.native import shim
-    from botframework.runtime.worker import default_threads
+    from botframework.config import default_threads
 
     info = shim.build_info()
     decode_threads, batch_threads = default_threads()

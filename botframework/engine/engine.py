@@ -25,7 +25,8 @@ from botframework.errors import BotframeworkError
 from botframework.native.batch import Batch
 from botframework.native.context import Context
 from botframework.native.model import Model
-from botframework.native.sampler import SamplerChain, SamplerSpec
+from botframework.native.sampler import SamplerChain
+from botframework.specs import SamplerSpec
 
 log = logging.getLogger("botframework.engine")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from botframework.errors import BotframeworkError
-from botframework.native.sampler import SamplerSpec
+from botframework.specs import SamplerSpec
 
 
 class KVOpKind(Enum):

@@ -19,106 +19,22 @@ that starts with the chat template's generation prompt is fed those prompt token
 from __future__ import annotations
 
 import math
-import re
 import threading
-from dataclasses import dataclass, field
 from functools import lru_cache
 from types import TracebackType
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from botframework.errors import ClosedError, GrammarError, InvalidRequestError
 from botframework.native._lib import ffi, lib
 from botframework.native.model import Model
+from botframework.specs import GrammarSpec, SamplerSpec
 
 # Step 3 tries the grammar on the best 256, then 4096 candidates (by logit) before all of
 # them: llama.cpp's grammar check decodes every candidate's text, ~0.2 us each.
 GRAMMAR_TIERS = (256, 4096)
 GREEDY_PROBES = 32  # greedy: check this many best tokens one at a time first
-
-
-@dataclass(frozen=True)
-class GrammarSpec:
-    """A GBNF grammar; lazy grammars only start constraining after a trigger appears.
-
-    `prefill`: text the prompt already ends with and the grammar starts with (chat grammars
-    from ChatTemplates.apply begin with the generation prompt). Its tokens are accepted by
-    the grammar, and only the grammar, before sampling; ignored for lazy grammars.
-    """
-
-    gbnf: str
-    root: str = "root"
-    lazy: bool = False
-    trigger_patterns: tuple[str, ...] = ()
-    trigger_tokens: tuple[int, ...] = ()
-    prefill: str = ""
-
-    def __post_init__(self) -> None:
-        check_gbnf_limits(self.gbnf)
-
-
-# llama.cpp parses and walks grammars recursively: nesting ~20,000 groups deep, or a chain of
-# ~100,000 rules each starting with the next, overflows the thread's stack and kills the
-# process. Limits far below that, far above any real grammar (a JSON schema's has hundreds).
-MAX_GRAMMAR_BYTES = 1 << 20
-MAX_GRAMMAR_RULES = 10_000
-MAX_GRAMMAR_NESTING = 256
-
-
-_GBNF_LITERALS = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]|#[^\n]*')
-
-
-def check_gbnf_limits(gbnf: str) -> None:
-    """GrammarError if the grammar is larger, has more rules or nests groups deeper than llama.cpp
-    can take safely. Scans outside "strings", [character classes] and # comments."""
-    if len(gbnf) > MAX_GRAMMAR_BYTES:
-        raise GrammarError(f"the grammar has {len(gbnf)} characters; at most {MAX_GRAMMAR_BYTES} are allowed",
-                           param="grammar")
-    bare = _GBNF_LITERALS.sub(" ", gbnf)
-    rules = bare.count("::=")
-    chars = np.frombuffer(bare.encode(), dtype=np.uint8)  # "(" and ")" are never part of a multi-byte character
-    deepest = int(np.cumsum((chars == 40).astype(np.int32) - (chars == 41)).max()) if len(chars) else 0
-    if deepest > MAX_GRAMMAR_NESTING:
-        raise GrammarError(f"the grammar nests groups {deepest} deep; at most {MAX_GRAMMAR_NESTING} are allowed",
-                           param="grammar")
-    if rules > MAX_GRAMMAR_RULES:
-        raise GrammarError(f"the grammar has {rules} rules; at most {MAX_GRAMMAR_RULES} are allowed", param="grammar")
-
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    typical_p: float = 1.0
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int | None = None
-    logit_bias: Mapping[int, float] = field(default_factory=dict)
-    grammar: GrammarSpec | None = None
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.temperature <= 100.0:
-            raise ValueError("temperature must be in [0, 100]")
-        if self.top_k < 0:
-            raise ValueError("top_k must be >= 0")
-        for name in ("top_p", "min_p", "typical_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1]")
-        if self.repeat_penalty <= 0.0:
-            raise ValueError("repeat_penalty must be > 0")
-        if self.repeat_last_n < -1:
-            raise ValueError("repeat_last_n must be >= -1")
-        if self.seed is not None and not 0 <= self.seed < 2**32 - 1:
-            raise ValueError("seed must be in [0, 2**32 - 2]")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0
 
 
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])

@@ -7,11 +7,8 @@
 from __future__ import annotations
 
 import json
-import re
 from types import TracebackType
 from typing import Any
-
-import numpy as np
 
 from botframework.errors import (
     ClosedError,
@@ -20,6 +17,7 @@ from botframework.errors import (
     ModelLoadError,
 )
 from botframework.native._lib import ffi, lib
+from botframework.native.jsontext import bracket_depth, bracket_levels
 from botframework.native.model import Model
 
 
@@ -104,26 +102,8 @@ class ChatTemplates:
 
 
 MAX_PARSE_NESTING = 128  # tool arguments nest at most 64 levels (chat.schema.MAX_SCHEMA_DEPTH)
-_JSON_STRING = re.compile(r'"(?:\\.|[^"\\])*"')
-
-
-def bracket_levels(text: str) -> np.ndarray:
-    """Nesting of [ and { after each character of `text` (JSON strings masked; unbalanced
-    closers never take it below 0)."""
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).copy()  # one entry per character
-    for match in _JSON_STRING.finditer(text):
-        codes[match.start():match.end()] = 32
-    steps = ((codes == 91) | (codes == 123)).astype(np.int64) - ((codes == 93) | (codes == 125))
-    levels = np.cumsum(steps)
-    levels -= np.minimum(np.minimum.accumulate(levels), 0) if len(levels) else 0
-    return levels
-
-
-def bracket_depth(text: str) -> int:
-    """Deepest nesting of [ and { outside JSON strings."""
-    levels = bracket_levels(text)
-    return int(levels.max()) if len(levels) else 0
-
+__all__ = ["MAX_PARSE_NESTING", "ChatParser", "ChatTemplates", "bracket_depth", "bracket_levels", "build_info",
+           "chat_parse", "json_schema_to_grammar", "selftest_quantized"]
 
 def chat_parse(text: str, params: dict[str, Any], *, partial: bool = False) -> dict[str, Any]:
     """Parse model output into an OpenAI assistant message (content, reasoning, tool_calls).

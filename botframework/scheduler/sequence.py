@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 
 from botframework.engine.detokenizer import IncrementalDetokenizer
-from botframework.engine.sampling_params import SamplingParams
+from botframework.specs import SamplingParams
 from botframework.engine.stops import StopMatcher
 from botframework.scheduler.output import RequestHandle
 

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fastapi import Request as HTTPRequest
 from fastapi.responses import Response
 
-from botframework.engine.sampling_params import SamplingParams
+from botframework.specs import SamplingParams
 from botframework.errors import InvalidRequestError
-from botframework.native.sampler import SamplerSpec
+from botframework.specs import SamplerSpec
 from botframework.scheduler.output import Delta, FinishReason, RequestHandle, Usage
 from botframework.scheduler.sequence import Priority, Request
 from botframework.server.errors import (

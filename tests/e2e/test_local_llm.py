@@ -256,8 +256,8 @@ def test_context_shift_generates_past_the_window() -> None:
 
 def test_engine_thread_survives_bad_requests_and_failed_steps(llm: LocalLLM) -> None:
     from botframework import GrammarError
-    from botframework.engine import SamplingParams
-    from botframework.native.sampler import GrammarSpec, SamplerSpec
+    from botframework.specs import SamplingParams
+    from botframework.specs import GrammarSpec, SamplerSpec
     from botframework.scheduler.sequence import Request
 
     with pytest.raises(InvalidRequestError):  # rejected on the caller's thread, before queueing

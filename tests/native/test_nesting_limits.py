@@ -18,7 +18,7 @@ import pytest
 from botframework.chat.jsoncalls import find_calls
 from botframework.chat.schema import MAX_SCHEMA_DEPTH, check_schema, json_depth
 from botframework.errors import GrammarError, InvalidRequestError
-from botframework.native.sampler import (
+from botframework.specs import (
     MAX_GRAMMAR_NESTING,
     MAX_GRAMMAR_RULES,
     GrammarSpec,
@@ -56,7 +56,7 @@ def test_grammars_that_crashed_llama_are_refused(model_path: Path) -> None:
     result = run_child(
         "from botframework.errors import GrammarError\n"
         "from botframework.native import Model, SamplerChain, SamplerSpec\n"
-        "from botframework.native.sampler import GrammarSpec\n"
+        "from botframework.specs import GrammarSpec\n"
         f"model = Model({str(model_path)!r})\n"
         f"for gbnf in ({nested_grammar(20_000)!r}, "
         "'root ::= r0\\n' + ''.join(f'r{i} ::= r{i + 1}\\n' for i in range(60_000)) + 'r60000 ::= \"a\"\\n'):\n"

@@ -22,7 +22,7 @@ import pytest
 from botframework.errors import InvalidRequestError
 from botframework.native import Batch, Context, ContextParams, Model, SamplerChain, SamplerSpec
 from botframework.native import sampler as sampler_module
-from botframework.native.sampler import GrammarSpec
+from botframework.specs import GrammarSpec
 from botframework.native._lib import ffi, lib
 
 

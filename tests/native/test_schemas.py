@@ -45,7 +45,7 @@ from botframework.native import (  # noqa: E402
     SamplerSpec,
 )
 from botframework.native import sampler as sampler_module  # noqa: E402
-from botframework.native.sampler import GrammarSpec  # noqa: E402
+from botframework.specs import GrammarSpec  # noqa: E402
 from botframework.native.shim import ChatTemplates  # noqa: E402
 
 

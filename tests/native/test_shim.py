@@ -31,7 +31,7 @@ from botframework.native import (
     SamplerChain,
     SamplerSpec,
 )
-from botframework.native.sampler import GrammarSpec
+from botframework.specs import GrammarSpec
 from botframework.native.shim import ChatParser, ChatTemplates, chat_parse, json_schema_to_grammar
 
 REPO = Path(__file__).resolve().parents[2]
@@ -449,7 +449,7 @@ def test_templates_without_model_or_override_raise() -> None:
 def test_unsatisfiable_grammar_does_not_abort(model_path: Path) -> None:
     result = run_child(
         "from botframework.native import Model, Context, ContextParams, Batch, SamplerChain, SamplerSpec\n"
-        "from botframework.native.sampler import GrammarSpec\n"
+        "from botframework.specs import GrammarSpec\n"
         "from botframework.errors import BotframeworkError\n"
         "m = Model(MODEL); ctx = Context(m, ContextParams(n_ctx=256, n_batch=64, n_threads=2))\n"
         "b = Batch(8); i = b.add_sequence(m.tokenize('Hello'), 0, 0, True); ctx.decode(b)\n"
@@ -462,7 +462,7 @@ def test_unsatisfiable_grammar_does_not_abort(model_path: Path) -> None:
 def test_accepting_a_rejected_token_does_not_abort(model_path: Path) -> None:
     result = run_child(
         "from botframework.native import Model, SamplerChain, SamplerSpec\n"
-        "from botframework.native.sampler import GrammarSpec\n"
+        "from botframework.specs import GrammarSpec\n"
         "from botframework.errors import BotframeworkError\n"
         "m = Model(MODEL)\n"
         "s = SamplerChain(m, SamplerSpec(temperature=0.0, grammar=GrammarSpec('root ::= \"a\"')))\n"

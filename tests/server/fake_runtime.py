@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 
 from botframework.errors import BotframeworkError, DecodeError
-from botframework.native.sampler import GrammarSpec
+from botframework.specs import GrammarSpec
 from botframework.scheduler.output import Delta, FinishReason, RequestHandle, Usage
 from botframework.scheduler.sequence import Request
 from botframework.server.app import create_app

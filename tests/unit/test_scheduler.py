@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from botframework.engine.detokenizer import IncrementalDetokenizer
-from botframework.engine.sampling_params import SamplingParams
+from botframework.specs import SamplingParams
 from botframework.errors import BusyError, ContextLengthExceededError
 from botframework.scheduler.output import FinishReason, RequestHandle
 from botframework.scheduler.scheduler import Scheduler, SchedulerConfig
