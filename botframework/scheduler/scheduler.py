@@ -6,6 +6,9 @@
                  prefilling sequences, then newly admitted ones: prompt chunks up to the budget
                  admission: session slot > longest cached prefix of a free slot > prefix copied
                             from a live slot (seq_cp) > evict an idle session (state saved)
+    no room for a step's tokens: reclaim idle caches, then preempt active sequences that come
+                 later in queue order (their cells freed, back to the queue, recomputed when
+                 readmitted): a running answer is never cut short because others hold cells
     update(plan, result): append sampled tokens, detokenize, stops, finish -> publish Deltas
 
 All state lives here and is touched only by the engine thread; plans and results are plain
@@ -79,6 +82,8 @@ class Scheduler:
         self._deadlines: list[Sequence] = []   # queued or active sequences that have a deadline
         self._cell_refs: dict[int, int] = {}  # physical cell id -> slots holding it (seq_cp shares cells)
         self._next_cell = 0
+        self._planned: set[int] = set()  # seq ids with tokens in the step being planned
+        self.num_preemptions = 0
         # metrics
         self.num_prefix_hit_tokens = 0
         self.num_prompt_tokens = 0
@@ -168,9 +173,15 @@ class Scheduler:
             (running if seq.status is SequenceStatus.RUNNING else prefilling).append(seq)
         if len(running) > 1:
             running.sort(key=_queue_order)
+        self._planned.clear()
         for seq in running:
+            if seq.status is not SequenceStatus.RUNNING:
+                continue  # preempted by one before it in this loop
             if not self._reserve(1, seq) and not (seq.request.context_shift and self._shift(seq)):
-                self._finish(seq, FinishReason.LENGTH)
+                if self._can_preempt(seq) and len(self.active) > 1:
+                    self._preempt(seq)  # others hold the cells: wait for them, do not cut the answer
+                else:
+                    self._finish(seq, FinishReason.LENGTH)
                 continue
             items.append(self._item(seq, [seq.tokens[-1]], sample=True))
             budget -= 1
@@ -179,8 +190,9 @@ class Scheduler:
         for seq in prefilling:
             if budget <= 0:
                 break
-            budget -= self._plan_prefill(seq, budget, items)
-        admitted: list[Sequence] = []
+            if seq.status is SequenceStatus.PREFILLING:  # (not preempted above)
+                budget -= self._plan_prefill(seq, budget, items)
+        most_new = -1  # the most tokens an admitted prompt has to compute
         for seq in sorted(self.waiting, key=lambda s: (self._effective_priority(s, now), s.request.arrival)):
             if budget <= 0:
                 break
@@ -188,13 +200,13 @@ class Scheduler:
                 continue
             if not self._admit(seq):
                 break
-            admitted.append(seq)
+            most_new = max(most_new, seq.num_pending_prefill)
             self.waiting.remove(seq)
             budget -= self._plan_prefill(seq, budget, items)
-        if admitted:
+        if most_new >= 0:
             # a long prefill attends over every cell in use: then small idle caches go too
-            long = any(seq.num_prompt - seq.num_cached >= self.config.min_offload_tokens for seq in admitted)
-            self._offload_idle_prefixes(1 if long else self.config.min_offload_tokens)
+            self._offload_idle_prefixes(1 if most_new >= self.config.min_offload_tokens
+                                        else self.config.min_offload_tokens)
         plan = StepPlan(items=tuple(items), kv_ops=tuple(self._pending_ops),
                         release=tuple(self._pending_release),
                         save_states=(*self._pending_saves, *self._pending_prefix_saves))
@@ -208,14 +220,14 @@ class Scheduler:
         its cells (seq_cp) instead of computing the same tokens twice in parallel."""
         if seq.request.session_id is not None:
             return False  # a session's own cache (or its stored state) comes first
-        prompt = seq.tokens[: seq.num_prompt]
+        prompt = seq.tokens[: seq.num_prefill]
         head = prompt[: self.config.min_prefix_copy]
         for other in self.active.values():
             if other.tokens[: self.config.min_prefix_copy] != head:
                 continue
             committed = self._committed.get(other.seq_id, 0)
-            shared = common_prefix_len(other.tokens[: other.num_prompt], prompt)
-            if shared >= self.config.min_prefix_copy and committed < min(shared, seq.num_prompt - 1):
+            shared = common_prefix_len(other.tokens[: other.num_prefill], prompt)
+            if shared >= self.config.min_prefix_copy and committed < min(shared, seq.num_prefill - 1):
                 return True
         return False
 
@@ -255,11 +267,11 @@ class Scheduler:
                         num_logprobs=params.num_logprobs)
 
     def _plan_prefill(self, seq: Sequence, budget: int, items: list[PlanItem]) -> int:
-        n = min(seq.num_pending_prompt, budget)
+        n = min(seq.num_pending_prefill, budget)
         if n <= 0 or not self._reserve(n, seq):
             return 0
         chunk = seq.tokens[seq.num_computed: seq.num_computed + n]
-        last = seq.num_computed + n == seq.num_prompt
+        last = seq.num_computed + n == seq.num_prefill
         items.append(self._item(seq, chunk, sample=last))
         if last:
             seq.status = SequenceStatus.RUNNING
@@ -320,10 +332,50 @@ class Scheduler:
             self._cell_refs[cell] += 1
 
     def _reserve(self, n: int, seq: Sequence) -> bool:
-        """Make room for n more cells for seq, reclaiming caches; False if impossible."""
+        """Make room for n more cells for seq: reclaim idle caches, then preempt active
+        sequences after it in queue order that have nothing in this step's batch yet (the
+        last first). False if the cells cannot be had now."""
         if seq.num_computed + n > self.config.num_ctx:
             return False
-        return self._make_room(n, exclude=seq.seq_id)
+        if self._make_room(n, exclude=seq.seq_id):
+            self._planned.add(seq.seq_id)
+            return True
+        order = _queue_order(seq)
+        victims = sorted((other for other in self.active.values()
+                          if other is not seq and other.seq_id not in self._planned
+                          and _queue_order(other) > order and self._can_preempt(other)),
+                         key=_queue_order, reverse=True)
+        for victim in victims:
+            self._preempt(victim)
+            if self._make_room(n, exclude=seq.seq_id):
+                self._planned.add(seq.seq_id)
+                return True
+        return False
+
+    @staticmethod
+    def _can_preempt(seq: Sequence) -> bool:
+        # A context-shifted sequence's cells are not a prefix of its tokens: it cannot be
+        # recomputed from them.
+        return not seq.num_discarded
+
+    def _preempt(self, seq: Sequence) -> None:
+        """Take an active sequence's cells back and queue it again (recompute preemption, as
+        vLLM does): readmitted, it prefills its prompt and what it generated so far (reusing
+        any cached prefix), and goes on sampling where it stopped, with the same sampler."""
+        slot = self.slots[seq.seq_id]
+        del self.active[seq.request_id]
+        slot.owner = None
+        slot.session_id = None  # a session's earlier turns are recomputed with this one
+        slot.last_used = self.clock()
+        self._clear_slot(slot)
+        if seq.status is SequenceStatus.RUNNING:
+            seq.num_prefill = len(seq.tokens)  # its last token was sampled, not yet decoded
+        seq.status = SequenceStatus.WAITING
+        seq.seq_id = -1
+        seq.num_computed = 0
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.append(seq)
 
     def _make_room(self, n: int, exclude: int) -> bool:
         """Reclaim idle caches (not slot `exclude`) until n more cells fit; False if impossible."""
@@ -359,7 +411,7 @@ class Scheduler:
 
     # -- admission --------------------------------------------------------------------------
     def _admit(self, seq: Sequence) -> bool:
-        prompt = seq.tokens[: seq.num_prompt]
+        prompt = seq.tokens[: seq.num_prefill]
         session_id = seq.request.session_id
         slot = next((s for s in self.slots if session_id and s.session_id == session_id), None)
         if slot is not None and slot.owner is not None:
@@ -387,12 +439,12 @@ class Scheduler:
             shared = min(common_prefix_len(src.cached, prompt), self._committed[src.seq_id]) if src else 0
             if src is not None and shared >= self.config.min_prefix_copy and shared > reuse:
                 self._clear_slot(slot)
-                shared = min(shared, seq.num_prompt - 1)
+                shared = min(shared, seq.num_prefill - 1)
                 self._pending_ops.append(KVOp(KVOpKind.COPY, slot.seq_id, 0, shared, src_seq_id=src.seq_id))
                 slot.cached = prompt[:shared]
                 self._share_cells(slot, src, shared)
                 reuse = shared
-        reuse = min(reuse, seq.num_prompt - 1)  # the last prompt token is decoded for logits
+        reuse = min(reuse, seq.num_prefill - 1)  # the last prompt token is decoded for logits
         if len(slot.cached) > reuse:
             self._pending_ops.append(KVOp(KVOpKind.REMOVE, slot.seq_id, reuse, -1))
             slot.cached = slot.cached[:reuse]
@@ -402,12 +454,14 @@ class Scheduler:
         slot.session_id = session_id
         slot.last_used = self.clock()
         seq.seq_id = slot.seq_id
-        seq.num_computed = seq.num_cached = reuse
+        seq.num_computed = reuse
         seq.status = SequenceStatus.PREFILLING
-        seq.admitted_at = self.clock()
         self.active[seq.request_id] = seq
-        self.num_prefix_hit_tokens += reuse
-        self.num_prompt_tokens += seq.num_prompt
+        if not seq.num_preemptions:  # usage and metrics count the first admission
+            seq.num_cached = reuse
+            seq.admitted_at = self.clock()
+            self.num_prefix_hit_tokens += reuse
+            self.num_prompt_tokens += seq.num_prompt
         return True
 
     def _restore_prefix(self, slot: Slot, prompt: list[int]) -> list[int] | None:
@@ -571,4 +625,5 @@ class Scheduler:
             "stored_prefix_bytes": self.prefixes.ram_bytes() if self.prefixes is not None else 0,
             "num_prefix_offloads": self.num_prefix_offloads,
             "num_prefix_restores": self.num_prefix_restores,
+            "num_preemptions": self.num_preemptions,
         }

@@ -23,7 +23,7 @@ class Priority(IntEnum):
 
 
 class SequenceStatus(Enum):
-    WAITING = "waiting"        # queued; no KV sequence yet
+    WAITING = "waiting"        # queued (or preempted: back in the queue); no KV sequence
     PREFILLING = "prefilling"  # owns a slot; prompt chunks still being computed
     RUNNING = "running"        # generating one token per step
     FINISHED = "finished"      # done or cancelled; slot released
@@ -55,6 +55,10 @@ class Sequence:
         self.seq_id = -1
         self.tokens: list[int] = list(request.prompt_tokens)  # prompt + generated
         self.num_prompt = len(request.prompt_tokens)
+        # tokens to prefill before the next sample: the prompt, or after a preemption (its
+        # cells were taken back) the prompt plus what was generated so far
+        self.num_prefill = self.num_prompt
+        self.num_preemptions = 0
         self.num_computed = 0        # tokens of self.tokens already in the KV cache
         self.num_cached = 0          # prompt tokens reused from the cache at admission
         self.num_generated = 0
@@ -70,8 +74,8 @@ class Sequence:
         return self.request.request_id
 
     @property
-    def num_pending_prompt(self) -> int:
-        return self.num_prompt - self.num_computed
+    def num_pending_prefill(self) -> int:
+        return self.num_prefill - self.num_computed
 
     def kv_tokens(self) -> list[int]:
         """The tokens now in this sequence's KV cells, in position order."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from botframework.engine.detokenizer import IncrementalDetokenizer
@@ -364,11 +364,28 @@ def test_priority_lane_goes_first_and_batch_work_is_not_starved() -> None:
     assert finished(batch) is FinishReason.LENGTH
 
 
+# The property tests' inputs, shared with their longer runs (test_scheduler_properties_slow.py).
+RANDOM_OPS = (st.lists(st.tuples(st.sampled_from(["add", "add", "cancel", "step", "step", "drain"]),
+                                 st.integers(1, 300), st.integers(1, 12), st.sampled_from([None, "s1", "s2", "s3"])),
+                       min_size=1, max_size=80),
+              st.integers(1, 4), st.sampled_from([16, 64, 256]), st.sampled_from([0, 1 << 20]))
+PREFIX_RAM_REQUESTS = (st.lists(st.tuples(st.integers(0, 2), st.integers(1, 200), st.integers(1, 8), st.booleans()),
+                                min_size=2, max_size=30),
+                       st.integers(2, 4), st.sampled_from([512, 4096]))
+# Found by the random search: a prefill took the last cells while two answers were running,
+# and the one later in the queue was cut short ("length" after 4 of its 6 tokens) where the
+# run with prefixes in RAM had room. Now the later sequence is preempted, never cut.
+CUT_SHORT_BY_A_PREFILL = [
+    (2, 145, 3, False), (0, 198, 3, False), (0, 137, 6, False), (2, 22, 5, False), (1, 34, 6, False),
+    (2, 16, 8, False), (0, 180, 8, True), (2, 167, 1, False), (2, 96, 6, True), (0, 13, 7, True),
+    (1, 97, 4, True), (2, 136, 5, True), (2, 162, 3, True), (2, 8, 5, False), (1, 28, 1, True),
+    (1, 172, 1, True), (1, 98, 2, False), (0, 150, 1, False), (1, 160, 4, True), (0, 132, 7, False),
+    (1, 3, 1, True), (2, 195, 8, False), (1, 175, 6, False), (0, 188, 1, True), (2, 132, 2, False),
+    (1, 197, 8, False)]
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.sampled_from(["add", "add", "cancel", "step", "step", "drain"]),
-                          st.integers(1, 300), st.integers(1, 12), st.sampled_from([None, "s1", "s2", "s3"])),
-                min_size=1, max_size=80),
-       st.integers(1, 4), st.sampled_from([16, 64, 256]), st.sampled_from([0, 1 << 20]))
+@given(*RANDOM_OPS)
 def test_random_add_cancel_step(ops: list, num_slots: int, budget: int, prefix_ram: int) -> None:  # type: ignore[type-arg]
     budget = max(budget, num_slots)
     s, engine = scheduler_and_engine(num_slots=num_slots, num_ctx=1024, max_batch_tokens=budget, max_waiting=1000,
@@ -403,9 +420,8 @@ def test_random_add_cancel_step(ops: list, num_slots: int, budget: int, prefix_r
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.integers(0, 2), st.integers(1, 200), st.integers(1, 8), st.booleans()),
-                min_size=2, max_size=30),
-       st.integers(2, 4), st.sampled_from([512, 4096]))
+@given(*PREFIX_RAM_REQUESTS)
+@example(CUT_SHORT_BY_A_PREFILL, 4, 512)
 def test_prefix_ram_changes_no_output(requests: list, num_slots: int, num_ctx: int) -> None:  # type: ignore[type-arg]
     """Idle caches moved to RAM and restored: the same tokens as a run that keeps them in the
     KV cache (the fake engine's 'sampling' depends on the cells' content), every step balanced."""
@@ -426,6 +442,8 @@ def test_prefix_ram_changes_no_output(requests: list, num_slots: int, num_ctx: i
                 check_invariants(s, engine)
         run(s, engine)
         outputs.append([seq.tokens for seq in seqs])
+        # every prompt fits with its answer: nobody is cut short, however full the cache got
+        assert [seq.num_generated for seq in seqs] == [k for _, _, k, _ in requests]
         if s.prefixes is not None:
             assert not s._pending_prefix_saves
             assert s.num_prefix_offloads - s.num_prefix_restores == len(s.prefixes) + s.prefixes.num_dropped

@@ -1,0 +1,73 @@
+"""When the KV cache runs out, the scheduler preempts (frees and re-queues) the sequence that
+comes last in queue order instead of cutting a running answer short; a preempted sequence is
+recomputed when readmitted and gives exactly the tokens it would have given alone."""
+
+from __future__ import annotations
+
+from test_scheduler import check_invariants, finished, make_seq, run, scheduler_and_engine
+
+from botframework.scheduler.output import FinishReason
+from botframework.scheduler.sequence import SequenceStatus
+
+
+def alone(prompt: list[int], max_tokens: int) -> list[int]:
+    """The tokens a request gets with the cache to itself."""
+    s, engine = scheduler_and_engine(num_slots=2, num_ctx=4096, max_batch_tokens=64)
+    seq = make_seq(prompt, max_tokens=max_tokens)
+    s.add(seq)
+    run(s, engine)
+    return seq.tokens
+
+
+def test_a_running_answer_is_not_cut_short_by_a_later_prefill() -> None:
+    s, engine = scheduler_and_engine(num_slots=2, num_ctx=100, max_batch_tokens=64, prefix_cache_bytes=0)
+    first = make_seq(list(range(10, 50)), max_tokens=40)  # 40 + 40 cells
+    s.add(first)
+    for _ in range(3):
+        plan = s.schedule()
+        s.update(plan, engine.execute(plan))
+    later = make_seq(list(range(200, 250)), max_tokens=5)  # 50 more: the cache holds 100
+    s.add(later)
+    steps = 0
+    while s.has_work:
+        plan = s.schedule()
+        s.update(plan, engine.execute(plan))
+        check_invariants(s, engine)
+        steps += 1
+        assert steps < 1000
+    assert s.num_preemptions >= 1
+    assert later.num_preemptions >= 1 and first.num_preemptions == 0
+    for seq, prompt, k in ((first, list(range(10, 50)), 40), (later, list(range(200, 250)), 5)):
+        assert finished(seq) is FinishReason.LENGTH and seq.num_generated == k
+        assert seq.tokens == alone(prompt, k)  # recomputed, same answer
+
+
+def test_a_preempted_running_sequence_resumes_where_it_stopped() -> None:
+    s, engine = scheduler_and_engine(num_slots=2, num_ctx=80, max_batch_tokens=64, prefix_cache_bytes=0)
+    a = make_seq(list(range(10, 30)), max_tokens=50)   # 20 + 50
+    b = make_seq(list(range(300, 320)), max_tokens=30)  # 20 + 30: both running, 120 > 80 cells
+    s.add(a)
+    s.add(b)
+    preempted_running = False
+    while s.has_work:
+        running_before = b.status is SequenceStatus.RUNNING
+        preemptions_before = b.num_preemptions
+        plan = s.schedule()
+        if running_before and b.num_preemptions > preemptions_before:
+            preempted_running = True  # (readmitted at once, it waits in its slot for cells)
+            assert b.num_prefill == len(b.tokens) > b.num_prompt  # prompt + what it generated
+            assert b.status in (SequenceStatus.WAITING, SequenceStatus.PREFILLING)
+        s.update(plan, engine.execute(plan))
+        check_invariants(s, engine)
+    assert preempted_running
+    assert a.num_generated == 50 and b.num_generated == 30
+    assert a.tokens == alone(list(range(10, 30)), 50) and b.tokens == alone(list(range(300, 320)), 30)
+    assert b.num_cached == 0  # usage counts the first admission, not the recompute
+
+
+def test_a_sequence_alone_at_the_context_limit_still_ends_with_length() -> None:
+    s, engine = scheduler_and_engine(num_slots=2, num_ctx=40, max_batch_tokens=64, prefix_cache_bytes=0)
+    seq = make_seq(list(range(10, 30)), max_tokens=100)
+    s.add(seq)
+    run(s, engine)
+    assert finished(seq) is FinishReason.LENGTH and seq.num_generated == 20 and s.num_preemptions == 0
