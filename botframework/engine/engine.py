@@ -2,7 +2,10 @@
 
     plan.save_states -> state_seq_get (eviction)
     plan.kv_ops      -> seq_rm / seq_cp / seq_add / state_seq_set
-    plan.items       -> one Batch -> one llama_decode -> sample where item.sample
+    plan.items       -> a request's first item builds its SamplerChain from item.sampler (the
+                        only way a sampling spec reaches the engine; one that cannot be built,
+                        e.g. invalid GBNF, ends that request before any of its tokens is
+                        decoded) -> one Batch -> one llama_decode -> sample where item.sample
     plan.release     -> free samplers of finished requests
 """
 
@@ -21,7 +24,7 @@ from botframework.engine.step import (
     StepPlan,
     StepResult,
 )
-from botframework.errors import BotframeworkError
+from botframework.errors import BotframeworkError, InvalidRequestError
 from botframework.native.batch import Batch
 from botframework.native.context import Context
 from botframework.native.model import Model
@@ -29,6 +32,7 @@ from botframework.native.sampler import SamplerChain
 from botframework.specs import SamplerSpec
 
 log = logging.getLogger("botframework.engine")
+_GREEDY = SamplerSpec(temperature=0.0)  # a hand-built PlanItem without a sampler: argmax
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -67,23 +71,15 @@ class Engine:
             mem.seq_rm(op.seq_id, -1, -1)
             self.context.state_seq_set(op.seq_id, op.data)
 
-    def _sampler_for(self, item: PlanItem) -> SamplerChain:
-        sampler = self._samplers.get(item.request_id)
-        if sampler is None:
-            sampler = SamplerChain(self.model, item.sampler or SamplerSpec(temperature=0.0))
-            self._samplers[item.request_id] = sampler
-        return sampler
-
-    def adopt(self, request_id: str, sampler: SamplerChain) -> None:
-        """Take ownership of a sampler built (and validated) by the submitting thread."""
-        old = self._samplers.pop(request_id, None)
-        if old is not None:
-            old.close()
-        self._samplers[request_id] = sampler
-
-    def prepare(self, item: PlanItem) -> None:
-        """Create the request's sampler now (e.g. to surface a bad grammar before decoding)."""
-        self._sampler_for(item)
+    def _new_sampler(self, item: PlanItem) -> BotframeworkError | None:
+        """Build the request's sampler from its plan item; the error if it cannot be built."""
+        try:
+            self._samplers[item.request_id] = SamplerChain(self.model, item.sampler or _GREEDY)
+        except (BotframeworkError, ValueError) as exc:
+            log.warning("request %s: cannot build its sampler: %s", item.request_id, exc)
+            self.num_sampler_failures += 1
+            return exc if isinstance(exc, BotframeworkError) else InvalidRequestError(str(exc))
+        return None
 
     def release(self, request_id: str) -> None:
         sampler = self._samplers.pop(request_id, None)
@@ -99,23 +95,25 @@ class Engine:
         batch = self.batch
         batch.clear()
         outputs: list[tuple[PlanItem, int]] = []
+        sampled = []
+        samplers, context = self._samplers, self.context
         for item in plan.items:
+            if item.request_id not in samplers:
+                error = self._new_sampler(item)
+                if error is not None:  # the request ends with it; its tokens stay out of the batch
+                    sampled.append(SampledToken(item.request_id, -1, error=error))
+                    continue
             index = batch.add_sequence(item.tokens, item.start_pos, item.seq_id, logits_last=item.sample)
             if item.sample:
                 outputs.append((item, index))
         t0 = time.perf_counter()
         self.context.decode(batch)
         t1 = time.perf_counter()
-        sampled = []
-        samplers, context = self._samplers, self.context
         for item, index in outputs:
-            # A sampler that cannot go on (a grammar with no allowed token, a grammar that fails
-            # to build) ends that request with its error instead of failing the whole batch.
+            # A sampler that cannot go on (a grammar with no allowed token here) ends that
+            # request with its error instead of failing the whole batch.
             try:
-                sampler = samplers.get(item.request_id)
-                if sampler is None:
-                    sampler = self._sampler_for(item)
-                token = sampler.sample(context, index)
+                token = samplers[item.request_id].sample(context, index)
             except BotframeworkError as exc:
                 log.warning("request %s: sampling stopped: %s", item.request_id, exc)
                 self.num_sampler_failures += 1

@@ -34,7 +34,6 @@ from botframework.errors import BotframeworkError, ClosedError, InvalidRequestEr
 from botframework.native.batch import Batch
 from botframework.native.context import Context, ContextParams
 from botframework.native.model import Model, ModelParams
-from botframework.native.sampler import SamplerChain
 from botframework.scheduler.output import Delta, FinishReason, RequestHandle, batched
 from botframework.scheduler.scheduler import Scheduler, SchedulerConfig
 from botframework.scheduler.sequence import Request, Sequence
@@ -100,10 +99,12 @@ class ModelWorker:
 
     def submit(self, request: Request, loop: asyncio.AbstractEventLoop | None = None) -> RequestHandle:
         """Queue a request; errors (busy, context overflow) arrive as the handle's final Delta."""
+        # Token ids are checked here, on the caller's thread: an exception now (a 400 over
+        # HTTP). The sampler is built by the engine from the request's first plan item; one
+        # that cannot be built (invalid GBNF) is the handle's first delta, before any decode.
         self.model.check_tokens(list(request.prompt_tokens))
-        # Built here, on the caller's thread: a bad logit_bias or grammar is the caller's error
-        # (an exception now, a 400 over HTTP), never something the engine thread trips on.
-        sampler = SamplerChain(self.model, request.params.sampler)
+        if request.params.sampler.logit_bias:
+            self.model.check_tokens(list(request.params.sampler.logit_bias), param="logit_bias")
         handle = RequestHandle(request.request_id, self.cancel, loop)
         seq = Sequence(request, handle, IncrementalDetokenizer(self.model.token_to_piece, self.model.piece_text))
 
@@ -111,16 +112,9 @@ class ModelWorker:
             try:
                 self.scheduler.add(seq)
             except BotframeworkError as exc:
-                sampler.close()
                 handle.publish(Delta(request.request_id, finish_reason=FinishReason.ERROR, error=exc))
-            else:
-                self.engine.adopt(request.request_id, sampler)
 
-        try:
-            self._post(add)
-        except ClosedError:
-            sampler.close()
-            raise
+        self._post(add)
         return handle
 
     def cancel(self, request_id: str) -> None:

@@ -256,15 +256,17 @@ def test_context_shift_generates_past_the_window() -> None:
 
 def test_engine_thread_survives_bad_requests_and_failed_steps(llm: LocalLLM) -> None:
     from botframework import GrammarError
-    from botframework.specs import SamplingParams
-    from botframework.specs import GrammarSpec, SamplerSpec
+    from botframework.specs import GrammarSpec, SamplerSpec, SamplingParams
     from botframework.scheduler.sequence import Request
 
     with pytest.raises(InvalidRequestError):  # rejected on the caller's thread, before queueing
         llm.complete("hi", logit_bias={llm.worker.model.n_vocab: 5.0})
     bad_grammar = SamplingParams(sampler=SamplerSpec(grammar=GrammarSpec("root ::= undefined-rule")))
+    deltas = list(llm.worker.submit(Request("bad-grammar", (1, 2, 3), bad_grammar)))
+    assert len(deltas) == 1 and isinstance(deltas[0].error, GrammarError)  # the engine built it: no decode
+    assert deltas[0].usage is not None and deltas[0].usage.completion_tokens == 0
     with pytest.raises(GrammarError):
-        llm.worker.submit(Request("bad-grammar", (1, 2, 3), bad_grammar))
+        llm.chat("hi", grammar="root ::= undefined-rule")
 
     def boom() -> None:
         raise RuntimeError("a command that fails")

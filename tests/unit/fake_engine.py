@@ -17,6 +17,7 @@ class FakeEngine:
         self.eog = eog
         self.num_decoded = 0
         self.samplers: set[str] = set()
+        self.bad_samplers: dict[str, Exception] = {}  # request id -> the error building its sampler raises
 
     @property
     def kv(self) -> dict[int, list[int]]:
@@ -58,13 +59,18 @@ class FakeEngine:
         for item in plan.items:
             assert item.seq_id not in seen, "a sequence twice in one batch"
             seen.add(item.seq_id)
+            if item.request_id not in self.samplers and item.request_id in self.bad_samplers:
+                # as the engine does: the request's first item builds its sampler; if that fails
+                # the request ends with the error and its tokens stay out of the batch
+                sampled.append(SampledToken(item.request_id, -1, error=self.bad_samplers[item.request_id]))  # type: ignore[arg-type]
+                continue
+            self.samplers.add(item.request_id)
             cells = self.cells[item.seq_id]
             assert item.start_pos == len(cells), f"seq {item.seq_id}: pos {item.start_pos} != {len(cells)} cells"
             for k, token in enumerate(item.tokens):
                 cells[item.start_pos + k] = token
             self.num_decoded += len(item.tokens)
             if item.sample:
-                self.samplers.add(item.request_id)
                 # deterministic: depends only on the sequence's content, like greedy decoding
                 token = (sum(cells.values()) * 31 + len(cells)) % (self.vocab - 1)
                 sampled.append(SampledToken(item.request_id, token))

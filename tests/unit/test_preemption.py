@@ -71,3 +71,20 @@ def test_a_sequence_alone_at_the_context_limit_still_ends_with_length() -> None:
     s.add(seq)
     run(s, engine)
     assert finished(seq) is FinishReason.LENGTH and seq.num_generated == 20 and s.num_preemptions == 0
+
+
+def test_a_sampler_that_cannot_be_built_ends_its_request_before_any_decode() -> None:
+    from botframework.errors import GrammarError
+
+    s, engine = scheduler_and_engine(num_slots=2, num_ctx=4096, max_batch_tokens=16, prefix_cache_bytes=0)
+    bad = make_seq(list(range(10, 60)), max_tokens=4)
+    good = make_seq(list(range(100, 110)), max_tokens=4)
+    engine.bad_samplers[bad.request_id] = GrammarError("invalid GBNF", param="grammar")
+    s.add(bad)
+    s.add(good)
+    before = engine.num_decoded
+    run(s, engine)
+    assert finished(bad) is FinishReason.ERROR and bad.num_generated == 0
+    assert engine.num_decoded - before == 10 + 3  # only the good request's tokens were decoded
+    assert finished(good) is FinishReason.LENGTH and good.num_generated == 4
+    assert all(slot.owner is None for slot in s.slots) and engine.kv[bad.seq_id] == []
