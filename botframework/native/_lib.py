@@ -29,7 +29,8 @@ _set_spin = "GOMP_SPINCOUNT" not in os.environ
 if _set_spin:
     os.environ["GOMP_SPINCOUNT"] = DEFAULT_GOMP_SPINCOUNT
 try:
-    from botframework.native._bf_ffi import ffi, lib as _raw_lib
+    from botframework.native._bf_ffi import ffi
+    from botframework.native._bf_ffi import lib as _raw_lib
 except ImportError as exc:  # pragma: no cover - only without a build
     raise BotframeworkError(
         "botframework's native module is not built: install the package with `pip install .` "
