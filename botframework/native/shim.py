@@ -7,16 +7,15 @@
 from __future__ import annotations
 
 import json
-from types import TracebackType
 from typing import Any
 
 from botframework.errors import (
-    ClosedError,
     GrammarError,
     InvalidRequestError,
     ModelLoadError,
 )
 from botframework.native._lib import ffi, lib
+from botframework.native._owned import NativeHandle
 from botframework.native.jsontext import bracket_depth, bracket_levels
 from botframework.native.model import Model
 
@@ -51,10 +50,11 @@ def json_schema_to_grammar(schema: Any) -> str:
     return str(out["grammar"])
 
 
-class ChatTemplates:
+class ChatTemplates(NativeHandle):
     """A model's chat template(s), rendered by llama.cpp's Jinja engine (no Python eval)."""
 
-    _handle: Any = None  # class default: close()/__del__ work even if __init__ raised early
+    _what = "chat templates"
+    _frees = (("_handle", "bf_chat_templates_free"),)
 
     def __init__(self, model: Model | None, template_override: str | None = None) -> None:
         if model is None and not template_override:
@@ -78,27 +78,10 @@ class ChatTemplates:
 
     def apply(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """Render OpenAI-style messages (+tools, schema) to a prompt and generation params."""
-        if self._handle is None:
-            raise ClosedError("chat templates are closed")
-        out = _take_json(lib().bf_chat_apply(self._handle, json.dumps(inputs).encode("utf-8")))
+        out = _take_json(lib().bf_chat_apply(self.handle, json.dumps(inputs).encode("utf-8")))
         if "error" in out:
             raise InvalidRequestError(f"chat template: {out['error']}", param="messages")
         return out
-
-    def close(self) -> None:
-        if self._handle is not None:
-            lib().bf_chat_templates_free(self._handle)
-            self._handle = None
-
-    def __enter__(self) -> ChatTemplates:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
 
 
 MAX_PARSE_NESTING = 128  # tool arguments nest at most 64 levels (chat.schema.MAX_SCHEMA_DEPTH)
@@ -115,27 +98,22 @@ def chat_parse(text: str, params: dict[str, Any], *, partial: bool = False) -> d
     return _parsed(lib().bf_chat_parse(text.encode("utf-8"), 1 if partial else 0, _parser_params(params)))
 
 
-class ChatParser:
+class ChatParser(NativeHandle):
     """chat_parse with the params (and the serialized PEG parser in them) loaded once."""
 
+    _what = "chat parser"
+    _frees = (("_handle", "bf_chat_parser_free"),)
+
     def __init__(self, params: dict[str, Any]) -> None:
-        self._handle: Any = lib().bf_chat_parser_init(_parser_params(params))
-        if self._handle == ffi.NULL:
+        handle = lib().bf_chat_parser_init(_parser_params(params))
+        if handle == ffi.NULL:
             raise InvalidRequestError("the chat template's output parser could not be loaded")
+        self._handle: Any = handle
 
     def parse(self, text: str, *, partial: bool = False) -> dict[str, Any]:
-        if self._handle is None:
-            raise ClosedError("chat parser is closed")
+        handle = self.handle
         _check_depth(text)
-        return _parsed(lib().bf_chat_parser_parse(self._handle, text.encode("utf-8"), 1 if partial else 0))
-
-    def close(self) -> None:
-        if self._handle is not None:
-            lib().bf_chat_parser_free(self._handle)
-            self._handle = None
-
-    def __del__(self) -> None:
-        self.close()
+        return _parsed(lib().bf_chat_parser_parse(handle, text.encode("utf-8"), 1 if partial else 0))
 
 
 def _parser_params(params: dict[str, Any]) -> bytes:
