@@ -1,6 +1,7 @@
 """Context: one llama_context (KV cache + compute buffers) over a Model.
 
-    Model + ContextParams --llama_init_from_model--> llama_context* (owned)
+    Model + ContextParams --llama_init_from_model--> llama_context* (owned; the Model is kept
+        alive by it, and closes it first when the Model itself is closed)
         decode(Batch) -> status.check_decode -> logits_ith(i) / embeddings
         memory -> KVMemory (seq_rm / seq_cp / ...); state_seq_get/set for eviction
 
@@ -10,13 +11,13 @@ Only one thread may use a Context at a time: the engine thread that owns it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
-from botframework.errors import ClosedError, InvalidRequestError, ModelLoadError, NativeError
+from botframework.errors import InvalidRequestError, ModelLoadError, NativeError
 from botframework.native._lib import ffi, lib
+from botframework.native._owned import NativeHandle
 from botframework.native.batch import Batch
 from botframework.native.hugepages import HugePageWatch
 from botframework.native.kv_memory import KVMemory
@@ -61,8 +62,9 @@ class ContextParams:
             raise ValueError(f"pooling must be one of {sorted(_POOLING)}")
 
 
-class Context:
-    _handle: Any = None  # class default: close()/__del__ work even if __init__ raised early
+class Context(NativeHandle):
+    _what = "context"
+    _frees = (("_handle", "llama_free"),)
 
     def __init__(self, model: Model, params: ContextParams = ContextParams()) -> None:
         if params.n_seq_max > lib().llama_max_parallel_sequences():
@@ -88,33 +90,28 @@ class Context:
         if handle == ffi.NULL:
             raise ModelLoadError(f"llama.cpp could not create a context ({params}); out of memory?")
         self._handle: Any = handle
+        try:
+            model.add_dependent(self)  # the model frees its weights only after this context
+        except BaseException:
+            self.close()
+            raise
         self.n_ctx: int = lib().llama_n_ctx(handle)
         self.n_batch: int = lib().llama_n_batch(handle)
         self.n_ubatch: int = lib().llama_n_ubatch(handle)
         self.n_seq_max: int = lib().llama_n_seq_max(handle)
-        self.memory = KVMemory(lib().llama_get_memory(handle), self)
         self._n_vocab = model.n_vocab
 
     @property
-    def handle(self) -> Any:
-        if self._handle is None:
-            raise ClosedError("context is closed")
-        return self._handle
+    def memory(self) -> KVMemory:
+        """The KV cache's per-sequence operations. A view made on each access: it keeps this
+        context alive, and the context holds no reference back (no cycle for the GC to find)."""
+        return KVMemory(self)
 
-    def close(self) -> None:
-        if self._handle is not None:
-            lib().llama_free(self._handle)
-            self._handle = None
-
-    def __enter__(self) -> Context:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
+    def check_seq_id(self, seq_id: int, param: str = "seq_id") -> None:
+        """InvalidRequestError unless 0 <= seq_id < n_seq_max, the ids llama_decode accepts
+        (KV cache operations abort the process on some others: see KVMemory)."""
+        if not 0 <= seq_id < self.n_seq_max:
+            raise InvalidRequestError(f"sequence id {seq_id} out of range (0..{self.n_seq_max - 1})", param=param)
 
     def set_threads(self, n_threads: int, n_threads_batch: int) -> None:
         lib().llama_set_n_threads(self.handle, n_threads, n_threads_batch)
@@ -125,11 +122,15 @@ class Context:
     # -- compute ----------------------------------------------------------------------------
     def decode(self, batch: Batch) -> None:
         """Run one llama_decode over the batch (the GIL is released while it runs)."""
+        handle = self.handle
         if batch.n_tokens == 0:
             return
         if batch.n_tokens > self.n_batch:
             raise InvalidRequestError(f"batch of {batch.n_tokens} tokens exceeds n_batch={self.n_batch}")
-        check_decode(lib().llama_decode(self.handle, batch.native()))
+        rc = lib().llama_decode(handle, batch.native())
+        if rc == -1:  # an invalid batch, refused before anything changed: a bad sequence id is ours
+            batch.check_seq_ids(self.n_seq_max)
+        check_decode(rc)
 
     def logits_ith(self, i: int) -> np.ndarray:
         """Logits of the i-th output of the last batch (a copy: later decodes overwrite them)."""
@@ -151,6 +152,7 @@ class Context:
         return bool(lib().llama_get_causal_attn(self.handle))
 
     def embeddings_seq(self, seq_id: int) -> np.ndarray:
+        self.check_seq_id(seq_id)
         ptr = lib().llama_get_embeddings_seq(self.handle, seq_id)
         if ptr == ffi.NULL:
             raise NativeError(f"no pooled embeddings for sequence {seq_id}", op="llama_get_embeddings_seq")
@@ -158,6 +160,7 @@ class Context:
 
     # -- per-sequence state (eviction to host RAM / disk) -----------------------------------
     def state_seq_get(self, seq_id: int) -> bytes:
+        self.check_seq_id(seq_id)
         size = lib().llama_state_seq_get_size(self.handle, seq_id)
         # written in place: no second copy (fresh pages cost as much as the copy itself)
         buf = bytearray(size)
@@ -170,6 +173,7 @@ class Context:
         return buf  # type: ignore[return-value]  # a bytearray: bytes-like, never copied again
 
     def state_seq_set(self, seq_id: int, data: bytes) -> None:
+        self.check_seq_id(seq_id)
         read = lib().llama_state_seq_set_data(self.handle, ffi.from_buffer("uint8_t[]", data), len(data), seq_id)
         if read == 0:
             raise NativeError(f"could not restore the state of sequence {seq_id}", op="llama_state_seq_set_data")

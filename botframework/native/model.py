@@ -2,19 +2,21 @@
 
     path --llama_model_load_from_file--> llama_model* (owned; freed by close())
          -> vocab: tokenize / token_to_piece / detokenize, special tokens, chat template
+    Contexts and grammar samplers point into it: close() closes them first.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from botframework.errors import ClosedError, InvalidRequestError, ModelLoadError, ModelNotFoundError
 from botframework.native._lib import ffi, lib
+from botframework.native._owned import NativeHandle
 from botframework.native.hugepages import HugePageWatch, available
 
 GGUF_MAGIC = b"GGUF"
@@ -64,10 +66,17 @@ def _check_gguf_file(path: Path) -> None:
         raise ModelLoadError(f"not a GGUF file (bad magic {magic!r}): {path}")
 
 
-class Model:
-    """A loaded GGUF model. Thread-safe for reads (tokenize, metadata) once loaded."""
+class Model(NativeHandle):
+    """A loaded GGUF model. Thread-safe for reads (tokenize, metadata) once loaded.
 
-    _handle: Any = None  # class default: close()/__del__ work even if __init__ raised early
+    After close(), what was copied out at load (n_vocab, special, eog_tokens, pieces already
+    asked for) still reads; anything that needs llama.cpp raises ClosedError.
+    """
+
+    _what = "model"
+    _frees = (("_vocab", None), ("_handle", "llama_model_free"))  # the vocab is part of the model
+    _vocab: Any = None
+    _dependents: weakref.WeakSet[NativeHandle] | None = None  # None: not loaded, or closing
 
     def __init__(self, path: str | os.PathLike[str], params: ModelParams = ModelParams()) -> None:
         self.path = Path(path)
@@ -87,15 +96,16 @@ class Model:
                 "set BOTFRAMEWORK_LLAMA_LOG=info for details)")
         self._handle: Any = handle
         self._vocab = lib().llama_model_get_vocab(handle)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _dependents: a sampler may be built on any thread
+        self._dependents = weakref.WeakSet()
         self.n_vocab: int = lib().llama_vocab_n_tokens(self._vocab)
         self._pieces: dict[int, bytes] = {}  # token_to_piece(special=False): once per token id
         self._texts: dict[int, str | None] = {}  # piece_text: once per token id
         self.n_ctx_train: int = lib().llama_model_n_ctx_train(handle)
         self.n_embd: int = lib().llama_model_n_embd(handle)
-        self.n_layer: int = lib().llama_model_n_layer(handle)
+        self.num_layers: int = lib().llama_model_n_layer(handle)
         self.size_bytes: int = lib().llama_model_size(handle)
-        self.n_params: int = lib().llama_model_n_params(handle)
+        self.num_params: int = lib().llama_model_n_params(handle)
         self.has_encoder: bool = bool(lib().llama_model_has_encoder(handle))
         v = self._vocab
         self.special = SpecialTokens(
@@ -108,37 +118,33 @@ class Model:
 
     # -- lifetime ---------------------------------------------------------------------------
     @property
-    def handle(self) -> Any:
-        if self._handle is None:
-            raise ClosedError("model is closed")
-        return self._handle
-
-    @property
     def vocab(self) -> Any:
-        self.handle  # raises when closed
+        self.check_open()
         return self._vocab
 
-    def close(self) -> None:
-        if self._handle is not None:
-            lib().llama_model_free(self._handle)
-            self._handle = None
-            self._vocab = None
+    def add_dependent(self, dependent: NativeHandle) -> None:
+        """Close `dependent` (it points into this model) before the model is freed.
 
-    def __enter__(self) -> Model:
-        return self
+        Raises ClosedError when the model is already closed (or closing)."""
+        with self._lock:
+            if self._dependents is None:
+                raise ClosedError("model is closed")
+            self._dependents.add(dependent)
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
+    def _on_close(self) -> None:
+        if self._dependents is None:  # closed already, or __init__ failed before loading
+            return
+        with self._lock:  # from here on add_dependent refuses: nothing is added after the snapshot
+            dependents, self._dependents = self._dependents, None
+        for dependent in list(dependents or ()):
+            dependent.close()
 
     # -- metadata ---------------------------------------------------------------------------
     def description(self) -> str:
         buf = ffi.new("char[]", 256)
         lib().llama_model_desc(self.handle, buf, 256)
-        return ffi.string(buf).decode("utf-8", "replace")
+        text: str = ffi.string(buf).decode("utf-8", "replace")
+        return text
 
     def metadata(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -218,7 +224,8 @@ class Model:
         if n < 0:
             buf = ffi.new("char[]", -n)
             n = lib().llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
-        return ffi.unpack(buf, n)
+        piece: bytes = ffi.unpack(buf, n)
+        return piece
 
     def detokenize(self, tokens: list[int], *, remove_special: bool = False, unparse_special: bool = False) -> str:
         self.check_tokens(tokens)
@@ -228,7 +235,8 @@ class Model:
             buf = ffi.new("char[]", capacity)
             n = lib().llama_detokenize(self.vocab, arr, len(tokens), buf, capacity, remove_special, unparse_special)
             if n >= 0:
-                return ffi.unpack(buf, n).decode("utf-8", "replace")
+                text: str = ffi.unpack(buf, n).decode("utf-8", "replace")
+                return text
             capacity = -n
 
     def token_text(self, token: int) -> str:

@@ -191,7 +191,7 @@ def test_prompt_longer_than_context_in_chunks(model: Model, context: Context) ->
     assert_usable(model, context)
 
 
-@pytest.mark.parametrize("bad", ["past-vocab", "negative", "bad-seq-id", "position-gap"])
+@pytest.mark.parametrize("bad", ["past-vocab", "negative", "position-gap"])
 def test_invalid_batch_is_a_decode_error(model: Model, context: Context, bad: str) -> None:
     context.memory.clear()
     batch = Batch(4)
@@ -199,8 +199,6 @@ def test_invalid_batch_is_a_decode_error(model: Model, context: Context, bad: st
         batch.add(model.n_vocab + 5, 0, 0, want_logits=True)
     elif bad == "negative":
         batch.add(-3, 0, 0, want_logits=True)
-    elif bad == "bad-seq-id":
-        batch.add(5, 0, context.n_seq_max + 6, want_logits=True)
     else:
         batch.add(5, 10, 0, want_logits=False)
         batch.add(6, 3, 0, want_logits=True)
@@ -208,6 +206,18 @@ def test_invalid_batch_is_a_decode_error(model: Model, context: Context, bad: st
         context.decode(batch)
     assert info.value.code == -1
     assert not isinstance(info.value, KVCacheFullError)
+    assert_usable(model, context)
+
+
+def test_a_bad_sequence_id_is_the_callers_error(model: Model, context: Context) -> None:
+    """llama_decode refuses it (rc -1); Context.decode names it: a 400, not a native failure.
+    More cases (KV cache and state operations) in test_owned."""
+    context.memory.clear()
+    batch = Batch(4)
+    batch.add(5, 0, context.n_seq_max + 6, want_logits=True)
+    with pytest.raises(InvalidRequestError) as info:
+        context.decode(batch)
+    assert not isinstance(info.value, NativeError) and info.value.param == "seq_id"
     assert_usable(model, context)
 
 
