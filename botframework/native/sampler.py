@@ -21,13 +21,13 @@ from __future__ import annotations
 import math
 import threading
 from functools import lru_cache
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
-from botframework.errors import ClosedError, GrammarError, InvalidRequestError
+from botframework.errors import GrammarError, InvalidRequestError
 from botframework.native._lib import ffi, lib
+from botframework.native._owned import NativeHandle
 from botframework.native.model import Model
 from botframework.specs import GrammarSpec, SamplerSpec
 
@@ -40,15 +40,26 @@ GREEDY_PROBES = 32  # greedy: check this many best tokens one at a time first
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
-class SamplerChain:
+class SamplerChain(NativeHandle):
+    """The `pre` and `post` chains and the grammar of one request. Each chain frees the
+    samplers added to it; the grammar sampler points into the model's vocabulary, so the
+    model closes this sampler before it is freed."""
+
+    _what = "sampler"
+    _frees = (("_handle", "llama_sampler_free"), ("_pre", "llama_sampler_free"),
+              ("_grammar", "llama_sampler_free"))
+    _pre: Any = None
+    _grammar: Any = None  # kept out of the chains: applied only when needed
+
     def __init__(self, model: Model, spec: SamplerSpec) -> None:
+        model.check_open()  # before anything is allocated
         self.spec = spec
         self._model = model
         params = lib().llama_sampler_chain_default_params()
         params.no_perf = True
-        self._pre: Any = lib().llama_sampler_chain_init(params)
+        self._pre = lib().llama_sampler_chain_init(params)
         self._handle: Any = lib().llama_sampler_chain_init(params)  # `post`
-        self._grammar: Any = None  # separate from the chains: applied only when needed
+        self._grammar = None  # on the instance: sample() reads it per token (faster than the class's)
         self._prefill: list[int] = []
         self._ids = _token_ids(model.n_vocab)
         self._array = ffi.new("llama_token_data_array *")
@@ -71,6 +82,7 @@ class SamplerChain:
             self._build(model, spec)
             if spec.grammar is not None:
                 self._grammar = _grammar_sampler(model, spec.grammar)
+                model.add_dependent(self)
                 self._prefill = _prefill_tokens(model, spec.grammar)
                 self._feed_prefill()
         except BaseException:
@@ -120,12 +132,6 @@ class SamplerChain:
                 raise GrammarError("the grammar does not start with the chat template's generation prompt "
                                    f"(rejects prefill token {token})", param="grammar")
             lib().llama_sampler_accept(self._grammar, token)
-
-    @property
-    def handle(self) -> Any:
-        if self._handle is None:
-            raise ClosedError("sampler is closed")
-        return self._handle
 
     @property
     def has_grammar(self) -> bool:
@@ -246,41 +252,26 @@ class SamplerChain:
         self._one[0].id, self._one[0].logit, self._one[0].p = token, 1.0, 0.0
         self._one_array.size, self._one_array.selected, self._one_array.sorted = 1, -1, False
         lib().llama_sampler_apply(self._grammar, self._one_array)
-        return self._one[0].logit != -math.inf
+        allowed: bool = self._one[0].logit != -math.inf
+        return allowed
 
     def accept(self, token: int) -> None:
         """Feed a token the caller chose (prefill, replay); GrammarError if the grammar rejects it."""
+        post = self.handle  # first: a closed sampler's NULL chains would crash llama.cpp
         if self._grammar is not None:
             if not self._grammar_allows(token):
                 raise GrammarError(f"token {token} is not allowed by the grammar here", param="grammar")
             lib().llama_sampler_accept(self._grammar, token)
         lib().llama_sampler_accept(self._pre, token)
-        lib().llama_sampler_accept(self.handle, token)
+        lib().llama_sampler_accept(post, token)
 
     def reset(self) -> None:
+        post = self.handle
         lib().llama_sampler_reset(self._pre)
-        lib().llama_sampler_reset(self.handle)
+        lib().llama_sampler_reset(post)
         if self._grammar is not None:
             lib().llama_sampler_reset(self._grammar)
             self._feed_prefill()
-
-    def close(self) -> None:
-        # each chain frees the samplers added to it
-        for name in ("_handle", "_pre", "_grammar"):
-            handle = getattr(self, name, None)
-            if handle is not None:
-                lib().llama_sampler_free(handle)
-                setattr(self, name, None)
-
-    def __enter__(self) -> SamplerChain:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
 
 
 class _Scratch(threading.local):
