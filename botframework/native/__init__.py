@@ -3,6 +3,9 @@
     _bf_ffi (compiled, API mode)  ->  _lib (load once, backend init, logs)
         -> Model, Context, Batch, SamplerChain, KVMemory, shim (JSON in/out)
 
+Every owner is a _owned.NativeHandle: close() (idempotent, also on `with` exit and __del__),
+then ClosedError on use. Closing a Model closes the contexts and grammar samplers built on it.
+
 Nothing here makes policy decisions; the engine and scheduler above do. The wrappers load on
 first use (PEP 562), so that `import botframework.native.<module>` of a pure module, and the
 layers above that only name these types, work without the compiled module.
