@@ -11,23 +11,25 @@
                  readmitted): a running answer is never cut short because others hold cells
     update(plan, result): append sampled tokens, detokenize, stops, finish -> publish Deltas
 
-All state lives here and is touched only by the engine thread; plans and results are plain
-data, so this runs unchanged on a fake engine in tests.
+All state lives here and in its KVSlots (kv_slots.py: which slot holds which tokens in which
+cells, and the KV ops that keep the cache in step), touched only by the engine thread; plans
+and results are plain data, so this runs unchanged on a fake engine in tests.
 """
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
-from botframework.engine.step import KVOp, KVOpKind, PlanItem, StepPlan, StepResult
+from botframework.engine.step import PlanItem, StepPlan, StepResult
 from botframework.errors import BotframeworkError, BusyError, ContextLengthExceededError, GrammarError
 from botframework.scheduler.output import Delta, FinishReason, Usage
+from botframework.scheduler.kv_slots import KVSlots
+from botframework.scheduler.prefix_store import PrefixStore
 from botframework.scheduler.sequence import Sequence, SequenceStatus, Slot
-from botframework.scheduler.session_store import SessionStore, common_prefix_len
+from botframework.scheduler.session_store import SessionStore
+from botframework.scheduler.state_store import common_prefix_len
 
 
 @dataclass(frozen=True)
@@ -65,29 +67,24 @@ class Scheduler:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.eog_tokens = eog_tokens
-        self.slots = [Slot(seq_id=i) for i in range(config.num_slots)]
+        prefixes = PrefixStore(config.prefix_cache_bytes) if config.prefix_cache_bytes > 0 else None
+        self.kv = KVSlots(config.num_slots, config.num_ctx, min_prefix_copy=config.min_prefix_copy,
+                          sessions=sessions or SessionStore(), prefixes=prefixes, clock=clock)
         self.waiting: list[Sequence] = []
         self.active: dict[str, Sequence] = {}           # request id -> PREFILLING/RUNNING
-        self.sessions = sessions or SessionStore()
         self.clock = clock
-        self._pending_ops: list[KVOp] = []
         self._pending_release: list[str] = []
-        self._pending_saves: OrderedDict[int, str] = OrderedDict()  # seq_id -> session id
-        self.prefixes = SessionStore(config.prefix_cache_bytes, 0) if config.prefix_cache_bytes > 0 else None
-        self._pending_prefix_saves: dict[int, str] = {}              # seq_id -> prefix key
-        self._prefix_keys = itertools.count()
-        self.num_prefix_offloads = 0
-        self.num_prefix_restores = 0
-        self._committed: dict[int, int] = {}
         self._deadlines: list[Sequence] = []   # queued or active sequences that have a deadline
-        self._cell_refs: dict[int, int] = {}  # physical cell id -> slots holding it (seq_cp shares cells)
-        self._next_cell = 0
         self._planned: set[int] = set()  # seq ids with tokens in the step being planned
-        self.num_preemptions = 0
         # metrics
+        self.num_preemptions = 0
         self.num_prefix_hit_tokens = 0
         self.num_prompt_tokens = 0
         self.num_generated_tokens = 0
+
+    @property
+    def slots(self) -> list[Slot]:
+        return self.kv.slots
 
     # -- intake -----------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -122,44 +119,24 @@ class Scheduler:
     def drop_session(self, session_id: str) -> bool:
         """Forget a session: cancel its requests, free its slot and stored state."""
         self.cancel_session(session_id)
-        found = self.sessions.drop(session_id)
-        for slot in self.slots:
-            if slot.session_id == session_id:
-                slot.session_id = None
-                self._clear_slot(slot)
-                found = True
-        return found
+        return self.kv.drop_session(session_id)
 
     def session_info(self, session_id: str) -> dict[str, object] | None:
-        """Where a session's KV state is: in a slot (busy or idle), evicted (RAM/disk), or None."""
-        for slot in self.slots:
-            if slot.session_id == session_id:
-                return {"state": "busy" if slot.owner is not None else "idle", "seq_id": slot.seq_id,
-                        "num_cached_tokens": len(slot.cached)}
-        if self.sessions.is_pending(session_id):
-            return {"state": "evicting"}
-        return self.sessions.info(session_id)
+        return self.kv.session_info(session_id)
 
     def clear_prefix_cache(self) -> int:
         """Drop the cached prefixes of idle slots and in RAM (not sessions); returns the cells freed."""
-        if self.prefixes is not None:
-            self.prefixes.clear()
-        before = self.num_cells_used()
-        for slot in self.slots:
-            if slot.free and slot.cached:
-                self._clear_slot(slot)
-        return before - self.num_cells_used()
+        return self.kv.clear_prefix_cache()
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.active or self._pending_ops or self._pending_release)
+        return bool(self.waiting or self.active or self.kv.has_ops or self._pending_release)
 
     # -- planning ---------------------------------------------------------------------------
     def schedule(self) -> StepPlan:
         now = self.clock()
         if self.waiting:  # (only admissions read it)
-            # Cells a COPY may share: only what earlier steps computed (kv_ops run before decode).
-            self._committed = {slot.seq_id: len(slot.cached) for slot in self.slots}
+            self.kv.snapshot_committed()
         if self._deadlines:
             for seq in self._deadlines:
                 if seq.status is not SequenceStatus.FINISHED and now >= seq.request.deadline:  # type: ignore[operator]
@@ -205,12 +182,11 @@ class Scheduler:
             budget -= self._plan_prefill(seq, budget, items)
         if most_new >= 0:
             # a long prefill attends over every cell in use: then small idle caches go too
-            self._offload_idle_prefixes(1 if most_new >= self.config.min_offload_tokens
-                                        else self.config.min_offload_tokens)
-        plan = StepPlan(items=tuple(items), kv_ops=tuple(self._pending_ops),
-                        release=tuple(self._pending_release),
-                        save_states=(*self._pending_saves, *self._pending_prefix_saves))
-        self._pending_ops.clear()
+            self.kv.offload_idle_prefixes(1 if most_new >= self.config.min_offload_tokens
+                                          else self.config.min_offload_tokens)
+        kv_ops, save_states = self.kv.take_ops()
+        plan = StepPlan(items=tuple(items), kv_ops=kv_ops, release=tuple(self._pending_release),
+                        save_states=save_states)
         self._pending_release.clear()
         return plan
 
@@ -225,28 +201,11 @@ class Scheduler:
         for other in self.active.values():
             if other.tokens[: self.config.min_prefix_copy] != head:
                 continue
-            committed = self._committed.get(other.seq_id, 0)
+            committed = self.kv.committed(other.seq_id)
             shared = common_prefix_len(other.tokens[: other.num_prefill], prompt)
             if shared >= self.config.min_prefix_copy and committed < min(shared, seq.num_prefill - 1):
                 return True
         return False
-
-    def _offload_idle_prefixes(self, min_tokens: int) -> None:
-        """Idle, session-less slots: save their cells' state to RAM and free the cells.
-
-        Runs after this step's admissions, so a COPY from such a slot comes first in kv_ops;
-        the engine saves states before it applies kv_ops.
-        """
-        if self.prefixes is None:
-            return
-        for slot in self.slots:
-            if (slot.free and slot.session_id is None and slot.cached and len(slot.cached) >= min_tokens
-                    and slot.seq_id not in self._pending_saves):
-                key = f"prefix-{next(self._prefix_keys)}"
-                self.prefixes.prepare_save(key, list(slot.cached))
-                self._pending_prefix_saves[slot.seq_id] = key
-                self._clear_slot(slot)
-                self.num_prefix_offloads += 1
 
     def _effective_priority(self, seq: Sequence, now: float) -> float:
         waited = now - seq.request.arrival
@@ -256,12 +215,7 @@ class Scheduler:
         params = seq.request.params
         start = seq.num_computed
         seq.num_computed += len(tokens)
-        slot = self.slots[seq.seq_id]
-        if len(slot.cached) == start and not seq.num_discarded:
-            slot.cached.extend(tokens)  # the slot's own list: no copy of the whole sequence per step
-        else:
-            slot.cached = seq.kv_tokens()
-        self._grow_cells(slot, len(slot.cached) - len(slot.cells))
+        self.kv.extend(seq, start, tokens)
         return PlanItem(request_id=seq.request_id, seq_id=seq.seq_id, tokens=tuple(tokens),
                         start_pos=start, sample=sample, sampler=params.sampler,
                         num_logprobs=params.num_logprobs)
@@ -278,58 +232,12 @@ class Scheduler:
         return n
 
     def _shift(self, seq: Sequence) -> bool:
-        """Context shift: drop the older half of the generated context after the first n_keep
-        tokens and slide the rest down, so a long generation can go on (llama-server's scheme)."""
-        # A cell has one position for all the sequences holding it: sliding a cell shared with
-        # another slot (a copied prefix) would move that sequence's tokens too, and dropping it
-        # frees nothing. Such a prefix is kept like the first n_keep tokens.
-        cells = self.slots[seq.seq_id].cells
-        shared_end = max((i + 1 for i, cell in enumerate(cells) if self._cell_refs[cell] > 1), default=0)
-        wanted = seq.num_keep if seq.num_discarded else max(seq.request.num_keep, shared_end)
-        n_keep = min(wanted, seq.num_computed - 2)
-        n_discard = (seq.num_computed - n_keep) // 2
-        if n_keep < shared_end or n_discard < 1 or (seq.num_discarded and n_keep != seq.num_keep):
-            return False  # (the keep boundary is fixed once a sequence has shifted)
-        self._pending_ops.append(KVOp(KVOpKind.REMOVE, seq.seq_id, n_keep, n_keep + n_discard))
-        self._pending_ops.append(KVOp(KVOpKind.SHIFT, seq.seq_id, n_keep + n_discard, seq.num_computed,
-                                      delta=-n_discard))
-        seq.shift(n_keep, n_discard)
-        slot = self.slots[seq.seq_id]
-        slot.cached = seq.kv_tokens()
-        self._drop_cells(slot, n_keep, n_keep + n_discard)
-        self._committed[seq.seq_id] = 0  # positions moved: not a COPY source this step
-        return self._reserve(1, seq)
+        """Context shift (see KVSlots.shift), then the cell for the next token."""
+        return self.kv.shift(seq) and self._reserve(1, seq)
 
-    # -- KV accounting ----------------------------------------------------------------------
+    # -- room in the cache -----------------------------------------------------------------
     def num_cells_used(self) -> int:
-        """Physical cells in use: a prefix copied between slots (seq_cp) counts once."""
-        return len(self._cell_refs)
-
-    def _grow_cells(self, slot: Slot, n: int) -> None:
-        """n new cells at the end of the slot."""
-        if n > 0:
-            first = self._next_cell
-            self._next_cell += n
-            new = range(first, first + n)
-            self._cell_refs.update(dict.fromkeys(new, 1))
-            slot.cells.extend(new)
-
-    def _drop_cells(self, slot: Slot, start: int, stop: int | None = None) -> None:
-        """The slot lets go of its cells [start, stop); a cell no slot holds is free."""
-        refs = self._cell_refs
-        for cell in slot.cells[start:stop]:
-            if refs[cell] == 1:
-                del refs[cell]
-            else:
-                refs[cell] -= 1
-        del slot.cells[start:stop]
-
-    def _share_cells(self, dst: Slot, src: Slot, n: int) -> None:
-        """dst (empty) holds src's first n cells too, as llama_memory_seq_cp does."""
-        assert not dst.cells
-        dst.cells = src.cells[:n]
-        for cell in dst.cells:
-            self._cell_refs[cell] += 1
+        return self.kv.num_cells_used()
 
     def _reserve(self, n: int, seq: Sequence) -> bool:
         """Make room for n more cells for seq: reclaim idle caches, then preempt active
@@ -337,7 +245,7 @@ class Scheduler:
         last first). False if the cells cannot be had now."""
         if seq.num_computed + n > self.config.num_ctx:
             return False
-        if self._make_room(n, exclude=seq.seq_id):
+        if self.kv.make_room(n, exclude=seq.seq_id):
             self._planned.add(seq.seq_id)
             return True
         order = _queue_order(seq)
@@ -347,7 +255,7 @@ class Scheduler:
                          key=_queue_order, reverse=True)
         for victim in victims:
             self._preempt(victim)
-            if self._make_room(n, exclude=seq.seq_id):
+            if self.kv.make_room(n, exclude=seq.seq_id):
                 self._planned.add(seq.seq_id)
                 return True
         return False
@@ -362,12 +270,9 @@ class Scheduler:
         """Take an active sequence's cells back and queue it again (recompute preemption, as
         vLLM does): readmitted, it prefills its prompt and what it generated so far (reusing
         any cached prefix), and goes on sampling where it stopped, with the same sampler."""
-        slot = self.slots[seq.seq_id]
         del self.active[seq.request_id]
-        slot.owner = None
-        slot.session_id = None  # a session's earlier turns are recomputed with this one
-        slot.last_used = self.clock()
-        self._clear_slot(slot)
+        # (a session's earlier turns are recomputed with this one)
+        self.kv.release(self.slots[seq.seq_id], keep=False)
         if seq.status is SequenceStatus.RUNNING:
             seq.num_prefill = len(seq.tokens)  # its last token was sampled, not yet decoded
         seq.status = SequenceStatus.WAITING
@@ -377,82 +282,13 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.append(seq)
 
-    def _make_room(self, n: int, exclude: int) -> bool:
-        """Reclaim idle caches (not slot `exclude`) until n more cells fit; False if impossible."""
-        while self.num_cells_used() + n > self.config.num_ctx:
-            victim = self._reclaimable_slot(exclude=exclude)
-            if victim is None:
-                return False
-            if victim.session_id is not None:
-                self._evict_session(victim)
-            else:
-                self._clear_slot(victim)
-        return True
-
-    def _reclaimable_slot(self, exclude: int) -> Slot | None:
-        candidates = [s for s in self.slots if s.owner is None and s.cached and s.seq_id != exclude]
-        # plain prefix caches go before sessions; least recently used first
-        return min(candidates, key=lambda s: (s.session_id is not None, s.last_used), default=None)
-
-    def _clear_slot(self, slot: Slot) -> None:
-        if slot.cached:
-            self._pending_ops.append(KVOp(KVOpKind.REMOVE, slot.seq_id))
-        slot.cached = []
-        self._drop_cells(slot, 0)
-        self._committed[slot.seq_id] = 0  # nothing left to share with a COPY this step
-
-    def _evict_session(self, slot: Slot) -> None:
-        """Save an idle session's state (the engine returns it with the step) and free the slot."""
-        assert slot.session_id is not None
-        self._pending_saves[slot.seq_id] = slot.session_id
-        self.sessions.prepare_save(slot.session_id, list(slot.cached))
-        slot.session_id = None
-        self._clear_slot(slot)
-
     # -- admission --------------------------------------------------------------------------
     def _admit(self, seq: Sequence) -> bool:
-        prompt = seq.tokens[: seq.num_prefill]
-        session_id = seq.request.session_id
-        slot = next((s for s in self.slots if session_id and s.session_id == session_id), None)
-        if slot is not None and slot.owner is not None:
-            return False  # one turn of a session at a time; the next waits for the slot
-        if session_id and self.sessions.is_pending(session_id):
-            return False  # its state is being saved this step; restore it next step
-        restored: list[int] | None = None
-        if slot is None and session_id and session_id in self.sessions:
-            slot = self._free_slot(prompt)
-            if slot is None:
-                return False
-            restored = self._restore(slot, self.sessions, session_id)
-            if restored is None:
-                return False  # a restore needs real cells; wait until running sequences finish
-        if slot is None:
-            slot = self._free_slot(prompt)
-            if slot is None:
-                return False
-            restored = self._restore_prefix(slot, prompt)
-        reuse = common_prefix_len(slot.cached, prompt)
-        if restored is None and reuse < self.config.min_prefix_copy:
-            # a live or cached slot may hold a longer prefix: share its cells instead
-            src = max((s for s in self.slots if s is not slot and s.cached),
-                      key=lambda s: common_prefix_len(s.cached, prompt), default=None)
-            shared = min(common_prefix_len(src.cached, prompt), self._committed[src.seq_id]) if src else 0
-            if src is not None and shared >= self.config.min_prefix_copy and shared > reuse:
-                self._clear_slot(slot)
-                shared = min(shared, seq.num_prefill - 1)
-                self._pending_ops.append(KVOp(KVOpKind.COPY, slot.seq_id, 0, shared, src_seq_id=src.seq_id))
-                slot.cached = prompt[:shared]
-                self._share_cells(slot, src, shared)
-                reuse = shared
-        reuse = min(reuse, seq.num_prefill - 1)  # the last prompt token is decoded for logits
-        if len(slot.cached) > reuse:
-            self._pending_ops.append(KVOp(KVOpKind.REMOVE, slot.seq_id, reuse, -1))
-            slot.cached = slot.cached[:reuse]
-            self._drop_cells(slot, reuse)
-            self._committed[slot.seq_id] = min(self._committed.get(slot.seq_id, 0), reuse)
+        acquired = self.kv.acquire(seq.tokens[: seq.num_prefill], seq.request.session_id)
+        if acquired is None:
+            return False
+        slot, reuse = acquired
         slot.owner = seq
-        slot.session_id = session_id
-        slot.last_used = self.clock()
         seq.seq_id = slot.seq_id
         seq.num_computed = reuse
         seq.status = SequenceStatus.PREFILLING
@@ -464,55 +300,9 @@ class Scheduler:
             self.num_prompt_tokens += seq.num_prompt
         return True
 
-    def _restore_prefix(self, slot: Slot, prompt: list[int]) -> list[int] | None:
-        """Bring back the stored prefix cache that covers most of `prompt`, when it beats what
-        the slot holds and what a COPY from another slot would share."""
-        if self.prefixes is None:
-            return None
-        key, n = self.prefixes.longest_prefix(prompt)
-        if key is None or n < self.config.min_prefix_copy or n <= common_prefix_len(slot.cached, prompt):
-            return None
-        live = max((min(common_prefix_len(s.cached, prompt), self._committed.get(s.seq_id, 0))
-                    for s in self.slots if s is not slot and s.cached), default=0)
-        if live >= n:
-            return None
-        tokens = self._restore(slot, self.prefixes, key)  # its cells at once; the unused tail goes after
-        if tokens is not None:
-            self.num_prefix_restores += 1
-        return tokens
-
-    def _restore(self, slot: Slot, store: SessionStore, key: str) -> list[int] | None:
-        """Empty the slot and bring back a stored state into it (RESTORE): the stored tokens,
-        or None if its cells cannot be made free now (the state stays stored)."""
-        self._clear_slot(slot)
-        if not self._make_room(store.num_tokens(key), exclude=slot.seq_id):
-            return None
-        data, tokens = store.take(key)
-        self._pending_ops.append(KVOp(KVOpKind.RESTORE, slot.seq_id, data=data))
-        slot.cached = tokens
-        self._grow_cells(slot, len(tokens))
-        return tokens
-
-    def _free_slot(self, prompt: list[int]) -> Slot | None:
-        free = [s for s in self.slots if s.free]
-        if free:
-            return max(free, key=lambda s: (common_prefix_len(s.cached, prompt), -s.last_used))
-        idle_sessions = [s for s in self.slots if s.owner is None and s.session_id is not None]
-        if not idle_sessions:
-            return None
-        victim = min(idle_sessions, key=lambda s: s.last_used)
-        self._evict_session(victim)
-        return victim
-
     # -- results ----------------------------------------------------------------------------
     def update(self, plan: StepPlan, result: StepResult) -> None:
-        for seq_id, data in result.saved_states.items():
-            session_id = self._pending_saves.pop(seq_id, None)
-            if session_id is not None:
-                self.sessions.complete_save(session_id, data)
-            key = self._pending_prefix_saves.pop(seq_id, None)
-            if key is not None and self.prefixes is not None:
-                self.prefixes.complete_save(key, data)
+        self.kv.complete_saves(result.saved_states)
         now = self.clock()
         for sampled in result.sampled:
             seq = self.active.get(sampled.request_id)
@@ -564,18 +354,7 @@ class Scheduler:
         over (their next turn is prefilled in full); sessions already stored are kept.
         """
         self.fail_all(error)
-        for session_id in self._pending_saves.values():
-            self.sessions.drop(session_id)
-        self._pending_saves.clear()
-        self._pending_prefix_saves.clear()
-        if self.prefixes is not None:
-            self.prefixes.clear()
-        self._pending_ops.clear()
-        for slot in self.slots:
-            slot.cached = []
-            slot.cells = []
-            slot.session_id = None
-        self._cell_refs.clear()
+        self.kv.reset()
 
     def _finish(self, seq: Sequence, reason: FinishReason, *, text: str = "", token_ids: tuple[int, ...] = (),
                 logprobs: tuple = (), error: BotframeworkError | None = None) -> None:
@@ -587,15 +366,11 @@ class Scheduler:
         self._pending_release.append(seq.request_id)
         if was_active:
             slot = self.slots[seq.seq_id]
-            slot.owner = None
-            slot.last_used = self.clock()
-            if reason in (FinishReason.CANCELLED, FinishReason.ERROR):
-                # Partial work is not trusted for reuse; cells free at the next step.
-                if slot.session_id is not None and reason is FinishReason.CANCELLED:
-                    pass  # the session keeps what was computed (a valid prefix)
-                else:
-                    slot.session_id = None
-                    self._clear_slot(slot)
+            # A failed request's partial work is not trusted for reuse (cells free at the next
+            # step); a cancelled session keeps what was computed (a valid prefix).
+            keep = reason not in (FinishReason.CANCELLED, FinishReason.ERROR) or (
+                reason is FinishReason.CANCELLED and slot.session_id is not None)
+            self.kv.release(slot, keep=keep)
         now = self.clock()
         timings = {}
         if seq.admitted_at is not None:
@@ -614,16 +389,9 @@ class Scheduler:
             "num_waiting": len(self.waiting),
             "num_running": sum(1 for s in self.active.values() if s.status is SequenceStatus.RUNNING),
             "num_prefilling": sum(1 for s in self.active.values() if s.status is SequenceStatus.PREFILLING),
-            "num_busy_slots": sum(1 for s in self.slots if s.owner is not None),
-            "num_session_slots": sum(1 for s in self.slots if s.session_id is not None),
-            "num_cells_used": self.num_cells_used(),
             "num_prefix_hit_tokens": self.num_prefix_hit_tokens,
             "num_prompt_tokens": self.num_prompt_tokens,
             "num_generated_tokens": self.num_generated_tokens,
-            "num_stored_sessions": len(self.sessions),
-            "num_stored_prefixes": len(self.prefixes) if self.prefixes is not None else 0,
-            "stored_prefix_bytes": self.prefixes.ram_bytes() if self.prefixes is not None else 0,
-            "num_prefix_offloads": self.num_prefix_offloads,
-            "num_prefix_restores": self.num_prefix_restores,
             "num_preemptions": self.num_preemptions,
+            **self.kv.stats(),
         }

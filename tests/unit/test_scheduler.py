@@ -62,7 +62,7 @@ def check_invariants(s: Scheduler, engine: FakeEngine) -> None:
     for slot in s.slots:
         for cell in slot.cells:
             refs[cell] = refs.get(cell, 0) + 1
-    assert refs == s._cell_refs
+    assert refs == s.kv.cell_refs()
     assert s.num_cells_used() <= s.config.num_ctx
 
 
@@ -126,7 +126,7 @@ def test_idle_prefixes_move_to_ram_and_come_back_when_a_prompt_starts_with_them(
     other = make_seq(list(range(600, 650)), max_tokens=4)  # admitted: the idle cache leaves the KV
     s.add(other)
     run(s, engine)
-    assert s.num_prefix_offloads == 1 and len(s.prefixes) == 1  # type: ignore[arg-type]
+    assert s.kv.stats()["num_prefix_offloads"] == 1 and len(s.kv.prefixes) == 1  # type: ignore[arg-type]
     assert engine.kv[first.seq_id] == [] and s.num_cells_used() == len(engine.kv[other.seq_id])
     before = engine.num_decoded
     third = make_seq(system + [7, 8], max_tokens=4)
@@ -135,7 +135,7 @@ def test_idle_prefixes_move_to_ram_and_come_back_when_a_prompt_starts_with_them(
     assert [op.kind.value for op in plan.kv_ops if op.seq_id == third.seq_id][-2:] == ["restore", "remove"]
     s.update(plan, engine.execute(plan))
     run(s, engine)
-    assert s.num_prefix_restores == 1 and third.num_cached == len(system)
+    assert s.kv.stats()["num_prefix_restores"] == 1 and third.num_cached == len(system)
     assert engine.num_decoded - before == 2 + 3  # only the new prompt tokens, then decode
     assert engine.kv[third.seq_id][: len(system)] == system
 
@@ -147,10 +147,10 @@ def test_small_idle_caches_stay_unless_a_long_prefill_comes() -> None:
     run(s, engine)
     s.add(make_seq(list(range(600, 640)), max_tokens=4))  # short: the small cache stays for a repeat
     run(s, engine)
-    assert s.num_prefix_offloads == 0 and len(engine.kv[small.seq_id]) == 53
+    assert s.kv.stats()["num_prefix_offloads"] == 0 and len(engine.kv[small.seq_id]) == 53
     s.add(make_seq(list(range(1000, 1300)), max_tokens=4))  # 300 new tokens attend over every cell
     run(s, engine)
-    assert s.num_prefix_offloads == 2 and engine.kv[small.seq_id] == []
+    assert s.kv.stats()["num_prefix_offloads"] == 2 and engine.kv[small.seq_id] == []
 
 
 def test_a_prompt_continuing_its_slot_reuses_it_in_place() -> None:
@@ -162,7 +162,7 @@ def test_a_prompt_continuing_its_slot_reuses_it_in_place() -> None:
     s.add(again)
     run(s, engine)
     assert again.seq_id == turn.seq_id and again.num_cached == len(turn.tokens) - 1
-    assert s.num_prefix_offloads == 0 and s.num_prefix_restores == 0
+    assert s.kv.stats()["num_prefix_offloads"] == 0 and s.kv.stats()["num_prefix_restores"] == 0
 
 
 def test_without_a_prefix_ram_budget_idle_prefixes_stay_in_the_kv_cache() -> None:
@@ -172,7 +172,7 @@ def test_without_a_prefix_ram_budget_idle_prefixes_stay_in_the_kv_cache() -> Non
     run(s, engine)
     s.add(make_seq(list(range(600, 650)), max_tokens=4))
     run(s, engine)
-    assert s.prefixes is None and len(engine.kv[first.seq_id]) == 300 + 3
+    assert s.kv.prefixes is None and len(engine.kv[first.seq_id]) == 300 + 3
 
 
 def test_shared_prefix_is_copied_from_a_live_sequence() -> None:
@@ -242,7 +242,7 @@ def test_session_second_turn_and_eviction_restore() -> None:
     other = make_seq(list(range(500, 520)), max_tokens=3, session_id="B")  # evicts A
     s.add(other)
     run(s, engine)
-    assert "A" in s.sessions
+    assert "A" in s.kv.sessions
     turn2 = make_seq(turn1.tokens + [7, 8, 9], max_tokens=3, session_id="A")
     s.add(turn2)
     run(s, engine)
@@ -414,9 +414,9 @@ def test_random_add_cancel_step(ops: list, num_slots: int, budget: int, prefix_r
     assert engine.samplers == set(), "samplers of finished requests were not released"
     for slot in s.slots:
         assert slot.owner is None
-    if s.prefixes is not None:  # every offload completed; restores took what they used
-        assert not s._pending_prefix_saves
-        assert s.num_prefix_offloads - s.num_prefix_restores == len(s.prefixes) + s.prefixes.num_dropped
+    if s.kv.prefixes is not None:  # every offload completed; restores took what they used
+        assert not s.kv.num_pending_saves
+        assert s.kv.prefixes.num_offloads - s.kv.prefixes.num_restores == len(s.kv.prefixes) + s.kv.prefixes.num_dropped
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -444,9 +444,9 @@ def test_prefix_ram_changes_no_output(requests: list, num_slots: int, num_ctx: i
         outputs.append([seq.tokens for seq in seqs])
         # every prompt fits with its answer: nobody is cut short, however full the cache got
         assert [seq.num_generated for seq in seqs] == [k for _, _, k, _ in requests]
-        if s.prefixes is not None:
-            assert not s._pending_prefix_saves
-            assert s.num_prefix_offloads - s.num_prefix_restores == len(s.prefixes) + s.prefixes.num_dropped
+        if s.kv.prefixes is not None:
+            assert not s.kv.num_pending_saves
+            assert s.kv.prefixes.num_offloads - s.kv.prefixes.num_restores == len(s.kv.prefixes) + s.kv.prefixes.num_dropped
     assert outputs[0] == outputs[1]
 
 
