@@ -44,4 +44,4 @@ class WorkerConfig:
     flash_attn: str = "auto"
     hugepages: bool = True                 # weights and KV cache in 2 MiB pages (ModelParams)
     embed_piece_tokens: int = 128          # a causal model's embedding input: tokens per engine-loop turn
-    handoff_wait_ms: float = 3.0           # at most, for event loops to send first/last tokens (RequestHandle.wait_handled)
+    handoff_wait_s: float = 0.003          # at most, for event loops to send first/last tokens (RequestHandle.wait_handled)

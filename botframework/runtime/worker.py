@@ -81,7 +81,7 @@ class ModelWorker:
         self._embed_context: Context | None = None
         self._embed_jobs: collections.deque[_EmbedJob] = collections.deque()  # engine thread only
         self.embed_piece_tokens = config.embed_piece_tokens
-        self.handoff_wait_s = config.handoff_wait_ms / 1e3
+        self.handoff_wait_s = config.handoff_wait_s
         self._commands: list[Callable[[], object]] = []
         self._cv = threading.Condition()
         self._closing = False
