@@ -44,11 +44,13 @@ class ModelFetchError(ModelError):
 
 
 class InvalidRequestError(BotframeworkError, ValueError):
-    """The request is invalid; `param` names the offending field when known."""
+    """The request is invalid; `param` names the offending field when known, `code` says how
+    (e.g. "invalid_value", "unsupported_parameter") where the caller's protocol has codes."""
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+        self.code = code
 
 
 class ContextLengthExceededError(InvalidRequestError):

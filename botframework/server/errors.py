@@ -1,6 +1,7 @@
 """HTTP errors in OpenAI's shape, mapped by exception type (never by message text).
 
-    BotframeworkError subclass --status_for()--> (status, type, code) --> {"error": {...}}
+    BotframeworkError subclass --to_api_error()--> (status, type, param, code) --> {"error": {...}}
+      InvalidRequestError: 400 with its own param and code (validation.py, runtime.requests)
     RequestValidationError (pydantic)  --> 400 invalid_request_error, param = the field
     starlette HTTPException (404 route, 405, ...)  --> same shape, its status
 """
@@ -21,7 +22,8 @@ log = logging.getLogger("botframework.server")
 
 
 class APIError(Exception):
-    """An error the server itself decides on (auth, unknown model, unsupported field)."""
+    """An error the server itself decides on (auth, unknown model, no model loaded, a client
+    that went away). Invalid input is an InvalidRequestError instead (validation.py)."""
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
                  param: str | None = None, code: str | None = None,
@@ -35,8 +37,9 @@ class APIError(Exception):
         self.headers = headers
 
 
-def unsupported(param: str, what: str = "is not supported yet") -> APIError:
-    return APIError(400, f"'{param}' {what}", param=param, code="unsupported_parameter")
+def unsupported(param: str, what: str = "is not supported yet") -> bf.InvalidRequestError:
+    """A field we accept in the schema but cannot honour (yet): a 400 naming it."""
+    return bf.InvalidRequestError(f"'{param}' {what}", param=param, code="unsupported_parameter")
 
 
 def model_not_found(model: str) -> APIError:
@@ -60,7 +63,7 @@ def to_api_error(exc: BaseException) -> APIError:
     if isinstance(exc, bf.GrammarError):
         return APIError(400, message, param=exc.param, code="invalid_grammar")
     if isinstance(exc, bf.InvalidRequestError):
-        return APIError(400, message, param=exc.param)
+        return APIError(400, message, param=exc.param, code=exc.code)
     if isinstance(exc, bf.OutputValidationError):
         return APIError(500, message, type="server_error", code="output_validation_failed")
     if isinstance(exc, bf.ModelNotFoundError):
