@@ -3,6 +3,7 @@
     defaults  <-  TOML config file (--config / BOTFRAMEWORK_CONFIG)  <-  BOTFRAMEWORK_* environment
               <-  CLI flags (replace / from_args)
        -> check_bind() before binding: no non-loopback address without an API key
+       -> worker_config() (how the model runs), request_limits (what a request may ask for)
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from botframework.config import WorkerConfig
 from botframework.runtime.catalog import DEFAULT_MODEL
+from botframework.runtime.handle import model_id_for
+from botframework.runtime.requests import RequestLimits
 
 _ENV_PREFIX = "BOTFRAMEWORK_"
+MAX_STOP_CHARS = 1024  # characters in one stop string
 
 
 @dataclass(frozen=True)
@@ -62,11 +67,20 @@ class ServerSettings:
 
     @property
     def served_model_id(self) -> str:
-        if self.model_id:
-            return self.model_id
-        if self.model.endswith(".gguf"):
-            return Path(self.model).stem
-        return self.model.rsplit("/", 1)[-1] if self.model.startswith("hf:") else self.model
+        return self.model_id or model_id_for(self.model)
+
+    def worker_config(self) -> WorkerConfig:
+        """How the model runs: the same WorkerConfig LocalLLM builds from its arguments."""
+        return WorkerConfig(n_ctx=self.n_ctx, num_slots=self.num_slots, n_threads=self.n_threads,
+                            n_threads_batch=self.n_threads_batch, n_gpu_layers=self.n_gpu_layers,
+                            hugepages=self.hugepages, prefix_cache_bytes=self.prefix_cache_mb << 20)
+
+    @property
+    def request_limits(self) -> RequestLimits:
+        """What one request may ask for; max_tokens left out means what fits the context."""
+        return RequestLimits(max_tokens=self.max_tokens_cap, default_max_tokens=None,
+                             max_stop_strings=self.max_stop_strings, max_stop_chars=MAX_STOP_CHARS,
+                             max_logit_bias=self.max_logit_bias)
 
     @property
     def is_loopback(self) -> bool:

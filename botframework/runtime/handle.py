@@ -1,0 +1,180 @@
+"""ModelHandle: one loaded model, and everything the server and LocalLLM ask of it.
+
+    load_model(spec, WorkerConfig, name=...) -> resolve_model (pull on first use)
+        -> ModelWorker (engine thread) + ChatTemplates -> ModelHandle
+    any thread: plan_chat / render_chat / tokenize / infill_tokens -> prompt tokens
+                submit(Request[, loop]) -> RequestHandle (sync, or asyncio with a loop)
+    engine thread (ModelWorker.call): cancel / session_info / drop_session / stats
+
+The server's lifespan and LocalLLM.__init__ both load through load_model, so a model runs the
+same behind either; the registry of loaded models (several handles by name) builds on this.
+Native modules are imported on first use: importing this module needs no compiled code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from botframework.chat.render import OverflowPolicy
+from botframework.config import WorkerConfig
+from botframework.errors import InvalidRequestError
+from botframework.scheduler.output import RequestHandle
+from botframework.scheduler.sequence import Request
+
+if TYPE_CHECKING:
+    from botframework.chat.plan import ChatOptions, ChatPlan
+    from botframework.native.shim import ChatTemplates
+    from botframework.runtime.worker import ModelWorker
+
+CHOICE_SEP = "~"  # the engine request of choice i > 0 of response "<id>" is "<id>~i"
+CALL_TIMEOUT_S = 10.0  # for questions answered on the engine thread (between two steps)
+
+
+def model_id_for(spec: str) -> str:
+    """The id clients name a model by, from how it was given: a catalog name as is, a file's stem."""
+    if spec.endswith(".gguf"):
+        return Path(spec).stem
+    return spec.rsplit("/", 1)[-1] if spec.startswith("hf:") else spec
+
+
+def overflow_policy(overflow: str | OverflowPolicy) -> OverflowPolicy:
+    try:
+        return OverflowPolicy(overflow)
+    except ValueError:
+        raise InvalidRequestError("overflow must be 'error' or 'truncate'", param="overflow") from None
+
+
+class ModelHandle:
+    """A ModelWorker and the model's chat templates, under the id clients use."""
+
+    def __init__(self, model_id: str, worker: ModelWorker, templates: ChatTemplates, *,
+                 path: Path | None = None) -> None:
+        self.model_id = model_id
+        self.created = int(time.time())
+        self.path = path
+        self.worker = worker
+        self.templates = templates
+        self.n_ctx: int = worker.n_ctx
+        self.n_vocab: int = worker.model.n_vocab
+
+    # -- prompts (any thread) ---------------------------------------------------------------
+    def render_prompt(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """The chat template's output for messages + the generation prompt ("prompt", stops, ...)."""
+        if not messages:
+            raise InvalidRequestError("messages must not be empty", param="messages")
+        return self.templates.apply({"messages": messages, "add_generation_prompt": True})
+
+    def render_chat(self, messages: list[dict[str, Any]], *, max_tokens: int = 256,
+                    overflow: str | OverflowPolicy = "error") -> tuple[list[int], tuple[str, ...], int]:
+        """Messages -> prompt tokens, the template's stops, and tokens dropped by the overflow policy."""
+        from botframework.chat.render import render_chat
+
+        rendered = render_chat(self.templates, self.worker.model, messages, n_ctx=self.n_ctx,
+                               max_tokens=max_tokens, overflow=overflow_policy(overflow))
+        return rendered.tokens, rendered.additional_stops, rendered.truncated_tokens
+
+    def plan_chat(self, messages: list[dict[str, Any]], options: ChatOptions, *, max_tokens: int = 256,
+                  overflow: str | OverflowPolicy = "error") -> ChatPlan:
+        """Messages + structured output / tools / grammar -> prompt tokens, grammar, output parser."""
+        from botframework.chat.plan import plan_chat
+
+        return plan_chat(self.templates, self.worker.model, messages, options, n_ctx=self.n_ctx,
+                         max_tokens=max_tokens, overflow=overflow_policy(overflow))
+
+    def chat_capabilities(self) -> dict[str, Any]:
+        return {"tool_format": "native" if self.templates.supports_tools else "generic",
+                "template_caps": dict(self.templates.caps)}
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = False) -> list[int]:
+        return self.worker.model.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self.worker.model.detokenize(tokens)
+
+    def infill_tokens(self, prefix: str, suffix: str, extra: str = "") -> list[int]:
+        """Fill-in-the-middle prompt in llama.cpp's PSM order: <PRE> extra+prefix <SUF> suffix <MID>."""
+        model = self.worker.model
+        special = model.special
+        if min(special.fim_pre, special.fim_suf, special.fim_mid) < 0:
+            raise InvalidRequestError(f"model '{self.model_id}' has no fill-in-the-middle tokens", param="suffix")
+        tokens = [special.bos] if special.add_bos and special.bos >= 0 else []
+        tokens += [special.fim_pre, *model.tokenize(extra + prefix, add_special=False), special.fim_suf,
+                   *model.tokenize(suffix, add_special=False), special.fim_mid]
+        return tokens
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.worker.model.token_to_piece(token)
+
+    # -- requests ---------------------------------------------------------------------------
+    def new_request_id(self) -> str:
+        return self.worker.new_request_id()
+
+    def submit(self, request: Request, loop: asyncio.AbstractEventLoop | None = None) -> RequestHandle:
+        """Queue a request: its deltas come through the handle (to `loop` when given, else to a thread)."""
+        return self.worker.submit(request, loop)
+
+    def cancel(self, request_or_session_id: str) -> int:
+        """Cancel a request by id (with the other choices of an n > 1 response), or every
+        request of a session; how many were cancelled."""
+        scheduler = self.worker.scheduler
+
+        def run() -> int:
+            choice_prefix = request_or_session_id + CHOICE_SEP
+            ids = [seq.request_id for seq in [*scheduler.waiting, *scheduler.active.values()]
+                   if seq.request_id == request_or_session_id or seq.request_id.startswith(choice_prefix)]
+            cancelled = sum(scheduler.cancel(request_id) for request_id in ids)
+            return cancelled or int(scheduler.cancel_session(request_or_session_id))
+
+        return self.worker.call(run, timeout_s=CALL_TIMEOUT_S)
+
+    def session_info(self, session_id: str) -> dict[str, object] | None:
+        scheduler = self.worker.scheduler
+        return self.worker.call(lambda: scheduler.session_info(session_id), timeout_s=CALL_TIMEOUT_S)
+
+    def drop_session(self, session_id: str) -> bool:
+        scheduler = self.worker.scheduler
+        return self.worker.call(lambda: scheduler.drop_session(session_id), timeout_s=CALL_TIMEOUT_S)
+
+    def stats(self) -> dict[str, int]:
+        return self.worker.call(self.worker.scheduler.stats, timeout_s=CALL_TIMEOUT_S)
+
+    def worker_metrics(self) -> dict[str, float]:
+        m = self.worker.metrics
+        return {"num_steps": m.num_steps, "num_step_tokens": m.num_step_tokens, "decode_ms": m.decode_ms,
+                "sample_ms": m.sample_ms, "schedule_ms": m.schedule_ms}
+
+    def embed(self, texts: list[str]) -> list[np.ndarray]:
+        return self.worker.embed(texts)
+
+    def close(self) -> None:
+        self.templates.close()
+        self.worker.close()
+
+
+def load_model(spec: str, config: WorkerConfig, *, name: str | None = None,
+               allowed_dirs: Sequence[Path] | None = None, pull_missing: bool = False,
+               chat_template: str | None = None, progress: bool = False) -> ModelHandle:
+    """Resolve (and pull) the model, start its engine thread, load its chat templates. Blocking.
+
+    `name`: the id clients use (default: model_id_for(spec)); `allowed_dirs`: where a local
+    path may live; `chat_template`: a Jinja template instead of the model's own."""
+    from botframework.native.shim import ChatTemplates
+    from botframework.runtime.pull import resolve_model
+    from botframework.runtime.worker import ModelWorker
+
+    model_id = name or model_id_for(spec)
+    path = resolve_model(spec, allowed_dirs=list(allowed_dirs) if allowed_dirs else None,
+                         pull_missing=pull_missing, progress=progress)
+    worker = ModelWorker(path, config, name=model_id)
+    try:
+        templates = ChatTemplates(worker.model, chat_template)
+    except BaseException:
+        worker.close()
+        raise
+    return ModelHandle(model_id, worker, templates, path=path)
