@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = ["WorkerConfig", "default_threads"]
+
 
 def default_threads() -> tuple[int, int]:
     """(decode threads, prompt threads): physical cores for decode, all usable CPUs for prompt."""

@@ -20,6 +20,9 @@ import numpy as np
 
 from botframework.errors import GrammarError
 
+__all__ = ["DEFAULT_MAX_TOKENS", "MAX_GRAMMAR_BYTES", "MAX_GRAMMAR_NESTING", "MAX_GRAMMAR_RULES", "SAMPLING_DEFAULTS",
+           "GrammarSpec", "SamplerSpec", "SamplingParams", "check_gbnf_limits"]
+
 @dataclass(frozen=True)
 class GrammarSpec:
     """A GBNF grammar; lazy grammars only start constraining after a trigger appears.
