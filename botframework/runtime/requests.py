@@ -22,7 +22,12 @@ from typing import Any, TypeVar
 
 from botframework.errors import ContextLengthExceededError, InvalidRequestError
 from botframework.scheduler.sequence import Priority, Request
-from botframework.specs import DEFAULT_MAX_TOKENS, SAMPLING_DEFAULTS, GrammarSpec, SamplerSpec, SamplingParams
+from botframework.specs import (
+    DEFAULT_MAX_TOKENS,
+    SAMPLING_DEFAULTS,
+    GrammarSpec,
+    SamplingParams,
+)
 
 INVALID = "invalid_value"
 T = TypeVar("T")

@@ -24,10 +24,11 @@ SETTINGS = ServerSettings(model="m")
 SERVER = SETTINGS.request_limits
 CAP = SETTINGS.max_tokens_cap
 PROMPT = [1, 2, 3, 4]
+LOCAL = RequestLimits()  # LocalLLM's
 
 
 def build(options: GenerationOptions | None = None, tokens: list[int] = PROMPT, *,
-          limits: RequestLimits = RequestLimits(), **kwargs: Any) -> Request:
+          limits: RequestLimits = LOCAL, **kwargs: Any) -> Request:
     return build_request(options or GenerationOptions(), tokens, request_id="r", n_ctx=N_CTX, n_vocab=N_VOCAB,
                          limits=limits, **kwargs)
 
