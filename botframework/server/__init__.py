@@ -1,6 +1,7 @@
 """L3 server: the OpenAI-compatible HTTP API over one loaded model.
 
-    serve(settings) -> check_bind -> uvicorn -> create_app(settings) -> routes -> ModelRuntime
+    serve(settings) -> check_bind -> uvicorn -> create_app(settings) -> routes
+        -> runtime.handle.ModelHandle
 """
 
 from __future__ import annotations

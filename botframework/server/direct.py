@@ -2,9 +2,9 @@
 
     uvicorn (httptools) -> ExposeConnection: scope[CYCLE] = the request's response cycle
     route: DirectSSE.attach(http, deltas, ...); the headers and the first chunk go through
-      Starlette and uvicorn as usual; then, as the route waits for each next delta (DeltaStream),
-      DirectSSE.arm(): uvicorn's write buffer is empty and every delta published so far has
-      been consumed -> handle.attach_direct(self)
+      Starlette and uvicorn as usual; then, as the route waits for each next delta
+      (runtime.stream.DeltaStream), DirectSSE.arm(): uvicorn's write buffer is empty and
+      every delta published so far has been consumed -> handle.attach_direct(self)
     engine thread: handle.publish(delta) -> DirectSSE.take(delta): the route's chunk for it,
       framed as an HTTP/1.1 chunk, one send(MSG_DONTWAIT) on a dup of the connection's socket
     the last delta, logprobs, a text the route cannot format here: declined, it goes the usual
@@ -78,8 +78,9 @@ class DirectSSE:
 
     @classmethod
     def attach(cls, http: HTTPRequest, deltas: Any, format: Callable[[], Callable[[str], bytes | None]]) -> None:
-        """Give the stream read from `deltas` (generation.start's DeltaStream) a DirectSSE, if its
-        connection allows it: armed before each wait for a delta, closed with `deltas`.
+        """Give the stream read from `deltas` (a runtime.stream.DeltaStream, from generation.start)
+        a DirectSSE, if its connection allows it: armed before each wait for a delta, closed
+        with `deltas`.
         `format()` makes the chunk formatter (only called when there will be a DirectSSE)."""
         cycle = http.scope.get(CYCLE)
         handle = getattr(deltas, "handle", None)

@@ -3,8 +3,8 @@
 Unknown fields are rejected (extra="forbid"), so a client never silently loses an option;
 fields we accept but cannot honour yet (echo, best_of, ...) are refused with a 400 naming
 them by `check_supported`. Chat turns with tool calls live in chat_protocol.py. Limits that
-depend on the settings or the model (max tokens cap, vocabulary size) are checked in
-generation.py.
+depend on the settings or the model (max tokens cap, vocabulary size) are checked by
+validation.py and runtime.requests.build_request.
 """
 
 from __future__ import annotations

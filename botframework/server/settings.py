@@ -140,8 +140,9 @@ class ServerSettings:
 
 _BOOLS = {"pull_missing", "allow_non_loopback", "hugepages", "direct_stream"}
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
-_INTS = {"port", "max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_choices", "max_logit_bias", "max_embedding_inputs",
-         "num_slots", "n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers", "prefix_cache_mb"}
+_INTS = {"port", "max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_choices", "max_logit_bias",
+         "max_embedding_inputs", "num_slots", "n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers",
+         "prefix_cache_mb"}
 
 
 def _parse(name: str, raw: str) -> Any:

@@ -21,7 +21,7 @@ import pytest
 
 from botframework.scheduler.output import Delta, FinishReason, RequestHandle, batched
 from botframework.server.direct import DirectSSE
-from botframework.server.generation import sse_choice, text_template
+from botframework.server.sse import sse_choice, text_template
 
 LOOPS: list[Callable[[], asyncio.AbstractEventLoop]] = [asyncio.new_event_loop]
 try:
@@ -212,16 +212,17 @@ def test_text_template_gives_the_same_bytes_as_the_whole_chunk() -> None:
 
 
 def test_text_template_falls_back_when_the_marker_is_not_unique() -> None:
-    from botframework.server import generation
+    from botframework.server import sse
 
     def make(text: str) -> bytes:  # a chunk that repeats the text: the marker shows twice
         return sse_choice({}, {"text": text, "again": text}, False)
 
     assert text_template(make) is make
-    assert generation._MARK not in make("x").decode()
+    assert sse._MARK not in make("x").decode()
 
 
-def _serve_and_stream(direct_stream: bool, requests: list[tuple[str, dict[str, Any]]]) -> tuple[list[list[bytes]], float]:
+def _serve_and_stream(direct_stream: bool,
+                      requests: list[tuple[str, dict[str, Any]]]) -> tuple[list[list[bytes]], float]:
     """The app on a fake runtime behind a real uvicorn (httptools) on a loopback port: each
     request's chunked body, chunk by chunk, and the direct-chunks counter afterwards."""
     import uvicorn

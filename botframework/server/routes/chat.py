@@ -1,8 +1,9 @@
 """POST /v1/chat/completions, whole or streamed as OpenAI's server-sent events.
 
-    body -> ChatOptions (response_format / tools + tool_choice / grammar, checked: 400 lists
-            what cannot be enforced) -> runtime.plan_chat: chat template (llama.cpp Jinja)
-            -> tokens + grammar + output parser -> Request (SamplerSpec.grammar)
+    body -> validation.chat_options: ChatOptions (response_format / tools + tool_choice /
+            grammar, checked: 400 lists what cannot be enforced) -> runtime.plan_chat: chat
+            template (llama.cpp Jinja) -> tokens + grammar + output parser
+         -> validation.engine_request (runtime.requests.build_request) -> Request
     whole:   text -> finish_message: content / reasoning_content / tool_calls; structured
              output that ended with "stop" is validated (500 if it does not, never returned)
     stream:  role chunk, then per engine delta MessageStreamer pieces: content,
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -27,49 +27,42 @@ from fastapi import Request as HTTPRequest
 from fastapi.responses import Response, StreamingResponse
 
 from botframework.chat.message import AssistantMessage, MessageDelta
-from botframework.chat.plan import ChatOptions, ChatPlan, check_message, finish_message
+from botframework.chat.plan import ChatPlan, check_message, finish_message
 from botframework.chat.stream import MessageStreamer
-from botframework.chat.structured import structured_output
-from botframework.chat.tools import parse_tool_choice, parse_tools
 from botframework.errors import BotframeworkError
+from botframework.runtime.stream import DeltaStream
 from botframework.scheduler.output import Delta
-from botframework.scheduler.sequence import Request
 from botframework.server.auth import require_api_key
 from botframework.server.direct import DirectSSE
 from botframework.server.generation import (
-    StreamState,
-    build_request,
     choice_requests,
     collect_all,
     get_runtime,
-    json_response,
     new_id,
     openai_finish_reason,
     record,
+    start_all,
+)
+from botframework.server.protocol import ChatCompletionRequest
+from botframework.server.runtime import Runtime
+from botframework.server.sse import (
+    SSE_HEADERS,
+    Started,
+    StreamState,
+    json_response,
     sse_choice,
     sse_choices,
-    start_all,
     text_template,
     total_usage,
     usage_json,
 )
-from botframework.server.protocol import ChatCompletionRequest
-from botframework.server.runtime import Runtime
+from botframework.server.validation import (
+    chat_options,
+    engine_request,
+    generation_options,
+)
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def chat_options(body: ChatCompletionRequest) -> ChatOptions:
-    """The request's constraints, checked (fail closed: GrammarError / InvalidRequestError -> 400)."""
-    structured = structured_output(body.response_format.to_dict()) if body.response_format is not None else None
-    tools = parse_tools([t.model_dump(exclude_none=True) for t in body.tools or ()])
-    choice = body.tool_choice.model_dump() if body.tool_choice is not None and not isinstance(body.tool_choice, str) \
-        else body.tool_choice
-    return ChatOptions(structured=structured, grammar=body.grammar, tools=tools,
-                       tool_choice=parse_tool_choice(choice, tools),
-                       parallel_tool_calls=bool(body.parallel_tool_calls))
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -77,13 +70,15 @@ async def chat_completions(body: ChatCompletionRequest, http: HTTPRequest) -> Re
     runtime = get_runtime(http, body.model)
     settings = http.app.state.settings
     body.check_supported()
-    options = chat_options(body)
+    constraints = chat_options(body)
+    options = generation_options(body)
     messages = [m.to_template() for m in body.messages]
-    plan = await asyncio.to_thread(runtime.plan_chat, messages, options,
-                                   max_tokens=body.requested_max_tokens or 256, overflow=body.overflow)
+    plan = await asyncio.to_thread(runtime.plan_chat, messages, constraints, max_tokens=options.planned_max_tokens,
+                                   overflow=body.overflow)
     request_id = new_id("chatcmpl")
-    request = with_grammar(build_request(body, plan.tokens, plan.rendered.additional_stops, settings, runtime,
-                                         request_id, truncated_tokens=plan.rendered.truncated_tokens), plan)
+    request = engine_request(body, plan.tokens, runtime, settings, request_id, options=options,
+                             extra_stops=plan.rendered.additional_stops, grammar=plan.grammar,
+                             truncated_tokens=plan.rendered.truncated_tokens)
     started = await start_all(http, runtime, choice_requests(request, body.n, settings))
     created = int(time.time())
     if body.stream:
@@ -106,13 +101,6 @@ async def chat_completions(body: ChatCompletionRequest, http: HTTPRequest) -> Re
     })
 
 
-def with_grammar(request: Request, plan: ChatPlan) -> Request:
-    if plan.grammar is None:
-        return request
-    sampler = replace(request.params.sampler, grammar=plan.grammar)
-    return replace(request, params=replace(request.params, sampler=sampler))
-
-
 def _finish_reason(finish: str, message: AssistantMessage) -> str:
     return "tool_calls" if finish == "stop" and message.tool_calls else finish
 
@@ -126,8 +114,7 @@ def _delta_json(piece: MessageDelta) -> dict[str, Any]:
 
 
 def _stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, request_id: str, created: int,
-            started: list[tuple[Delta, AsyncIterator[Delta]]], include_usage: bool,
-            want_logprobs: bool) -> AsyncIterator[bytes]:
+            started: Started, include_usage: bool, want_logprobs: bool) -> AsyncIterator[bytes]:
     base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": runtime.model_id,
             "system_fingerprint": None}
     state = StreamState()
@@ -138,7 +125,7 @@ def _stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, request_id: str
 
 
 async def _choice_stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, base: dict[str, Any], index: int,
-                         first: Delta, deltas: AsyncIterator[Delta], include_usage: bool, want_logprobs: bool,
+                         first: Delta, deltas: DeltaStream, include_usage: bool, want_logprobs: bool,
                          state: StreamState, single: bool) -> AsyncIterator[bytes]:
     """One choice's chunks: role, pieces, finish (an error event instead if it fails). The only
     choice's running content may go out from the engine thread (server/direct.py): the same
@@ -191,7 +178,7 @@ async def _choice_stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, ba
                 return
             delta = await anext(deltas, None)
     finally:
-        await deltas.aclose()  # type: ignore[attr-defined]  # cancels the sequence if it is still running
+        await deltas.aclose()  # cancels the sequence if it is still running
 
 
 def _logprob_entry(runtime: Runtime, lp: tuple[int, float, tuple[tuple[int, float], ...]]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """POST /v1/completions: a raw prompt continued, whole or streamed (text_completion chunks).
 
-    prompt (string, [string] or token ids) -> tokens -> Request -> text (+ legacy logprobs)
+    prompt (string, [string] or token ids) -> tokens -> validation.engine_request -> Request
+      -> text (+ legacy logprobs)
 """
 
 from __future__ import annotations
@@ -14,31 +15,34 @@ from fastapi import APIRouter, Depends
 from fastapi import Request as HTTPRequest
 from fastapi.responses import Response, StreamingResponse
 
+from botframework.runtime.stream import DeltaStream
 from botframework.scheduler.output import Delta
 from botframework.server.auth import require_api_key
 from botframework.server.direct import DirectSSE
-from botframework.server.errors import APIError
 from botframework.server.generation import (
-    StreamState,
-    build_request,
     choice_requests,
     collect_all,
     get_runtime,
-    json_response,
     new_id,
     openai_finish_reason,
     record,
+    start_all,
+    tokenizer_call,
+)
+from botframework.server.protocol import CompletionRequest
+from botframework.server.runtime import Runtime
+from botframework.server.sse import (
+    SSE_HEADERS,
+    Started,
+    StreamState,
+    json_response,
     sse_choice,
     sse_choices,
-    start_all,
     text_template,
-    tokenizer_call,
     total_usage,
     usage_json,
 )
-from botframework.server.protocol import CompletionRequest
-from botframework.server.routes.chat import SSE_HEADERS
-from botframework.server.runtime import Runtime
+from botframework.server.validation import completion_prompt, engine_request
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -47,18 +51,16 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 async def completions(body: CompletionRequest, http: HTTPRequest) -> Response:
     runtime = get_runtime(http, body.model)
     body.check_supported()
-    if body.suffix is not None:  # fill-in-the-middle: the prompt is the prefix
-        prefix = body.prompt if isinstance(body.prompt, str) else None
-        if prefix is None:
-            raise APIError(400, "'suffix' needs 'prompt' to be a string", param="prompt")
-        tokens = await asyncio.to_thread(runtime.infill_tokens, prefix, body.suffix)
+    prompt = completion_prompt(body)
+    if isinstance(prompt, list):  # token ids (never with a suffix)
+        tokens = prompt
+    elif body.suffix is not None:  # fill-in-the-middle: the prompt is the prefix
+        tokens = await asyncio.to_thread(runtime.infill_tokens, prompt, body.suffix)
     else:
-        chars = sum(len(p) for p in body.prompt if isinstance(p, str)) if isinstance(body.prompt, list) \
-            else len(body.prompt)
-        tokens = await tokenizer_call(chars, _prompt_tokens, runtime, body.prompt)
+        tokens = await tokenizer_call(len(prompt), runtime.tokenize, prompt, add_special=True)
     request_id = new_id("cmpl")
     settings = http.app.state.settings
-    request = build_request(body, tokens, (), settings, runtime, request_id)
+    request = engine_request(body, tokens, runtime, settings, request_id)
     started = await start_all(http, runtime, choice_requests(request, body.n, settings))
     created = int(time.time())
     want_logprobs = body.logprobs is not None
@@ -79,23 +81,8 @@ async def completions(body: CompletionRequest, http: HTTPRequest) -> Response:
     })
 
 
-def _prompt_tokens(runtime: Runtime, prompt: str | list[str] | list[int]) -> list[int]:
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
-        ids = [int(t) for t in prompt]
-        bad = [t for t in ids if not 0 <= t < runtime.n_vocab]
-        if bad:
-            raise APIError(400, f"'prompt' token id {bad[0]} is out of the vocabulary (0..{runtime.n_vocab - 1})",
-                           param="prompt")
-        return ids
-    text = prompt[0] if isinstance(prompt, list) and prompt else prompt
-    if not isinstance(text, str) or not text:
-        raise APIError(400, "'prompt' must not be empty", param="prompt")
-    return runtime.tokenize(text, add_special=True)
-
-
-def _stream(http: HTTPRequest, runtime: Runtime, request_id: str, created: int,
-            started: list[tuple[Delta, AsyncIterator[Delta]]], include_usage: bool,
-            want_logprobs: bool) -> AsyncIterator[bytes]:
+def _stream(http: HTTPRequest, runtime: Runtime, request_id: str, created: int, started: Started,
+            include_usage: bool, want_logprobs: bool) -> AsyncIterator[bytes]:
     base = {"id": request_id, "object": "text_completion", "created": created, "model": runtime.model_id,
             "system_fingerprint": None}
     state = StreamState()
@@ -106,7 +93,7 @@ def _stream(http: HTTPRequest, runtime: Runtime, request_id: str, created: int,
 
 
 async def _choice_stream(http: HTTPRequest, runtime: Runtime, base: dict[str, Any], index: int, first: Delta,
-                         deltas: AsyncIterator[Delta], include_usage: bool, want_logprobs: bool,
+                         deltas: DeltaStream, include_usage: bool, want_logprobs: bool,
                          state: StreamState, single: bool) -> AsyncIterator[bytes]:
     """One choice's chunks. The only choice's running text may go out from the engine thread
     (server/direct.py): the same chunks, and this generator waits for the last delta meanwhile."""
@@ -136,7 +123,7 @@ async def _choice_stream(http: HTTPRequest, runtime: Runtime, base: dict[str, An
                 return
             delta = await anext(deltas, None)
     finally:
-        await deltas.aclose()  # type: ignore[attr-defined]
+        await deltas.aclose()
 
 
 def _legacy_logprobs(runtime: Runtime, entries: list[tuple[int, float, tuple[tuple[int, float], ...]]]

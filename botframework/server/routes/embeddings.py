@@ -11,9 +11,10 @@ from fastapi import APIRouter, Depends
 from fastapi import Request as HTTPRequest
 
 from botframework.server.auth import require_api_key
-from botframework.server.errors import APIError, unsupported
+from botframework.server.errors import unsupported
 from botframework.server.generation import get_runtime
 from botframework.server.protocol import EmbeddingRequest
+from botframework.server.validation import embedding_inputs
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -23,12 +24,7 @@ async def embeddings(body: EmbeddingRequest, http: HTTPRequest) -> dict[str, Any
     runtime = get_runtime(http, body.model)
     if body.dimensions is not None:
         raise unsupported("dimensions")
-    texts = [body.input] if isinstance(body.input, str) else list(body.input)
-    cap = http.app.state.settings.max_embedding_inputs
-    if not texts or len(texts) > cap:
-        raise APIError(400, f"'input' must hold 1 to {cap} strings", param="input")
-    if any(not t for t in texts):
-        raise APIError(400, "'input' strings must not be empty", param="input")
+    texts = embedding_inputs(body, http.app.state.settings)
     vectors = await asyncio.to_thread(runtime.embed, texts)
     num_tokens = sum(len(runtime.tokenize(t, add_special=True)) for t in texts)
     data = []

@@ -14,20 +14,13 @@ from fastapi import APIRouter, Depends
 from fastapi import Request as HTTPRequest
 from fastapi.responses import StreamingResponse
 
+from botframework.runtime.stream import DeltaStream
 from botframework.scheduler.output import Delta, FinishReason
 from botframework.server.auth import require_api_key
-from botframework.server.generation import (
-    build_request,
-    collect,
-    get_runtime,
-    new_id,
-    record,
-    sse,
-    sse_error,
-    start,
-)
+from botframework.server.generation import collect, get_runtime, new_id, record, start
 from botframework.server.protocol import InfillRequest
-from botframework.server.routes.chat import SSE_HEADERS
+from botframework.server.sse import SSE_HEADERS, sse, sse_error
+from botframework.server.validation import engine_request
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -43,7 +36,7 @@ async def infill(body: InfillRequest, http: HTTPRequest) -> dict[str, Any] | Str
     body.check_supported()
     tokens = await asyncio.to_thread(runtime.infill_tokens, body.input_prefix + body.prompt, body.input_suffix,
                                      _extra_text(body.input_extra))
-    request = build_request(body, tokens, (), http.app.state.settings, runtime, new_id("infill"))  # type: ignore[arg-type]
+    request = engine_request(body, tokens, runtime, http.app.state.settings, new_id("infill"))
     first, deltas = await start(http, runtime, request)
     if body.stream:
         return StreamingResponse(_stream(http, first, deltas), media_type="text/event-stream", headers=SSE_HEADERS)
@@ -55,7 +48,7 @@ async def infill(body: InfillRequest, http: HTTPRequest) -> dict[str, Any] | Str
             "tokens_evaluated": usage.prompt_tokens if usage else 0}
 
 
-async def _stream(http: HTTPRequest, first: Delta, deltas: AsyncIterator[Delta]) -> AsyncIterator[bytes]:
+async def _stream(http: HTTPRequest, first: Delta, deltas: DeltaStream) -> AsyncIterator[bytes]:
     try:
         delta: Delta | None = first
         while delta is not None:
@@ -70,4 +63,4 @@ async def _stream(http: HTTPRequest, first: Delta, deltas: AsyncIterator[Delta])
                 break
             delta = await anext(deltas, None)
     finally:
-        await deltas.aclose()  # type: ignore[attr-defined]
+        await deltas.aclose()

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends
 from fastapi import Request as HTTPRequest
 
 from botframework.server.auth import require_api_key
-from botframework.server.errors import APIError
 from botframework.server.generation import get_runtime, tokenizer_call
 from botframework.server.protocol import DetokenizeRequest, TokenizeRequest
+from botframework.server.validation import check_token_ids
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -36,9 +36,6 @@ async def tokenize(body: TokenizeRequest, http: HTTPRequest) -> dict[str, Any]:
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, http: HTTPRequest) -> dict[str, Any]:
     runtime = get_runtime(http)
-    bad = [t for t in body.tokens if t >= runtime.n_vocab]
-    if bad:
-        raise APIError(400, f"token id {bad[0]} is out of the vocabulary (0..{runtime.n_vocab - 1})",
-                       param="tokens")
+    check_token_ids(body.tokens, runtime, "tokens")
     # ~4 characters a token
     return {"content": await tokenizer_call(4 * len(body.tokens), runtime.detokenize, body.tokens)}

@@ -1,0 +1,170 @@
+"""OpenAI's response framing: whole JSON answers and server-sent events.
+
+    whole:    json_response(payload)  (usage_json / total_usage for the usage block)
+    streamed: per choice, the route's generator yields sse_choice(...) chunks
+              fan_in(streams, StreamState): the choices' chunks as they come; the first failed
+                  choice's sse_error event ends the response
+              sse_choices: fan_in + [the summed usage chunk] + [DONE]; closing it cancels
+                  the sequences still running
+    text_template: a text chunk's bytes as head + JSON string + tail (the engine thread formats
+                  direct streams' chunks with it: server/direct.py)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from json.encoder import encode_basestring
+from typing import Any
+
+from fastapi.responses import Response
+
+from botframework.runtime.stream import DeltaStream
+from botframework.scheduler.output import Delta, Usage
+from botframework.server.errors import error_body, to_api_error
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+Started = list[tuple[Delta, DeltaStream]]  # each choice's first delta and the rest of its stream
+
+
+def json_response(payload: dict[str, Any]) -> Response:
+    """A whole answer, encoded once (FastAPI would walk it with jsonable_encoder first)."""
+    return Response(json.dumps(payload, ensure_ascii=False, separators=(",", ":")), media_type="application/json")
+
+
+def sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+def sse_choice(base: dict[str, Any], choice: dict[str, Any], include_usage: bool) -> bytes:
+    """One choice's chunk of a streamed response; with stream_options.include_usage every chunk
+    carries "usage": null, as OpenAI sends them (the usage chunk comes last)."""
+    payload: dict[str, Any] = {**base, "choices": [choice]}
+    if include_usage:
+        payload["usage"] = None
+    return sse(payload)
+
+
+def sse_error(exc: BaseException) -> bytes:
+    """An error in the middle of a stream: one OpenAI-shaped error event (then the caller ends it)."""
+    err = to_api_error(exc)
+    return sse(error_body(err.message, err.type, err.param, err.code))
+
+
+_MARK = "\u2063botframework-text\u2063"
+
+
+def text_template(make: Callable[[str], bytes]) -> Callable[[str], bytes]:
+    """`make`, a chunk's bytes for a text that is one JSON string in it, as head + the string's
+    JSON + tail: the same bytes for ~1 us, not a json.dumps of the whole chunk (the engine
+    thread formats a direct stream's chunks: see server/direct.py). `make` itself if the chunk
+    cannot be split so (the marker twice), or the split gets a probe wrong."""
+    mark = encode_basestring(_MARK).encode()
+    parts = make(_MARK).split(mark)
+    if len(parts) != 2:
+        return make
+    head, tail = parts
+
+    def fast(text: str) -> bytes:
+        return head + encode_basestring(text).encode() + tail
+
+    probe = 'a "q" \\ \n\t\u00e9 \U0001f642 </s> \u2028'
+    return fast if fast(probe) == make(probe) else make
+
+
+def usage_json(usage: Usage | None) -> dict[str, Any] | None:
+    if usage is None:
+        return None
+    out: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens, "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}
+    if usage.truncated_tokens:
+        out["truncated_tokens"] = usage.truncated_tokens  # extension: dropped by overflow="truncate"
+    return out
+
+
+def total_usage(usages: list[Usage | None]) -> Usage | None:
+    """OpenAI's usage for n choices: the prompt once, completion tokens of all choices."""
+    known = [u for u in usages if u is not None]
+    if not known:
+        return None
+    first = known[0]
+    return Usage(prompt_tokens=first.prompt_tokens, completion_tokens=sum(u.completion_tokens for u in known),
+                 cached_tokens=first.cached_tokens, truncated_tokens=first.truncated_tokens)
+
+
+@dataclass
+class StreamState:
+    """Shared by a response's per-choice SSE generators."""
+
+    error_event: bytes | None = None  # a choice failed: this event ends the response
+    usages: list[Usage | None] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return self.error_event is not None
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error_event is None:  # the first failure is the one reported
+            self.error_event = sse_error(exc)
+
+
+async def fan_in(streams: list[AsyncIterator[bytes]], state: StreamState) -> AsyncIterator[bytes]:
+    """The events of every choice's stream as they come; a failed choice's error event ends it."""
+    if len(streams) == 1:  # the common case: no tasks, no queue
+        try:
+            async for item in streams[0]:
+                yield item
+        finally:
+            await streams[0].aclose()  # type: ignore[attr-defined]
+        if state.error_event is not None:
+            yield state.error_event
+        return
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    ended = object()
+
+    async def pump(stream: AsyncIterator[bytes]) -> None:
+        try:
+            async for item in stream:
+                queue.put_nowait(item)
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer below
+            queue.put_nowait(exc)
+        finally:
+            queue.put_nowait(ended)
+
+    tasks = [asyncio.ensure_future(pump(stream)) for stream in streams]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if isinstance(item, Exception):
+                raise item
+            if item is ended:
+                remaining -= 1
+            else:
+                yield item
+            if state.error_event is not None:
+                yield state.error_event
+                return
+    finally:
+        for task in tasks:
+            task.cancel()  # a choice still generating closes its stream: its sequence is cancelled
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def sse_choices(started: Started, streams: list[AsyncIterator[bytes]], state: StreamState,
+                      base: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:
+    """A streamed response: every choice's chunks as they come, the summed usage chunk if asked
+    (not after an error), then [DONE]. Closing it cancels the sequences still running."""
+    try:
+        async for event in fan_in(streams, state):
+            yield event
+        if include_usage and not state.failed:
+            yield sse({**base, "choices": [], "usage": usage_json(total_usage(state.usages))})
+        yield sse("[DONE]")
+    finally:
+        for _, deltas in started:
+            await deltas.aclose()
