@@ -172,7 +172,7 @@ def test_generation_goes_on_between_the_inputs_of_an_embedding_request(llm: Loca
     started = threading.Event()
 
     def generate() -> None:
-        for delta in llm.stream_complete_deltas("Count: 1, 2, 3,", max_tokens=400, ignore_eos=True, temperature=0):
+        for _ in llm.stream_complete_deltas("Count: 1, 2, 3,", max_tokens=400, ignore_eos=True, temperature=0):
             arrivals.append(time.perf_counter())
             started.set()
 
@@ -204,11 +204,11 @@ def test_an_embedding_in_pieces_is_the_embedding_of_the_whole_input(llm: LocalLL
 
 
 def test_embedding_inputs_from_many_threads_do_not_mix(llm: LocalLLM) -> None:
-    texts = [f"Document {i}: " + "words about topic number %d. " % i * 40 for i in range(4)]
+    texts = [f"Document {i}: " + f"words about topic number {i}. " * 40 for i in range(4)]
     alone = [np.array(v) for v in llm.embed(texts)]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         together = list(pool.map(lambda t: np.array(llm.embed([t])[0]), texts))
-    for a, b in zip(alone, together):
+    for a, b in zip(alone, together, strict=True):
         assert np.abs(a - b).max() < 1e-3
     with pytest.raises(InvalidRequestError, match="embedding context holds"):
         llm.embed(["word " * 9000])
@@ -256,8 +256,8 @@ def test_context_shift_generates_past_the_window() -> None:
 
 def test_engine_thread_survives_bad_requests_and_failed_steps(llm: LocalLLM) -> None:
     from botframework import GrammarError
-    from botframework.specs import GrammarSpec, SamplerSpec, SamplingParams
     from botframework.scheduler.sequence import Request
+    from botframework.specs import GrammarSpec, SamplerSpec, SamplingParams
 
     with pytest.raises(InvalidRequestError):  # rejected on the caller's thread, before queueing
         llm.complete("hi", logit_bias={llm.worker.model.n_vocab: 5.0})

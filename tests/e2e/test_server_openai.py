@@ -21,8 +21,9 @@ import pytest
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from botframework.runtime.catalog import DEFAULT_MODEL
 from server_proc import free_port
+
+from botframework.runtime.catalog import DEFAULT_MODEL
 
 MODEL = DEFAULT_MODEL
 API_KEY = "e2e-test-key"

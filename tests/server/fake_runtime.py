@@ -16,11 +16,11 @@ import httpx
 import numpy as np
 
 from botframework.errors import BotframeworkError, DecodeError
-from botframework.specs import GrammarSpec
 from botframework.scheduler.output import Delta, FinishReason, RequestHandle, Usage
 from botframework.scheduler.sequence import Request
 from botframework.server.app import create_app
 from botframework.server.settings import ServerSettings
+from botframework.specs import GrammarSpec
 
 FAKE_JSON_GRAMMAR = GrammarSpec("root ::= \"{}\"")  # marks requests the real runtime would constrain
 
@@ -56,7 +56,7 @@ class FakeRuntime:
 
     def infill_tokens(self, prefix: str, suffix: str, extra: str = "") -> list[int]:
         self.last_infill = (prefix, suffix, extra)
-        return [3] + self.tokenize(extra + prefix, add_special=False) + [4] + self.tokenize(suffix, add_special=False) + [5]
+        return [3, *self.tokenize(extra + prefix, add_special=False), 4, *self.tokenize(suffix, add_special=False), 5]
 
     def detokenize(self, tokens: list[int]) -> str:
         return "".join(chr(t - 2) for t in tokens if t >= 2)

@@ -360,3 +360,28 @@ def test_fill_in_the_middle_via_suffix_and_infill(run) -> None:  # type: ignore[
                                                                    "suffix": "x"}), 400, param="prompt")
 
     run(go())
+
+
+def test_validation_errors_keep_their_params_and_codes(run) -> None:  # type: ignore[no-untyped-def]
+    async def go() -> None:
+        async with serve_fake() as c:
+            assert_error(await c.post(CHAT, json=chat_body(max_completion_tokens=10**9)), 400,
+                         param="max_completion_tokens", code="invalid_value")
+            assert_error(await c.post(CHAT, json=chat_body(max_tokens=10**9)), 400, param="max_tokens",
+                         code="invalid_value")
+            assert_error(await c.post(CHAT, json=chat_body(n=9)), 400, param="n", code="invalid_value")
+            assert_error(await c.post(CHAT, json=chat_body(stop=["a"] * 5)), 400, param="stop", code="invalid_value")
+            assert_error(await c.post(CHAT, json=chat_body(stop="")), 400, param="stop", code="invalid_value")
+            assert_error(await c.post(CHAT, json=chat_body(logit_bias={"abc": 1})), 400, param="logit_bias")
+            assert_error(await c.post(CHAT, json=chat_body(stream_options={"include_usage": True})), 400,
+                         param="stream_options", code="unsupported_parameter")
+            assert_error(await c.post("/v1/completions", json={"model": "fake-model", "prompt": "x", "echo": True}),
+                         400, param="echo", code="unsupported_parameter")
+            assert_error(await c.post("/v1/completions", json={"model": "fake-model", "prompt": [1, 10**6]}), 400,
+                         param="prompt")
+            assert_error(await c.post("/v1/embeddings", json={"model": "fake-model", "input": [""]}), 400,
+                         param="input")
+            assert_error(await c.post("/v1/embeddings", json={"model": "fake-model", "input": "x",
+                                                              "dimensions": 8}), 400,
+                         param="dimensions", code="unsupported_parameter")
+    run(go())
