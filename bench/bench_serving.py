@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import functools
+import itertools
 import json
 import math
 import os
@@ -36,10 +37,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 import httpx
 
@@ -48,8 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from build_llama_tools import build_tools  # noqa: E402
 
-from botframework.runtime.pull import pull  # noqa: E402
 from botframework.config import default_threads  # noqa: E402
+from botframework.runtime.pull import pull  # noqa: E402
 
 SYSTEM_WORDS = ("You are a meticulous assistant for a software company. Follow the style guide: be brief, "
                 "cite the relevant module, prefer examples over prose, and never invent APIs. ")
@@ -192,7 +194,7 @@ def level(base: str, n: int, max_tokens: int) -> LevelResult:
     total = n * max_tokens
     single = 0.0
     if n == 1:
-        gaps = [b - a for a, b in zip(results[0][1], results[0][1][1:])]
+        gaps = [b - a for a, b in itertools.pairwise(results[0][1])]
         single = 1.0 / statistics.median(gaps) if gaps else 0.0
     return LevelResult(n, total / wall, percentile(ttfts, 50), percentile(ttfts, 95), single)
 
@@ -266,7 +268,7 @@ def paired_ratio(a: LevelResult, b: LevelResult) -> PairedRatio:
 
     The two ran back to back (alternating which went first), so a shift in the machine's
     speed between rounds, which moves both medians, cancels in each round's ratio."""
-    ratios = [x / y for x, y in zip(a.rounds, b.rounds)]
+    ratios = [x / y for x, y in zip(a.rounds, b.rounds, strict=True)]
     low, high = median_ci(ratios)
     return PairedRatio(statistics.median(ratios), low, high, sum(r > 1.0 for r in ratios), len(ratios))
 
@@ -316,7 +318,8 @@ def bench_servers(servers: dict[str, str], levels: list[int], max_tokens: int, r
 def llama_bench_tg(model: Path, threads: int, n_gen: int, repetitions: int = 3) -> float:
     """llama-bench's tg (tokens/s) from the same build: the single-stream decode reference."""
     exe = build_tools(("llama-bench",))["llama-bench"]
-    out = subprocess.run([str(exe), "-m", str(model), "-p", "0", "-n", str(n_gen), "-t", str(threads), "-r", str(repetitions),
+    out = subprocess.run([str(exe), "-m", str(model), "-p", "0", "-n", str(n_gen), "-t", str(threads),
+                          "-r", str(repetitions),
                           "-o", "json"], check=True, capture_output=True, text=True).stdout
     return float(json.loads(out)[0]["avg_ts"])
 
@@ -331,7 +334,7 @@ def bench_inprocess(model: Path, levels: list[int], max_tokens: int, args: argpa
         for n in levels:
             ttfts: list[float] = []
 
-            def work(i: int) -> None:
+            def work(i: int, ttfts: list[float] = ttfts) -> None:
                 t0 = time.perf_counter()
                 first = None
                 for delta in llm.stream_complete_deltas(f"Story {i}: once upon a time,", max_tokens=max_tokens,
@@ -405,8 +408,9 @@ def main() -> int:
 
     ours, theirs = results[0], results[1]
     short = "llama" if ref == "llama-server" else "ours#2"
-    print(f"\n{'streams':>7} | {'ours t/s':>9} {short + ' t/s':>9} {'ratio':>6} | {'per round: median [95% CI] ahead':>36} | "
-          f"{'ours TTFT p50/p95 ms':>21} | {short + ' TTFT p50/p95 ms':>22}" + (" | in-proc t/s" if len(results) > 2 else ""))
+    print(f"\n{'streams':>7} | {'ours t/s':>9} {short + ' t/s':>9} {'ratio':>6} | "
+          f"{'per round: median [95% CI] ahead':>36} | {'ours TTFT p50/p95 ms':>21} | {short + ' TTFT p50/p95 ms':>22}"
+          + (" | in-proc t/s" if len(results) > 2 else ""))
     for i, n in enumerate(levels):
         a, b = ours.levels[i], theirs.levels[i]
         pr = paired_ratio(a, b)

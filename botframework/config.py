@@ -46,4 +46,5 @@ class WorkerConfig:
     flash_attn: str = "auto"
     hugepages: bool = True                 # weights and KV cache in 2 MiB pages (ModelParams)
     embed_piece_tokens: int = 128          # a causal model's embedding input: tokens per engine-loop turn
-    handoff_wait_s: float = 0.003          # at most, for event loops to send first/last tokens (RequestHandle.wait_handled)
+    # at most, for event loops to send a request's first or last token (RequestHandle.wait_handled)
+    handoff_wait_s: float = 0.003

@@ -135,7 +135,7 @@ def _calls_in_value(text: str, i: int, names: frozenset[str], depth: int = 0
     if text[i] == "[":
         calls: list[ToolCall] = []
         elements, end = _elements(text, i, depth)
-        for start, stop in elements:
+        for start, _stop in elements:
             sub, sub_end, possible = _calls_in_value(text, start, names, depth + 1)
             if not possible:
                 return [], end, False

@@ -3,8 +3,9 @@
     text deltas --accumulate--> OutputParser.parse(all text, partial=True) --diff against
     what was sent--> MessageDelta(content | reasoning_content | tool call piece)
 
-Trailing whitespace is held back until more text follows (or the end). A tool call is announced (index, id, name) once its name is complete (its arguments have
-started, another call follows, or the text ended), then its arguments follow as fragments.
+Trailing whitespace is held back until more text follows (or the end). A tool call is
+announced (index, id, name) once its name is complete (its arguments have started, another
+call follows, or the text ended), then its arguments follow as fragments.
 finish() parses the whole text once more (partial=False) and sends what is still missing,
 so the pieces add up to the non-streamed message; the ids sent are the ids returned.
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from botframework.chat.message import (
     AssistantMessage,

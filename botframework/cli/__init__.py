@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from botframework.errors import BotframeworkError
 
@@ -77,8 +77,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from botframework.native import shim
     from botframework.config import default_threads
+    from botframework.native import shim
 
     info = shim.build_info()
     decode_threads, batch_threads = default_threads()

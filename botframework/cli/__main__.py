@@ -1,3 +1,5 @@
-from botframework.cli import main
 import sys
+
+from botframework.cli import main
+
 sys.exit(main())

@@ -8,7 +8,7 @@ emoji and CJK into several tokens); those bytes wait for the rest of the charact
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 def _complete_prefix_len(data: bytes) -> int:

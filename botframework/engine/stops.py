@@ -8,7 +8,7 @@ stop (generation ends, the stop is not emitted) or diverges (it is released).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class StopMatcher:

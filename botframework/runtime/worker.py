@@ -21,14 +21,15 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
-from botframework.engine.detokenizer import IncrementalDetokenizer
 from botframework.config import WorkerConfig, default_threads
+from botframework.engine.detokenizer import IncrementalDetokenizer
 from botframework.engine.engine import Engine
 from botframework.errors import BotframeworkError, ClosedError, InvalidRequestError, NativeError
 from botframework.native.batch import Batch
@@ -53,8 +54,9 @@ class WorkerMetrics:
 
 
 class ModelWorker:
-    def __init__(self, model_path: str | os.PathLike[str], config: WorkerConfig = WorkerConfig(),
+    def __init__(self, model_path: str | os.PathLike[str], config: WorkerConfig | None = None,
                  *, name: str | None = None) -> None:
+        config = config or WorkerConfig()
         self.config = config
         self.name = name or Path(model_path).stem
         decode_threads, batch_threads = default_threads()

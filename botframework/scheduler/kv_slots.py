@@ -18,7 +18,7 @@ against num_ctx and is free when no slot holds it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from botframework.engine.step import KVOp, KVOpKind
 from botframework.scheduler.prefix_store import PrefixStore

@@ -19,13 +19,13 @@ and results are plain data, so this runs unchanged on a fake engine in tests.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from botframework.engine.step import PlanItem, StepPlan, StepResult
 from botframework.errors import BotframeworkError, BusyError, ContextLengthExceededError, GrammarError
-from botframework.scheduler.output import Delta, FinishReason, Usage
 from botframework.scheduler.kv_slots import KVSlots
+from botframework.scheduler.output import Delta, FinishReason, Usage
 from botframework.scheduler.prefix_store import PrefixStore
 from botframework.scheduler.sequence import Sequence, SequenceStatus, Slot
 from botframework.scheduler.session_store import SessionStore

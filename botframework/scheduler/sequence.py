@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 
 from botframework.engine.detokenizer import IncrementalDetokenizer
-from botframework.specs import SamplingParams
 from botframework.engine.stops import StopMatcher
 from botframework.scheduler.output import RequestHandle
+from botframework.specs import SamplingParams
 
 
 class Priority(IntEnum):

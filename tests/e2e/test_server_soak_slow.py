@@ -23,8 +23,9 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from botframework.runtime.catalog import DEFAULT_MODEL  # noqa: E402
 from server_proc import served  # noqa: E402
+
+from botframework.runtime.catalog import DEFAULT_MODEL  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

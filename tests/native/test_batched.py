@@ -171,15 +171,15 @@ def batched(model: Model, prompts: list[list[int]]) -> list[Generation]:
                 step_tokens, pos = runs[seq_id]
                 runs[seq_id] = ((sampled.token,), pos + len(step_tokens))
         engine.close()
-    return [Generation(t, g) for t, g in zip(tokens, gaps)]
+    return [Generation(t, g) for t, g in zip(tokens, gaps, strict=True)]
 
 
 def test_batched_equals_alone(model: Model, alone: list[Generation], batched: list[Generation],
                               record_property: Callable[[str, object], None]) -> None:
     diverged = []
-    for seq_id, (ref, got) in enumerate(zip(alone, batched)):
+    for seq_id, (ref, got) in enumerate(zip(alone, batched, strict=True)):
         assert len(ref.tokens) == len(got.tokens) == N_GENERATE
-        first = next((k for k, (a, b) in enumerate(zip(ref.tokens, got.tokens)) if a != b), None)
+        first = next((k for k, (a, b) in enumerate(zip(ref.tokens, got.tokens, strict=True)) if a != b), None)
         if first is None:
             continue
         gap = ref.gaps[first]

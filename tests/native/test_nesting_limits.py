@@ -18,13 +18,13 @@ import pytest
 from botframework.chat.jsoncalls import find_calls
 from botframework.chat.schema import MAX_SCHEMA_DEPTH, check_schema, json_depth
 from botframework.errors import GrammarError, InvalidRequestError
+from botframework.native.shim import MAX_PARSE_NESTING, bracket_depth, chat_parse
 from botframework.specs import (
     MAX_GRAMMAR_NESTING,
     MAX_GRAMMAR_RULES,
     GrammarSpec,
     check_gbnf_limits,
 )
-from botframework.native.shim import MAX_PARSE_NESTING, bracket_depth, chat_parse
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "vendor" / "llama.cpp" / "models" / "templates" / \
     "Qwen-Qwen2.5-7B-Instruct.jinja"

@@ -22,8 +22,8 @@ import pytest
 from botframework.errors import InvalidRequestError
 from botframework.native import Batch, Context, ContextParams, Model, SamplerChain, SamplerSpec
 from botframework.native import sampler as sampler_module
-from botframework.specs import GrammarSpec
 from botframework.native._lib import ffi, lib
+from botframework.specs import GrammarSpec
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,7 @@ def test_samplers_of_one_thread_share_a_candidate_buffer_and_still_agree(model: 
             pos = len(tokens)
             for _ in range(30):
                 chosen = []
-                for sampler, reference in zip((first, second), references):
+                for sampler, reference in zip((first, second), references, strict=True):
                     expected = L.llama_sampler_sample(reference, context.handle, index)
                     chosen.append(sampler.sample(context, index))
                     assert chosen[-1] == expected

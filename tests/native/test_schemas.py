@@ -45,8 +45,8 @@ from botframework.native import (  # noqa: E402
     SamplerSpec,
 )
 from botframework.native import sampler as sampler_module  # noqa: E402
-from botframework.specs import GrammarSpec  # noqa: E402
 from botframework.native.shim import ChatTemplates  # noqa: E402
+from botframework.specs import GrammarSpec  # noqa: E402
 
 
 @pytest.mark.parametrize("name,schema", [(n, s) for n, _, s in SUPPORTED] + [("recursive", RECURSIVE)],

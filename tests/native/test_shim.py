@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,8 @@ from botframework.native import (
     SamplerChain,
     SamplerSpec,
 )
-from botframework.specs import GrammarSpec
 from botframework.native.shim import ChatParser, ChatTemplates, chat_parse, json_schema_to_grammar
+from botframework.specs import GrammarSpec
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "vendor" / "llama.cpp" / "models" / "templates"

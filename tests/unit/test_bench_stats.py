@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import sys
 from pathlib import Path
@@ -60,6 +61,6 @@ def test_each_server_follows_the_other_as_often_as_it_is_followed(monkeypatch) -
                                 reference=lambda: events.append("ref") or 120.0)  # type: ignore[func-returns-value]
     runs = events[2:]  # after the warm-ups
     assert runs.count("A") == runs.count("B") == 12 and runs.count("ref") == 12
-    after = [(prev, cur) for prev, cur in zip(runs, runs[1:]) if cur in "AB"]
+    after = [(prev, cur) for prev, cur in itertools.pairwise(runs) if cur in "AB"]
     assert after.count(("B", "A")) == after.count(("A", "B")) > 0
     assert after.count(("ref", "A")) + (runs[0] == "A") == after.count(("ref", "B")) + (runs[0] == "B")

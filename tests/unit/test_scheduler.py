@@ -5,17 +5,16 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from fake_engine import FakeEngine
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from botframework.engine.detokenizer import IncrementalDetokenizer
-from botframework.specs import SamplingParams
 from botframework.errors import BusyError, ContextLengthExceededError
 from botframework.scheduler.output import FinishReason, RequestHandle
 from botframework.scheduler.scheduler import Scheduler, SchedulerConfig
 from botframework.scheduler.sequence import Priority, Request, Sequence, SequenceStatus
-
-from fake_engine import FakeEngine
+from botframework.specs import SamplingParams
 
 _ids = itertools.count()
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-
 import test_scheduler
+from hypothesis import HealthCheck, given, settings
 from test_scheduler import PREFIX_RAM_REQUESTS, RANDOM_OPS
 
 EXAMPLES = int(os.environ.get("BOTFRAMEWORK_PROPERTY_EXAMPLES", "3000"))
