@@ -22,6 +22,12 @@ Callers map these by type (HTTP status, CLI exit code), never by message text.
 
 from __future__ import annotations
 
+__all__ = [
+    "BotframeworkError", "BusyError", "CancelledError", "ClosedError", "ContextLengthExceededError", "DecodeError",
+    "GrammarError", "InvalidRequestError", "KVCacheFullError", "ModelError", "ModelFetchError", "ModelLoadError",
+    "ModelNotFoundError", "NativeError", "OutputValidationError", "UnsupportedSchemaError",
+]
+
 
 class BotframeworkError(Exception):
     """Base of every error raised by botframework."""
