@@ -26,8 +26,8 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    # LocalLLM pulls in the native module: import it on first use so that
-    # `import botframework` (CLI --help, errors) stays cheap and works without a build.
+    # LocalLLM pulls in the chat layer, numpy and jsonschema: import it on first use so that
+    # `import botframework` (CLI --help, errors) stays cheap.
     if name in ("LocalLLM", "ChatResult", "CompletionResult", "GenerationResult"):
         from botframework import api
 

@@ -3,7 +3,7 @@
     WorkerConfig --ModelWorker--> ModelParams, ContextParams (native) + SchedulerConfig
 
 The server's settings and LocalLLM's arguments both become one WorkerConfig
-(runtime.handle.worker_config), so a model runs the same way behind either.
+(ServerSettings.worker_config, LocalLLM.__init__), so a model runs the same way behind either.
 """
 
 from __future__ import annotations

@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("prompt", nargs="?")
         p.add_argument("--max-tokens", type=int, default=512)
-        p.add_argument("--temperature", type=float, default=0.7)
+        p.add_argument("--temperature", type=float, default=None,
+                       help="default: botframework.specs.SAMPLING_DEFAULTS (llama.cpp's)")
         p.set_defaults(func=func)
     return parser
 

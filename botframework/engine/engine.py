@@ -101,7 +101,7 @@ class Engine:
             if item.request_id not in samplers:
                 error = self._new_sampler(item)
                 if error is not None:  # the request ends with it; its tokens stay out of the batch
-                    sampled.append(SampledToken(item.request_id, -1, error=error))
+                    sampled.append(SampledToken(item.request_id, -1, error=error, built=False))
                     continue
             index = batch.add_sequence(item.tokens, item.start_pos, item.seq_id, logits_last=item.sample)
             if item.sample:

@@ -69,6 +69,7 @@ class SampledToken:
     logprob: float | None = None
     top_logprobs: tuple[tuple[int, float], ...] = ()
     error: BotframeworkError | None = None  # the sampler could not go on: the request ends with it
+    built: bool = True  # False: its sampler could not even be built (the error is about the request)
 
 
 @dataclass(frozen=True)

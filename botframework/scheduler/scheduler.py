@@ -310,7 +310,7 @@ class Scheduler:
                 continue  # cancelled while the step ran
             if sampled.error is not None:  # e.g. a grammar that allows no token here: fail closed, say why
                 error = sampled.error
-                if isinstance(error, GrammarError) and seq.num_generated:
+                if isinstance(error, GrammarError) and sampled.built:
                     error = GrammarError(f"generation stopped after {seq.num_generated} tokens: {error}",
                                          param=error.param)
                 self._finish(seq, FinishReason.ERROR, error=error)

@@ -62,7 +62,8 @@ class FakeEngine:
             if item.request_id not in self.samplers and item.request_id in self.bad_samplers:
                 # as the engine does: the request's first item builds its sampler; if that fails
                 # the request ends with the error and its tokens stay out of the batch
-                sampled.append(SampledToken(item.request_id, -1, error=self.bad_samplers[item.request_id]))  # type: ignore[arg-type]
+                sampled.append(SampledToken(item.request_id, -1, error=self.bad_samplers[item.request_id],  # type: ignore[arg-type]
+                                           built=False))
                 continue
             self.samplers.add(item.request_id)
             cells = self.cells[item.seq_id]
