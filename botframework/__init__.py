@@ -3,6 +3,11 @@
     from botframework import LocalLLM
     llm = LocalLLM("smollm2-135m-instruct")
     print(llm.chat("Rewrite this code using asyncio.").text)
+
+Public surface: the names in `__all__` here and in botframework.errors, .specs, .config, and
+for people who build on the engine itself .native, .engine, .scheduler, .chat and .server
+(tests/unit/test_public_api.py holds them to it). Other modules are internal and may change;
+modules whose names start with `_` are private to their package.
 """
 
 from botframework.errors import (

@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 
 from botframework.errors import InvalidRequestError, ModelLoadError, NativeError
+from botframework.native._hugepages import HugePageWatch
 from botframework.native._lib import ffi, lib
 from botframework.native._owned import NativeHandle
+from botframework.native._status import check_decode
 from botframework.native.batch import Batch
-from botframework.native.hugepages import HugePageWatch
 from botframework.native.kv_memory import KVMemory
 from botframework.native.model import Model
-from botframework.native.status import check_decode
 
 _FLASH_ATTN = {"auto": "LLAMA_FLASH_ATTN_TYPE_AUTO", "on": "LLAMA_FLASH_ATTN_TYPE_ENABLED",
                "off": "LLAMA_FLASH_ATTN_TYPE_DISABLED"}

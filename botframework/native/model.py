@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from botframework.errors import ClosedError, InvalidRequestError, ModelLoadError, ModelNotFoundError
+from botframework.native._hugepages import HugePageWatch, available
 from botframework.native._lib import ffi, lib
 from botframework.native._owned import NativeHandle
-from botframework.native.hugepages import HugePageWatch, available
 
 GGUF_MAGIC = b"GGUF"
 
@@ -27,7 +27,7 @@ class ModelParams:
     """How to load a model. n_gpu_layers: -1 = all layers on the GPU when one is built in.
 
     hugepages: weights that stay on the CPU are read into anonymous memory in 2 MiB pages
-    instead of being mmap'd (see botframework.native.hugepages: +7% decode here); the model's
+    instead of being mmap'd (see botframework.native._hugepages: +7% decode here); the model's
     contexts put their KV cache in huge pages too. Off, or where the kernel has no THP, or
     with layers on a GPU: llama.cpp's mmap, shared with other processes.
     """

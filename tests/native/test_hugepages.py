@@ -22,8 +22,8 @@ from botframework.native import (
     ContextParams,
     Model,
     ModelParams,
-    hugepages,
 )
+from botframework.native import _hugepages as hugepages
 
 needs_thp = pytest.mark.skipif(not hugepages.available(),
                                reason="no transparent huge pages that MADV_COLLAPSE can fill (THP off, Linux < 6.1)")
