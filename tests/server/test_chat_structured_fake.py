@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 from fake_runtime import FakeRuntime, serve_fake
 
 CHAT = "/v1/chat/completions"
@@ -69,6 +70,7 @@ def test_output_that_does_not_validate_is_never_returned(run) -> None:
     run(go())
 
 
+@pytest.mark.native  # the schemas go through llama.cpp's JSON Schema -> GBNF converter
 def test_unsupported_schema_is_a_400_listing_every_problem(run) -> None:
     async def go() -> None:
         async with serve_fake() as c:
