@@ -1,0 +1,338 @@
+"""Registry: the models one server declares, which of them are loaded, and who is using them.
+
+    declared (ModelEntry: name, aliases, source, WorkerConfig, load, keep_alive_s, sha256)
+       │ acquire(name) on the event loop -> Lease (a request in flight; release() when it ends)
+       ▼
+    UNLOADED --first acquire / preload / POST load--> LOADING --ok--> LOADED --idle keep_alive,
+       ▲              (one load however many wait; off the event loop)      LRU eviction,
+       │                                      \\--error--> FAILED            POST unload--┐
+       └──────────────────────────────────────────────────────────────────────────────────┘
+    FAILED: its requests get the load error; the next acquire tries again.
+
+Memory: before a load, the least recently used idle loaded models are unloaded until the new
+model's estimated bytes fit the budget; a model with requests in flight is never unloaded;
+if nothing more can go, the request gets BusyError (503 + Retry-After). Each loaded model is
+one handle (one engine thread, one scheduler); routes hold it only through a lease, never
+across requests, so unload and eviction are safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from botframework.config import WorkerConfig
+from botframework.errors import BusyError, ModelLoadError, ModelNotFoundError
+
+log = logging.getLogger("botframework.registry")
+
+KEEP_FOREVER = -1.0
+LOADING_RETRY_AFTER_S = 5.0
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+H = TypeVar("H", bound=Closable)
+
+
+class ModelState(Enum):
+    UNLOADED = "unloaded"  # declared; not in memory
+    LOADING = "loading"    # a load is running (requests for it wait)
+    LOADED = "loaded"      # serving
+    FAILED = "failed"      # the last load failed; the next request tries again
+
+
+class LoadPolicy(Enum):
+    PRELOAD = "preload"    # loaded when the server starts
+    LAZY = "lazy"          # loaded by its first request
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One declared model."""
+
+    name: str
+    source: str                                   # catalog name, .gguf path or hf: spec
+    aliases: tuple[str, ...] = ()
+    config: WorkerConfig = field(default_factory=WorkerConfig)
+    load: LoadPolicy = LoadPolicy.LAZY
+    keep_alive_s: float = KEEP_FOREVER            # idle seconds before unloading; -1 never; 0 after each request
+    sha256: str | None = None                     # the file must have this digest
+    kind: str | None = None                       # "chat" | "embedding"; None: read from the GGUF
+    chat_template: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("a model needs a name")
+        if self.keep_alive_s < 0 and self.keep_alive_s != KEEP_FOREVER:
+            raise ValueError(f"model {self.name!r}: keep_alive must be -1 (never unload) or >= 0 seconds")
+        if self.kind not in (None, "chat", "embedding"):
+            raise ValueError(f"model {self.name!r}: kind must be 'chat' or 'embedding'")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+@dataclass
+class _Slot(Generic[H]):
+    """A declared model's mutable state (event loop only)."""
+
+    entry: ModelEntry
+    state: ModelState = ModelState.UNLOADED
+    handle: H | None = None
+    error: str | None = None
+    loading: asyncio.Future[None] | None = None
+    num_in_flight: int = 0
+    last_used: float = 0.0
+    loaded_at: float | None = None
+    memory_bytes: int = 0
+    num_loads: int = 0
+
+
+class Lease(Generic[H]):
+    """A request's use of a loaded model: the handle, until release() (idempotent)."""
+
+    def __init__(self, registry: Registry[H], slot: _Slot[H]) -> None:
+        assert slot.handle is not None
+        self.handle: H = slot.handle
+        self.model_name = slot.entry.name
+        self._registry = registry
+        self._slot: _Slot[H] | None = slot
+
+    def release(self) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            self._registry._released(slot)
+
+
+class Registry(Generic[H]):
+    """Declared models by name and alias; loads, unloads and leases them. Event loop only,
+    except the loader and close, which run in worker threads."""
+
+    def __init__(self, entries: Sequence[ModelEntry], loader: Callable[[ModelEntry], H], *,
+                 memory_budget_bytes: int | None = None, estimate_bytes: Callable[[ModelEntry], int] | None = None,
+                 measure_bytes: Callable[[H], int] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._slots: dict[str, _Slot[H]] = {}
+        self._by_name: dict[str, _Slot[H]] = {}
+        for entry in entries:
+            slot: _Slot[H] = _Slot(entry)
+            for name in entry.names:
+                if name in self._by_name:
+                    raise ValueError(f"model name {name!r} is declared twice")
+                self._by_name[name] = slot
+            self._slots[entry.name] = slot
+        if not self._slots:
+            raise ValueError("no model is declared")
+        self._loader = loader
+        self.memory_budget_bytes = memory_budget_bytes
+        self._estimate = estimate_bytes or (lambda entry: 0)
+        self._measure = measure_bytes
+        self.clock = clock
+        self._room = asyncio.Lock()  # one eviction decision at a time
+        self.num_evictions = 0
+        self.num_idle_unloads = 0
+
+    # -- names ------------------------------------------------------------------------------
+    @property
+    def default_name(self) -> str:
+        return next(iter(self._slots))
+
+    def names(self) -> list[str]:
+        return list(self._slots)
+
+    def entry(self, name: str | None) -> ModelEntry:
+        return self._slot(name).entry
+
+    def _slot(self, name: str | None) -> _Slot[H]:
+        if name is None:
+            return self._slots[self.default_name]
+        slot = self._by_name.get(name)
+        if slot is None:
+            raise ModelNotFoundError(f"The model '{name}' does not exist; this server serves: "
+                                     f"{', '.join(sorted(self._slots))}")
+        return slot
+
+    # -- use --------------------------------------------------------------------------------
+    async def acquire(self, name: str | None = None) -> Lease[H]:
+        """The model's handle for one request, loading it first if it is not loaded (the other
+        models keep serving meanwhile). ModelNotFoundError, ModelLoadError, BusyError."""
+        slot = self._slot(name)
+        while True:
+            if slot.state is ModelState.LOADED:
+                slot.num_in_flight += 1
+                slot.last_used = self.clock()
+                return Lease(self, slot)
+            await self._ensure_loading(slot)
+
+    def peek(self, name: str | None = None) -> H | None:
+        """The handle if the model is loaded now (no lease: for introspection only)."""
+        slot = self._slot(name)
+        return slot.handle if slot.state is ModelState.LOADED else None
+
+    def _released(self, slot: _Slot[H]) -> None:
+        slot.num_in_flight -= 1
+        slot.last_used = self.clock()
+        if slot.num_in_flight == 0 and slot.entry.keep_alive_s == 0 and slot.state is ModelState.LOADED:
+            asyncio.get_running_loop().create_task(self._unload_if_idle(slot))
+
+    async def load(self, name: str) -> None:
+        """Load now (POST /v1/models/{id}/load); a loaded model stays as it is."""
+        slot = self._slot(name)
+        if slot.state is not ModelState.LOADED:
+            await self._ensure_loading(slot)
+
+    async def unload(self, name: str) -> bool:
+        """Unload now; False if it was not loaded. BusyError if requests are in flight."""
+        slot = self._slot(name)
+        if slot.loading is not None:
+            await asyncio.shield(slot.loading)
+        if slot.state is not ModelState.LOADED:
+            return False
+        if slot.num_in_flight:
+            raise BusyError(f"model '{slot.entry.name}' has {slot.num_in_flight} requests in flight",
+                            retry_after_s=1.0)
+        await self._unload(slot)
+        return True
+
+    async def preload(self) -> None:
+        """Load every model declared with load = "preload"; a failure is logged and kept as
+        the model's state (FAILED), never raised: the others still load."""
+        for slot in self._slots.values():
+            if slot.entry.load is LoadPolicy.PRELOAD:
+                try:
+                    await self._ensure_loading(slot)
+                except Exception as exc:  # noqa: BLE001 - recorded in the slot, shown by /v1/models
+                    log.error("could not load model %r: %s", slot.entry.name, exc)
+
+    async def sweep(self) -> None:
+        """Unload models idle for longer than their keep_alive (call every second or so)."""
+        now = self.clock()
+        for slot in self._slots.values():
+            keep = slot.entry.keep_alive_s
+            if (slot.state is ModelState.LOADED and not slot.num_in_flight and keep >= 0
+                    and now - slot.last_used >= keep):
+                self.num_idle_unloads += 1
+                await self._unload(slot)
+
+    async def close(self) -> None:
+        for slot in self._slots.values():
+            if slot.loading is not None:
+                await asyncio.gather(slot.loading, return_exceptions=True)
+            if slot.state is ModelState.LOADED:
+                await self._unload(slot)
+
+    # -- loading ----------------------------------------------------------------------------
+    def _ensure_loading(self, slot: _Slot[H]) -> Awaitable[None]:
+        """One load however many callers wait for it; each waiter gets its error."""
+        if slot.loading is None:
+            slot.loading = asyncio.ensure_future(self._load(slot))
+        return asyncio.shield(slot.loading)
+
+    async def _load(self, slot: _Slot[H]) -> None:
+        entry = slot.entry
+        try:
+            need = self._estimate(entry)
+            async with self._room:
+                await self._make_room(need, exclude=slot)
+                slot.state = ModelState.LOADING
+                slot.error = None
+                slot.memory_bytes = need  # counted against the budget while it loads
+            t0 = time.perf_counter()
+            try:
+                handle = await asyncio.to_thread(self._loader, entry)
+            except Exception as exc:
+                slot.state, slot.memory_bytes = ModelState.FAILED, 0
+                slot.error = f"{type(exc).__name__}: {exc}"
+                log.error("model %r failed to load: %s", entry.name, exc)
+                if isinstance(exc, (ModelNotFoundError, ModelLoadError)):
+                    raise
+                raise ModelLoadError(f"model '{entry.name}' could not be loaded: {exc}") from exc
+            slot.handle = handle
+            slot.memory_bytes = self._measure(handle) if self._measure is not None else need
+            slot.state = ModelState.LOADED
+            slot.loaded_at = slot.last_used = self.clock()
+            slot.num_loads += 1
+            log.info("model %r loaded in %.1f s (%.0f MiB)", entry.name, time.perf_counter() - t0,
+                     slot.memory_bytes / (1 << 20))
+        finally:
+            slot.loading = None
+
+    async def _make_room(self, need: int, exclude: _Slot[H]) -> None:
+        budget = self.memory_budget_bytes
+        if budget is None:
+            return
+        if need > budget:
+            raise ModelLoadError(f"model '{exclude.entry.name}' needs about {need >> 20} MiB; the memory budget "
+                                 f"is {budget >> 20} MiB")
+        while self._used_bytes() + need > budget:
+            idle = [s for s in self._slots.values()
+                    if s is not exclude and s.state is ModelState.LOADED and not s.num_in_flight]
+            if not idle:
+                busy = [s.entry.name for s in self._slots.values() if s.memory_bytes and s is not exclude]
+                raise BusyError(f"not enough memory to load '{exclude.entry.name}' ({need >> 20} MiB) while "
+                                f"{', '.join(busy)} serve requests; try again shortly",
+                                retry_after_s=LOADING_RETRY_AFTER_S)
+            victim = min(idle, key=lambda s: s.last_used)
+            log.info("unloading %r (least recently used) to make room for %r", victim.entry.name, exclude.entry.name)
+            self.num_evictions += 1
+            await self._unload(victim)
+
+    def _used_bytes(self) -> int:
+        return sum(s.memory_bytes for s in self._slots.values() if s.state in (ModelState.LOADED, ModelState.LOADING))
+
+    async def _unload_if_idle(self, slot: _Slot[H]) -> None:
+        if slot.state is ModelState.LOADED and not slot.num_in_flight:
+            self.num_idle_unloads += 1
+            await self._unload(slot)
+
+    async def _unload(self, slot: _Slot[H]) -> None:
+        handle, slot.handle = slot.handle, None
+        slot.state, slot.memory_bytes, slot.loaded_at = ModelState.UNLOADED, 0, None
+        if handle is not None:
+            await asyncio.to_thread(handle.close)
+            log.info("model %r unloaded", slot.entry.name)
+
+    # -- introspection ----------------------------------------------------------------------
+    def describe(self) -> list[dict[str, Any]]:
+        """Every declared model: state, memory, idle time, requests in flight, last error."""
+        now = self.clock()
+        out = []
+        for slot in self._slots.values():
+            out.append({
+                "id": slot.entry.name, "aliases": list(slot.entry.aliases), "source": slot.entry.source,
+                "state": slot.state.value, "memory_bytes": slot.memory_bytes,
+                "idle_s": round(now - slot.last_used, 3) if slot.state is ModelState.LOADED and
+                not slot.num_in_flight else 0.0,
+                "num_in_flight": slot.num_in_flight, "keep_alive_s": slot.entry.keep_alive_s,
+                "load": slot.entry.load.value, "num_loads": slot.num_loads, "error": slot.error,
+            })
+        return out
+
+    def loaded(self) -> list[tuple[str, H]]:
+        return [(s.entry.name, s.handle) for s in self._slots.values()
+                if s.state is ModelState.LOADED and s.handle is not None]
+
+
+def gguf_files(folder: Path) -> list[Path]:
+    """Every .gguf file directly in `folder`, sorted (what --models-dir serves)."""
+    return sorted(p for p in folder.glob("*.gguf") if p.is_file())
+
+
+async def sweep_forever(registry: Registry[Any], period_s: float = 1.0) -> None:
+    """The keep-alive loop the server runs beside its routes."""
+    while True:
+        await asyncio.sleep(period_s)
+        try:
+            await registry.sweep()
+        except Exception:  # noqa: BLE001 - a failed unload must not stop the loop
+            log.exception("keep-alive sweep failed")
