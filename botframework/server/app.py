@@ -2,14 +2,18 @@
 
     uvicorn -> ExposeConnection (server/direct.py) -> CORS -> BodySizeLimit (pure ASGI, 413)
             -> FastAPI routes (auth as a dependency)
-    lifespan: runtime_factory(settings) in a thread -> app.state.runtime
-              (a failed load leaves runtime None: model routes 503, /health "degraded")
+    lifespan: Registry(settings.model_entries(), loader) -> app.state.registry; the models
+              marked preload load (in threads; a failure is that model's state: its requests
+              get 503, the others serve), then a keep-alive sweep runs every second
+    routes:   get_runtime(http, name) leases a model (loading it on first use) until the
+              response is sent: ReleaseLeases, around the app, gives it back
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -19,8 +23,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp
 
+from botframework.runtime.registry import ModelEntry, Registry, sweep_forever
 from botframework.server import errors
 from botframework.server.direct import ExposeConnection
+from botframework.server.generation import ReleaseLeases
 from botframework.server.limits import BodySizeLimit
 from botframework.server.metrics import ServerMetrics
 from botframework.server.routes import (
@@ -36,38 +42,58 @@ from botframework.server.routes import (
     sessions,
     tokenize,
 )
-from botframework.server.runtime import Runtime, load_runtime
+from botframework.server.runtime import Runtime, estimate_bytes, load_entry, measure_bytes
 from botframework.server.settings import ServerSettings
 
 log = logging.getLogger("botframework.server")
 
-RuntimeFactory = Callable[[ServerSettings], Runtime]
+RuntimeFactory = Callable[[ServerSettings], Runtime]     # tests: one fake runtime for every entry
+EntryLoader = Callable[[ModelEntry], Runtime]
 
 
 class _App(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
-        # outside even Starlette's ServerErrorMiddleware: ExposeConnection needs uvicorn's own `send`
-        return ExposeConnection(super().build_middleware_stack())
+        # outside even Starlette's ServerErrorMiddleware: ExposeConnection needs uvicorn's own
+        # `send`; ReleaseLeases returns a request's models once its response is all sent
+        return ExposeConnection(ReleaseLeases(super().build_middleware_stack()))
 
 
-def create_app(settings: ServerSettings | None = None, runtime_factory: RuntimeFactory | None = None) -> FastAPI:
+def create_app(settings: ServerSettings | None = None, runtime_factory: RuntimeFactory | None = None, *,
+               loader: EntryLoader | None = None) -> FastAPI:
+    """The app. `loader` loads one declared model (default: load_entry, the real engine);
+    `runtime_factory(settings)` is the single-model form tests use."""
     settings = settings or ServerSettings()
-    factory = runtime_factory or load_runtime
+    if loader is None:
+        if runtime_factory is not None:
+            factory = runtime_factory
+
+            def loader(entry: ModelEntry) -> Runtime:
+                return factory(settings)
+        else:
+            def loader(entry: ModelEntry) -> Runtime:
+                return load_entry(settings, entry)
+    load = loader
+    real = runtime_factory is None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            app.state.runtime = await asyncio.to_thread(factory, settings)
-            log.info("serving model %r", app.state.runtime.model_id)
-        except Exception as exc:  # noqa: BLE001 - keep serving /health and errors; say why the model is missing
-            log.error("could not load model %r: %s", settings.model, exc)
-            app.state.load_error = f"{type(exc).__name__}: {exc}"
+        registry: Registry[Runtime] = Registry(
+            settings.model_entries(), load, memory_budget_bytes=settings.memory_budget_bytes(),
+            estimate_bytes=(lambda entry: estimate_bytes(settings, entry)) if real else None,
+            measure_bytes=measure_bytes if real else None)
+        app.state.registry = registry
+        log.info("models: %s (memory budget %d MiB)", ", ".join(registry.names()),
+                 (registry.memory_budget_bytes or 0) >> 20)
+        await registry.preload()
+        app.state.starting = False
+        sweeper = asyncio.ensure_future(sweep_forever(registry))
         try:
             yield
         finally:
-            runtime, app.state.runtime = app.state.runtime, None
-            if runtime is not None:
-                await asyncio.to_thread(runtime.close)
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
+            app.state.registry = None
+            await registry.close()
 
     from botframework import __version__
 
@@ -75,8 +101,9 @@ def create_app(settings: ServerSettings | None = None, runtime_factory: RuntimeF
                   docs_url=None, redoc_url=None,  # the docs UIs load assets from a CDN: no network
                   openapi_url="/openapi.json")
     app.state.settings = settings
-    app.state.runtime = None
-    app.state.load_error = None
+    app.state.registry = None
+    app.state.starting = True
+    app.state.started = int(time.time())
     app.state.metrics = ServerMetrics()
     errors.install(app)
 

@@ -17,12 +17,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import Request as HTTPRequest
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from botframework.errors import ModelLoadError, ModelNotFoundError
 from botframework.runtime.handle import CHOICE_SEP
 from botframework.runtime.stream import Collected, DeltaStream, collect_async
 from botframework.scheduler.output import Delta, FinishReason, Usage
 from botframework.scheduler.sequence import Request
-from botframework.server.errors import APIError, model_not_found
+from botframework.server.errors import APIError
 from botframework.server.runtime import Runtime
 from botframework.server.settings import ServerSettings
 from botframework.server.sse import Started
@@ -42,15 +44,44 @@ async def tokenizer_call(num_chars: int, fn: Callable[..., T], *args: Any, **kwa
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
-def get_runtime(http: HTTPRequest, model: str | None = None) -> Runtime:
-    runtime: Runtime | None = http.app.state.runtime
-    if runtime is None:
-        detail = http.app.state.load_error or "the model is still loading"
-        raise APIError(503, f"The model is not available: {detail}", type="service_unavailable",
-                       code="model_unavailable", headers={"Retry-After": "5"})
-    if model is not None and model != runtime.model_id:
-        raise model_not_found(model)
-    return runtime
+LEASES = "botframework.leases"  # the ASGI scope's list of this request's model leases (released by ReleaseLeases)
+
+
+async def get_runtime(http: HTTPRequest, model: str | None = None) -> Runtime:
+    """The named model (the default one if None) for this request, loaded first if need be.
+
+    The model stays leased (never unloaded or evicted) until the whole response has been sent,
+    streams included: ReleaseLeases, around the app, releases it. Unknown names are a 404
+    listing what is served; a model that cannot be loaded is a 503."""
+    registry = http.app.state.registry
+    if registry is None:
+        raise APIError(503, "The server is starting", type="service_unavailable", code="model_unavailable",
+                       headers={"Retry-After": "5"})
+    try:
+        lease = await registry.acquire(model or None)
+    except ModelNotFoundError as exc:
+        raise APIError(404, str(exc), param="model", code="model_not_found") from None
+    except ModelLoadError as exc:
+        raise APIError(503, f"The model is not available: {exc}", type="service_unavailable",
+                       code="model_unavailable", headers={"Retry-After": "5"}) from None
+    leases = http.scope.setdefault(LEASES, [])
+    leases.append(lease)
+    return lease.handle  # type: ignore[no-any-return]
+
+
+class ReleaseLeases:
+    """ASGI middleware: when a request's response is done (its last byte sent, or the client
+    gone), release the models it leased."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            for lease in scope.pop(LEASES, ()):
+                lease.release()
 
 
 def new_id(prefix: str) -> str:

@@ -39,24 +39,32 @@ _TIMES_MS = {
 
 
 class EngineCollector(Collector):
-    """Reports the last snapshot of the scheduler's stats taken by the /metrics route."""
+    """Reports the last snapshot of each declared model's scheduler stats, taken by the /metrics
+    route: one series per model (label `model`)."""
 
     def __init__(self) -> None:
-        self.snapshot: dict[str, float] = {}
+        self.snapshots: dict[str, dict[str, float]] = {}  # model name -> stats ({} if not loaded)
 
     def collect(self) -> Iterator[Metric]:
-        snap = self.snapshot
-        for key, (name, doc) in _GAUGES.items():
-            if key in snap:
-                yield GaugeMetricFamily(name, doc, value=snap[key])
-        for key, (name, doc) in _COUNTERS.items():
-            if key in snap:
-                yield CounterMetricFamily(name, doc, value=snap[key])
-        for key, (name, doc) in _TIMES_MS.items():
-            if key in snap:
-                yield CounterMetricFamily(name, doc, value=snap[key] / 1e3)
-        yield GaugeMetricFamily("botframework_model_loaded", "1 when the model is loaded and serving",
-                                value=snap.get("model_loaded", 0))
+        families: list[tuple[dict[str, tuple[str, str]], type[GaugeMetricFamily | CounterMetricFamily], float]]
+        families = [(_GAUGES, GaugeMetricFamily, 1.0), (_COUNTERS, CounterMetricFamily, 1.0),
+                    (_TIMES_MS, CounterMetricFamily, 1e-3)]
+        for table, kind, scale in families:
+            for key, (name, doc) in table.items():
+                family = kind(name, doc, labels=["model"])
+                for model, snap in self.snapshots.items():
+                    if key in snap:
+                        family.add_metric([model], snap[key] * scale)
+                yield family
+        loaded = GaugeMetricFamily("botframework_model_loaded", "1 when the model is loaded and serving",
+                                   labels=["model"])
+        memory = GaugeMetricFamily("botframework_model_memory_bytes", "the loaded model's memory (weights + KV cache)",
+                                   labels=["model"])
+        for model, snap in self.snapshots.items():
+            loaded.add_metric([model], snap.get("model_loaded", 0))
+            memory.add_metric([model], snap.get("memory_bytes", 0))
+        yield loaded
+        yield memory
 
 
 class ServerMetrics:

@@ -1,7 +1,7 @@
 """Runtime: what the HTTP layer needs from a loaded model.
 
-    lifespan -> load_runtime(settings) -> runtime.handle.load_model (the loader LocalLLM uses too)
-             -> ModelHandle, which has these methods
+    registry -> load_entry(settings, entry) -> runtime.handle.load_model (the loader LocalLLM
+                uses too) -> ModelHandle, which has these methods
     routes   -> plan_chat / tokenize (any thread) -> submit(Request, loop) -> RequestHandle
              -> stats / cancel / sessions / embed (answered on the engine thread)
 
@@ -11,11 +11,16 @@ Tests replace it with a fake that has the same methods (tests/server/fake_runtim
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from botframework.errors import BotframeworkError, ModelLoadError
 from botframework.runtime.handle import CHOICE_SEP, ModelHandle, load_model
+from botframework.runtime.pull import resolve_model
+from botframework.runtime.registry import ModelEntry
 from botframework.scheduler.output import RequestHandle
 from botframework.scheduler.sequence import Request
 from botframework.server.settings import ServerSettings
@@ -54,6 +59,41 @@ class Runtime(Protocol):
 
 
 def load_runtime(settings: ServerSettings) -> ModelHandle:
-    """The served model, loaded as the settings say. Blocking (lifespan runs it in a thread)."""
-    return load_model(settings.model, settings.worker_config(), name=settings.served_model_id,
-                      allowed_dirs=settings.models_dirs, pull_missing=settings.pull_missing)
+    """The served (default) model, loaded as the settings say. Blocking."""
+    return load_entry(settings, settings.model_entries()[0])
+
+
+def load_entry(settings: ServerSettings, entry: ModelEntry) -> ModelHandle:
+    """One declared model: resolved inside the configured folders (pulled if it is a catalog
+    model and pulling is on), its sha256 pin checked, loaded. Blocking (the registry runs it
+    in a thread)."""
+    path = resolve_model(entry.source, allowed_dirs=settings.allowed_dirs, pull_missing=settings.pull_missing)
+    if entry.sha256 is not None:
+        digest = _sha256(path)
+        if digest != entry.sha256.lower():
+            raise ModelLoadError(f"model '{entry.name}': {path} has sha256 {digest}, not the pinned {entry.sha256}")
+    return load_model(str(path), entry.config, name=entry.name, allowed_dirs=settings.allowed_dirs,
+                      chat_template=entry.chat_template)
+
+
+def estimate_bytes(settings: ServerSettings, entry: ModelEntry) -> int:
+    """Before a load: the model file's size plus a quarter for its KV cache and buffers (0 if the
+    file is not on this machine yet); measure_bytes gives the real figure once it is loaded."""
+    try:
+        path = resolve_model(entry.source, allowed_dirs=settings.allowed_dirs, pull_missing=False)
+    except BotframeworkError:
+        return 0
+    return int(path.stat().st_size * 1.25)
+
+
+def measure_bytes(runtime: Runtime) -> int:
+    measure = getattr(runtime, "memory_bytes", None)
+    return int(measure()) if measure is not None else 0
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

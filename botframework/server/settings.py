@@ -4,6 +4,8 @@
               <-  CLI flags (replace / from_args)
        -> check_bind() before binding: no non-loopback address without an API key
        -> worker_config() (how the model runs), request_limits (what a request may ask for)
+       -> model_entries(): the registry's declared models: `[[models]]` tables (or repeated
+          --model flags), else the one `model`; plus every .gguf in `models_dir`, lazily
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from botframework.config import WorkerConfig
 from botframework.runtime.catalog import DEFAULT_MODEL
 from botframework.runtime.handle import model_id_for
+from botframework.runtime.registry import KEEP_FOREVER, LoadPolicy, ModelEntry, gguf_files
 from botframework.runtime.requests import RequestLimits
 
 _ENV_PREFIX = "BOTFRAMEWORK_"
@@ -33,6 +36,10 @@ class ServerSettings:
     model: str = DEFAULT_MODEL                 # catalog name, .gguf path or hf: spec
     model_id: str | None = None                # id clients name; None: the catalog name / file stem
     models_dirs: tuple[Path, ...] = ()         # where local model paths may live (empty: anywhere)
+    models: tuple[Mapping[str, Any], ...] = ()  # [[models]] tables / repeated --model: several models
+    models_dir: Path | None = None             # serve every .gguf in this folder, loaded on first use
+    memory_budget_mb: int | None = None        # loaded models' memory; None: 80% of the RAM available at start
+    keep_alive_s: float = KEEP_FOREVER         # idle seconds before a lazily loaded model unloads (-1: never)
     pull_missing: bool = True                  # fetch a catalog model that is not cached yet
     api_keys: tuple[str, ...] = ()             # empty: no authentication
     cors_origins: tuple[str, ...] = ()
@@ -64,6 +71,9 @@ class ServerSettings:
             raise ValueError("prefix_cache_mb must be >= 0")
         if any(not key for key in self.api_keys):
             raise ValueError("API keys must not be empty strings")
+        if self.memory_budget_mb is not None and self.memory_budget_mb < 1:
+            raise ValueError("memory_budget_mb must be >= 1")
+        self.model_entries()  # a bad [[models]] table is an error now, not at the first request
 
     @property
     def served_model_id(self) -> str:
@@ -74,6 +84,65 @@ class ServerSettings:
         return WorkerConfig(n_ctx=self.n_ctx, num_slots=self.num_slots, n_threads=self.n_threads,
                             n_threads_batch=self.n_threads_batch, n_gpu_layers=self.n_gpu_layers,
                             hugepages=self.hugepages, prefix_cache_bytes=self.prefix_cache_mb << 20)
+
+    @property
+    def allowed_dirs(self) -> list[Path] | None:
+        """Where local model files may live (None: anywhere)."""
+        dirs = [*self.models_dirs, *([self.models_dir] if self.models_dir else [])]
+        return dirs or None
+
+    def memory_budget_bytes(self) -> int:
+        if self.memory_budget_mb is not None:
+            return self.memory_budget_mb << 20
+        import psutil
+
+        return int(psutil.virtual_memory().available * 0.8)
+
+    def model_entries(self) -> list[ModelEntry]:
+        """The declared models, the default (first) one first."""
+        if self.models:
+            entries = [self._entry(table) for table in self.models]
+        else:  # the one model of a plain `serve`, loaded at start as before
+            entries = [ModelEntry(name=self.served_model_id, source=self.model, config=self.worker_config(),
+                                  load=LoadPolicy.PRELOAD)]
+        if self.models_dir is not None:
+            if not self.models_dir.is_dir():
+                raise ValueError(f"models_dir {self.models_dir} is not a folder")
+            taken = {name for entry in entries for name in entry.names}
+            for path in gguf_files(self.models_dir):
+                if path.stem not in taken:
+                    entries.append(ModelEntry(name=path.stem, source=str(path), config=self.worker_config(),
+                                              keep_alive_s=self.keep_alive_s))
+        return entries
+
+    def _entry(self, table: Mapping[str, Any]) -> ModelEntry:
+        """One [[models]] table: name, aliases, source (or model / path), kind, load, keep_alive,
+        sha256, chat_template, and how it runs (n_ctx, parallel, threads, threads_batch,
+        n_gpu_layers, hugepages, prefix_cache_mb; the server's values where left out)."""
+        unknown = sorted(set(table) - _MODEL_KEYS)
+        if unknown:
+            raise ValueError(f"unknown key(s) in a [[models]] table: {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(_MODEL_KEYS))})")
+        source = table.get("source") or table.get("model") or table.get("path")
+        if not source:
+            raise ValueError(f"a [[models]] table needs a source (catalog name, .gguf path or hf: spec): {dict(table)}")
+        base = self.worker_config()
+        config = dataclasses.replace(
+            base, n_ctx=int(table.get("n_ctx", base.n_ctx)), num_slots=int(table.get("parallel", base.num_slots)),
+            n_threads=table.get("threads", base.n_threads),
+            n_threads_batch=table.get("threads_batch", base.n_threads_batch),
+            n_gpu_layers=int(table.get("n_gpu_layers", base.n_gpu_layers)),
+            hugepages=bool(_coerce("hugepages", table.get("hugepages", base.hugepages))),
+            prefix_cache_bytes=int(table.get("prefix_cache_mb", base.prefix_cache_bytes >> 20)) << 20)
+        try:
+            load = LoadPolicy(table.get("load", "lazy"))
+        except ValueError:
+            raise ValueError(f"model {source!r}: load must be 'preload' or 'lazy'") from None
+        aliases = table.get("aliases", ())
+        return ModelEntry(name=str(table.get("name") or model_id_for(str(source))), source=str(source),
+                          aliases=(aliases,) if isinstance(aliases, str) else tuple(aliases), config=config,
+                          load=load, keep_alive_s=float(table.get("keep_alive", self.keep_alive_s)),
+                          sha256=table.get("sha256"), kind=table.get("kind"), chat_template=table.get("chat_template"))
 
     @property
     def request_limits(self) -> RequestLimits:
@@ -100,8 +169,16 @@ class ServerSettings:
                 "--allow-non-loopback (BOTFRAMEWORK_ALLOW_NON_LOOPBACK=1) to do it anyway.")
 
     def replace(self, **overrides: Any) -> ServerSettings:
-        """A copy with the given fields changed; None values keep the current value."""
-        return dataclasses.replace(self, **{k: _coerce(k, v) for k, v in overrides.items() if v is not None})
+        """A copy with the given fields changed; None values keep the current value. Several
+        models given as `model` (repeated --model flags) declare one model each, the first
+        loaded at start and the default."""
+        values = {k: _coerce(k, v) for k, v in overrides.items() if v is not None}
+        if isinstance(values.get("model"), list):
+            specs = values.pop("model")
+            values["model"] = specs[0]
+            values["models"] = tuple({"source": spec, "load": "preload" if i == 0 else "lazy"}
+                                     for i, spec in enumerate(specs))
+        return dataclasses.replace(self, **values)
 
     @classmethod
     def from_args(cls, *, config: str | Path | None = None, **overrides: Any) -> ServerSettings:
@@ -116,7 +193,10 @@ class ServerSettings:
                 data = tomllib.load(handle)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ValueError(f"cannot read config file {path}: {exc}") from None
+        models = data.get("models")
         data = data.get("server", data)
+        if models is not None:
+            data = {**data, "models": models}  # [[models]] tables may sit beside a [server] table
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -138,11 +218,13 @@ class ServerSettings:
         return cls(**values)
 
 
+_MODEL_KEYS = {"name", "aliases", "source", "model", "path", "kind", "load", "keep_alive", "sha256", "chat_template",
+               "n_ctx", "parallel", "threads", "threads_batch", "n_gpu_layers", "hugepages", "prefix_cache_mb"}
 _BOOLS = {"pull_missing", "allow_non_loopback", "hugepages", "direct_stream"}
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _INTS = {"port", "max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_choices", "max_logit_bias",
          "max_embedding_inputs", "num_slots", "n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers",
-         "prefix_cache_mb"}
+         "prefix_cache_mb", "memory_budget_mb"}
 
 
 def _parse(name: str, raw: str) -> Any:
@@ -170,6 +252,17 @@ def _coerce(name: str, value: Any) -> Any:
             raise ValueError(f"{name} must be a boolean, not {value!r}") from None
     if name == "models_dirs":
         return tuple(Path(p) for p in value)
+    if name == "models_dir":
+        return Path(value)
+    if name == "keep_alive_s":
+        return float(value)
+    if name == "model" and not isinstance(value, str):  # repeated --model flags
+        specs = [str(v) for v in value]
+        return specs[0] if len(specs) == 1 else specs
+    if name == "models":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(t, Mapping) for t in value):
+            raise ValueError("models must be a list of tables ([[models]] in TOML)")
+        return tuple(dict(t) for t in value)
     if name in ("api_keys", "cors_origins"):
         return (value,) if isinstance(value, str) else tuple(value)
     return value

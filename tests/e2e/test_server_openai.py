@@ -372,4 +372,5 @@ def test_metrics(base_url: str) -> None:
     text = httpx.get(f"{base_url}/metrics", headers={"authorization": f"Bearer {API_KEY}"}, timeout=10).text
     assert "botframework_generated_tokens_total" in text
     assert "botframework_time_to_first_token_seconds_count" in text
-    assert "botframework_queue_depth 0.0" in text
+    assert f'botframework_queue_depth{{model="{MODEL}"}} 0.0' in text  # one series per model
+    assert f'botframework_model_loaded{{model="{MODEL}"}} 1.0' in text

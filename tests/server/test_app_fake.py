@@ -127,7 +127,10 @@ def test_models_health_tokenize_embeddings_metrics(run) -> None:
             assert (await c.get("/health")).json()["status"] == "ok"
             models = (await c.get("/v1/models")).json()
             assert [m["id"] for m in models["data"]] == ["fake-model"]
-            assert (await c.post("/v1/models/list")).json() == models
+            listed = (await c.post("/v1/models/list")).json()
+            for card in (*listed["data"], *models["data"]):
+                card["meta"].pop("idle_s")  # (the clock moved between the two)
+            assert listed == models and models["data"][0]["meta"]["state"] == "loaded"
             assert (await c.get("/v1/models/fake-model")).json()["id"] == "fake-model"
             assert_error(await c.get("/v1/models/other"), 404, code="model_not_found")
             toks = (await c.post("/tokenize", json={"content": "ab"})).json()["tokens"]
@@ -246,9 +249,11 @@ def test_failed_model_load_keeps_server_up(run) -> None:
         async with serve_fake(fail=ModelLoadError("not a gguf")) as c:
             h = await c.get("/health")
             assert h.status_code == 503 and h.json()["status"] == "degraded" and "not a gguf" in h.json()["error"]
-            assert_error(await c.post(CHAT, json=chat_body()), 503)
-            assert_error(await c.get("/v1/models"), 503)
-            assert "botframework_model_loaded 0.0" in (await c.get("/metrics")).text
+            assert_error(await c.post(CHAT, json=chat_body()), 503, code="model_unavailable")
+            listed = (await c.get("/v1/models")).json()["data"]  # declared models are listed with their state
+            assert [(m["id"], m["meta"]["state"]) for m in listed] == [("fake-model", "failed")]
+            assert "not a gguf" in listed[0]["meta"]["error"]
+            assert 'botframework_model_loaded{model="fake-model"} 0.0' in (await c.get("/metrics")).text
     run(go())
 
 

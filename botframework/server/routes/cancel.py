@@ -1,4 +1,5 @@
-"""POST /v1/cancel/{id}: stop a running or queued request (by its response id) or a session's."""
+"""POST /v1/cancel/{id}: stop a running or queued request (by its response id) or a session's,
+on whichever loaded model runs it (a model that is not loaded runs nothing)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from fastapi import APIRouter, Depends
 from fastapi import Request as HTTPRequest
 
 from botframework.server.auth import require_api_key
-from botframework.server.generation import get_runtime
+from botframework.server.routes.models import _registry
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
 @router.post("/v1/cancel/{target_id}")
 async def cancel(target_id: str, http: HTTPRequest) -> dict[str, Any]:
-    runtime = get_runtime(http)
-    num_cancelled = await asyncio.to_thread(runtime.cancel, target_id)
+    num_cancelled = 0
+    for _name, handle in _registry(http).loaded():
+        num_cancelled += await asyncio.to_thread(handle.cancel, target_id)
     return {"id": target_id, "object": "cancellation", "num_cancelled": num_cancelled}

@@ -27,7 +27,8 @@ RESPONSE_FORMATS = [
 
 @router.get("/v1/capabilities")
 async def capabilities(http: HTTPRequest) -> dict[str, Any]:
-    runtime = http.app.state.runtime
+    registry = http.app.state.registry
+    runtime = registry.peek() if registry is not None else None  # the default model, if it is loaded
     model: dict[str, Any] | None = None
     if runtime is not None:
         model = {"id": runtime.model_id, **runtime.chat_capabilities()}

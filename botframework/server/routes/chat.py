@@ -67,7 +67,7 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, http: HTTPRequest) -> Response:
-    runtime = get_runtime(http, body.model)
+    runtime = await get_runtime(http, body.model)
     settings = http.app.state.settings
     body.check_supported()
     constraints = chat_options(body)

@@ -49,7 +49,7 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 
 @router.post("/v1/completions", response_model=None)
 async def completions(body: CompletionRequest, http: HTTPRequest) -> Response:
-    runtime = get_runtime(http, body.model)
+    runtime = await get_runtime(http, body.model)
     body.check_supported()
     prompt = completion_prompt(body)
     if isinstance(prompt, list):  # token ids (never with a suffix)

@@ -21,7 +21,7 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingRequest, http: HTTPRequest) -> dict[str, Any]:
-    runtime = get_runtime(http, body.model)
+    runtime = await get_runtime(http, body.model)
     if body.dimensions is not None:
         raise unsupported("dimensions")
     texts = embedding_inputs(body, http.app.state.settings)

@@ -1,4 +1,6 @@
-"""GET /health: open without an API key; 200 "ok" when the model serves, 503 "degraded" if not."""
+"""GET /health: open without an API key. 200 "ok" while the default model serves or can be
+loaded on demand; 503 "loading" while the models marked preload load at start, "degraded" if
+the default model failed to load. Every declared model's state is listed."""
 
 from __future__ import annotations
 
@@ -11,8 +13,12 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(http: HTTPRequest) -> JSONResponse:
-    state = http.app.state
-    if state.runtime is not None:
-        return JSONResponse({"status": "ok", "model": state.runtime.model_id})
-    status = "degraded" if state.load_error else "loading"
-    return JSONResponse({"status": status, "model": None, "error": state.load_error}, status_code=503)
+    registry = http.app.state.registry
+    if registry is None or http.app.state.starting:
+        return JSONResponse({"status": "loading", "model": None, "error": None}, status_code=503)
+    models = registry.describe()
+    default = models[0]
+    body = {"model": default["id"], "models": {m["id"]: m["state"] for m in models}}
+    if default["state"] == "failed":
+        return JSONResponse({"status": "degraded", "error": default["error"], **body}, status_code=503)
+    return JSONResponse({"status": "ok", **body})

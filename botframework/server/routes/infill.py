@@ -32,7 +32,7 @@ def _extra_text(extra: list[dict[str, str]]) -> str:
 
 @router.post("/infill", response_model=None)
 async def infill(body: InfillRequest, http: HTTPRequest) -> dict[str, Any] | StreamingResponse:
-    runtime = get_runtime(http, body.model or None)
+    runtime = await get_runtime(http, body.model or None)
     body.check_supported()
     tokens = await asyncio.to_thread(runtime.infill_tokens, body.input_prefix + body.prompt, body.input_suffix,
                                      _extra_text(body.input_extra))

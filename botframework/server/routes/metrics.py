@@ -19,15 +19,19 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 @router.get("/metrics")
 async def metrics(http: HTTPRequest) -> Response:
     server_metrics = http.app.state.metrics
-    runtime = http.app.state.runtime
-    snapshot: dict[str, float] = {"model_loaded": 0}
-    if runtime is not None:
-        snapshot = {**await asyncio.to_thread(runtime.stats), **runtime.worker_metrics(), "model_loaded": 1}
-    server_metrics.engine.snapshot = snapshot
+    registry = http.app.state.registry
+    snapshots: dict[str, dict[str, float]] = {}
+    for info in registry.describe() if registry is not None else ():
+        handle = registry.peek(info["id"])  # a model that is not loaded is not loaded for this
+        snapshot: dict[str, float] = {"model_loaded": 0, "memory_bytes": info["memory_bytes"]}
+        if handle is not None:
+            snapshot.update(await asyncio.to_thread(handle.stats), **handle.worker_metrics(), model_loaded=1)
+        snapshots[info["id"]] = snapshot
+    server_metrics.engine.snapshots = snapshots
     return Response(generate_latest(server_metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/stats")
 async def stats(http: HTTPRequest) -> dict[str, Any]:
-    runtime = get_runtime(http)
+    runtime = await get_runtime(http)
     return {"model": runtime.model_id, **await asyncio.to_thread(runtime.stats), **runtime.worker_metrics()}

@@ -1,4 +1,11 @@
-"""GET /v1/models, GET /v1/models/{id}, POST /v1/models/list: the one model this server runs."""
+"""The declared models: list them with their state, load and unload them.
+
+    GET  /v1/models, POST /v1/models/list   every declared model: OpenAI's card + state (loaded /
+                                            loading / unloaded / failed), memory, idle time
+    GET  /v1/models/{id}                    one of them (by name or alias; 404 lists the names)
+    POST /v1/models/{id}/load | /unload     load now / unload now (409-free: unload of a model
+                                            with requests in flight is a 503 busy)
+"""
 
 from __future__ import annotations
 
@@ -7,22 +14,53 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi import Request as HTTPRequest
 
+from botframework.errors import ModelLoadError, ModelNotFoundError
+from botframework.runtime.registry import Registry
 from botframework.server.auth import require_api_key
-from botframework.server.errors import model_not_found
-from botframework.server.generation import get_runtime
-from botframework.server.runtime import Runtime
+from botframework.server.errors import APIError
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
-def _card(runtime: Runtime) -> dict[str, Any]:
-    return {"id": runtime.model_id, "object": "model", "created": runtime.created, "owned_by": "botframework",
-            "meta": {"n_ctx": runtime.n_ctx, "n_vocab": runtime.n_vocab}}
+def _registry(http: HTTPRequest) -> Registry[Any]:
+    registry: Registry[Any] | None = http.app.state.registry
+    if registry is None:
+        raise APIError(503, "The server is starting", type="service_unavailable", code="model_unavailable",
+                       headers={"Retry-After": "5"})
+    return registry
+
+
+def _card(registry: Registry[Any], info: dict[str, Any], created: int) -> dict[str, Any]:
+    handle = registry.peek(info["id"])
+    meta: dict[str, Any] = {"state": info["state"], "memory_bytes": info["memory_bytes"], "idle_s": info["idle_s"],
+                            "num_in_flight": info["num_in_flight"], "keep_alive_s": info["keep_alive_s"],
+                            "load": info["load"], "aliases": info["aliases"]}
+    if info["error"]:
+        meta["error"] = info["error"]
+    if handle is not None:
+        meta.update(n_ctx=handle.n_ctx, n_vocab=handle.n_vocab)
+        created = getattr(handle, "created", created)
+    return {"id": info["id"], "object": "model", "created": created, "owned_by": "botframework", "meta": meta}
+
+
+def _cards(http: HTTPRequest) -> list[dict[str, Any]]:
+    registry = _registry(http)
+    started: int = http.app.state.started
+    return [_card(registry, info, started) for info in registry.describe()]
+
+
+def _find(http: HTTPRequest, model_id: str) -> dict[str, Any]:
+    registry = _registry(http)
+    try:
+        name = registry.entry(model_id).name
+    except ModelNotFoundError as exc:
+        raise APIError(404, str(exc), param="model", code="model_not_found") from None
+    return next(card for card in _cards(http) if card["id"] == name)
 
 
 @router.get("/v1/models")
 async def list_models(http: HTTPRequest) -> dict[str, Any]:
-    return {"object": "list", "data": [_card(get_runtime(http))]}
+    return {"object": "list", "data": _cards(http)}
 
 
 @router.post("/v1/models/list")
@@ -30,9 +68,25 @@ async def list_models_post(http: HTTPRequest) -> dict[str, Any]:
     return await list_models(http)
 
 
+@router.post("/v1/models/{model_id:path}/load")
+async def load_model(model_id: str, http: HTTPRequest) -> dict[str, Any]:
+    registry = _registry(http)
+    _find(http, model_id)
+    try:
+        await registry.load(model_id)
+    except ModelLoadError as exc:
+        raise APIError(503, f"The model is not available: {exc}", type="service_unavailable",
+                       code="model_unavailable", headers={"Retry-After": "5"}) from None
+    return _find(http, model_id)
+
+
+@router.post("/v1/models/{model_id:path}/unload")
+async def unload_model(model_id: str, http: HTTPRequest) -> dict[str, Any]:
+    _find(http, model_id)
+    unloaded = await _registry(http).unload(model_id)
+    return {**_find(http, model_id), "unloaded": unloaded}
+
+
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, http: HTTPRequest) -> dict[str, Any]:
-    runtime = get_runtime(http)
-    if model_id != runtime.model_id:
-        raise model_not_found(model_id)
-    return _card(runtime)
+    return _find(http, model_id)

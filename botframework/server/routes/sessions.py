@@ -29,7 +29,7 @@ def _known(http: HTTPRequest) -> set[str]:
 
 @router.post("/v1/sessions")
 async def create_session(http: HTTPRequest) -> dict[str, Any]:
-    runtime = get_runtime(http)
+    runtime = await get_runtime(http)
     session_id = f"sess-{uuid.uuid4().hex}"
     _known(http).add(session_id)
     return {"id": session_id, "object": "session", "model": runtime.model_id, "state": "new",
@@ -38,7 +38,7 @@ async def create_session(http: HTTPRequest) -> dict[str, Any]:
 
 @router.get("/v1/sessions/{session_id}")
 async def get_session(session_id: str, http: HTTPRequest) -> dict[str, Any]:
-    runtime = get_runtime(http)
+    runtime = await get_runtime(http)
     info = await asyncio.to_thread(runtime.session_info, session_id)
     if info is None:
         if session_id not in _known(http):
@@ -49,7 +49,7 @@ async def get_session(session_id: str, http: HTTPRequest) -> dict[str, Any]:
 
 @router.delete("/v1/sessions/{session_id}")
 async def delete_session(session_id: str, http: HTTPRequest) -> dict[str, Any]:
-    runtime = get_runtime(http)
+    runtime = await get_runtime(http)
     found = await asyncio.to_thread(runtime.drop_session, session_id)
     known = session_id in _known(http)
     _known(http).discard(session_id)
