@@ -17,8 +17,13 @@ def _add_model_args(parser: argparse.ArgumentParser, *, defaults: bool = True) -
     """Model flags. Without defaults (serve), unset flags leave the config file/env values alone."""
     from botframework.runtime.catalog import DEFAULT_MODEL
 
-    parser.add_argument("--model", "-m", default=DEFAULT_MODEL if defaults else None,
-                        help=f"catalog name, .gguf path or hf:owner/repo/file.gguf (default {DEFAULT_MODEL})")
+    if defaults:
+        parser.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                            help=f"catalog name, .gguf path or hf:owner/repo/file.gguf (default {DEFAULT_MODEL})")
+    else:  # serve: several models, the first the default
+        parser.add_argument("--model", "-m", action="append",
+                            help=f"catalog name, .gguf path or hf:owner/repo/file.gguf (default {DEFAULT_MODEL}); "
+                                 "repeat it to serve several: the first loads at start, the others on first use")
     parser.add_argument("--ctx-size", type=int, default=8192 if defaults else None,
                         help="KV cells shared by all sequences (default 8192)")
     parser.add_argument("--parallel", type=int, default=8 if defaults else None,
@@ -42,14 +47,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             n_threads=args.threads, n_threads_batch=args.threads_batch, n_gpu_layers=args.n_gpu_layers,
             hugepages=args.hugepages,
             api_keys=tuple(args.api_key or ()) or None, cors_origins=tuple(args.cors_origin or ()) or None,
-            allow_non_loopback=args.allow_non_loopback, direct_stream=args.direct_stream)
+            allow_non_loopback=args.allow_non_loopback, direct_stream=args.direct_stream,
+            models_dir=args.models_dir, memory_budget_mb=args.memory_budget, keep_alive_s=args.keep_alive)
         settings.check_bind()
     except ValueError as exc:
         print(f"botframework: error: {exc}", file=sys.stderr)
         return 2
-    if settings.pull_missing:  # pull before the server starts, with a progress bar
-        resolve_model(settings.model, allowed_dirs=list(settings.models_dirs) or None, pull_missing=True,
-                      progress=True)
+    if settings.pull_missing:  # pull what loads at start before the server starts, with a progress bar
+        from botframework.runtime.registry import LoadPolicy
+
+        for entry in settings.model_entries():
+            if entry.load is LoadPolicy.PRELOAD:
+                resolve_model(entry.source, allowed_dirs=settings.allowed_dirs, pull_missing=True, progress=True)
     serve(settings)
     return 0
 
@@ -157,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow binding a non-loopback address without an API key")
     p.add_argument("--no-direct-stream", dest="direct_stream", action="store_false", default=None,
                    help="send every streamed chunk from the event loop, not the engine thread")
+    p.add_argument("--models-dir", help="serve every .gguf file in this folder, each loaded on first use")
+    p.add_argument("--memory-budget", type=int, metavar="MB",
+                   help="memory for loaded models; the least recently used idle one unloads to make room "
+                        "(default: 80%% of the RAM available at start)")
+    p.add_argument("--keep-alive", type=float, metavar="S",
+                   help="unload a lazily loaded model after this many idle seconds (default -1: never; 0: "
+                        "after each request)")
     p.add_argument("--config", help="TOML settings file (flags and BOTFRAMEWORK_* override it)")
     p.set_defaults(func=cmd_serve)
 

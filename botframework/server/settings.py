@@ -241,7 +241,12 @@ def _parse(name: str, raw: str) -> Any:
             raise ValueError(f"{_ENV_PREFIX}{name.upper()} must be a boolean, not {raw!r}") from None
     if name in ("api_keys", "cors_origins", "models_dirs"):
         return _coerce(name, [part.strip() for part in raw.split(",") if part.strip()])
-    return raw
+    if name == "keep_alive_s":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{_ENV_PREFIX}{name.upper()} must be a number, not {raw!r}") from None
+    return _coerce(name, raw)
 
 
 def _coerce(name: str, value: Any) -> Any:

@@ -1,0 +1,77 @@
+"""Declaring several models: [[models]] tables, repeated --model flags, --models-dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from botframework.runtime.registry import KEEP_FOREVER, LoadPolicy
+from botframework.server.settings import ServerSettings
+
+
+def test_models_tables_beside_a_server_table(tmp_path: Path) -> None:
+    config = tmp_path / "bf.toml"
+    config.write_text('''
+[server]
+port = 8001
+n_ctx = 2048
+
+[[models]]
+name = "chat"
+source = "smollm2-135m-instruct"
+aliases = ["gpt-4o-mini"]
+load = "preload"
+parallel = 4
+
+[[models]]
+name = "coder"
+path = "/models/coder.gguf"
+n_ctx = 4096
+keep_alive = 300
+sha256 = "ab"
+''')
+    settings = ServerSettings.from_args(config=config)
+    chat, coder = settings.model_entries()
+    assert settings.port == 8001
+    assert (chat.name, chat.source, chat.aliases, chat.load) == ("chat", "smollm2-135m-instruct", ("gpt-4o-mini",),
+                                                                 LoadPolicy.PRELOAD)
+    assert chat.config.num_slots == 4 and chat.config.n_ctx == 2048 and chat.keep_alive_s == KEEP_FOREVER
+    assert (coder.source, coder.config.n_ctx, coder.keep_alive_s, coder.load, coder.sha256) == (
+        "/models/coder.gguf", 4096, 300.0, LoadPolicy.LAZY, "ab")
+
+
+def test_a_bad_models_table_is_an_error_at_start(tmp_path: Path) -> None:
+    config = tmp_path / "bf.toml"
+    config.write_text('[[models]]\nname = "x"\nsource = "a.gguf"\ncolour = "blue"\n')
+    with pytest.raises(ValueError, match="unknown key.*colour"):
+        ServerSettings.from_args(config=config)
+    config.write_text('[[models]]\nname = "x"\n')
+    with pytest.raises(ValueError, match="needs a source"):
+        ServerSettings.from_args(config=config)
+    config.write_text('[[models]]\nsource = "a.gguf"\nload = "eager"\n')
+    with pytest.raises(ValueError, match="preload"):
+        ServerSettings.from_args(config=config)
+
+
+def test_repeated_model_flags_and_a_models_dir(tmp_path: Path) -> None:
+    (tmp_path / "b.gguf").write_bytes(b"GGUF")
+    (tmp_path / "c.gguf").write_bytes(b"GGUF")
+    (tmp_path / "notes.txt").write_text("not a model")
+    settings = ServerSettings().replace(model=["smollm2-135m-instruct", str(tmp_path / "b.gguf")],
+                                        models_dir=str(tmp_path), keep_alive_s=60)
+    entries = settings.model_entries()
+    assert [e.name for e in entries] == ["smollm2-135m-instruct", "b", "c"]  # b declared once
+    assert [e.load for e in entries] == [LoadPolicy.PRELOAD, LoadPolicy.LAZY, LoadPolicy.LAZY]
+    assert entries[2].keep_alive_s == 60 and settings.allowed_dirs == [tmp_path]
+    single = ServerSettings().replace(model=["smollm2-135m-instruct"])
+    assert single.model == "smollm2-135m-instruct" and len(single.model_entries()) == 1
+    with pytest.raises(ValueError, match="not a folder"):
+        ServerSettings().replace(models_dir=str(tmp_path / "missing"))
+
+
+def test_environment_values_for_the_new_settings(tmp_path: Path) -> None:
+    settings = ServerSettings.from_env({"BOTFRAMEWORK_MODELS_DIR": str(tmp_path), "BOTFRAMEWORK_KEEP_ALIVE_S": "30",
+                                        "BOTFRAMEWORK_MEMORY_BUDGET_MB": "2048"})
+    assert settings.models_dir == tmp_path and settings.keep_alive_s == 30.0
+    assert settings.memory_budget_bytes() == 2048 << 20
