@@ -139,9 +139,11 @@ class ServerSettings:
         except ValueError:
             raise ValueError(f"model {source!r}: load must be 'preload' or 'lazy'") from None
         aliases = table.get("aliases", ())
+        # a model loaded at start stays loaded unless its table says otherwise
+        keep_alive = table.get("keep_alive", KEEP_FOREVER if load is LoadPolicy.PRELOAD else self.keep_alive_s)
         return ModelEntry(name=str(table.get("name") or model_id_for(str(source))), source=str(source),
                           aliases=(aliases,) if isinstance(aliases, str) else tuple(aliases), config=config,
-                          load=load, keep_alive_s=float(table.get("keep_alive", self.keep_alive_s)),
+                          load=load, keep_alive_s=float(keep_alive),
                           sha256=table.get("sha256"), kind=table.get("kind"), chat_template=table.get("chat_template"))
 
     @property

@@ -34,7 +34,7 @@ def _card(registry: Registry[Any], info: dict[str, Any], created: int) -> dict[s
     handle = registry.peek(info["id"])
     meta: dict[str, Any] = {"state": info["state"], "memory_bytes": info["memory_bytes"], "idle_s": info["idle_s"],
                             "num_in_flight": info["num_in_flight"], "keep_alive_s": info["keep_alive_s"],
-                            "load": info["load"], "aliases": info["aliases"]}
+                            "load": info["load"], "aliases": info["aliases"], "num_loads": info["num_loads"]}
     if info["error"]:
         meta["error"] = info["error"]
     if handle is not None:

@@ -1,0 +1,145 @@
+"""Several models in one server, on the real engine over real sockets: lazy loads (one load for
+eight first requests), the others serving meanwhile, a broken file that is only its own
+model's error, a path outside the configured folders refused, idle unload after keep-alive,
+LRU eviction under a memory budget that fits one model, and never evicting a model in use."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from server_proc import served
+
+
+def _place(src: Path, dst: Path) -> None:
+    """The test model under another name: a hard link where possible (no 100 MB copy)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+@pytest.fixture(scope="module")
+def models_dir(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("models")
+    for name in ("alpha", "beta"):
+        _place(model_path, folder / f"{name}.gguf")
+    (folder / "broken.gguf").write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + os.urandom(4096))  # a header, then noise
+    return folder
+
+
+def states(url: str) -> dict[str, dict[str, Any]]:
+    cards = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
+    return {card["id"]: card["meta"] for card in cards}
+
+
+def chat(url: str, model: str, max_tokens: int = 4, timeout: float = 120) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", timeout=timeout, json={
+        "model": model, "max_tokens": max_tokens, "temperature": 0,
+        "messages": [{"role": "user", "content": "Say hi"}]})
+
+
+def wait_for(what: str, check: Any, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def server(models_dir: Path, model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    outside = tmp_path_factory.mktemp("elsewhere") / "gamma.gguf"
+    _place(model_path, outside)
+    args = ["--model", str(models_dir / "alpha.gguf"), "--model", str(outside), "--models-dir", str(models_dir),
+            "--keep-alive", "2", "--ctx-size", "2048", "--parallel", "4", "--memory-budget", "100000"]
+    with served(args) as (url, _proc):
+        yield url
+
+
+def test_every_declared_model_is_listed_with_its_state(server: str) -> None:
+    listed = states(server)
+    assert set(listed) == {"alpha", "gamma", "beta", "broken"}
+    assert listed["alpha"]["state"] == "loaded" and listed["alpha"]["memory_bytes"] > 50 << 20
+    assert listed["beta"]["state"] == "unloaded" and listed["broken"]["state"] == "unloaded"
+    unknown = chat(server, "nope")
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+    assert "alpha, beta, broken, gamma" in unknown.json()["error"]["message"]
+
+
+def test_eight_first_requests_load_a_lazy_model_once_while_the_other_serves(server: str) -> None:
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(chat, server, "beta") for _ in range(8)]
+        wait_for("beta never started loading", lambda: states(server)["beta"]["state"] != "unloaded")
+        t0 = time.monotonic()
+        other = chat(server, "alpha", max_tokens=2)  # served while beta loads
+        alpha_s = time.monotonic() - t0
+        results = [f.result() for f in futures]
+    assert other.status_code == 200 and alpha_s < 30
+    assert [r.status_code for r in results] == [200] * 8, [r.text for r in results if r.status_code != 200]
+    assert {r.json()["model"] for r in results} == {"beta"}
+    beta = states(server)["beta"]
+    assert beta["state"] == "loaded" and beta["num_loads"] == 1
+
+
+def test_a_broken_model_is_its_own_error_and_the_others_serve(server: str) -> None:
+    broken = chat(server, "broken")
+    assert broken.status_code == 503 and broken.json()["error"]["code"] == "model_unavailable"
+    assert "broken" in broken.json()["error"]["message"]
+    listed = states(server)
+    assert listed["broken"]["state"] == "failed" and listed["broken"]["error"]
+    assert chat(server, "alpha").status_code == 200
+    health = httpx.get(f"{server}/health", timeout=10)
+    assert health.status_code == 200 and health.json()["models"]["broken"] == "failed"
+    again = chat(server, "broken")  # the next request tries again, and says why again
+    assert again.status_code == 503 and states(server)["broken"]["num_loads"] == 0
+
+
+def test_a_model_outside_the_configured_folders_is_refused(server: str) -> None:
+    refused = chat(server, "gamma")
+    assert refused.status_code == 503
+    assert "outside" in refused.json()["error"]["message"], refused.text
+    assert states(server)["gamma"]["state"] == "failed"
+
+
+def test_idle_models_unload_after_keep_alive_and_load_again(server: str) -> None:
+    assert chat(server, "beta").status_code == 200
+    wait_for("beta stayed loaded past its keep-alive", lambda: states(server)["beta"]["state"] == "unloaded")
+    assert states(server)["alpha"]["state"] == "loaded"  # the first --model never unloads by itself
+    assert chat(server, "beta").status_code == 200
+    assert states(server)["beta"]["num_loads"] == 2
+
+
+def test_load_and_unload_endpoints(server: str) -> None:
+    unloaded = httpx.post(f"{server}/v1/models/alpha/unload", timeout=30).json()
+    assert unloaded["unloaded"] is True and unloaded["meta"]["state"] == "unloaded"
+    loaded = httpx.post(f"{server}/v1/models/alpha/load", timeout=120).json()
+    assert loaded["meta"]["state"] == "loaded"
+    assert httpx.post(f"{server}/v1/models/nope/load", timeout=10).status_code == 404
+
+
+def test_lru_eviction_under_a_budget_that_fits_one_model(models_dir: Path) -> None:
+    args = ["--model", str(models_dir / "alpha.gguf"), "--models-dir", str(models_dir), "--ctx-size", "2048",
+            "--parallel", "4", "--memory-budget", "220"]
+    with served(args) as (url, _proc):
+        assert states(url)["alpha"]["state"] == "loaded"
+        assert chat(url, "beta").status_code == 200  # alpha, idle, makes room
+        listed = states(url)
+        assert listed["alpha"]["state"] == "unloaded" and listed["beta"]["state"] == "loaded"
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # beta busy: it cannot go, alpha cannot come
+            long = pool.submit(httpx.post, f"{url}/v1/completions", timeout=120, json={
+                "model": "beta", "prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": True})
+            wait_for("beta's long request never started", lambda: states(url)["beta"]["num_in_flight"] == 1)
+            busy = chat(url, "alpha")
+            assert busy.status_code == 503 and int(busy.headers["retry-after"]) >= 1
+            assert busy.json()["error"]["code"] == "server_busy"
+            assert long.result().status_code == 200
+        assert chat(url, "alpha").status_code == 200  # beta idle again: now it goes
+        listed = states(url)
+        assert listed["alpha"]["state"] == "loaded" and listed["beta"]["state"] == "unloaded"
