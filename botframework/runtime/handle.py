@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,15 @@ if TYPE_CHECKING:
     from botframework.chat.plan import ChatOptions, ChatPlan
     from botframework.native.shim import ChatTemplates
     from botframework.runtime.worker import ModelWorker
+
+@dataclass(frozen=True)
+class SavedSession:
+    """A chat session's KV state outside any model: its tokens and llama.cpp's state bytes."""
+
+    session_id: str
+    tokens: list[int]
+    data: bytes
+
 
 CHOICE_SEP = "~"  # the engine request of choice i > 0 of response "<id>" is "<id>~i"
 CALL_TIMEOUT_S = 10.0  # for questions answered on the engine thread (between two steps)
@@ -167,6 +177,36 @@ class ModelHandle:
         n_head_kv = hparam("attention.head_count_kv", n_head)
         kv_per_cell = hparam("block_count", 0) * 2 * (n_embd // n_head) * n_head_kv * 2
         return int(model.size_bytes) + self.n_ctx * kv_per_cell
+
+    def export_sessions(self) -> list[SavedSession]:
+        """Take every chat session's KV state out of this model (idle in a slot, or already
+        stored in RAM or on disk), so that the sessions outlive its unloading: the registry
+        hands them to the next load (import_sessions). Call with no request in flight."""
+        worker = self.worker
+
+        def run() -> list[SavedSession]:
+            scheduler = worker.scheduler
+            out = [SavedSession(slot.session_id, list(slot.cached), worker.context.state_seq_get(slot.seq_id))
+                   for slot in scheduler.slots if slot.session_id is not None and slot.owner is None and slot.cached]
+            store = scheduler.kv.sessions
+            for session_id in store.keys():
+                data, tokens = store.take(session_id)
+                out.append(SavedSession(session_id, tokens, data))
+            return out
+
+        return worker.call(run, timeout_s=60.0)
+
+    def import_sessions(self, sessions: Sequence[SavedSession]) -> None:
+        """Sessions exported by an earlier load of the same model: stored (RAM, spilled to disk by
+        the usual budgets) and restored into a slot by each one's next turn."""
+        store = self.worker.scheduler.kv.sessions
+
+        def run() -> None:
+            for saved in sessions:
+                store.prepare_save(saved.session_id, saved.tokens)
+                store.complete_save(saved.session_id, saved.data)
+
+        self.worker.call(run, timeout_s=60.0)
 
     def embed(self, texts: list[str]) -> list[np.ndarray]:
         return self.worker.embed(texts)

@@ -96,6 +96,7 @@ class _Slot(Generic[H]):
     loaded_at: float | None = None
     memory_bytes: int = 0
     num_loads: int = 0
+    parked: list[Any] = field(default_factory=list)  # sessions exported at the last unload, for the next load
 
 
 class Lease(Generic[H]):
@@ -257,6 +258,12 @@ class Registry(Generic[H]):
                 if isinstance(exc, (ModelNotFoundError, ModelLoadError)):
                     raise
                 raise ModelLoadError(f"model '{entry.name}' could not be loaded: {exc}") from exc
+            if slot.parked and hasattr(handle, "import_sessions"):
+                parked, slot.parked = slot.parked, []
+                try:
+                    await asyncio.to_thread(handle.import_sessions, parked)
+                except Exception:  # noqa: BLE001 - lost sessions start over; the model still serves
+                    log.exception("model %r: could not restore %d sessions", entry.name, len(parked))
             slot.handle = handle
             slot.memory_bytes = self._measure(handle) if self._measure is not None else need
             slot.state = ModelState.LOADED
@@ -299,8 +306,14 @@ class Registry(Generic[H]):
         handle, slot.handle = slot.handle, None
         slot.state, slot.memory_bytes, slot.loaded_at = ModelState.UNLOADED, 0, None
         if handle is not None:
+            export = getattr(handle, "export_sessions", None)
+            if export is not None:  # chat sessions outlive the unload: the next load gets them back
+                try:
+                    slot.parked = await asyncio.to_thread(export)
+                except Exception:  # noqa: BLE001 - never keep a model loaded because of its sessions
+                    log.exception("model %r: could not save its sessions", slot.entry.name)
             await asyncio.to_thread(handle.close)
-            log.info("model %r unloaded", slot.entry.name)
+            log.info("model %r unloaded (%d sessions kept)", slot.entry.name, len(slot.parked))
 
     # -- introspection ----------------------------------------------------------------------
     def describe(self) -> list[dict[str, Any]]:

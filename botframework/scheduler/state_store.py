@@ -42,6 +42,10 @@ class StateStore:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def keys(self) -> list[str]:
+        """The stored keys, oldest first."""
+        return list(self._entries)
+
     def is_pending(self, key: str) -> bool:
         return key in self._pending
 

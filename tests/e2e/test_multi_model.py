@@ -143,3 +143,20 @@ def test_lru_eviction_under_a_budget_that_fits_one_model(models_dir: Path) -> No
         assert chat(url, "alpha").status_code == 200  # beta idle again: now it goes
         listed = states(url)
         assert listed["alpha"]["state"] == "loaded" and listed["beta"]["state"] == "unloaded"
+
+
+def test_a_session_survives_the_unloading_of_its_model(server: str) -> None:
+    messages = [{"role": "user", "content": "Name three colours."}]
+    first = httpx.post(f"{server}/v1/chat/completions", timeout=120, json={
+        "model": "beta", "messages": messages, "max_tokens": 16, "temperature": 0, "session_id": "s-unload"}).json()
+    assert httpx.post(f"{server}/v1/models/beta/unload", timeout=30).json()["meta"]["state"] == "unloaded"
+    messages += [{"role": "assistant", "content": first["choices"][0]["message"]["content"]},
+                 {"role": "user", "content": "And three animals?"}]
+    second = httpx.post(f"{server}/v1/chat/completions", timeout=120, json={
+        "model": "beta", "messages": messages, "max_tokens": 8, "temperature": 0, "session_id": "s-unload"}).json()
+    cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+    # the reloaded model restored the session: only the new turn is prefilled
+    assert cached >= first["usage"]["prompt_tokens"], second["usage"]
+    fresh = httpx.post(f"{server}/v1/chat/completions", timeout=120, json={
+        "model": "beta", "messages": [{"role": "user", "content": "Count to three."}], "max_tokens": 4}).json()
+    assert fresh["usage"]["prompt_tokens_details"]["cached_tokens"] < fresh["usage"]["prompt_tokens"]

@@ -186,3 +186,33 @@ def test_preload_loads_what_asks_for_it_and_survives_a_failure() -> None:
         assert reg.describe()[2]["state"] == ModelState.LOADED.value
 
     asyncio.run(go())
+
+
+class SessionHandle(FakeHandle):
+    """A handle whose chat sessions can be taken out and put back."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.sessions: list[str] = []
+
+    def export_sessions(self) -> list[str]:
+        out, self.sessions = self.sessions, []
+        return out
+
+    def import_sessions(self, sessions: list[str]) -> None:
+        self.sessions.extend(sessions)
+
+
+def test_sessions_outlive_the_unloading_of_their_model() -> None:
+    async def go() -> None:
+        reg = Registry(entries("chat"), SessionHandle)
+        lease = await reg.acquire("chat")
+        lease.handle.sessions.append("sess-1")
+        lease.release()
+        first = lease.handle
+        assert await reg.unload("chat") and first.closed and first.sessions == []
+        lease = await reg.acquire("chat")
+        assert lease.handle is not first and lease.handle.sessions == ["sess-1"]
+        lease.release()
+
+    asyncio.run(go())
