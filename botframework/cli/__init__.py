@@ -1,4 +1,4 @@
-"""The `botframework` command: serve | pull | models | info | chat | run.
+"""The `botframework` command: serve | pull | models | ps | info | chat | run.
 
 Each subcommand imports what it needs when it runs, so `botframework --help` is instant.
 """
@@ -82,6 +82,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name, m in cached.items():
         if name not in CATALOG:
             print(f"{name:28} {m['size_bytes'] / 1e6:8.1f} MB  pulled")
+    from botframework.cli.remote import fetch_models, print_server_models
+
+    cards = fetch_models(args)
+    if cards is not None:  # a server runs: what it declares and what it has loaded
+        print_server_models(cards)
     return 0
 
 
@@ -182,8 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=cmd_pull)
 
-    p = sub.add_parser("models", help="list catalog and pulled models")
+    from botframework.cli.remote import add_server_args, cmd_ps
+
+    p = sub.add_parser("models", help="list catalog and pulled models, and a running server's")
+    add_server_args(p)
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("ps", help="a running server's loaded models: memory, idle time, requests in flight")
+    add_server_args(p)
+    p.set_defaults(func=cmd_ps)
 
     p = sub.add_parser("info", help="show the native build: CPU features, compiler, devices")
     p.add_argument("--json", action="store_true")

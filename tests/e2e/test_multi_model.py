@@ -160,3 +160,22 @@ def test_a_session_survives_the_unloading_of_its_model(server: str) -> None:
     fresh = httpx.post(f"{server}/v1/chat/completions", timeout=120, json={
         "model": "beta", "messages": [{"role": "user", "content": "Count to three."}], "max_tokens": 4}).json()
     assert fresh["usage"]["prompt_tokens_details"]["cached_tokens"] < fresh["usage"]["prompt_tokens"]
+
+
+def test_ps_and_models_show_a_running_servers_models(server: str) -> None:
+    import subprocess
+    import sys
+    import tempfile
+
+    assert chat(server, "alpha").status_code == 200
+    assert chat(server, "broken").status_code == 503
+    ps = subprocess.run([sys.executable, "-m", "botframework.cli", "ps", "--url", server], capture_output=True,
+                        text=True, timeout=60, cwd=tempfile.gettempdir())
+    assert ps.returncode == 0, ps.stderr
+    rows = {line.split()[0]: line.split() for line in ps.stdout.splitlines()[1:]}
+    assert rows["alpha"][1] == "loaded" and "MiB" in rows["alpha"][3] and "broken" not in rows
+    models = subprocess.run([sys.executable, "-m", "botframework.cli", "models", "--url", server],
+                            capture_output=True, text=True, timeout=60, cwd=tempfile.gettempdir())
+    assert models.returncode == 0, models.stderr
+    served = models.stdout.split("served (")[1]
+    assert "alpha" in served and "beta" in served and "failed" in served  # broken shows its state and error
