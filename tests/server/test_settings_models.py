@@ -75,3 +75,15 @@ def test_environment_values_for_the_new_settings(tmp_path: Path) -> None:
                                         "BOTFRAMEWORK_MEMORY_BUDGET_MB": "2048"})
     assert settings.models_dir == tmp_path and settings.keep_alive_s == 30.0
     assert settings.memory_budget_bytes() == 2048 << 20
+
+
+def test_the_readme_example_is_a_valid_config(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("### Several models", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+    config = tmp_path / "models.toml"
+    config.write_text(example)
+    settings = ServerSettings.from_args(config=config)
+    chat, coder = settings.model_entries()
+    assert (chat.name, chat.aliases, chat.load, coder.name, coder.keep_alive_s) == (
+        "chat", ("gpt-4o-mini",), LoadPolicy.PRELOAD, "coder", 300.0)
+    assert settings.memory_budget_bytes() == 4096 << 20 and settings.allowed_dirs == [Path("/srv/models")]
