@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -339,6 +340,29 @@ class Registry(Generic[H]):
 def gguf_files(folder: Path) -> list[Path]:
     """Every .gguf file directly in `folder`, sorted (what --models-dir serves)."""
     return sorted(p for p in folder.glob("*.gguf") if p.is_file())
+
+
+# a quantization tag at the end of a file's stem: qwen2.5-1.5b-instruct-q4_k_m, model.Q8_0, x-f16
+_QUANT_TAG = re.compile(r"[-_.](?:i?q\d[a-z0-9_]*|f16|bf16|f32)$", re.IGNORECASE)
+
+
+def best_quantizations(paths: Sequence[Path], budget_bytes: int) -> dict[str, Path]:
+    """For each model that a folder holds in several quantizations (the same stem but for its
+    quantization tag), the best one that fits: the largest file whose size plus a quarter (KV
+    cache and buffers) fits the budget, else the smallest. {base name: file}."""
+    groups: dict[str, list[Path]] = {}
+    for path in paths:
+        base = _QUANT_TAG.sub("", path.stem)
+        if base != path.stem:
+            groups.setdefault(base, []).append(path)
+    best: dict[str, Path] = {}
+    for base, files in groups.items():
+        if len(files) < 2:
+            continue
+        by_size = sorted(files, key=lambda p: p.stat().st_size)
+        fitting = [p for p in by_size if p.stat().st_size * 1.25 <= budget_bytes]
+        best[base] = fitting[-1] if fitting else by_size[0]
+    return best
 
 
 async def sweep_forever(registry: Registry[Any], period_s: float = 1.0) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from botframework.config import WorkerConfig
 from botframework.runtime.catalog import DEFAULT_MODEL
 from botframework.runtime.handle import model_id_for
-from botframework.runtime.registry import KEEP_FOREVER, LoadPolicy, ModelEntry, gguf_files
+from botframework.runtime.registry import KEEP_FOREVER, LoadPolicy, ModelEntry, best_quantizations, gguf_files
 from botframework.runtime.requests import RequestLimits
 
 _ENV_PREFIX = "BOTFRAMEWORK_"
@@ -109,10 +109,15 @@ class ServerSettings:
             if not self.models_dir.is_dir():
                 raise ValueError(f"models_dir {self.models_dir} is not a folder")
             taken = {name for entry in entries for name in entry.names}
-            for path in gguf_files(self.models_dir):
+            files = gguf_files(self.models_dir)
+            # a model kept in several quantizations also answers to its base name: the best that fits
+            best = {path: base for base, path in best_quantizations(files, self.memory_budget_bytes()).items()
+                    if base not in taken}
+            for path in files:
                 if path.stem not in taken:
+                    aliases = (best[path],) if path in best else ()
                     entries.append(ModelEntry(name=path.stem, source=str(path), config=self.worker_config(),
-                                              keep_alive_s=self.keep_alive_s))
+                                              keep_alive_s=self.keep_alive_s, aliases=aliases))
         return entries
 
     def _entry(self, table: Mapping[str, Any]) -> ModelEntry:

@@ -87,3 +87,18 @@ def test_the_readme_example_is_a_valid_config(tmp_path: Path) -> None:
     assert (chat.name, chat.aliases, chat.load, coder.name, coder.keep_alive_s) == (
         "chat", ("gpt-4o-mini",), LoadPolicy.PRELOAD, "coder", 300.0)
     assert settings.memory_budget_bytes() == 4096 << 20 and settings.allowed_dirs == [Path("/srv/models")]
+
+
+def test_a_folder_with_several_quantizations_names_the_best_that_fits(tmp_path: Path) -> None:
+    for name, size in (("qwen-1.5b-instruct-q4_k_m", 100), ("qwen-1.5b-instruct-q8_0", 180),
+                       ("qwen-1.5b-instruct-f16", 340), ("other.Q4_0", 50)):
+        (tmp_path / f"{name}.gguf").write_bytes(b"GGUF" + bytes(size << 10))
+    entries = ServerSettings().replace(models_dir=str(tmp_path), memory_budget_mb=1).model_entries()
+    aliases = {e.name: e.aliases for e in entries}
+    # 1 MiB: the f16 (340 KiB x 1.25) fits too, so it is the best
+    assert aliases["qwen-1.5b-instruct-f16"] == ("qwen-1.5b-instruct",)
+    assert aliases["qwen-1.5b-instruct-q8_0"] == () and aliases["other.Q4_0"] == ()  # one quantization: no alias
+    from botframework.runtime.registry import best_quantizations, gguf_files
+
+    assert best_quantizations(gguf_files(tmp_path), 300 << 10)["qwen-1.5b-instruct"].stem.endswith("q8_0")
+    assert best_quantizations(gguf_files(tmp_path), 10 << 10)["qwen-1.5b-instruct"].stem.endswith("q4_k_m")
