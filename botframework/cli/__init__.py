@@ -97,6 +97,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     info = shim.build_info()
     decode_threads, batch_threads = default_threads()
     info["default_threads"] = {"decode": decode_threads, "prompt": batch_threads}
+    from botframework.config import WorkerConfig
+    from botframework.server.settings import ServerSettings
+
+    config = WorkerConfig()
+    info["serve_defaults"] = {"memory_budget_mb": ServerSettings().memory_budget_bytes() >> 20,
+                              "num_slots": config.num_slots, "n_ctx": config.n_ctx}
     if args.selftest:
         ok, report = shim.selftest_quantized()
         info["selftest"] = {"ok": ok, "report": report.splitlines()}
@@ -110,7 +116,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"CPU features   {' '.join(features)}")
     print(f"system info    {info['system_info'].strip()}")
     print(f"devices        {', '.join(d['name'] for d in info['devices'])}")
-    print(f"threads        decode {decode_threads}, prompt {batch_threads}")
+    print(f"threads        decode {decode_threads}, prompt {batch_threads}  (physical cores / usable CPUs)")
+    serve = info["serve_defaults"]
+    print(f"serve          {serve['num_slots']} slots sharing {serve['n_ctx']} KV cells per model; memory budget "
+          f"{serve['memory_budget_mb']} MiB (80% of the RAM available now)")
     if args.selftest:
         print("self-test      " + ("OK" if info["selftest"]["ok"] else "FAILED"))
         for line in info["selftest"]["report"]:
