@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -152,19 +152,33 @@ class ModelWorker:
     def stats(self) -> dict[str, int]:
         return self.call(self.scheduler.stats)
 
-    def embed(self, texts: list[str]) -> list[np.ndarray]:
-        """Mean-pooled, L2-normalised embeddings, computed on the engine thread.
+    def embed(self, inputs: Iterable[str | Iterable[int]]) -> list[np.ndarray]:
+        """Pooled, L2-normalised embeddings, one per input, computed on the engine thread.
 
-        Each input is a job the engine loop advances by one piece per turn, between generation
-        steps (see _embed_turn): a long input no longer holds every stream for its whole
-        prefill (4,000 tokens take ~10 s on 2 cores)."""
-        token_lists = [self.model.tokenize(t) for t in texts]
-        for i, tokens in enumerate(token_lists):
+        An input is a text (tokenized with the model's special tokens, [CLS] ... [SEP] for
+        BERT) or a list of token ids, taken as they are. Each is a job the engine loop runs
+        between generation steps (see _embed_turn): a model whose tokens attend both ways
+        computes many inputs in one llama_decode, pooled as its GGUF says; a causal model
+        computes one input a piece per turn, so a long one does not hold every stream for its
+        whole prefill (4,000 tokens take ~10 s on 2 cores). InvalidRequestError (param
+        "input") for an empty input, a token id outside the vocabulary, or an input longer
+        than the embedding context; nothing is computed then."""
+        token_lists: list[list[int]] = []
+        limit = self._embed_token_limit()
+        for i, item in enumerate(inputs):
+            if isinstance(item, str):
+                tokens = self.model.tokenize(item)
+            else:
+                tokens = [int(t) for t in item]
+                self.model.check_tokens(tokens, param="input")
             if not tokens:
                 raise InvalidRequestError(f"input {i} is empty", param="input")
+            if len(tokens) > limit:
+                raise InvalidRequestError(
+                    f"input {i} has {len(tokens)} tokens; the embedding context holds {limit}", param="input")
+            token_lists.append(tokens)
         jobs = [_EmbedJob(tokens) for tokens in token_lists]
-        for job in jobs:
-            self._post(functools.partial(self._embed_jobs.append, job))
+        self._post(functools.partial(self._embed_jobs.extend, jobs))
         return [job.result.result() for job in jobs]
 
     def close(self) -> None:
@@ -254,15 +268,25 @@ class ModelWorker:
         self.scheduler.reset_after_failure(error)
 
     def _embed_turn(self) -> None:
-        """Advance the first embedding job by one piece: up to embed_piece_tokens tokens of a
-        causal model's input (through the KV cache, after the pieces before it), or the whole
-        input of a model whose tokens attend both ways. llama.cpp mean-pools each piece (one
-        ubatch); the length-weighted mean of the pieces is the mean over the input."""
-        job = self._embed_jobs[0]
+        """One embedding decode. A model whose tokens attend both ways: whole inputs from the
+        front of the queue, one sequence id each, as many as fit the context's token budget
+        and sequence count, pooled by llama.cpp as the GGUF says. A causal model: the next
+        piece (up to embed_piece_tokens) of the first input, through the KV cache after the
+        pieces before it; llama.cpp mean-pools each piece (one ubatch), and the
+        length-weighted mean of the pieces is the mean over the input."""
+        first = self._embed_jobs[0]
         try:
-            ctx = self._embed_context_for(job)
-            piece = self.embed_piece_tokens if ctx.causal_attn else len(job.tokens)
-            tokens = job.tokens[job.done:job.done + piece]
+            ctx = self._embed_context_for(first)
+        except Exception as exc:  # the context could not be made: this job's error, the next may still run
+            self._embed_jobs.popleft()
+            first.result.set_exception(exc)
+            return
+        if not ctx.causal_attn:
+            self._embed_batch(ctx)
+            return
+        job = first
+        try:
+            tokens = job.tokens[job.done:job.done + self.embed_piece_tokens]
             batch = Batch(len(tokens))
             batch.add_sequence(tokens, job.done, 0, logits_last=True)
             batch.logits[: len(tokens)] = 1  # pooled embeddings need every token marked as output
@@ -271,29 +295,85 @@ class ModelWorker:
             ctx.decode(batch)
             job.total = job.total + ctx.embeddings_seq(0).astype(np.float64) * len(tokens)
             job.done += len(tokens)
-        except Exception as exc:  # the caller's error (too long, a failed decode): theirs to raise
+        except Exception as exc:  # a failed decode: the caller's to raise
             self._embed_jobs.popleft()
             job.result.set_exception(exc)
             return
         if job.done == len(job.tokens):
             self._embed_jobs.popleft()
-            vector = (job.total / len(job.tokens)).astype(np.float32)
-            norm = float(np.linalg.norm(vector))
-            job.result.set_result(vector / norm if norm > 0 else vector)
+            job.result.set_result(_normalized(job.total / len(job.tokens)))
+
+    def _embed_batch(self, ctx: Context) -> None:
+        """Whole inputs, one sequence each, in one llama_decode (one ubatch: llama.cpp needs a
+        non-causal batch in a single ubatch, so the budget is n_ubatch)."""
+        jobs: list[_EmbedJob] = []
+        num_tokens = 0
+        for job in self._embed_jobs:
+            if len(jobs) == ctx.n_seq_max or num_tokens + len(job.tokens) > ctx.n_ubatch:
+                break
+            jobs.append(job)
+            num_tokens += len(job.tokens)
+        for _ in jobs:
+            self._embed_jobs.popleft()
+        try:
+            batch = Batch(num_tokens)
+            for seq_id, job in enumerate(jobs):
+                batch.add_sequence(job.tokens, 0, seq_id, logits_last=True)
+            batch.logits[:num_tokens] = 1  # every token is an output of a pooled embedding
+            ctx.memory.clear()  # a model with a KV cache: each batch starts from empty sequences
+            ctx.decode(batch)
+            vectors = [ctx.embeddings_seq(seq_id) for seq_id in range(len(jobs))]
+        except Exception as exc:  # one decode for all: each of its callers gets the error
+            for job in jobs:
+                job.result.set_exception(exc)
+            return
+        for job, vector in zip(jobs, vectors, strict=True):
+            job.result.set_result(_normalized(vector))
+
+    def _embed_token_limit(self) -> int:
+        """The longest input: the model's training context (BERT's position table), at most 8192."""
+        return max(1, min(self.model.n_ctx_train or _EMBED_MAX_TOKENS, _EMBED_MAX_TOKENS))
 
     def _embed_context_for(self, job: _EmbedJob) -> Context:
         if self._embed_context is None:
-            n = min(self.model.n_ctx_train, 8192)
+            limit = self._embed_token_limit()
+            if self.context.causal_attn:  # pieces of one input at a time, mean-pooled by us
+                n, n_seq_max, pooling = limit, 1, "mean"
+            else:  # many inputs per decode, up to the batch budget, each pooled by llama.cpp
+                n, n_seq_max, pooling = max(limit, _EMBED_BATCH_TOKENS), _EMBED_MAX_SEQS, self._gguf_pooling()
             # no huge-page watch: other threads are running now, their mappings are not ours
             self._embed_context = Context(self.model, ContextParams(
-                n_ctx=n, n_batch=n, n_ubatch=n, n_seq_max=1, n_threads=self.n_threads,
-                n_threads_batch=self.n_threads_batch, embeddings=True, pooling="mean", hugepages=False))
+                n_ctx=n, n_batch=n, n_ubatch=n, n_seq_max=n_seq_max, n_threads=self.n_threads,
+                n_threads_batch=self.n_threads_batch, embeddings=True, pooling=pooling, hugepages=False))
         ctx = self._embed_context
-        capacity = min(ctx.n_ctx, ctx.n_ubatch)
+        capacity = min(ctx.n_ctx, ctx.n_ubatch, self._embed_token_limit())
         if len(job.tokens) > capacity:
             raise InvalidRequestError(
                 f"input has {len(job.tokens)} tokens; the embedding context holds {capacity}", param="input")
         return ctx
+
+    def _gguf_pooling(self) -> str:
+        """The GGUF's own pooling (mean, cls or last); mean when it names none, or one that
+        gives no sentence vector (rank: a reranker's scores)."""
+        meta = self.model.metadata()
+        arch = meta.get("general.architecture", "")
+        return _GGUF_POOLING.get(meta.get(f"{arch}.pooling_type", ""), "mean")
+
+
+def _normalized(vector: np.ndarray) -> np.ndarray:
+    vector = np.asarray(vector, dtype=np.float32)
+    norm = float(np.linalg.norm(vector))
+    return vector / norm if norm > 0 else vector
+
+
+# llama_pooling_type values as the GGUF stores them (bert.pooling_type = 1 is mean)
+_GGUF_POOLING = {"1": "mean", "2": "cls", "3": "last"}
+_EMBED_MAX_TOKENS = 8192     # the longest embedding input, whatever the model's training context
+# A non-causal model's tokens per embedding decode, unless one input needs more. Without a KV
+# cache llama.cpp masks attention over the whole batch, so its cost grows with the square of
+# this: on all-MiniLM-L6-v2 (2 cores) 512 and 1024 tie, 2048 is ~15% slower, 4096 ~25%.
+_EMBED_BATCH_TOKENS = 512
+_EMBED_MAX_SEQS = 256        # inputs per embedding decode: llama.cpp's LLAMA_MAX_SEQ
 
 
 @dataclass
