@@ -208,8 +208,9 @@ class ModelHandle:
 
         self.worker.call(run, timeout_s=60.0)
 
-    def embed(self, texts: list[str]) -> list[np.ndarray]:
-        return self.worker.embed(texts)
+    def embed(self, inputs: list[str] | list[list[int]]) -> list[np.ndarray]:
+        """One vector per text or token-id list (see ModelWorker.embed)."""
+        return self.worker.embed(inputs)
 
     def close(self) -> None:
         self.templates.close()

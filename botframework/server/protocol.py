@@ -174,9 +174,11 @@ class InfillRequest(_Sampling):
 
 class EmbeddingRequest(_Strict):
     model: str = Field(min_length=1, max_length=512)
-    input: str | list[str]
+    # OpenAI's four forms: a text, texts, one input as token ids, or inputs as token ids
+    input: str | list[str] | list[NonNegInt] | list[list[NonNegInt]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    # the first `dimensions` components, re-normalised (what text-embedding-3 does); at most the model's size
+    dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
 
 

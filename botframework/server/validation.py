@@ -98,14 +98,31 @@ def completion_prompt(body: CompletionRequest) -> str | list[int]:
     return text
 
 
-def embedding_inputs(body: EmbeddingRequest, settings: ServerSettings) -> list[str]:
-    texts = [body.input] if isinstance(body.input, str) else list(body.input)
+def embedding_inputs(body: EmbeddingRequest, settings: ServerSettings,
+                     runtime: Runtime) -> list[str] | list[list[int]]:
+    """/v1/embeddings' input as texts or as token-id lists (OpenAI's four forms): 1 to
+    max_embedding_inputs of them, none empty, every id in the model's vocabulary."""
+    raw = body.input
     cap = settings.max_embedding_inputs
-    if not texts or len(texts) > cap:
-        raise InvalidRequestError(f"'input' must hold 1 to {cap} strings", param="input")
-    if any(not t for t in texts):
-        raise InvalidRequestError("'input' strings must not be empty", param="input")
-    return texts
+    if isinstance(raw, str) or all(isinstance(item, str) for item in raw):
+        texts = [raw] if isinstance(raw, str) else [item for item in raw if isinstance(item, str)]
+        if not texts or len(texts) > cap:
+            raise InvalidRequestError(f"'input' must hold 1 to {cap} strings", param="input")
+        if any(not t for t in texts):
+            raise InvalidRequestError("'input' strings must not be empty", param="input")
+        return texts
+    # several inputs as ids ([[1, 2], [3]]) or one ([1, 2]); pydantic has checked every id is an int >= 0
+    if isinstance(raw[0], list):
+        token_lists = [list(item) for item in raw if isinstance(item, list)]
+    else:
+        token_lists = [[t for t in raw if isinstance(t, int)]]
+    if len(token_lists) > cap:
+        raise InvalidRequestError(f"'input' must hold 1 to {cap} token lists", param="input")
+    for tokens in token_lists:
+        if not tokens:
+            raise InvalidRequestError("'input' token lists must not be empty", param="input")
+        check_token_ids(tokens, runtime, "input")
+    return token_lists
 
 
 def check_token_ids(tokens: list[int], runtime: Runtime, param: str) -> None:

@@ -49,6 +49,7 @@ class FakeRuntime:
         self.closed = False
         self.seen_sessions: set[str] = set()
         self.chat_plans: list[tuple[list[dict[str, Any]], Any]] = []
+        self.embedded: list[str] | list[list[int]] = []  # the last embed call's inputs
 
     # tokens: 1 (BOS) + one per character, ids folded into the vocabulary
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = False) -> list[int]:
@@ -172,8 +173,16 @@ class FakeRuntime:
     def worker_metrics(self) -> dict[str, float]:
         return {"num_steps": 0, "num_step_tokens": 0, "decode_ms": 0.0, "sample_ms": 0.0, "schedule_ms": 0.0}
 
-    def embed(self, texts: list[str]) -> list[np.ndarray]:
-        return [np.ones(8, dtype=np.float32) / np.sqrt(8) for _ in texts]
+    def embed(self, inputs: list[str] | list[list[int]]) -> list[np.ndarray]:
+        """8-dimensional unit vectors that depend on the input (a text counts as its tokens, like
+        the real runtime), so order, truncation and text == token ids can be checked."""
+        self.embedded = list(inputs)
+        vectors = []
+        for item in inputs:
+            tokens = self.tokenize(item, add_special=True) if isinstance(item, str) else item
+            vector = np.array([1.0 + (sum(tokens) * (k + 1)) % 7 for k in range(8)], dtype=np.float32)
+            vectors.append(vector / np.linalg.norm(vector))
+        return vectors
 
     def close(self) -> None:
         self.closed = True

@@ -1,4 +1,10 @@
-"""POST /v1/embeddings: mean-pooled, L2-normalised vectors computed on the engine thread."""
+"""POST /v1/embeddings: pooled, L2-normalised vectors computed on the engine thread.
+
+    input: "text" | ["text", ...] | [id, ...] | [[id, ...], ...]  (ids checked against the vocabulary)
+      ─► runtime.embed(texts or token lists)   one job per input; a BERT model computes many per decode
+      ─► dimensions: the first d components, re-normalised (a d above the model's size is a 400)
+      ─► encoding_format: floats, or base64 of little-endian float32 (what the openai package asks for)
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,8 @@ import numpy as np
 from fastapi import APIRouter, Depends
 from fastapi import Request as HTTPRequest
 
+from botframework.errors import InvalidRequestError
 from botframework.server.auth import require_api_key
-from botframework.server.errors import unsupported
 from botframework.server.generation import get_runtime
 from botframework.server.protocol import EmbeddingRequest
 from botframework.server.validation import embedding_inputs
@@ -22,11 +28,11 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingRequest, http: HTTPRequest) -> dict[str, Any]:
     runtime = await get_runtime(http, body.model)
+    inputs = embedding_inputs(body, http.app.state.settings, runtime)
+    vectors = await asyncio.to_thread(runtime.embed, inputs)
+    num_tokens = sum(len(runtime.tokenize(i, add_special=True)) if isinstance(i, str) else len(i) for i in inputs)
     if body.dimensions is not None:
-        raise unsupported("dimensions")
-    texts = embedding_inputs(body, http.app.state.settings)
-    vectors = await asyncio.to_thread(runtime.embed, texts)
-    num_tokens = sum(len(runtime.tokenize(t, add_special=True)) for t in texts)
+        vectors = [_shortened(v, body.dimensions) for v in vectors]
     data = []
     for i, vector in enumerate(vectors):
         if body.encoding_format == "base64":
@@ -36,3 +42,15 @@ async def embeddings(body: EmbeddingRequest, http: HTTPRequest) -> dict[str, Any
         data.append({"object": "embedding", "index": i, "embedding": value})
     return {"object": "list", "data": data, "model": runtime.model_id,
             "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens}}
+
+
+def _shortened(vector: np.ndarray, dimensions: int) -> np.ndarray:
+    """The first `dimensions` components at unit length: a shorter vector that still compares
+    by cosine (OpenAI's `dimensions`). Truncating a model not trained for it loses more
+    quality than text-embedding-3 does; the caller chose it."""
+    if dimensions > len(vector):
+        raise InvalidRequestError(
+            f"'dimensions' is {dimensions}; the model's embeddings have {len(vector)}", param="dimensions")
+    head = np.asarray(vector[:dimensions], dtype=np.float32)
+    norm = float(np.linalg.norm(head))
+    return head / norm if norm > 0 else head
