@@ -13,7 +13,8 @@ import base64
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends
+import pydantic_core
+from fastapi import APIRouter, Depends, Response
 from fastapi import Request as HTTPRequest
 
 from botframework.errors import InvalidRequestError
@@ -25,8 +26,8 @@ from botframework.server.validation import embedding_inputs
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
-@router.post("/v1/embeddings")
-async def embeddings(body: EmbeddingRequest, http: HTTPRequest) -> dict[str, Any]:
+@router.post("/v1/embeddings", response_model=None)
+async def embeddings(body: EmbeddingRequest, http: HTTPRequest) -> Response:
     runtime = await get_runtime(http, body.model)
     inputs = embedding_inputs(body, http.app.state.settings, runtime)
     vectors = await asyncio.to_thread(runtime.embed, inputs)
@@ -38,10 +39,13 @@ async def embeddings(body: EmbeddingRequest, http: HTTPRequest) -> dict[str, Any
         if body.encoding_format == "base64":
             value: Any = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
         else:
-            value = [float(x) for x in vector]
+            value = np.asarray(vector, dtype=np.float32).tolist()
         data.append({"object": "embedding", "index": i, "embedding": value})
-    return {"object": "list", "data": data, "model": runtime.model_id,
-            "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens}}
+    result = {"object": "list", "data": data, "model": runtime.model_id,
+              "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens}}
+    # serialized here, in Rust: 256 float vectors of 384 are ~100k numbers, which FastAPI's
+    # json.dumps takes ~50 ms for (pydantic_core ~10 ms) on the event loop
+    return Response(pydantic_core.to_json(result), media_type="application/json")
 
 
 def _shortened(vector: np.ndarray, dimensions: int) -> np.ndarray:
