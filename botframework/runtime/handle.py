@@ -64,8 +64,10 @@ class ModelHandle:
     """A ModelWorker and the model's chat templates, under the id clients use."""
 
     def __init__(self, model_id: str, worker: ModelWorker, templates: ChatTemplates, *,
-                 path: Path | None = None) -> None:
+                 path: Path | None = None, kind: str | None = None) -> None:
         self.model_id = model_id
+        # "embedding": a model whose tokens attend both ways (BERT) only embeds; else "chat"
+        self.kind = kind or ("chat" if worker.context.causal_attn else "embedding")
         self.created = int(time.time())
         self.path = path
         self.worker = worker
@@ -126,7 +128,11 @@ class ModelHandle:
         return self.worker.new_request_id()
 
     def submit(self, request: Request, loop: asyncio.AbstractEventLoop | None = None) -> RequestHandle:
-        """Queue a request: its deltas come through the handle (to `loop` when given, else to a thread)."""
+        """Queue a request: its deltas come through the handle (to `loop` when given, else to a
+        thread). An embedding model generates nothing: InvalidRequestError."""
+        if self.kind == "embedding":
+            raise InvalidRequestError(f"'{self.model_id}' is an embedding model: it answers embedding requests "
+                                      "only", param="model", code="model_not_supported")
         return self.worker.submit(request, loop)
 
     def cancel(self, request_or_session_id: str) -> int:
@@ -219,7 +225,7 @@ class ModelHandle:
 
 def load_model(spec: str, config: WorkerConfig, *, name: str | None = None,
                allowed_dirs: Sequence[Path] | None = None, pull_missing: bool = False,
-               chat_template: str | None = None, progress: bool = False) -> ModelHandle:
+               chat_template: str | None = None, progress: bool = False, kind: str | None = None) -> ModelHandle:
     """Resolve (and pull) the model, start its engine thread, load its chat templates. Blocking.
 
     `name`: the id clients use (default: model_id_for(spec)); `allowed_dirs`: where a local
@@ -237,4 +243,4 @@ def load_model(spec: str, config: WorkerConfig, *, name: str | None = None,
     except BaseException:
         worker.close()
         raise
-    return ModelHandle(model_id, worker, templates, path=path)
+    return ModelHandle(model_id, worker, templates, path=path, kind=kind)

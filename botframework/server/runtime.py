@@ -73,7 +73,7 @@ def load_entry(settings: ServerSettings, entry: ModelEntry) -> ModelHandle:
         if digest != entry.sha256.lower():
             raise ModelLoadError(f"model '{entry.name}': {path} has sha256 {digest}, not the pinned {entry.sha256}")
     return load_model(str(path), entry.config, name=entry.name, allowed_dirs=settings.allowed_dirs,
-                      chat_template=entry.chat_template)
+                      chat_template=entry.chat_template, kind=entry.kind)
 
 
 def estimate_bytes(settings: ServerSettings, entry: ModelEntry) -> int:

@@ -179,3 +179,25 @@ def test_ps_and_models_show_a_running_servers_models(server: str) -> None:
     assert models.returncode == 0, models.stderr
     served = models.stdout.split("served (")[1]
     assert "alpha" in served and "beta" in served and "failed" in served  # broken shows its state and error
+
+
+def test_a_chat_model_and_an_embedding_model_served_at_once() -> None:
+    from botframework.runtime.catalog import DEFAULT_MODEL
+    from botframework.runtime.pull import resolve_model
+
+    resolve_model("all-minilm-l6-v2", pull_missing=True)  # pulled (and converted) through our own pull
+    with served(["--model", DEFAULT_MODEL, "--model", "all-minilm-l6-v2", "--ctx-size", "2048"]) as (url, _proc):
+        sentences = [f"Sentence number {i} about cats and mats." for i in range(64)]
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            stream = pool.submit(httpx.post, f"{url}/v1/completions", timeout=120, json={
+                "model": DEFAULT_MODEL, "prompt": "Once upon a time", "max_tokens": 64, "ignore_eos": True})
+            vectors = pool.submit(httpx.post, f"{url}/v1/embeddings", timeout=120, json={
+                "model": "all-minilm-l6-v2", "input": sentences, "encoding_format": "float"})
+            completion, embedded = stream.result(), vectors.result()
+        assert completion.status_code == 200 and completion.json()["usage"]["completion_tokens"] == 64
+        assert embedded.status_code == 200 and len(embedded.json()["data"]) == 64
+        assert len(embedded.json()["data"][0]["embedding"]) == 384
+        listed = states(url)
+        assert (listed[DEFAULT_MODEL]["kind"], listed["all-minilm-l6-v2"]["kind"]) == ("chat", "embedding")
+        refused = chat(url, "all-minilm-l6-v2")  # an embedding model generates nothing
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "model_not_supported"
