@@ -76,6 +76,7 @@ class Scheduler:
         self._pending_release: list[str] = []
         self._deadlines: list[Sequence] = []   # queued or active sequences that have a deadline
         self._planned: set[int] = set()  # seq ids with tokens in the step being planned
+        self._preempted_now: set[str] = set()  # request ids preempted in the step being planned
         # metrics
         self.num_preemptions = 0
         self.num_prefix_hit_tokens = 0
@@ -151,6 +152,7 @@ class Scheduler:
         if len(running) > 1:
             running.sort(key=_queue_order)
         self._planned.clear()
+        self._preempted_now.clear()
         for seq in running:
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted by one before it in this loop
@@ -175,8 +177,8 @@ class Scheduler:
                 break
             if self._wait_for_shared_prefill(seq):
                 continue
-            if not self._admit(seq):
-                break
+            if seq.request_id in self._preempted_now or not self._admit(seq):
+                break  # (one just preempted waits a step: readmitted now, it would have no room)
             most_new = max(most_new, seq.num_pending_prefill)
             self.waiting.remove(seq)
             budget -= self._plan_prefill(seq, budget, items)
@@ -280,6 +282,7 @@ class Scheduler:
         seq.num_computed = 0
         seq.num_preemptions += 1
         self.num_preemptions += 1
+        self._preempted_now.add(seq.request_id)
         self.waiting.append(seq)
 
     # -- admission --------------------------------------------------------------------------
