@@ -48,6 +48,7 @@ class ModelState(Enum):
     UNLOADED = "unloaded"  # declared; not in memory
     LOADING = "loading"    # a load is running (requests for it wait)
     LOADED = "loaded"      # serving
+    UNLOADING = "unloading"  # its sessions are being saved and its memory freed (requests for it wait)
     FAILED = "failed"      # the last load failed; the next request tries again
 
 
@@ -92,6 +93,7 @@ class _Slot(Generic[H]):
     handle: H | None = None
     error: str | None = None
     loading: asyncio.Future[None] | None = None
+    unloading: asyncio.Future[None] | None = None
     num_in_flight: int = 0
     last_used: float = 0.0
     loaded_at: float | None = None
@@ -174,6 +176,9 @@ class Registry(Generic[H]):
                 slot.num_in_flight += 1
                 slot.last_used = self.clock()
                 return Lease(self, slot)
+            if slot.unloading is not None:  # its sessions and memory are not free yet
+                await asyncio.shield(slot.unloading)
+                continue
             await self._ensure_loading(slot)
 
     def peek(self, name: str | None = None) -> H | None:
@@ -198,6 +203,8 @@ class Registry(Generic[H]):
         slot = self._slot(name)
         if slot.loading is not None:
             await asyncio.shield(slot.loading)
+        if slot.unloading is not None:
+            await asyncio.shield(slot.unloading)
         if slot.state is not ModelState.LOADED:
             return False
         if slot.num_in_flight:
@@ -221,7 +228,9 @@ class Registry(Generic[H]):
         now = self.clock()
         for slot in self._slots.values():
             keep = slot.entry.keep_alive_s
-            if (slot.state is ModelState.LOADED and not slot.num_in_flight and keep >= 0
+            # (keep_alive 0 unloads when a request ends, not here: a model loaded for requests
+            # still waiting to resume must not go before they run)
+            if (slot.state is ModelState.LOADED and not slot.num_in_flight and keep > 0
                     and now - slot.last_used >= keep):
                 self.num_idle_unloads += 1
                 await self._unload(slot)
@@ -230,8 +239,10 @@ class Registry(Generic[H]):
         for slot in self._slots.values():
             if slot.loading is not None:
                 await asyncio.gather(slot.loading, return_exceptions=True)
+            if slot.unloading is not None:
+                await asyncio.gather(slot.unloading, return_exceptions=True)
             if slot.state is ModelState.LOADED:
-                await self._unload(slot)
+                await self._unload(slot, keep_sessions=False)  # (the process ends: nothing to hand them to)
 
     # -- loading ----------------------------------------------------------------------------
     def _ensure_loading(self, slot: _Slot[H]) -> Awaitable[None]:
@@ -243,6 +254,8 @@ class Registry(Generic[H]):
     async def _load(self, slot: _Slot[H]) -> None:
         entry = slot.entry
         try:
+            if slot.unloading is not None:  # the previous copy first saves its sessions and goes
+                await asyncio.shield(slot.unloading)
             need = self._estimate(entry)
             async with self._room:
                 await self._make_room(need, exclude=slot)
@@ -252,21 +265,27 @@ class Registry(Generic[H]):
             t0 = time.perf_counter()
             try:
                 handle = await asyncio.to_thread(self._loader, entry)
-            except Exception as exc:
+            except BaseException as exc:
                 slot.state, slot.memory_bytes = ModelState.FAILED, 0
                 slot.error = f"{type(exc).__name__}: {exc}"
                 log.error("model %r failed to load: %s", entry.name, exc)
-                if isinstance(exc, (ModelNotFoundError, ModelLoadError)):
+                if not isinstance(exc, Exception):  # cancelled: the server is stopping
                     raise
                 raise ModelLoadError(f"model '{entry.name}' could not be loaded: {exc}") from exc
-            if slot.parked and hasattr(handle, "import_sessions"):
-                parked, slot.parked = slot.parked, []
-                try:
-                    await asyncio.to_thread(handle.import_sessions, parked)
-                except Exception:  # noqa: BLE001 - lost sessions start over; the model still serves
-                    log.exception("model %r: could not restore %d sessions", entry.name, len(parked))
+            try:
+                if slot.parked and hasattr(handle, "import_sessions"):
+                    parked, slot.parked = slot.parked, []
+                    try:
+                        await asyncio.to_thread(handle.import_sessions, parked)
+                    except Exception:  # noqa: BLE001 - lost sessions start over; the model still serves
+                        log.exception("model %r: could not restore %d sessions", entry.name, len(parked))
+                measured = self._measure(handle) if self._measure is not None else need
+            except BaseException:  # never leave a loaded handle nobody owns
+                slot.state, slot.memory_bytes, slot.error = ModelState.FAILED, 0, "interrupted while loading"
+                await asyncio.to_thread(handle.close)
+                raise
             slot.handle = handle
-            slot.memory_bytes = self._measure(handle) if self._measure is not None else need
+            slot.memory_bytes = measured
             slot.state = ModelState.LOADED
             slot.loaded_at = slot.last_used = self.clock()
             slot.num_loads += 1
@@ -296,25 +315,35 @@ class Registry(Generic[H]):
             await self._unload(victim)
 
     def _used_bytes(self) -> int:
-        return sum(s.memory_bytes for s in self._slots.values() if s.state in (ModelState.LOADED, ModelState.LOADING))
+        return sum(s.memory_bytes for s in self._slots.values()
+                   if s.state in (ModelState.LOADED, ModelState.LOADING, ModelState.UNLOADING))
 
     async def _unload_if_idle(self, slot: _Slot[H]) -> None:
+        await asyncio.sleep(0)  # a request that acquired it in the meantime keeps it
         if slot.state is ModelState.LOADED and not slot.num_in_flight:
             self.num_idle_unloads += 1
             await self._unload(slot)
 
-    async def _unload(self, slot: _Slot[H]) -> None:
+    async def _unload(self, slot: _Slot[H], *, keep_sessions: bool = True) -> None:
+        """Save the model's sessions for its next load, then free it. Requests for it wait
+        meanwhile (UNLOADING), and its memory counts until it is freed."""
         handle, slot.handle = slot.handle, None
-        slot.state, slot.memory_bytes, slot.loaded_at = ModelState.UNLOADED, 0, None
-        if handle is not None:
-            export = getattr(handle, "export_sessions", None)
-            if export is not None:  # chat sessions outlive the unload: the next load gets them back
-                try:
-                    slot.parked = await asyncio.to_thread(export)
-                except Exception:  # noqa: BLE001 - never keep a model loaded because of its sessions
-                    log.exception("model %r: could not save its sessions", slot.entry.name)
-            await asyncio.to_thread(handle.close)
-            log.info("model %r unloaded (%d sessions kept)", slot.entry.name, len(slot.parked))
+        slot.state, slot.loaded_at = ModelState.UNLOADING, None
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        slot.unloading = done
+        try:
+            if handle is not None:
+                export = getattr(handle, "export_sessions", None)
+                if export is not None and keep_sessions:  # sessions outlive the unload
+                    try:
+                        slot.parked.extend(await asyncio.to_thread(export))
+                    except Exception:  # noqa: BLE001 - never keep a model loaded because of its sessions
+                        log.exception("model %r: could not save its sessions", slot.entry.name)
+                await asyncio.to_thread(handle.close)
+                log.info("model %r unloaded (%d sessions kept)", slot.entry.name, len(slot.parked))
+        finally:
+            slot.state, slot.memory_bytes, slot.unloading = ModelState.UNLOADED, 0, None
+            done.set_result(None)
 
     # -- introspection ----------------------------------------------------------------------
     def describe(self) -> list[dict[str, Any]]:

@@ -216,3 +216,41 @@ def test_sessions_outlive_the_unloading_of_their_model() -> None:
         lease.release()
 
     asyncio.run(go())
+
+
+class SlowHandle(SessionHandle):
+    """Saving sessions and closing take a while, as they do with a real model."""
+
+    live: set[SlowHandle] = set()
+    most_alive = 0
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        SlowHandle.live.add(self)
+        SlowHandle.most_alive = max(SlowHandle.most_alive, len(SlowHandle.live))
+
+    def export_sessions(self) -> list[str]:
+        time.sleep(0.2)
+        return super().export_sessions()
+
+    def close(self) -> None:
+        time.sleep(0.2)
+        SlowHandle.live.discard(self)
+        super().close()
+
+
+def test_a_request_during_an_unload_waits_for_it_and_gets_the_sessions() -> None:
+    async def go() -> None:
+        reg = Registry([ModelEntry(name="m", source="x", keep_alive_s=0)], SlowHandle,
+                       memory_budget_bytes=150, estimate_bytes=lambda e: 100)
+        lease = await reg.acquire("m")
+        lease.handle.sessions.append("sess-1")
+        lease.release()  # keep_alive 0: the unload starts
+        await asyncio.sleep(0.05)
+        assert reg.describe()[0]["state"] == "unloading"
+        again = await reg.acquire("m")  # waits: never two copies in memory, sessions not lost
+        assert SlowHandle.most_alive == 1 and again.handle.sessions == ["sess-1"]
+        again.release()
+        await reg.close()
+
+    asyncio.run(go())
