@@ -361,6 +361,24 @@ class Registry(Generic[H]):
             })
         return out
 
+    def parked_session(self, session_id: str, name: str | None = None) -> tuple[str, int] | None:
+        """(model, tokens) of a session kept while its model is unloaded; None if none is."""
+        slots = [self._slot(name)] if name is not None else list(self._slots.values())
+        for slot in slots:
+            for saved in slot.parked:
+                if getattr(saved, "session_id", None) == session_id:
+                    return slot.entry.name, len(getattr(saved, "tokens", ()))
+        return None
+
+    def drop_parked_session(self, session_id: str, name: str | None = None) -> bool:
+        slots = [self._slot(name)] if name is not None else list(self._slots.values())
+        found = False
+        for slot in slots:
+            kept = [saved for saved in slot.parked if getattr(saved, "session_id", None) != session_id]
+            found = found or len(kept) != len(slot.parked)
+            slot.parked = kept
+        return found
+
     def loaded(self) -> list[tuple[str, H]]:
         return [(s.entry.name, s.handle) for s in self._slots.values()
                 if s.state is ModelState.LOADED and s.handle is not None]

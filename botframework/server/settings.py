@@ -185,6 +185,9 @@ class ServerSettings:
             values["model"] = specs[0]
             values["models"] = tuple({"source": spec, "load": "preload" if i == 0 else "lazy"}
                                      for i, spec in enumerate(specs))
+        elif "model" in values and self.models and "models" not in values:
+            # one model named here replaces the config's [[models]] tables, as several would
+            values["models"] = ({"source": values["model"], "load": "preload"},)
         return dataclasses.replace(self, **values)
 
     @classmethod

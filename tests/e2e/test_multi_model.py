@@ -150,6 +150,8 @@ def test_a_session_survives_the_unloading_of_its_model(server: str) -> None:
     first = httpx.post(f"{server}/v1/chat/completions", timeout=120, json={
         "model": "beta", "messages": messages, "max_tokens": 16, "temperature": 0, "session_id": "s-unload"}).json()
     assert httpx.post(f"{server}/v1/models/beta/unload", timeout=30).json()["meta"]["state"] == "unloaded"
+    parked = httpx.get(f"{server}/v1/sessions/s-unload", timeout=10).json()  # found without naming the model
+    assert (parked["model"], parked["state"]) == ("beta", "parked") and parked["num_cached_tokens"] > 0
     messages += [{"role": "assistant", "content": first["choices"][0]["message"]["content"]},
                  {"role": "user", "content": "And three animals?"}]
     second = httpx.post(f"{server}/v1/chat/completions", timeout=120, json={
@@ -157,6 +159,10 @@ def test_a_session_survives_the_unloading_of_its_model(server: str) -> None:
     cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
     # the reloaded model restored the session: only the new turn is prefilled
     assert cached >= first["usage"]["prompt_tokens"], second["usage"]
+    back = httpx.get(f"{server}/v1/sessions/s-unload", timeout=10).json()
+    assert back["model"] == "beta" and back["state"] == "idle"
+    assert httpx.delete(f"{server}/v1/sessions/s-unload", timeout=10).json()["deleted"] is True
+    assert httpx.get(f"{server}/v1/sessions/s-unload", timeout=10).status_code == 404
     fresh = httpx.post(f"{server}/v1/chat/completions", timeout=120, json={
         "model": "beta", "messages": [{"role": "user", "content": "Count to three."}], "max_tokens": 4}).json()
     assert fresh["usage"]["prompt_tokens_details"]["cached_tokens"] < fresh["usage"]["prompt_tokens"]

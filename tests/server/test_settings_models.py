@@ -102,3 +102,11 @@ def test_a_folder_with_several_quantizations_names_the_best_that_fits(tmp_path: 
 
     assert best_quantizations(gguf_files(tmp_path), 300 << 10)["qwen-1.5b-instruct"].stem.endswith("q8_0")
     assert best_quantizations(gguf_files(tmp_path), 10 << 10)["qwen-1.5b-instruct"].stem.endswith("q4_k_m")
+
+
+def test_a_model_flag_replaces_the_configs_models(tmp_path: Path) -> None:
+    config = tmp_path / "bf.toml"
+    config.write_text('[[models]]\nname = "a"\nsource = "/m/a.gguf"\n')
+    one = ServerSettings.from_args(config=config, model=["smollm2-135m-instruct"])
+    assert [(e.name, e.load) for e in one.model_entries()] == [("smollm2-135m-instruct", LoadPolicy.PRELOAD)]
+    assert [e.name for e in ServerSettings.from_args(config=config).model_entries()] == ["a"]

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi import Request as HTTPRequest
 
+from botframework.errors import ClosedError
 from botframework.server.auth import require_api_key
 from botframework.server.routes.models import _registry
 
@@ -19,5 +20,8 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 async def cancel(target_id: str, http: HTTPRequest) -> dict[str, Any]:
     num_cancelled = 0
     for _name, handle in _registry(http).loaded():
-        num_cancelled += await asyncio.to_thread(handle.cancel, target_id)
+        try:
+            num_cancelled += await asyncio.to_thread(handle.cancel, target_id)
+        except ClosedError:  # unloaded meanwhile: it runs nothing
+            continue
     return {"id": target_id, "object": "cancellation", "num_cancelled": num_cancelled}

@@ -10,6 +10,7 @@ from fastapi import Request as HTTPRequest
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from botframework.errors import ClosedError
 from botframework.server.auth import require_api_key
 from botframework.server.generation import get_runtime
 
@@ -25,7 +26,10 @@ async def metrics(http: HTTPRequest) -> Response:
         handle = registry.peek(info["id"])  # a model that is not loaded is not loaded for this
         snapshot: dict[str, float] = {"model_loaded": 0, "memory_bytes": info["memory_bytes"]}
         if handle is not None:
-            snapshot.update(await asyncio.to_thread(handle.stats), **handle.worker_metrics(), model_loaded=1)
+            try:
+                snapshot.update(await asyncio.to_thread(handle.stats), **handle.worker_metrics(), model_loaded=1)
+            except ClosedError:  # unloaded meanwhile
+                pass
         snapshots[info["id"]] = snapshot
     server_metrics.engine.snapshots = snapshots
     return Response(generate_latest(server_metrics.registry), media_type=CONTENT_TYPE_LATEST)

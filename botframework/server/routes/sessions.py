@@ -1,8 +1,12 @@
 """Chat sessions: a session_id keeps a conversation's KV state between turns.
 
-    POST   /v1/sessions        -> {"id": "sess-..."}   (any client-chosen id works too)
-    GET    /v1/sessions/{id}   -> where its state is: busy / idle in a slot / evicted to RAM or disk
-    DELETE /v1/sessions/{id}   -> cancel its requests, free its slot and stored state
+    POST   /v1/sessions[?model=M]        -> {"id": "sess-..."}   (any client-chosen id works too)
+    GET    /v1/sessions/{id}[?model=M]   -> where its state is: busy / idle in a slot / evicted to RAM
+                                            or disk / parked while its model is unloaded
+    DELETE /v1/sessions/{id}[?model=M]   -> cancel its requests, free its slot and stored state
+
+Without `model`, GET and DELETE look in every loaded model and in the sessions of unloaded ones:
+a session lives in whichever model its turns were sent to.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi import Request as HTTPRequest
 
+from botframework.errors import ClosedError
 from botframework.server.auth import require_api_key
 from botframework.server.errors import APIError
 from botframework.server.generation import get_runtime
+from botframework.server.routes.models import _registry
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -27,9 +33,13 @@ def _known(http: HTTPRequest) -> set[str]:
     return http.app.state.created_sessions  # type: ignore[no-any-return]
 
 
+def _not_found(session_id: str) -> APIError:
+    return APIError(404, f"session '{session_id}' not found", param="session_id", code="session_not_found")
+
+
 @router.post("/v1/sessions")
-async def create_session(http: HTTPRequest) -> dict[str, Any]:
-    runtime = await get_runtime(http)
+async def create_session(http: HTTPRequest, model: str | None = None) -> dict[str, Any]:
+    runtime = await get_runtime(http, model)
     session_id = f"sess-{uuid.uuid4().hex}"
     _known(http).add(session_id)
     return {"id": session_id, "object": "session", "model": runtime.model_id, "state": "new",
@@ -37,22 +47,45 @@ async def create_session(http: HTTPRequest) -> dict[str, Any]:
 
 
 @router.get("/v1/sessions/{session_id}")
-async def get_session(session_id: str, http: HTTPRequest) -> dict[str, Any]:
-    runtime = await get_runtime(http)
-    info = await asyncio.to_thread(runtime.session_info, session_id)
-    if info is None:
-        if session_id not in _known(http):
-            raise APIError(404, f"session '{session_id}' not found", param="session_id", code="session_not_found")
-        info = {"state": "new", "num_cached_tokens": 0}
-    return {"id": session_id, "object": "session", "model": runtime.model_id, **info}
+async def get_session(session_id: str, http: HTTPRequest, model: str | None = None) -> dict[str, Any]:
+    if model is not None:
+        runtime = await get_runtime(http, model)
+        places = [(runtime.model_id, runtime)]
+    else:
+        places = _registry(http).loaded()
+    for model_id, runtime in places:
+        try:
+            info = await asyncio.to_thread(runtime.session_info, session_id)
+        except ClosedError:  # unloaded meanwhile: its sessions are parked (below)
+            continue
+        if info is not None:
+            return {"id": session_id, "object": "session", "model": model_id, **info}
+    parked = _registry(http).parked_session(session_id, model)
+    if parked is not None:
+        return {"id": session_id, "object": "session", "model": parked[0], "state": "parked",
+                "num_cached_tokens": parked[1]}
+    if session_id not in _known(http):
+        raise _not_found(session_id)
+    return {"id": session_id, "object": "session", "model": model, "state": "new", "num_cached_tokens": 0}
 
 
 @router.delete("/v1/sessions/{session_id}")
-async def delete_session(session_id: str, http: HTTPRequest) -> dict[str, Any]:
-    runtime = await get_runtime(http)
-    found = await asyncio.to_thread(runtime.drop_session, session_id)
+async def delete_session(session_id: str, http: HTTPRequest, model: str | None = None) -> dict[str, Any]:
+    registry = _registry(http)
+    if model is not None:
+        runtime = await get_runtime(http, model)
+        places = [(runtime.model_id, runtime)]
+    else:
+        places = registry.loaded()
+    found = False
+    for _model_id, runtime in places:
+        try:
+            found = await asyncio.to_thread(runtime.drop_session, session_id) or found
+        except ClosedError:
+            continue
+    found = registry.drop_parked_session(session_id, model) or found
     known = session_id in _known(http)
     _known(http).discard(session_id)
     if not (found or known):
-        raise APIError(404, f"session '{session_id}' not found", param="session_id", code="session_not_found")
+        raise _not_found(session_id)
     return {"id": session_id, "object": "session.deleted", "deleted": True}
