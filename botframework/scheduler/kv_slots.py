@@ -80,6 +80,12 @@ class KVSlots:
         """Physical cells in use: a prefix copied between slots (seq_cp) counts once."""
         return len(self._cell_refs)
 
+    def num_cells_available(self) -> int:
+        """Cells free now plus those only idle caches hold (make_room could reclaim them)."""
+        busy = {cell for slot in self.slots if slot.owner is not None for cell in slot.cells}
+        idle = {cell for slot in self.slots if slot.owner is None for cell in slot.cells}
+        return self.num_ctx - self.num_cells_used() + len(idle - busy)
+
     def cell_refs(self) -> dict[int, int]:
         return dict(self._cell_refs)
 

@@ -177,8 +177,11 @@ class Scheduler:
                 break
             if self._wait_for_shared_prefill(seq):
                 continue
-            if seq.request_id in self._preempted_now or not self._admit(seq):
-                break  # (one just preempted waits a step: readmitted now, it would have no room)
+            if seq.num_preemptions and (seq.request_id in self._preempted_now
+                                        or self.kv.num_cells_available() < seq.num_prefill + 1):
+                break  # a preempted sequence comes back when all of it fits, not to be preempted again
+            if not self._admit(seq):
+                break
             most_new = max(most_new, seq.num_pending_prefill)
             self.waiting.remove(seq)
             budget -= self._plan_prefill(seq, budget, items)

@@ -88,3 +88,21 @@ def test_a_sampler_that_cannot_be_built_ends_its_request_before_any_decode() -> 
     assert engine.num_decoded - before == 10 + 3  # only the good request's tokens were decoded
     assert finished(good) is FinishReason.LENGTH and good.num_generated == 4
     assert all(slot.owner is None for slot in s.slots) and engine.kv[bad.seq_id] == []
+
+
+def test_a_preempted_sequence_comes_back_only_when_all_of_it_fits() -> None:
+    """Readmitted as soon as a slot is free, a preempted sequence would recompute chunks it must
+    give back at the next squeeze (+85% decoded tokens in this case, 4 preemptions)."""
+    s, engine = scheduler_and_engine(num_slots=2, num_ctx=200, max_batch_tokens=32, prefix_cache_bytes=0)
+    a = make_seq(list(range(10, 30)), max_tokens=170)
+    b = make_seq(list(range(300, 380)), max_tokens=100)
+    s.add(a)
+    for _ in range(2):
+        plan = s.schedule()
+        s.update(plan, engine.execute(plan))
+    s.add(b)
+    run(s, engine)
+    assert a.num_generated == 170 and b.num_generated == 100
+    assert b.num_preemptions == 1
+    minimal = 20 + 170 + 80 + 100 - 2  # every prompt token and every token but each last decoded once
+    assert engine.num_decoded <= minimal * 1.4, engine.num_decoded
