@@ -184,6 +184,7 @@ class EmbeddingRequest(_Strict):
 
 class TokenizeRequest(_Strict):
     content: str
+    model: str | None = None  # extension: which served model's vocabulary (default: the first declared)
     add_special: bool = False
     parse_special: bool = False
     with_pieces: bool = False
@@ -191,3 +192,4 @@ class TokenizeRequest(_Strict):
 
 class DetokenizeRequest(_Strict):
     tokens: list[NonNegInt]
+    model: str | None = None

@@ -207,3 +207,12 @@ def test_a_chat_model_and_an_embedding_model_served_at_once() -> None:
         assert (listed[DEFAULT_MODEL]["kind"], listed["all-minilm-l6-v2"]["kind"]) == ("chat", "embedding")
         refused = chat(url, "all-minilm-l6-v2")  # an embedding model generates nothing
         assert refused.status_code == 400 and refused.json()["error"]["code"] == "model_not_supported"
+
+
+def test_tokenize_and_stats_name_their_model(server: str) -> None:
+    tokens = httpx.post(f"{server}/tokenize", json={"content": "hello world", "model": "beta"}, timeout=60).json()
+    assert tokens["tokens"] and states(server)["beta"]["state"] == "loaded"  # loaded for it
+    text = httpx.post(f"{server}/detokenize", json={"tokens": tokens["tokens"], "model": "beta"}, timeout=60).json()
+    assert text["content"].strip() == "hello world"
+    assert httpx.get(f"{server}/v1/stats", params={"model": "beta"}, timeout=60).json()["model"] == "beta"
+    assert httpx.post(f"{server}/tokenize", json={"content": "x", "model": "nope"}, timeout=10).status_code == 404

@@ -36,6 +36,6 @@ async def metrics(http: HTTPRequest) -> Response:
 
 
 @router.get("/v1/stats")
-async def stats(http: HTTPRequest) -> dict[str, Any]:
-    runtime = await get_runtime(http)
+async def stats(http: HTTPRequest, model: str | None = None) -> dict[str, Any]:
+    runtime = await get_runtime(http, model)
     return {"model": runtime.model_id, **await asyncio.to_thread(runtime.stats), **runtime.worker_metrics()}

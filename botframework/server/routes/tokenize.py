@@ -17,7 +17,7 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, http: HTTPRequest) -> dict[str, Any]:
-    runtime = await get_runtime(http)
+    runtime = await get_runtime(http, body.model)
     tokens = await tokenizer_call(len(body.content), runtime.tokenize, body.content, add_special=body.add_special,
                                   parse_special=body.parse_special)
     if not body.with_pieces:
@@ -35,7 +35,7 @@ async def tokenize(body: TokenizeRequest, http: HTTPRequest) -> dict[str, Any]:
 
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, http: HTTPRequest) -> dict[str, Any]:
-    runtime = await get_runtime(http)
+    runtime = await get_runtime(http, body.model)
     check_token_ids(body.tokens, runtime, "tokens")
     # ~4 characters a token
     return {"content": await tokenizer_call(4 * len(body.tokens), runtime.detokenize, body.tokens)}
