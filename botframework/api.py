@@ -97,7 +97,7 @@ class LocalLLM:
     """
 
     def __init__(self, model: str | os.PathLike[str] = DEFAULT_MODEL, *, n_ctx: int = 8192,
-                 num_slots: int = WorkerConfig.num_slots, n_threads: int | None = None,
+                 num_slots: int | None = None, n_threads: int | None = None,
                  n_threads_batch: int | None = None,
                  n_gpu_layers: int = 0, pull: bool = True, chat_template: str | None = None,
                  flash_attn: str = "auto", hugepages: bool = True) -> None:

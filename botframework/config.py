@@ -9,10 +9,11 @@ The server's settings and LocalLLM's arguments both become one WorkerConfig
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["WorkerConfig", "default_threads"]
+__all__ = ["WorkerConfig", "auto_slots", "default_threads", "fit_context", "kv_bytes_per_cell"]
 
 
 def default_threads() -> tuple[int, int]:
@@ -30,10 +31,51 @@ def default_threads() -> tuple[int, int]:
     return max(1, min(physical, usable)), max(1, usable)
 
 
+CELLS_PER_SLOT = 1024  # auto_slots: one slot per this many KV cells
+MIN_AUTO_SLOTS, MAX_AUTO_SLOTS = 2, 16
+CTX_STEP = 256         # fit_context rounds the context down to a multiple of this
+
+
+def auto_slots(n_ctx: int) -> int:
+    """Concurrent sequences for a context of n_ctx cells (all slots share them): one per 1,024
+    cells, 2 to 16; 8 for the default 8,192. Slots cost no KV memory of their own (the cache
+    is unified), so the context, which the memory budget sizes, sizes them too."""
+    return max(MIN_AUTO_SLOTS, min(MAX_AUTO_SLOTS, n_ctx // CELLS_PER_SLOT))
+
+
+def kv_bytes_per_cell(metadata: Mapping[str, str]) -> int:
+    """A KV cell's bytes for every layer (f16 K and V), from the GGUF's hyperparameters."""
+    arch = metadata.get("general.architecture", "")
+
+    def hparam(key: str, default: int) -> int:
+        try:
+            return int(metadata.get(f"{arch}.{key}", default))
+        except ValueError:  # an array (per-layer values): take the default
+            return default
+
+    n_embd = hparam("embedding_length", 0)
+    n_head = max(1, hparam("attention.head_count", 1))
+    n_head_kv = hparam("attention.head_count_kv", n_head)
+    return hparam("block_count", 0) * 2 * (n_embd // n_head) * n_head_kv * 2
+
+
+def fit_context(n_ctx: int, weights_bytes: int, cell_bytes: int, budget_bytes: int | None) -> int:
+    """The largest context up to n_ctx whose KV cache fits beside the weights in the budget
+    (a multiple of 256 cells); ValueError if not even 256 cells fit."""
+    if budget_bytes is None or cell_bytes <= 0:
+        return n_ctx
+    room = (budget_bytes - weights_bytes) // cell_bytes
+    if room < CTX_STEP:
+        raise ValueError(f"the model's weights ({weights_bytes >> 20} MiB) leave no room for its KV cache in a "
+                         f"memory budget of {budget_bytes >> 20} MiB")
+    return min(n_ctx, room // CTX_STEP * CTX_STEP)
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
-    n_ctx: int = 8192
-    num_slots: int = 8
+    n_ctx: int = 8192                      # at most (the model's training context, the memory budget)
+    num_slots: int | None = None           # None: auto_slots(n_ctx)
+    memory_budget_bytes: int | None = None  # weights + KV cache; None: n_ctx as asked
     max_batch_tokens: int = 512
     n_threads: int | None = None           # None: default_threads()
     n_threads_batch: int | None = None

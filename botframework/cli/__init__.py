@@ -26,8 +26,8 @@ def _add_model_args(parser: argparse.ArgumentParser, *, defaults: bool = True) -
                                  "repeat it to serve several: the first loads at start, the others on first use")
     parser.add_argument("--ctx-size", type=int, default=8192 if defaults else None,
                         help="KV cells shared by all sequences (default 8192)")
-    parser.add_argument("--parallel", type=int, default=8 if defaults else None,
-                        help="concurrent sequences (KV slots, default 8)")
+    parser.add_argument("--parallel", type=int, default=None,
+                        help="concurrent sequences (KV slots; default: one per 1,024 cells, 2 to 16)")
     parser.add_argument("--threads", type=int, default=None, help="decode threads (default: physical cores)")
     parser.add_argument("--threads-batch", type=int, default=None, help="prompt threads (default: all CPUs)")
     parser.add_argument("--n-gpu-layers", type=int, default=0 if defaults else None,
@@ -97,12 +97,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     info = shim.build_info()
     decode_threads, batch_threads = default_threads()
     info["default_threads"] = {"decode": decode_threads, "prompt": batch_threads}
-    from botframework.config import WorkerConfig
+    from botframework.config import WorkerConfig, auto_slots
     from botframework.server.settings import ServerSettings
 
     config = WorkerConfig()
     info["serve_defaults"] = {"memory_budget_mb": ServerSettings().memory_budget_bytes() >> 20,
-                              "num_slots": config.num_slots, "n_ctx": config.n_ctx}
+                              "num_slots": config.num_slots or auto_slots(config.n_ctx), "n_ctx": config.n_ctx}
     if args.selftest:
         ok, report = shim.selftest_quantized()
         info["selftest"] = {"ok": ok, "report": report.splitlines()}
@@ -118,8 +118,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"devices        {', '.join(d['name'] for d in info['devices'])}")
     print(f"threads        decode {decode_threads}, prompt {batch_threads}  (physical cores / usable CPUs)")
     serve = info["serve_defaults"]
-    print(f"serve          {serve['num_slots']} slots sharing {serve['n_ctx']} KV cells per model; memory budget "
-          f"{serve['memory_budget_mb']} MiB (80% of the RAM available now)")
+    print(f"serve          up to {serve['n_ctx']} KV cells per model (fewer if its weights and cache would not fit the "
+          f"memory budget, {serve['memory_budget_mb']} MiB: 80% of the RAM available now), one slot per "
+          f"1,024 cells: {serve['num_slots']}")
     if args.selftest:
         print("self-test      " + ("OK" if info["selftest"]["ok"] else "FAILED"))
         for line in info["selftest"]["report"]:

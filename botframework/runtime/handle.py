@@ -168,20 +168,10 @@ class ModelHandle:
     def memory_bytes(self) -> int:
         """What this model holds in memory: its weights, and its KV cache when full (f16 K and V
         for every cell of every layer), read from the GGUF's hyperparameters."""
+        from botframework.config import kv_bytes_per_cell
+
         model = self.worker.model
-        meta = model.metadata()
-        arch = meta.get("general.architecture", "")
-
-        def hparam(key: str, default: int) -> int:
-            try:
-                return int(meta.get(f"{arch}.{key}", default))
-            except ValueError:  # an array (per-layer values): take the default
-                return default
-
-        n_embd = hparam("embedding_length", 0)
-        n_head = max(1, hparam("attention.head_count", 1))
-        n_head_kv = hparam("attention.head_count_kv", n_head)
-        kv_per_cell = hparam("block_count", 0) * 2 * (n_embd // n_head) * n_head_kv * 2
+        kv_per_cell = kv_bytes_per_cell(model.metadata())
         return int(model.size_bytes) + self.n_ctx * kv_per_cell
 
     def export_sessions(self) -> list[SavedSession]:

@@ -28,10 +28,10 @@ from typing import TypeVar
 
 import numpy as np
 
-from botframework.config import WorkerConfig, default_threads
+from botframework.config import WorkerConfig, auto_slots, default_threads, fit_context, kv_bytes_per_cell
 from botframework.engine.detokenizer import IncrementalDetokenizer
 from botframework.engine.engine import Engine
-from botframework.errors import BotframeworkError, ClosedError, InvalidRequestError, NativeError
+from botframework.errors import BotframeworkError, ClosedError, InvalidRequestError, ModelLoadError, NativeError
 from botframework.native.batch import Batch
 from botframework.native.context import Context, ContextParams
 from botframework.native.model import Model, ModelParams
@@ -65,16 +65,24 @@ class ModelWorker:
         self.model = Model(model_path, ModelParams(n_gpu_layers=config.n_gpu_layers, hugepages=config.hugepages))
         try:
             n_ctx = min(config.n_ctx, self.model.n_ctx_train) if config.n_ctx else self.model.n_ctx_train
+            try:  # the context that fits the memory budget beside the weights; slots from it
+                n_ctx = fit_context(n_ctx, self.model.size_bytes, kv_bytes_per_cell(self.model.metadata()),
+                                    config.memory_budget_bytes)
+            except ValueError as exc:
+                raise ModelLoadError(f"model {self.name!r}: {exc}") from None
+            self.num_slots = config.num_slots or auto_slots(n_ctx)
             self.context = Context(self.model, ContextParams(
                 n_ctx=n_ctx, n_batch=config.max_batch_tokens, n_ubatch=config.max_batch_tokens,
-                n_seq_max=config.num_slots, n_threads=self.n_threads, n_threads_batch=self.n_threads_batch,
+                n_seq_max=self.num_slots, n_threads=self.n_threads, n_threads_batch=self.n_threads_batch,
                 flash_attn=config.flash_attn))
         except BaseException:
             self.model.close()
             raise
+        log.info("model %r: %d KV cells shared by %d slots%s", self.name, self.context.n_ctx, self.num_slots,
+                 "" if config.num_slots else " (auto)")
         self.engine = Engine(self.model, self.context)
         self.scheduler = Scheduler(
-            SchedulerConfig(num_slots=config.num_slots, num_ctx=self.context.n_ctx,
+            SchedulerConfig(num_slots=self.num_slots, num_ctx=self.context.n_ctx,
                             max_batch_tokens=config.max_batch_tokens, max_waiting=config.max_waiting,
                             prefix_cache_bytes=config.prefix_cache_bytes),
             eog_tokens=self.model.eog_tokens,

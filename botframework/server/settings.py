@@ -50,7 +50,7 @@ class ServerSettings:
     max_choices: int = 8                       # largest n (choices per request)
     max_logit_bias: int = 1024                 # entries in logit_bias
     max_embedding_inputs: int = 256
-    num_slots: int = 8
+    num_slots: int | None = None               # concurrent sequences per model; None: sized from its context
     n_ctx: int = 8192
     n_threads: int | None = None
     n_threads_batch: int | None = None
@@ -65,7 +65,7 @@ class ServerSettings:
             raise ValueError(f"port must be in 0..65535, not {self.port}")
         for name in ("max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_choices", "num_slots", "n_ctx",
                      "max_embedding_inputs"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.prefix_cache_mb < 0:
             raise ValueError("prefix_cache_mb must be >= 0")
@@ -81,7 +81,8 @@ class ServerSettings:
 
     def worker_config(self) -> WorkerConfig:
         """How the model runs: the same WorkerConfig LocalLLM builds from its arguments."""
-        return WorkerConfig(n_ctx=self.n_ctx, num_slots=self.num_slots, n_threads=self.n_threads,
+        return WorkerConfig(n_ctx=self.n_ctx, num_slots=self.num_slots, memory_budget_bytes=self.memory_budget_bytes(),
+                            n_threads=self.n_threads,
                             n_threads_batch=self.n_threads_batch, n_gpu_layers=self.n_gpu_layers,
                             hugepages=self.hugepages, prefix_cache_bytes=self.prefix_cache_mb << 20)
 
@@ -133,7 +134,7 @@ class ServerSettings:
             raise ValueError(f"a [[models]] table needs a source (catalog name, .gguf path or hf: spec): {dict(table)}")
         base = self.worker_config()
         config = dataclasses.replace(
-            base, n_ctx=int(table.get("n_ctx", base.n_ctx)), num_slots=int(table.get("parallel", base.num_slots)),
+            base, n_ctx=int(table.get("n_ctx", base.n_ctx)), num_slots=table.get("parallel", base.num_slots),
             n_threads=table.get("threads", base.n_threads),
             n_threads_batch=table.get("threads_batch", base.n_threads_batch),
             n_gpu_layers=int(table.get("n_gpu_layers", base.n_gpu_layers)),

@@ -66,6 +66,7 @@ def server(models_dir: Path, model_path: Path, tmp_path_factory: pytest.TempPath
 def test_every_declared_model_is_listed_with_its_state(server: str) -> None:
     listed = states(server)
     assert set(listed) == {"alpha", "gamma", "beta", "broken"}
+    assert (listed["alpha"]["n_ctx"], listed["alpha"]["num_slots"]) == (2048, 4)  # as --ctx-size/--parallel say
     assert listed["alpha"]["state"] == "loaded" and listed["alpha"]["memory_bytes"] > 50 << 20
     assert listed["beta"]["state"] == "unloaded" and listed["broken"]["state"] == "unloaded"
     unknown = chat(server, "nope")
@@ -216,3 +217,13 @@ def test_tokenize_and_stats_name_their_model(server: str) -> None:
     assert text["content"].strip() == "hello world"
     assert httpx.get(f"{server}/v1/stats", params={"model": "beta"}, timeout=60).json()["model"] == "beta"
     assert httpx.post(f"{server}/tokenize", json={"content": "x", "model": "nope"}, timeout=10).status_code == 404
+
+
+def test_the_context_and_slots_fit_the_memory_budget(models_dir: Path) -> None:
+    with served(["--model", str(models_dir / "alpha.gguf"), "--memory-budget", "130"]) as (url, _proc):
+        meta = states(url)["alpha"]
+        # 130 MiB minus ~92 MiB of weights leaves ~1,700 cells of 22.5 KiB: not the default 8,192
+        assert meta["n_ctx"] < 8192 and meta["n_ctx"] % 256 == 0 and meta["memory_bytes"] <= 130 << 20
+        assert meta["num_slots"] == 2  # one per 1,024 cells, at least 2
+        stats = httpx.get(f"{url}/v1/stats", timeout=30).json()
+        assert stats["num_busy_slots"] == 0 and chat(url, "alpha").status_code == 200

@@ -149,3 +149,19 @@ def test_options_normalise_stop() -> None:
     assert GenerationOptions(stop="x").stop == ("x",)
     assert GenerationOptions(stop=["x", "y"]).stop == ("x", "y")
     assert GenerationOptions().stop == ()
+
+
+def test_slots_and_context_are_sized_from_memory() -> None:
+    from botframework.config import auto_slots, fit_context, kv_bytes_per_cell
+
+    assert [auto_slots(n) for n in (512, 2048, 8192, 32768)] == [2, 2, 8, 16]
+    meta = {"general.architecture": "llama", "llama.block_count": "30", "llama.embedding_length": "576",
+            "llama.attention.head_count": "9", "llama.attention.head_count_kv": "3"}
+    cell = kv_bytes_per_cell(meta)
+    assert cell == 30 * 2 * 64 * 3 * 2  # SmolLM2-135M: f16 K and V of 3 KV heads of 64 in 30 layers
+    assert fit_context(8192, 100 << 20, cell, None) == 8192
+    assert fit_context(8192, 100 << 20, cell, 1 << 30) == 8192  # fits: as asked
+    fitted = fit_context(8192, 100 << 20, cell, 140 << 20)
+    assert fitted % 256 == 0 and fitted * cell <= 40 << 20 < (fitted + 256) * cell
+    with pytest.raises(ValueError, match="no room"):
+        fit_context(8192, 100 << 20, cell, 101 << 20)

@@ -38,7 +38,8 @@ def _card(registry: Registry[Any], info: dict[str, Any], created: int) -> dict[s
     if info["error"]:
         meta["error"] = info["error"]
     if handle is not None:
-        meta.update(n_ctx=handle.n_ctx, n_vocab=handle.n_vocab, kind=getattr(handle, "kind", "chat"))
+        meta.update(n_ctx=handle.n_ctx, n_vocab=handle.n_vocab, kind=getattr(handle, "kind", "chat"),
+                    num_slots=getattr(getattr(handle, "worker", None), "num_slots", None))
         created = getattr(handle, "created", created)
     return {"id": info["id"], "object": "model", "created": created, "owned_by": "botframework", "meta": meta}
 
