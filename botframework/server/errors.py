@@ -42,10 +42,6 @@ def unsupported(param: str, what: str = "is not supported yet") -> bf.InvalidReq
     return bf.InvalidRequestError(f"'{param}' {what}", param=param, code="unsupported_parameter")
 
 
-def model_not_found(model: str) -> APIError:
-    return APIError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")
-
-
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 

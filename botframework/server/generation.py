@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from fastapi import Request as HTTPRequest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from botframework.errors import ModelLoadError, ModelNotFoundError
+from botframework.errors import ModelLoadError
 from botframework.runtime.handle import CHOICE_SEP
 from botframework.runtime.stream import Collected, DeltaStream, collect_async
 from botframework.scheduler.output import Delta, FinishReason, Usage
@@ -52,15 +52,14 @@ async def get_runtime(http: HTTPRequest, model: str | None = None) -> Runtime:
 
     The model stays leased (never unloaded or evicted) until the whole response has been sent,
     streams included: ReleaseLeases, around the app, releases it. Unknown names are a 404
-    listing what is served; a model that cannot be loaded is a 503."""
+    listing what is served (ModelNotFoundError, mapped in errors.py); a model that cannot be
+    loaded is a 503."""
     registry = http.app.state.registry
     if registry is None:
         raise APIError(503, "The server is starting", type="service_unavailable", code="model_unavailable",
                        headers={"Retry-After": "5"})
     try:
         lease = await registry.acquire(model or None)
-    except ModelNotFoundError as exc:
-        raise APIError(404, str(exc), param="model", code="model_not_found") from None
     except ModelLoadError as exc:
         raise APIError(503, f"The model is not available: {exc}", type="service_unavailable",
                        code="model_unavailable", headers={"Retry-After": "5"}) from None

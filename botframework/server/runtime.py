@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -28,7 +27,7 @@ from botframework.server.settings import ServerSettings
 if TYPE_CHECKING:
     from botframework.chat.plan import ChatOptions, ChatPlan
 
-__all__ = ["CHOICE_SEP", "ModelHandle", "Runtime", "load_runtime"]
+__all__ = ["CHOICE_SEP", "ModelHandle", "Runtime", "estimate_bytes", "load_entry", "measure_bytes"]
 
 
 class Runtime(Protocol):
@@ -58,18 +57,14 @@ class Runtime(Protocol):
     def close(self) -> None: ...
 
 
-def load_runtime(settings: ServerSettings) -> ModelHandle:
-    """The served (default) model, loaded as the settings say. Blocking."""
-    return load_entry(settings, settings.model_entries()[0])
-
-
 def load_entry(settings: ServerSettings, entry: ModelEntry) -> ModelHandle:
     """One declared model: resolved inside the configured folders (pulled if it is a catalog
     model and pulling is on), its sha256 pin checked, loaded. Blocking (the registry runs it
     in a thread)."""
     path = resolve_model(entry.source, allowed_dirs=settings.allowed_dirs, pull_missing=settings.pull_missing)
     if entry.sha256 is not None:
-        digest = _sha256(path)
+        with open(path, "rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
         if digest != entry.sha256.lower():
             raise ModelLoadError(f"model '{entry.name}': {path} has sha256 {digest}, not the pinned {entry.sha256}")
     return load_model(str(path), entry.config, name=entry.name, allowed_dirs=settings.allowed_dirs,
@@ -89,11 +84,3 @@ def estimate_bytes(settings: ServerSettings, entry: ModelEntry) -> int:
 def measure_bytes(runtime: Runtime) -> int:
     measure = getattr(runtime, "memory_bytes", None)
     return int(measure()) if measure is not None else 0
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

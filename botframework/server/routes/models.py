@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi import Request as HTTPRequest
 
-from botframework.errors import ModelLoadError, ModelNotFoundError
+from botframework.errors import ModelLoadError
 from botframework.runtime.registry import Registry
 from botframework.server.auth import require_api_key
 from botframework.server.errors import APIError
@@ -51,11 +51,7 @@ def _cards(http: HTTPRequest) -> list[dict[str, Any]]:
 
 
 def _find(http: HTTPRequest, model_id: str) -> dict[str, Any]:
-    registry = _registry(http)
-    try:
-        name = registry.entry(model_id).name
-    except ModelNotFoundError as exc:
-        raise APIError(404, str(exc), param="model", code="model_not_found") from None
+    name = _registry(http).entry(model_id).name  # ModelNotFoundError: a 404 listing the names (errors.py)
     return next(card for card in _cards(http) if card["id"] == name)
 
 
