@@ -168,11 +168,7 @@ class ModelHandle:
     def memory_bytes(self) -> int:
         """What this model holds in memory: its weights, and its KV cache when full (f16 K and V
         for every cell of every layer), read from the GGUF's hyperparameters."""
-        from botframework.config import kv_bytes_per_cell
-
-        model = self.worker.model
-        kv_per_cell = kv_bytes_per_cell(model.metadata())
-        return int(model.size_bytes) + self.n_ctx * kv_per_cell
+        return int(self.worker.model.size_bytes) + self.n_ctx * self.worker.kv_bytes_per_cell
 
     def export_sessions(self) -> list[SavedSession]:
         """Take every chat session's KV state out of this model (idle in a slot, or already

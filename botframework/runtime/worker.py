@@ -65,9 +65,9 @@ class ModelWorker:
         self.model = Model(model_path, ModelParams(n_gpu_layers=config.n_gpu_layers, hugepages=config.hugepages))
         try:
             n_ctx = min(config.n_ctx, self.model.n_ctx_train) if config.n_ctx else self.model.n_ctx_train
+            self.kv_bytes_per_cell = kv_bytes_per_cell(self.model.metadata())
             try:  # the context that fits the memory budget beside the weights; slots from it
-                n_ctx = fit_context(n_ctx, self.model.size_bytes, kv_bytes_per_cell(self.model.metadata()),
-                                    config.memory_budget_bytes)
+                n_ctx = fit_context(n_ctx, self.model.size_bytes, self.kv_bytes_per_cell, config.memory_budget_bytes)
             except ValueError as exc:
                 raise ModelLoadError(f"model {self.name!r}: {exc}") from None
             self.num_slots = config.num_slots or auto_slots(n_ctx)
