@@ -363,21 +363,22 @@ class Registry(Generic[H]):
 
     def parked_session(self, session_id: str, name: str | None = None) -> tuple[str, int] | None:
         """(model, tokens) of a session kept while its model is unloaded; None if none is."""
-        slots = [self._slot(name)] if name is not None else list(self._slots.values())
-        for slot in slots:
+        for slot in self._named_or_all(name):
             for saved in slot.parked:
                 if getattr(saved, "session_id", None) == session_id:
                     return slot.entry.name, len(getattr(saved, "tokens", ()))
         return None
 
     def drop_parked_session(self, session_id: str, name: str | None = None) -> bool:
-        slots = [self._slot(name)] if name is not None else list(self._slots.values())
         found = False
-        for slot in slots:
+        for slot in self._named_or_all(name):
             kept = [saved for saved in slot.parked if getattr(saved, "session_id", None) != session_id]
             found = found or len(kept) != len(slot.parked)
             slot.parked = kept
         return found
+
+    def _named_or_all(self, name: str | None) -> list[_Slot[H]]:
+        return [self._slot(name)] if name is not None else list(self._slots.values())
 
     def loaded(self) -> list[tuple[str, H]]:
         return [(s.entry.name, s.handle) for s in self._slots.values()

@@ -23,6 +23,7 @@ from botframework.server.auth import require_api_key
 from botframework.server.errors import APIError
 from botframework.server.generation import get_runtime
 from botframework.server.routes.models import _registry
+from botframework.server.runtime import Runtime
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -31,6 +32,14 @@ def _known(http: HTTPRequest) -> set[str]:
     if not hasattr(http.app.state, "created_sessions"):
         http.app.state.created_sessions = set()
     return http.app.state.created_sessions  # type: ignore[no-any-return]
+
+
+async def _places(http: HTTPRequest, model: str | None) -> list[tuple[str, Runtime]]:
+    """The named model (leased, loaded if need be), or every loaded one."""
+    if model is not None:
+        runtime = await get_runtime(http, model)
+        return [(runtime.model_id, runtime)]
+    return _registry(http).loaded()
 
 
 def _not_found(session_id: str) -> APIError:
@@ -48,12 +57,7 @@ async def create_session(http: HTTPRequest, model: str | None = None) -> dict[st
 
 @router.get("/v1/sessions/{session_id}")
 async def get_session(session_id: str, http: HTTPRequest, model: str | None = None) -> dict[str, Any]:
-    if model is not None:
-        runtime = await get_runtime(http, model)
-        places = [(runtime.model_id, runtime)]
-    else:
-        places = _registry(http).loaded()
-    for model_id, runtime in places:
+    for model_id, runtime in await _places(http, model):
         try:
             info = await asyncio.to_thread(runtime.session_info, session_id)
         except ClosedError:  # unloaded meanwhile: its sessions are parked (below)
@@ -71,19 +75,13 @@ async def get_session(session_id: str, http: HTTPRequest, model: str | None = No
 
 @router.delete("/v1/sessions/{session_id}")
 async def delete_session(session_id: str, http: HTTPRequest, model: str | None = None) -> dict[str, Any]:
-    registry = _registry(http)
-    if model is not None:
-        runtime = await get_runtime(http, model)
-        places = [(runtime.model_id, runtime)]
-    else:
-        places = registry.loaded()
     found = False
-    for _model_id, runtime in places:
+    for _model_id, runtime in await _places(http, model):
         try:
             found = await asyncio.to_thread(runtime.drop_session, session_id) or found
         except ClosedError:
             continue
-    found = registry.drop_parked_session(session_id, model) or found
+    found = _registry(http).drop_parked_session(session_id, model) or found
     known = session_id in _known(http)
     _known(http).discard(session_id)
     if not (found or known):
