@@ -14,6 +14,18 @@ from contextlib import contextmanager
 import httpx
 
 
+def pulled(model: str) -> None:
+    """The catalog model in the cache, through our own pull; the test fails if it cannot be had."""
+    import pytest
+
+    from botframework.runtime.pull import resolve_model
+
+    try:
+        resolve_model(model, pull_missing=True)
+    except Exception as exc:  # noqa: BLE001 - no network and no cache: nothing to serve
+        pytest.fail(f"model {model} unavailable: {exc}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

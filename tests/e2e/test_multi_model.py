@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from server_proc import served
+from server_proc import pulled, served
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -190,9 +190,8 @@ def test_ps_and_models_show_a_running_servers_models(server: str) -> None:
 
 def test_a_chat_model_and_an_embedding_model_served_at_once() -> None:
     from botframework.runtime.catalog import DEFAULT_MODEL
-    from botframework.runtime.pull import resolve_model
 
-    resolve_model("all-minilm-l6-v2", pull_missing=True)  # pulled (and converted) through our own pull
+    pulled("all-minilm-l6-v2")  # pulled (and converted) through our own pull
     with served(["--model", DEFAULT_MODEL, "--model", "all-minilm-l6-v2", "--ctx-size", "2048"]) as (url, _proc):
         sentences = [f"Sentence number {i} about cats and mats." for i in range(64)]
         with concurrent.futures.ThreadPoolExecutor(2) as pool:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from server_proc import served
+from server_proc import pulled, served
 
 openai = pytest.importorskip("openai")
 
@@ -24,12 +24,7 @@ SENTENCES = ["The cat sat on the mat.", "A cat is sitting on a mat.", "Quarterly
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    from botframework.runtime.pull import resolve_model
-
-    try:
-        resolve_model(MODEL, pull_missing=True)
-    except Exception as exc:  # noqa: BLE001 - no network and no cache: nothing to serve
-        pytest.fail(f"model {MODEL} unavailable: {exc}")
+    pulled(MODEL)
     with served(["--model", MODEL, "--log-level", "warning"]) as (url, _):
         yield url
 

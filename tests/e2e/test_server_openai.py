@@ -21,7 +21,7 @@ import pytest
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from server_proc import free_port
+from server_proc import free_port, pulled
 
 from botframework.runtime.catalog import DEFAULT_MODEL
 
@@ -32,12 +32,7 @@ MESSAGES = [{"role": "user", "content": "Name three colours."}]
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    try:
-        from botframework.runtime.pull import resolve_model
-
-        resolve_model(MODEL, pull_missing=True)
-    except Exception as exc:  # noqa: BLE001 - no network and no cache: nothing to serve
-        pytest.fail(f"model {MODEL} unavailable: {exc}")
+    pulled(MODEL)
     port = free_port()
     env = dict(os.environ)  # the installed package (the source tree has no compiled module)
     proc = subprocess.Popen(
