@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from botframework.errors import ModelLoadError
 from botframework.runtime.handle import CHOICE_SEP
+from botframework.runtime.registry import Registry
 from botframework.runtime.stream import Collected, DeltaStream, collect_async
 from botframework.scheduler.output import Delta, FinishReason, Usage
 from botframework.scheduler.sequence import Request
@@ -47,6 +48,15 @@ async def tokenizer_call(num_chars: int, fn: Callable[..., T], *args: Any, **kwa
 LEASES = "botframework.leases"  # the ASGI scope's list of this request's model leases (released by ReleaseLeases)
 
 
+def get_registry(http: HTTPRequest) -> Registry[Runtime]:
+    """The app's registry of declared models; 503 while the server is still starting."""
+    registry: Registry[Runtime] | None = http.app.state.registry
+    if registry is None:
+        raise APIError(503, "The server is starting", type="service_unavailable", code="model_unavailable",
+                       headers={"Retry-After": "5"})
+    return registry
+
+
 async def get_runtime(http: HTTPRequest, model: str | None = None) -> Runtime:
     """The named model (the default one if None) for this request, loaded first if need be.
 
@@ -54,10 +64,7 @@ async def get_runtime(http: HTTPRequest, model: str | None = None) -> Runtime:
     streams included: ReleaseLeases, around the app, releases it. Unknown names are a 404
     listing what is served (ModelNotFoundError, mapped in errors.py); a model that cannot be
     loaded is a 503."""
-    registry = http.app.state.registry
-    if registry is None:
-        raise APIError(503, "The server is starting", type="service_unavailable", code="model_unavailable",
-                       headers={"Retry-After": "5"})
+    registry = get_registry(http)
     try:
         lease = await registry.acquire(model or None)
     except ModelLoadError as exc:

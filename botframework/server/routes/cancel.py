@@ -11,7 +11,7 @@ from fastapi import Request as HTTPRequest
 
 from botframework.errors import ClosedError
 from botframework.server.auth import require_api_key
-from botframework.server.routes.models import _registry
+from botframework.server.generation import get_registry
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -19,7 +19,7 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 @router.post("/v1/cancel/{target_id}")
 async def cancel(target_id: str, http: HTTPRequest) -> dict[str, Any]:
     num_cancelled = 0
-    for _name, handle in _registry(http).loaded():
+    for _name, handle in get_registry(http).loaded():
         try:
             num_cancelled += await asyncio.to_thread(handle.cancel, target_id)
         except ClosedError:  # unloaded meanwhile: it runs nothing

@@ -18,19 +18,13 @@ from botframework.errors import ModelLoadError
 from botframework.runtime.registry import Registry
 from botframework.server.auth import require_api_key
 from botframework.server.errors import APIError
+from botframework.server.generation import get_registry
+from botframework.server.runtime import Runtime
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
-def _registry(http: HTTPRequest) -> Registry[Any]:
-    registry: Registry[Any] | None = http.app.state.registry
-    if registry is None:
-        raise APIError(503, "The server is starting", type="service_unavailable", code="model_unavailable",
-                       headers={"Retry-After": "5"})
-    return registry
-
-
-def _card(registry: Registry[Any], info: dict[str, Any], created: int) -> dict[str, Any]:
+def _card(registry: Registry[Runtime], info: dict[str, Any], created: int) -> dict[str, Any]:
     handle = registry.peek(info["id"])
     meta: dict[str, Any] = {"state": info["state"], "memory_bytes": info["memory_bytes"], "idle_s": info["idle_s"],
                             "num_in_flight": info["num_in_flight"], "keep_alive_s": info["keep_alive_s"],
@@ -45,13 +39,13 @@ def _card(registry: Registry[Any], info: dict[str, Any], created: int) -> dict[s
 
 
 def _cards(http: HTTPRequest) -> list[dict[str, Any]]:
-    registry = _registry(http)
+    registry = get_registry(http)
     started: int = http.app.state.started
     return [_card(registry, info, started) for info in registry.describe()]
 
 
 def _find(http: HTTPRequest, model_id: str) -> dict[str, Any]:
-    name = _registry(http).entry(model_id).name  # ModelNotFoundError: a 404 listing the names (errors.py)
+    name = get_registry(http).entry(model_id).name  # ModelNotFoundError: a 404 listing the names (errors.py)
     return next(card for card in _cards(http) if card["id"] == name)
 
 
@@ -67,7 +61,7 @@ async def list_models_post(http: HTTPRequest) -> dict[str, Any]:
 
 @router.post("/v1/models/{model_id:path}/load")
 async def load_model(model_id: str, http: HTTPRequest) -> dict[str, Any]:
-    registry = _registry(http)
+    registry = get_registry(http)
     _find(http, model_id)
     try:
         await registry.load(model_id)
@@ -80,7 +74,7 @@ async def load_model(model_id: str, http: HTTPRequest) -> dict[str, Any]:
 @router.post("/v1/models/{model_id:path}/unload")
 async def unload_model(model_id: str, http: HTTPRequest) -> dict[str, Any]:
     _find(http, model_id)
-    unloaded = await _registry(http).unload(model_id)
+    unloaded = await get_registry(http).unload(model_id)
     return {**_find(http, model_id), "unloaded": unloaded}
 
 

@@ -21,8 +21,7 @@ from fastapi import Request as HTTPRequest
 from botframework.errors import ClosedError
 from botframework.server.auth import require_api_key
 from botframework.server.errors import APIError
-from botframework.server.generation import get_runtime
-from botframework.server.routes.models import _registry
+from botframework.server.generation import get_registry, get_runtime
 from botframework.server.runtime import Runtime
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -39,7 +38,7 @@ async def _places(http: HTTPRequest, model: str | None) -> list[tuple[str, Runti
     if model is not None:
         runtime = await get_runtime(http, model)
         return [(runtime.model_id, runtime)]
-    return _registry(http).loaded()
+    return get_registry(http).loaded()
 
 
 def _not_found(session_id: str) -> APIError:
@@ -64,7 +63,7 @@ async def get_session(session_id: str, http: HTTPRequest, model: str | None = No
             continue
         if info is not None:
             return {"id": session_id, "object": "session", "model": model_id, **info}
-    parked = _registry(http).parked_session(session_id, model)
+    parked = get_registry(http).parked_session(session_id, model)
     if parked is not None:
         return {"id": session_id, "object": "session", "model": parked[0], "state": "parked",
                 "num_cached_tokens": parked[1]}
@@ -81,7 +80,7 @@ async def delete_session(session_id: str, http: HTTPRequest, model: str | None =
             found = await asyncio.to_thread(runtime.drop_session, session_id) or found
         except ClosedError:
             continue
-    found = _registry(http).drop_parked_session(session_id, model) or found
+    found = get_registry(http).drop_parked_session(session_id, model) or found
     known = session_id in _known(http)
     _known(http).discard(session_id)
     if not (found or known):
