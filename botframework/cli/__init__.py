@@ -48,7 +48,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             hugepages=args.hugepages,
             api_keys=tuple(args.api_key or ()) or None, cors_origins=tuple(args.cors_origin or ()) or None,
             allow_non_loopback=args.allow_non_loopback, direct_stream=args.direct_stream,
-            models_dir=args.models_dir, memory_budget_mb=args.memory_budget, keep_alive_s=args.keep_alive)
+            models_dir=args.models_dir, memory_budget_mb=args.memory_budget, keep_alive_s=args.keep_alive,
+            max_queue=args.max_queue)
         settings.check_bind()
     except ValueError as exc:
         print(f"botframework: error: {exc}", file=sys.stderr)
@@ -188,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-alive", type=float, metavar="S",
                    help="unload a lazily loaded model after this many idle seconds (default -1: never; 0: "
                         "after each request)")
+    p.add_argument("--max-queue", type=int, metavar="N",
+                   help="requests that may wait for a slot per model; more are refused with 503 and "
+                        "Retry-After (default 256)")
     p.add_argument("--config", help="TOML settings file (flags and BOTFRAMEWORK_* override it)")
     p.set_defaults(func=cmd_serve)
 

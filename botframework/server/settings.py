@@ -50,6 +50,7 @@ class ServerSettings:
     max_choices: int = 8                       # largest n (choices per request)
     max_logit_bias: int = 1024                 # entries in logit_bias
     max_embedding_inputs: int = 256
+    max_queue: int = 256                       # requests waiting for a slot per model; more get 503 + Retry-After
     num_slots: int | None = None               # concurrent sequences per model; None: sized from its context
     n_ctx: int = 8192
     n_threads: int | None = None
@@ -64,7 +65,7 @@ class ServerSettings:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, not {self.port}")
         for name in ("max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_choices", "num_slots", "n_ctx",
-                     "max_embedding_inputs"):
+                     "max_embedding_inputs", "max_queue"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.prefix_cache_mb < 0:
@@ -84,7 +85,8 @@ class ServerSettings:
         return WorkerConfig(n_ctx=self.n_ctx, num_slots=self.num_slots, memory_budget_bytes=self.memory_budget_bytes(),
                             n_threads=self.n_threads,
                             n_threads_batch=self.n_threads_batch, n_gpu_layers=self.n_gpu_layers,
-                            hugepages=self.hugepages, prefix_cache_bytes=self.prefix_cache_mb << 20)
+                            hugepages=self.hugepages, prefix_cache_bytes=self.prefix_cache_mb << 20,
+                            max_waiting=self.max_queue)
 
     @property
     def allowed_dirs(self) -> list[Path] | None:
@@ -235,7 +237,7 @@ _BOOLS = {"pull_missing", "allow_non_loopback", "hugepages", "direct_stream"}
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _INTS = {"port", "max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_choices", "max_logit_bias",
          "max_embedding_inputs", "num_slots", "n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers",
-         "prefix_cache_mb", "memory_budget_mb"}
+         "prefix_cache_mb", "memory_budget_mb", "max_queue"}
 
 
 def _parse(name: str, raw: str) -> Any:
