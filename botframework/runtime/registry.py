@@ -166,6 +166,22 @@ class Registry(Generic[H]):
                                      f"{', '.join(sorted(self._slots))}")
         return slot
 
+    def declare(self, entry: ModelEntry, *, same: Callable[[ModelEntry], bool] | None = None) -> ModelEntry:
+        """Add a model after start (POST /v1/models/{spec}/load with a path or a cached catalog
+        name). A declared model that `same(entry)` says is this one is returned instead; a name
+        taken by another model is a ValueError."""
+        for known in self._slots.values():
+            if same is not None and same(known.entry):
+                return known.entry
+        taken = [name for name in entry.names if name in self._by_name]
+        if taken:
+            raise ValueError(f"the name {taken[0]!r} is already taken by another model")
+        slot: _Slot[H] = _Slot(entry)
+        self._slots[entry.name] = slot
+        for name in entry.names:
+            self._by_name[name] = slot
+        return entry
+
     # -- use --------------------------------------------------------------------------------
     async def acquire(self, name: str | None = None) -> Lease[H]:
         """The model's handle for one request, loading it first if it is not loaded (the other

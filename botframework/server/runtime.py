@@ -67,8 +67,8 @@ def load_entry(settings: ServerSettings, entry: ModelEntry) -> ModelHandle:
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
         if digest != entry.sha256.lower():
             raise ModelLoadError(f"model '{entry.name}': {path} has sha256 {digest}, not the pinned {entry.sha256}")
-    return load_model(str(path), entry.config, name=entry.name, allowed_dirs=settings.allowed_dirs,
-                      chat_template=entry.chat_template, kind=entry.kind)
+    # resolved (and confined) above: a catalog model's cached file is not in the configured folders
+    return load_model(str(path), entry.config, name=entry.name, chat_template=entry.chat_template, kind=entry.kind)
 
 
 def estimate_bytes(settings: ServerSettings, entry: ModelEntry) -> int:

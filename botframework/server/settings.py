@@ -123,6 +123,29 @@ class ServerSettings:
                                               keep_alive_s=self.keep_alive_s, aliases=aliases))
         return entries
 
+    def entry_for_load(self, spec: str) -> ModelEntry:
+        """A model that POST /v1/models/{spec}/load names but no one declared: a catalog name or
+        hf: spec already in the cache, or a .gguf path inside the configured model folders (no
+        folders configured: no paths over HTTP). Loaded lazily, kept alive as --keep-alive says.
+        Blocking (it checks the file)."""
+        from botframework.errors import InvalidRequestError, ModelNotFoundError
+        from botframework.runtime.catalog import CATALOG
+        from botframework.runtime.hub import HF_PREFIX
+        from botframework.runtime.pull import resolve_model
+
+        is_path = spec.endswith(".gguf") and not spec.startswith(HF_PREFIX)
+        if spec not in CATALOG and not spec.startswith(HF_PREFIX) and not is_path:
+            raise ModelNotFoundError(f"The model '{spec}' does not exist: not declared, not in the catalog, "
+                                     "not a .gguf path")
+        if is_path and not self.allowed_dirs:
+            raise InvalidRequestError("this server loads model files only from its configured folders, and has "
+                                      "none: start it with --models-dir DIR", param="model")
+        path = resolve_model(spec, allowed_dirs=self.allowed_dirs)  # confined, cached, a GGUF: or an error
+        name = model_id_for(spec)
+        aliases = tuple(dict.fromkeys(alias for alias in (spec, str(path)) if alias != name))
+        return ModelEntry(name=name, source=str(path) if is_path else spec, aliases=aliases,
+                          config=self.worker_config(), keep_alive_s=self.keep_alive_s)
+
     def _entry(self, table: Mapping[str, Any]) -> ModelEntry:
         """One [[models]] table: name, aliases, source (or model / path), kind, load, keep_alive,
         sha256, chat_template, and how it runs (n_ctx, parallel, threads, threads_batch,

@@ -226,3 +226,34 @@ def test_the_context_and_slots_fit_the_memory_budget(models_dir: Path) -> None:
         assert meta["num_slots"] == 2  # one per 1,024 cells, at least 2
         stats = httpx.get(f"{url}/v1/stats", timeout=30).json()
         assert stats["num_busy_slots"] == 0 and chat(url, "alpha").status_code == 200
+
+
+def test_load_declares_a_file_dropped_in_the_folder_or_a_cached_catalog_model(
+        server: str, models_dir: Path, model_path: Path, tmp_path: Path) -> None:
+    """What the SDKs' New("path/to/model.gguf") does: POST /v1/models/{path}/load declares a
+    .gguf inside the configured folders (once: the same file again is the same model), or a
+    catalog model already in the cache; a file elsewhere and an unknown name are refused."""
+    dropped = models_dir / "delta.gguf"
+    _place(model_path, dropped)
+    loaded = httpx.post(f"{server}/v1/models/{dropped}/load", timeout=120)
+    assert loaded.status_code == 200, loaded.text
+    assert loaded.json()["id"] == "delta" and loaded.json()["meta"]["state"] == "loaded"
+    assert chat(server, str(dropped)).status_code == 200  # the path is an alias of the model
+    again = httpx.post(f"{server}/v1/models/{dropped}/load", timeout=120)
+    assert again.json()["id"] == "delta"
+    assert states(server)["alpha"]["state"] in ("loaded", "unloaded")  # a file declared at start stays itself
+    assert httpx.post(f"{server}/v1/models/{models_dir / 'alpha.gguf'}/load", timeout=120).json()["id"] == "alpha"
+
+    elsewhere = tmp_path / "epsilon.gguf"
+    _place(model_path, elsewhere)
+    refused = httpx.post(f"{server}/v1/models/{elsewhere}/load", timeout=30)
+    assert refused.status_code == 400 and "outside" in refused.json()["error"]["message"], refused.text
+    assert "epsilon" not in states(server)
+
+    unknown = httpx.post(f"{server}/v1/models/no-such-model/load", timeout=30)
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found", unknown.text
+
+    catalog = httpx.post(f"{server}/v1/models/smollm2-135m-instruct/load", timeout=120)
+    assert catalog.status_code == 200, catalog.text
+    assert catalog.json()["id"] == "smollm2-135m-instruct"
+    assert chat(server, "smollm2-135m-instruct").status_code == 200

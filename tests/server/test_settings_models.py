@@ -110,3 +110,25 @@ def test_a_model_flag_replaces_the_configs_models(tmp_path: Path) -> None:
     one = ServerSettings.from_args(config=config, model=["smollm2-135m-instruct"])
     assert [(e.name, e.load) for e in one.model_entries()] == [("smollm2-135m-instruct", LoadPolicy.PRELOAD)]
     assert [e.name for e in ServerSettings.from_args(config=config).model_entries()] == ["a"]
+
+
+def test_a_model_named_only_by_a_load_request(tmp_path: Path) -> None:
+    """POST /v1/models/{spec}/load may declare a .gguf inside the configured folders; no folders
+    means no paths over HTTP; names that are neither a path nor the catalog's are unknown."""
+    from botframework.errors import InvalidRequestError, ModelNotFoundError
+
+    folder, elsewhere = tmp_path / "models", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    for path in (folder / "coder.gguf", elsewhere / "coder.gguf"):
+        path.write_bytes(b"GGUF" + bytes(60))
+    settings = ServerSettings(models_dirs=(folder,), keep_alive_s=30)
+    entry = settings.entry_for_load(str(folder / "coder.gguf"))
+    assert entry.name == "coder" and entry.load is LoadPolicy.LAZY and entry.keep_alive_s == 30
+    assert str(folder / "coder.gguf") in entry.aliases
+    with pytest.raises(InvalidRequestError, match="outside"):
+        settings.entry_for_load(str(elsewhere / "coder.gguf"))
+    with pytest.raises(InvalidRequestError, match="--models-dir"):
+        ServerSettings().entry_for_load(str(folder / "coder.gguf"))
+    with pytest.raises(ModelNotFoundError):
+        settings.entry_for_load("no-such-model")

@@ -4,22 +4,27 @@
                                             loading / unloaded / failed), memory, idle time
     GET  /v1/models/{id}                    one of them (by name or alias; 404 lists the names)
     POST /v1/models/{id}/load | /unload     load now / unload now (409-free: unload of a model
-                                            with requests in flight is a 503 busy)
+                                            with requests in flight is a 503 busy); load also
+                                            takes a cached catalog name or a .gguf path inside the
+                                            configured folders, and declares it first
 """
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi import Request as HTTPRequest
 
-from botframework.errors import ModelLoadError
-from botframework.runtime.registry import Registry
+from botframework.errors import ModelLoadError, ModelNotFoundError
+from botframework.runtime.registry import ModelEntry, Registry
 from botframework.server.auth import require_api_key
 from botframework.server.errors import APIError
 from botframework.server.generation import get_registry
 from botframework.server.runtime import Runtime
+from botframework.server.settings import ServerSettings
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -61,14 +66,33 @@ async def list_models_post(http: HTTPRequest) -> dict[str, Any]:
 
 @router.post("/v1/models/{model_id:path}/load")
 async def load_model(model_id: str, http: HTTPRequest) -> dict[str, Any]:
+    """Load a declared model, or first declare one the server may serve: a cached catalog
+    model or a .gguf file inside its configured folders (SDKs' New("path/to/model.gguf"))."""
     registry = get_registry(http)
-    _find(http, model_id)
     try:
-        await registry.load(model_id)
+        name = registry.entry(model_id).name
+    except ModelNotFoundError:
+        settings: ServerSettings = http.app.state.settings
+        entry = await asyncio.to_thread(settings.entry_for_load, model_id)
+        try:
+            name = registry.declare(entry, same=lambda known: _same_source(known, entry)).name
+        except ValueError as exc:
+            raise APIError(400, str(exc), param="model", code="model_name_taken") from None
+    try:
+        await registry.load(name)
     except ModelLoadError as exc:
         raise APIError(503, f"The model is not available: {exc}", type="service_unavailable",
                        code="model_unavailable", headers={"Retry-After": "5"}) from None
-    return _find(http, model_id)
+    return _find(http, name)
+
+
+def _same_source(known: ModelEntry, entry: ModelEntry) -> bool:
+    if known.source == entry.source:
+        return True
+    try:
+        return Path(known.source).resolve() == Path(entry.source).resolve() and entry.source.endswith(".gguf")
+    except OSError:
+        return False
 
 
 @router.post("/v1/models/{model_id:path}/unload")
