@@ -11,6 +11,8 @@ modules whose names start with `_` are private to their package.
 """
 
 from botframework.errors import (
+    APIStatusError,
+    AuthenticationError,
     BotframeworkError,
     BusyError,
     CancelledError,
@@ -24,6 +26,7 @@ from botframework.errors import (
     ModelNotFoundError,
     NativeError,
     OutputValidationError,
+    ServerUnavailableError,
     UnsupportedSchemaError,
 )
 
@@ -37,10 +40,16 @@ def __getattr__(name: str) -> object:
         from botframework import api
 
         return getattr(api, name)
+    if name in ("Client", "AsyncClient", "Session", "AsyncSession"):
+        from botframework import client
+
+        return getattr(client, name)
     raise AttributeError(f"module 'botframework' has no attribute {name!r}")
 
 
 __all__ = [
+    "APIStatusError", "AsyncClient", "AsyncSession", "AuthenticationError", "Client", "Session",
+    "ServerUnavailableError",
     "BotframeworkError", "BusyError", "CancelledError", "ChatResult", "ClosedError", "CompletionResult",
     "ContextLengthExceededError", "GenerationResult", "GrammarError", "InvalidRequestError", "LocalLLM",
     "ModelError", "ModelFetchError", "ModelLoadError", "ModelNotFoundError", "NativeError", "OutputValidationError",

@@ -33,7 +33,8 @@ from botframework.runtime.requests import (
     build_request,
 )
 from botframework.runtime.stream import DeltaStream, collect
-from botframework.scheduler.output import Delta, Usage
+from botframework.scheduler.output import Usage
+from botframework.session import Session
 from botframework.specs import GrammarSpec
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class GenerationResult:
     logprobs: tuple[tuple[int, float, tuple[tuple[int, float], ...]], ...] = ()
     # chat only: the parsed assistant message (text is its content)
     message: AssistantMessage | None = None
+    id: str = ""  # the request's id: what cancel() takes while it runs
 
     @property
     def tool_calls(self) -> tuple[ToolCall, ...]:
@@ -254,6 +256,28 @@ class LocalLLM:
     def tokenize(self, text: str) -> list[int]:
         return self.handle.tokenize(text, add_special=False)
 
+    # -- sessions, cancellation, models (as botframework.client.Client has them) -------------
+    def session(self, session_id: str | None = None, *, system: str | None = None, **defaults: Any) -> Session:
+        """A conversation whose turns reuse the model's KV state: each turn prefills only its
+        new tokens (botframework.session)."""
+        return Session(self, session_id, system=system, **defaults)
+
+    def drop_session(self, session_id: str) -> bool:
+        """Free a session's KV state; False if it had none."""
+        return self.handle.drop_session(session_id)
+
+    def cancel(self, request_or_session_id: str) -> int:
+        """Stop a running or queued request (a result's or stream's `id`) or a session's
+        requests, from any thread; the number stopped."""
+        return self.handle.cancel(request_or_session_id)
+
+    def models(self) -> list[dict[str, Any]]:
+        """This model's card, in the shape Client.models() returns."""
+        handle = self.handle
+        return [{"id": handle.model_id, "object": "model", "owned_by": "botframework",
+                 "meta": {"state": "loaded", "n_ctx": handle.n_ctx, "n_vocab": handle.n_vocab, "kind": handle.kind,
+                          "num_slots": handle.worker.num_slots, "memory_bytes": handle.memory_bytes()}}]
+
     # -- shared -----------------------------------------------------------------------------
     def _stream(self, tokens: list[int], options: GenerationOptions, *, extra_stops: tuple[str, ...] = (),
                 grammar: GrammarSpec | None = None, truncated_tokens: int = 0) -> DeltaStream:
@@ -271,9 +295,10 @@ def _messages(messages: Messages, system: str | None) -> list[dict[str, Any]]:
     return msgs
 
 
-def _collect(deltas: Iterator[Delta]) -> GenerationResult:
+def _collect(deltas: DeltaStream) -> GenerationResult:
     """A whole result from a stream (runtime.stream.collect, the server's accumulator too)."""
     done = collect(deltas)
     finish_reason, usage = done.final()
     return GenerationResult(text=done.text, finish_reason=finish_reason.value, usage=usage,
-                            token_ids=tuple(done.token_ids), timings=done.timings, logprobs=tuple(done.logprobs))
+                            token_ids=tuple(done.token_ids), timings=done.timings, logprobs=tuple(done.logprobs),
+                            id=deltas.handle.request_id)

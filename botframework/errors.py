@@ -15,7 +15,11 @@
     ├── OutputValidationError      finished constrained output fails its schema (HTTP 500)
     ├── BusyError                  admission queue full                      (HTTP 503)
     ├── CancelledError             the request was cancelled
-    └── ClosedError                the object was closed / the engine stopped
+    ├── ClosedError                the object was closed / the engine stopped
+    │   HTTP clients (botframework.client) only:
+    ├── ServerUnavailableError     no server answers at the URL (also a ConnectionError)
+    ├── AuthenticationError        missing or wrong API key                  (HTTP 401)
+    └── APIStatusError             any other error status the server answered
 
 Callers map these by type (HTTP status, CLI exit code), never by message text.
 """
@@ -23,6 +27,7 @@ Callers map these by type (HTTP status, CLI exit code), never by message text.
 from __future__ import annotations
 
 __all__ = [
+    "APIStatusError", "AuthenticationError", "ServerUnavailableError",
     "BotframeworkError", "BusyError", "CancelledError", "ClosedError", "ContextLengthExceededError", "DecodeError",
     "GrammarError", "InvalidRequestError", "KVCacheFullError", "ModelError", "ModelFetchError", "ModelLoadError",
     "ModelNotFoundError", "NativeError", "OutputValidationError", "UnsupportedSchemaError",
@@ -121,3 +126,20 @@ class CancelledError(BotframeworkError):
 
 class ClosedError(BotframeworkError):
     """The model, context or engine has been closed."""
+
+
+class ServerUnavailableError(BotframeworkError, ConnectionError):
+    """No botframework server answers at the client's URL (refused, unreachable, gone mid-way)."""
+
+
+class AuthenticationError(BotframeworkError):
+    """The server wants an API key and got none or a wrong one (HTTP 401)."""
+
+
+class APIStatusError(BotframeworkError):
+    """An error status the server answered that no other class here describes."""
+
+    def __init__(self, message: str, *, status_code: int, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code

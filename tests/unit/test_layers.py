@@ -40,7 +40,8 @@ print(json.dumps(out))
 PLAIN = ["botframework", "botframework.errors", "botframework.specs", "botframework.config",
          "botframework.engine.step", "botframework.engine", "botframework.scheduler",
          "botframework.scheduler.scheduler", "botframework.chat", "botframework.chat.plan",
-         "botframework.server.app", "botframework.server.routes.chat", "botframework.native.jsontext"]
+         "botframework.server.app", "botframework.server.routes.chat", "botframework.native.jsontext",
+         "botframework.api", "botframework.client", "botframework.session"]
 NATIVE = ["botframework.native.model", "botframework.engine.engine", "botframework.runtime.worker"]
 
 

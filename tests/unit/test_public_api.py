@@ -15,13 +15,16 @@ import botframework
 
 # The top level: a change here is an API change, so it is spelled out.
 TOP_LEVEL = {
+    "APIStatusError", "AsyncClient", "AsyncSession", "AuthenticationError", "Client", "ServerUnavailableError",
+    "Session",
     "BotframeworkError", "BusyError", "CancelledError", "ChatResult", "ClosedError", "CompletionResult",
     "ContextLengthExceededError", "GenerationResult", "GrammarError", "InvalidRequestError", "LocalLLM",
     "ModelError", "ModelFetchError", "ModelLoadError", "ModelNotFoundError", "NativeError", "OutputValidationError",
     "UnsupportedSchemaError",
 }
 PUBLIC = ["botframework", "botframework.errors", "botframework.specs", "botframework.config", "botframework.native",
-          "botframework.engine", "botframework.scheduler", "botframework.chat", "botframework.server"]
+          "botframework.engine", "botframework.scheduler", "botframework.chat", "botframework.server",
+          "botframework.client", "botframework.session"]
 # names that need the compiled module to resolve (loaded on first use)
 NATIVE_NAMES = {"LocalLLM", "ChatResult", "CompletionResult", "GenerationResult", "Batch", "Context",
                 "ContextParams", "KVMemory", "Model", "ModelParams", "SamplerChain", "Engine"}
