@@ -1,0 +1,3 @@
+module github.com/botframework/botframework/sdk/go
+
+go 1.22
