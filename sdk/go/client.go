@@ -73,7 +73,7 @@ func NewContext(ctx context.Context, model string, opts ...Option) (*Client, err
 
 	probe := c
 	if cfg.autoStart { // one quick look: no retries before starting a server ourselves
-		probe = &Client{base: c.base, hc: c.hc}
+		probe = &Client{base: c.base, hc: c.hc, timeout: c.timeout}
 	}
 	health, err := probe.health(ctx)
 	load := model
@@ -188,6 +188,11 @@ func (e *unreachableError) Unwrap() error { return e.err }
 
 func (c *Client) healthOnce(ctx context.Context) (healthInfo, error) {
 	var h healthInfo
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
 	resp, err := c.sendOnce(ctx, http.MethodGet, "/health", nil)
 	if err != nil {
 		return h, &unreachableError{transportError(ctx, c.base, err)}
