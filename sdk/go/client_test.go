@@ -583,10 +583,22 @@ func TestAutoStartErrors(t *testing.T) {
 	if runtimeHasShell() {
 		script := filepath.Join(t.TempDir(), "fake-botframework")
 		os.WriteFile(script, []byte("#!/bin/sh\necho \"cannot load model: $*\" >&2\nexit 3\n"), 0o755)
-		_, err = New("m", WithServerCommand(script))
-		if !errors.Is(err, ErrServerUnavailable) || !strings.Contains(err.Error(), "cannot load model: serve --host 127.0.0.1 --port") ||
-			!strings.Contains(err.Error(), "--model m") {
+		base := freeAddr(t)
+		_, err = New("m", WithBaseURL(base), WithServerCommand(script), WithServerArgs("--parallel", "3"))
+		want := "cannot load model: serve --host 127.0.0.1 --port " + base[strings.LastIndex(base, ":")+1:] +
+			" --model m --parallel 3"
+		if !errors.Is(err, ErrServerUnavailable) || !strings.Contains(err.Error(), want) {
 			t.Fatalf("a server that exits: %v", err)
+		}
+		// without a configured URL: a free port, and the URL to reach it
+		proc, url, err := startServer(context.Background(), &config{serverCmd: script}, DefaultBaseURL, false, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-proc.done
+		if !strings.HasPrefix(url, "http://127.0.0.1:") || url == DefaultBaseURL ||
+			!strings.Contains(proc.out.String(), "--port "+url[len("http://127.0.0.1:"):]+"\n") {
+			t.Fatalf("%s: %q", url, proc.out.String())
 		}
 	}
 }
