@@ -19,12 +19,12 @@ const (
 
 // Message is one turn of a conversation.
 type Message struct {
-	Role       string     `json:"role"`                   // RoleSystem, RoleUser, RoleAssistant or RoleTool
-	Content    string     `json:"content"`                // the text
-	Name       string     `json:"name,omitempty"`         // an optional participant name
-	ToolCalls  []ToolCall `json:"tool_calls,omitempty"`   // an assistant turn's tool calls
-	ToolCallID string     `json:"tool_call_id,omitempty"` // a tool turn: the call it answers
-	Reasoning  string     `json:"reasoning_content,omitempty"`
+	Role       string     `json:"role"`                        // RoleSystem, RoleUser, RoleAssistant or RoleTool
+	Content    string     `json:"content"`                     // the text
+	Name       string     `json:"name,omitempty"`              // an optional participant name
+	ToolCalls  []ToolCall `json:"tool_calls,omitempty"`        // an assistant turn's tool calls
+	ToolCallID string     `json:"tool_call_id,omitempty"`      // a tool turn: the call it answers
+	Reasoning  string     `json:"reasoning_content,omitempty"` // an assistant turn's reasoning, if kept
 }
 
 // SystemMessage is a system turn: instructions for the model.
@@ -88,17 +88,17 @@ func Ptr[T any](v T) *T { return &v }
 // ResponseFormat is OpenAI's response_format: {"type": "text" | "json_object" |
 // "json_schema", "json_schema": {...}}.
 type ResponseFormat struct {
-	Type       string            `json:"type"`
-	JSONSchema *JSONSchemaFormat `json:"json_schema,omitempty"`
+	Type       string            `json:"type"`                  // "text", "json_object" or "json_schema"
+	JSONSchema *JSONSchemaFormat `json:"json_schema,omitempty"` // the schema, for "json_schema"
 }
 
 // JSONSchemaFormat is response_format's json_schema: the server's grammar makes the answer
 // valid JSON for Schema.
 type JSONSchemaFormat struct {
-	Name        string `json:"name"`
-	Description string `json:"description,omitempty"`
-	Schema      any    `json:"schema"` // a *Schema, map[string]any or json.RawMessage
-	Strict      bool   `json:"strict"`
+	Name        string `json:"name"`                  // letters, digits, _ and -
+	Description string `json:"description,omitempty"` // what the answer is
+	Schema      any    `json:"schema"`                // a *Schema, map[string]any or json.RawMessage
+	Strict      bool   `json:"strict"`                // always enforced here; sent for OpenAI's shape
 }
 
 // JSONSchemaFor is the response format for answers that decode into v's type (see
@@ -135,7 +135,7 @@ type Result struct {
 	Reasoning    string     // reasoning_content, for models that think before answering
 	FinishReason string     // "stop", "length" (max_tokens reached) or "tool_calls"
 	ToolCalls    []ToolCall // the tools the model called, if any
-	Usage        Usage
+	Usage        Usage      // the tokens it took
 }
 
 // Message is the assistant turn that r is, to append to a conversation's history.

@@ -183,7 +183,10 @@ func (c *Client) health(ctx context.Context) (healthInfo, error) {
 // unreachableError marks healthOnce's transport failures (retried by health).
 type unreachableError struct{ err error }
 
+// Error is the transport error's message.
 func (e *unreachableError) Error() string { return e.err.Error() }
+
+// Unwrap is the transport error.
 func (e *unreachableError) Unwrap() error { return e.err }
 
 func (c *Client) healthOnce(ctx context.Context) (healthInfo, error) {

@@ -19,19 +19,19 @@ type ModelInfo struct {
 
 // ModelMeta is botframework's state of a declared model.
 type ModelMeta struct {
-	State       string   `json:"state"` // "loaded", "loading", "unloaded", "unloading" or "failed"
-	Error       string   `json:"error,omitempty"`
-	Kind        string   `json:"kind,omitempty"` // "chat" or "embedding" (loaded models)
-	Aliases     []string `json:"aliases,omitempty"`
-	Load        string   `json:"load,omitempty"` // "preload" (at start) or "lazy" (on first use)
-	NCtx        int      `json:"n_ctx,omitempty"`
-	NVocab      int      `json:"n_vocab,omitempty"`
+	State       string   `json:"state"`               // "loaded", "loading", "unloaded", "unloading" or "failed"
+	Error       string   `json:"error,omitempty"`     // why the last load failed
+	Kind        string   `json:"kind,omitempty"`      // "chat" or "embedding" (loaded models)
+	Aliases     []string `json:"aliases,omitempty"`   // other names requests may use
+	Load        string   `json:"load,omitempty"`      // "preload" (at start) or "lazy" (on first use)
+	NCtx        int      `json:"n_ctx,omitempty"`     // KV cells (context tokens) shared by its slots
+	NVocab      int      `json:"n_vocab,omitempty"`   // vocabulary size
 	NumSlots    int      `json:"num_slots,omitempty"` // sequences it runs at once
-	NumInFlight int      `json:"num_in_flight"`
-	NumLoads    int      `json:"num_loads"`
-	MemoryBytes int64    `json:"memory_bytes"`
-	IdleS       float64  `json:"idle_s"`
-	KeepAliveS  float64  `json:"keep_alive_s"` // idle seconds before it unloads; -1: never
+	NumInFlight int      `json:"num_in_flight"`       // requests using it now
+	NumLoads    int      `json:"num_loads"`           // times it was loaded
+	MemoryBytes int64    `json:"memory_bytes"`        // memory it takes while loaded
+	IdleS       float64  `json:"idle_s"`              // seconds since its last request
+	KeepAliveS  float64  `json:"keep_alive_s"`        // idle seconds before it unloads; -1: never
 }
 
 // Models lists the models the server declares, loaded or not (GET /v1/models).

@@ -18,25 +18,25 @@ import (
 // with the properties in the order of the struct's fields (a model writes them in that
 // order: put a "reasoning" field before an "answer" one).
 type Schema struct {
-	Ref                  string     // "$ref": "#/$defs/Name" for a recursive type
-	Type                 string     // "object", "array", "string", "integer", "number", "boolean"; "" any
-	Description          string     // from a field's `description:"..."` tag
-	Format               string     // "date-time" for time.Time
-	Enum                 []any      // from a field's `enum:"a,b,c"` tag
-	Properties           []Property // an object's properties, in order
-	Required             []string   // the properties without omitempty / omitzero
-	AdditionalProperties any        // false (a struct), or a *Schema for a map's values; nil: unset
-	Items                *Schema    // an array's items
-	MinItems             *int       // an array's (Go arrays: its length)
-	MaxItems             *int
+	Ref                  string             // "$ref": "#/$defs/Name" for a recursive type
+	Type                 string             // "object", "array", "string", "integer", "number", "boolean"; "" any
+	Description          string             // from a field's `description:"..."` tag
+	Format               string             // "date-time" for time.Time
+	Enum                 []any              // from a field's `enum:"a,b,c"` tag
+	Properties           []Property         // an object's properties, in order
+	Required             []string           // the properties without omitempty / omitzero
+	AdditionalProperties any                // false (a struct), or a *Schema for a map's values; nil: unset
+	Items                *Schema            // an array's items
+	MinItems             *int               // an array's least length (a Go array's length)
+	MaxItems             *int               // an array's greatest length (a Go array's length)
 	Minimum              *float64           // 0 for unsigned integers
 	Defs                 map[string]*Schema // "$defs" of the root: recursive types
 }
 
 // Property is one of an object schema's properties.
 type Property struct {
-	Name   string
-	Schema *Schema
+	Name   string  // the JSON key
+	Schema *Schema // its value's schema
 }
 
 // SchemaProvider lets a type give its own schema to SchemaOf (for types with a custom
@@ -119,6 +119,7 @@ func (s *Schema) MarshalJSON() ([]byte, error) {
 
 type orderedProperties []Property
 
+// MarshalJSON writes the properties as one object, in their order.
 func (ps orderedProperties) MarshalJSON() ([]byte, error) {
 	var b bytes.Buffer
 	b.WriteByte('{')

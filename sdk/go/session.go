@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"sync"
 )
 
 // Session is a conversation whose turns reuse the server's KV cache: every request carries
@@ -17,16 +18,17 @@ import (
 type Session struct {
 	c       *Client
 	id      string
-	turn    chan struct{} // holds a token while a turn runs
+	turn    chan struct{} // holds a token while a turn runs (a stream's: until it ends)
+	mu      sync.Mutex    // guards history
 	history []Message
 }
 
 // SessionInfo is where the server keeps a session's state (GET /v1/sessions/{id}).
 type SessionInfo struct {
-	ID              string `json:"id"`
-	Model           string `json:"model"`
-	State           string `json:"state"` // "new", "busy", "idle" (in a slot), "evicted", "parked", ...
-	NumCachedTokens int    `json:"num_cached_tokens"`
+	ID              string `json:"id"`                // the session's id
+	Model           string `json:"model"`             // the model its state belongs to
+	State           string `json:"state"`             // "new", "busy", "idle" (in a slot), "evicted", "parked", ...
+	NumCachedTokens int    `json:"num_cached_tokens"` // tokens of the conversation the server keeps
 }
 
 // Session starts a conversation (POST /v1/sessions). Close it to free the server's state.
@@ -54,23 +56,33 @@ func (c *Client) ResumeSession(id string, history ...Message) *Session {
 // ID is the session's id (what Client.Cancel takes to stop its requests).
 func (s *Session) ID() string { return s.id }
 
-// History is a copy of the conversation so far.
+// History is a copy of the conversation so far (a running turn joins it when it ends).
 func (s *Session) History() []Message {
-	if err := s.acquire(context.Background()); err != nil {
-		return nil
-	}
-	defer s.release()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return append([]Message(nil), s.history...)
 }
 
 // Add appends messages to the history without asking for an answer, e.g. a system message
 // first.
 func (s *Session) Add(msgs ...Message) {
-	if err := s.acquire(context.Background()); err != nil {
-		return
-	}
-	defer s.release()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.history = append(s.history, msgs...)
+}
+
+// turnMessages is the history with msgs after it: what a turn sends.
+func (s *Session) turnMessages(msgs []Message) []Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append(append([]Message(nil), s.history...), msgs...)
+}
+
+// record adds a finished turn: its new messages and the answer.
+func (s *Session) record(msgs []Message, res *Result) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.history = append(append(s.history, msgs...), res.Message())
 }
 
 func (s *Session) acquire(ctx context.Context) error {
@@ -115,12 +127,11 @@ func (s *Session) ChatMessagesContext(ctx context.Context, msgs []Message, opts 
 		return nil, err
 	}
 	defer s.release()
-	turn := append(append([]Message(nil), s.history...), msgs...)
-	res, err := s.c.ChatMessagesContext(ctx, turn, s.options(opts))
+	res, err := s.c.ChatMessagesContext(ctx, s.turnMessages(msgs), s.options(opts))
 	if err != nil {
 		return nil, err
 	}
-	s.history = append(turn, res.Message())
+	s.record(msgs, res)
 	return res, nil
 }
 
@@ -136,24 +147,22 @@ func (s *Session) ChatStreamContext(ctx context.Context, prompt string, opts *Ch
 	if err := s.acquire(ctx); err != nil {
 		return nil, err
 	}
-	turn := append(append([]Message(nil), s.history...), UserMessage(prompt))
-	stream, err := s.c.ChatMessagesStreamContext(ctx, turn, s.options(opts))
+	msgs := []Message{UserMessage(prompt)}
+	stream, err := s.c.ChatMessagesStreamContext(ctx, s.turnMessages(msgs), s.options(opts))
 	if err != nil {
 		s.release()
 		return nil, err
 	}
-	stream.onEnd = func(res *Result, err error) {
+	end := func(res *Result, err error) {
 		if err == nil {
-			s.history = append(turn, res.Message())
+			s.record(msgs, res)
 		}
 		s.release()
 	}
-	if stream.done.Load() { // it ended before the hook was set: run it now
-		if stream.err == nil {
-			s.history = append(turn, stream.Result().Message())
-		}
-		s.release()
-		stream.onEnd = nil
+	if stream.done.Load() { // it ended while opening (a short answer): the turn is over
+		end(stream.Result(), stream.err)
+	} else {
+		stream.onEnd = end
 	}
 	return stream, nil
 }

@@ -28,10 +28,10 @@ type Delta struct {
 // ToolCallDelta is a piece of a streamed tool call: the first piece of a call has its ID and
 // Name, later ones more Arguments text. Index tells the calls of one answer apart.
 type ToolCallDelta struct {
-	Index     int
-	ID        string
-	Name      string
-	Arguments string
+	Index     int    // which call of the answer
+	ID        string // the call's id (first piece)
+	Name      string // the tool's name (first piece)
+	Arguments string // more of the arguments' JSON text
 }
 
 // Stream is a streamed answer. Read it like a bufio.Scanner:
