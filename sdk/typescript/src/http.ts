@@ -82,6 +82,12 @@ export class Call {
     }
   }
 
+  /** Stop the timeout (while a server is being started: that has its own limit). */
+  pause(): void {
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
   /** Stop the request (closes its connection). */
   abort(reason?: unknown): void {
     this.controller.abort(reason);
@@ -252,7 +258,10 @@ export class Transport {
         }
         if (!triedStart && this.options.onUnreachable !== undefined) {
           triedStart = true;
-          if (await this.options.onUnreachable()) continue;
+          call.pause();
+          const started = await this.options.onUnreachable();
+          call.touch();
+          if (started) continue;
         }
         if (attempt < this.options.retries) {
           attempt++;

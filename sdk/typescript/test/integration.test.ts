@@ -8,6 +8,7 @@
  */
 
 import assert from "node:assert/strict";
+import { basename, relative } from "node:path";
 import { after, before, describe, it } from "node:test";
 
 import {
@@ -25,6 +26,7 @@ import { watchUnhandled } from "./helpers/fake.js";
 import { validate } from "./helpers/schema.js";
 import {
   MODEL,
+  cachedGGUF,
   freePort,
   serverExecutable,
   sharedServer,
@@ -347,12 +349,14 @@ describe("without a server", () => {
     });
   });
 
-  it("autoStart starts `botframework serve`, and close() stops it", async () => {
+  it("autoStart starts `botframework serve` for a relative .gguf path, and close() stops it", async () => {
+    const gguf = cachedGGUF();
+    const model = relative(process.cwd(), gguf); // the client makes it absolute
     const port = await freePort();
     const baseURL = `http://127.0.0.1:${port}`;
     let output = "";
     const llm = await Client.connect({
-      model: MODEL,
+      model,
       baseURL,
       autoStart: true,
       serverCommand: serverExecutable(),
@@ -364,8 +368,11 @@ describe("without a server", () => {
     try {
       const proc = llm.serverProcess;
       assert.ok(proc?.running, "the client started a server");
+      assert.ok(proc.child.spawnargs.includes(gguf), `the server was given the absolute path: ${proc.child.spawnargs.join(" ")}`);
+      assert.equal(llm.model, basename(gguf, ".gguf"), "the id the load endpoint answered");
       const res = await llm.chat("Hi", { maxTokens: 4 });
       assert.ok(res.text.length > 0);
+      assert.equal(res.model, llm.model);
     } finally {
       await llm.close();
     }

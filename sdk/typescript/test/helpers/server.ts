@@ -5,8 +5,9 @@
  * starting a server throws (the tests fail with that message; they are never skipped).
  */
 
-import { accessSync, constants } from "node:fs";
+import { accessSync, constants, readdirSync } from "node:fs";
 import { createServer } from "node:net";
+import { homedir } from "node:os";
 import { delimiter, join } from "node:path";
 
 import { Client, ServerProcess, type ServerStats } from "../../src/index.js";
@@ -30,6 +31,33 @@ export function serverExecutable(): string {
   throw new Error(
     "the integration tests need a botframework server: set BOTFRAMEWORK_BIN to the `botframework` " +
       "executable (e.g. BOTFRAMEWORK_BIN=/path/to/botframework npm test) or put `botframework` on PATH",
+  );
+}
+
+/**
+ * The test model's .gguf file: $BOTFRAMEWORK_TEST_GGUF, else SmolLM2-135M-Instruct*.gguf in
+ * botframework's model cache ($BOTFRAMEWORK_CACHE, else $XDG_CACHE_HOME/botframework, else
+ * ~/.cache/botframework). Throws when there is none.
+ */
+export function cachedGGUF(): string {
+  const explicit = process.env["BOTFRAMEWORK_TEST_GGUF"];
+  if (explicit) return explicit;
+  const roots: string[] = [];
+  if (process.env["BOTFRAMEWORK_CACHE"]) roots.push(process.env["BOTFRAMEWORK_CACHE"]);
+  if (process.env["XDG_CACHE_HOME"]) roots.push(join(process.env["XDG_CACHE_HOME"], "botframework"));
+  roots.push(join(homedir(), ".cache", "botframework"));
+  for (const root of roots) {
+    const dir = join(root, "models");
+    try {
+      const found = readdirSync(dir).filter((f) => /^SmolLM2-135M-Instruct.*\.gguf$/.test(f)).sort();
+      if (found[0] !== undefined) return join(dir, found[0]);
+    } catch {
+      // no such folder
+    }
+  }
+  throw new Error(
+    `no SmolLM2-135M-Instruct .gguf in botframework's model cache (${roots.join(", ")}): ` +
+      "pull the model (botframework pull smollm2-135m-instruct) or set BOTFRAMEWORK_TEST_GGUF",
   );
 }
 
