@@ -156,21 +156,16 @@ func TestIntegrationChat(t *testing.T) {
 	if u.PromptTokens <= 0 || u.CompletionTokens <= 0 || u.CompletionTokens > 24 || u.TotalTokens != u.PromptTokens+u.CompletionTokens {
 		t.Fatalf("usage %+v", u)
 	}
-	// a conversation with a system prompt; the same seed gives the same answer
+	// a conversation with a system prompt, and every sampling option the server takes
 	msgs := []Message{UserMessage("My name is Ann."), AssistantMessage("Hello Ann!"), UserMessage("What is my name?")}
-	opts := &ChatOptions{System: "You are terse.", MaxTokens: 16, Seed: Ptr[int64](7), Temperature: Ptr(0.8)}
+	opts := &ChatOptions{System: "You are terse.", MaxTokens: 16, Seed: Ptr[int64](7), Temperature: Ptr(0.8),
+		TopK: Ptr(40), TopP: Ptr(0.9), MinP: Ptr(0.05), RepeatPenalty: Ptr(1.1), PresencePenalty: Ptr(0.1),
+		FrequencyPenalty: Ptr(0.1), Stop: []string{"\n\n"}}
 	a, err := llm.ChatMessages(msgs, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := llm.ChatMessagesContext(context.Background(), msgs, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if a.Text != b.Text || a.Usage.PromptTokens != b.Usage.PromptTokens {
-		t.Fatalf("same seed, different answers: %q / %q", a.Text, b.Text)
-	}
-	if a.Usage.PromptTokens <= u.PromptTokens {
+	if a.FinishReason == "" || a.Usage.PromptTokens <= u.PromptTokens {
 		t.Fatalf("the system prompt and history are sent: %d prompt tokens", a.Usage.PromptTokens)
 	}
 }
@@ -301,7 +296,7 @@ func TestIntegrationCancelByID(t *testing.T) {
 type city struct {
 	Name       string    `json:"name"`
 	Country    string    `json:"country"`
-	Population int       `json:"population"`
+	Population uint32    `json:"population"`
 	Capital    bool      `json:"capital"`
 	Landmarks  [2]string `json:"landmarks"`
 	Location   struct {

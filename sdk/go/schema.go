@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"sort"
 	"strconv"
@@ -29,7 +30,8 @@ type Schema struct {
 	Items                *Schema            // an array's items
 	MinItems             *int               // an array's least length (a Go array's length)
 	MaxItems             *int               // an array's greatest length (a Go array's length)
-	Minimum              *float64           // 0 for unsigned integers
+	Minimum              *float64           // an integer's least value (from its Go type's range)
+	Maximum              *float64           // an integer's greatest value (from its Go type's range)
 	Defs                 map[string]*Schema // "$defs" of the root: recursive types
 }
 
@@ -107,6 +109,9 @@ func (s *Schema) MarshalJSON() ([]byte, error) {
 	if s.Minimum != nil {
 		add("minimum", *s.Minimum)
 	}
+	if s.Maximum != nil {
+		add("maximum", *s.Maximum)
+	}
 	if len(s.Defs) > 0 {
 		add("$defs", s.Defs) // encoding/json sorts the names
 	}
@@ -157,7 +162,8 @@ func (ps orderedProperties) MarshalJSON() ([]byte, error) {
 //   - maps with string, integer or encoding.TextMarshaler keys are objects whose values
 //     follow the element's schema
 //   - pointers are their element's schema (a nil pointer is left out only with omitempty)
-//   - string, bool, integers (unsigned ones with minimum 0) and floats are the JSON types;
+//   - string, bool, integers and floats are the JSON types; integers of 32 bits or less are
+//     bounded by their type's range (uint8: 0 to 255), unsigned ones are non-negative;
 //     time.Time is a date-time string; encoding.TextMarshaler types are strings;
 //     interface types and json.RawMessage are any JSON value; json.Number is a number
 //   - types that implement SchemaProvider give their own schema
@@ -300,10 +306,9 @@ func (g *schemaGen) schema(t reflect.Type, path string) (*Schema, error) {
 	switch t.Kind() {
 	case reflect.Bool:
 		return &Schema{Type: "boolean"}, nil
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
-		return &Schema{Type: "integer"}, nil
-	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
-		return &Schema{Type: "integer", Minimum: Ptr(0.0)}, nil
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		return intSchema(t), nil
 	case reflect.Float32, reflect.Float64:
 		return &Schema{Type: "number"}, nil
 	case reflect.String:
@@ -346,6 +351,26 @@ func (g *schemaGen) schema(t reflect.Type, path string) (*Schema, error) {
 		return g.object(t, path)
 	}
 	return nil, fmt.Errorf("botframework: schema of %s: a %s has no JSON schema", where(), t.Kind())
+}
+
+// intSchema bounds integers of 32 bits or less by their type's range (uint8: 0 to 255),
+// so that every value the schema allows fits; 64-bit ones would need 19 digits to
+// overflow, and are only kept non-negative when unsigned (their bounds are not float64s,
+// and would crowd tool definitions the model reads).
+func intSchema(t reflect.Type) *Schema {
+	s := &Schema{Type: "integer"}
+	signed := t.Kind() >= reflect.Int && t.Kind() <= reflect.Int64
+	if !signed {
+		s.Minimum = Ptr(0.0)
+	}
+	if bits := t.Bits(); bits <= 32 {
+		if signed {
+			s.Minimum, s.Maximum = Ptr(-math.Ldexp(1, bits-1)), Ptr(math.Ldexp(1, bits-1)-1)
+		} else {
+			s.Maximum = Ptr(math.Ldexp(1, bits) - 1)
+		}
+	}
+	return s
 }
 
 // ref defines a recursive struct type in $defs (once) and refers to it.
@@ -400,6 +425,7 @@ func (g *schemaGen) object(t reflect.Type, path string) (*Schema, error) {
 				if err != nil {
 					return nil, err
 				}
+				fs.Minimum, fs.Maximum = nil, nil // the values say it all (and bounds beside enum are refused)
 			}
 			if fs.Ref != "" { // keywords beside $ref are not enforced: keep the $ref alone
 				fs = &Schema{Ref: fs.Ref}

@@ -75,7 +75,7 @@ func TestSchemaOfStruct(t *testing.T) {
 		t.Fatalf("required\n got %v\nwant %v", s.Required, wantRequired)
 	}
 	checks := map[string]string{
-		"id": `{"type":"integer"}`, "name": `{"type":"string"}`, "age": `{"type":"integer","minimum":0}`,
+		"id": `{"type":"integer"}`, "name": `{"type":"string"}`, "age": `{"type":"integer","minimum":0,"maximum":255}`,
 		"score": `{"type":"number"}`, "active": `{"type":"boolean"}`, "nick": `{"type":"string"}`,
 		"tags":     `{"type":"array","items":{"type":"string"}}`,
 		"pair":     `{"type":"array","items":{"type":"integer"},"minItems":2,"maxItems":2}`,
@@ -232,6 +232,14 @@ func TestSchemaOfNonStructRoots(t *testing.T) {
 	}{
 		{[]string{}, `{"type":"array","items":{"type":"string"}}`},
 		{0, `{"type":"integer"}`},
+		{int8(0), `{"type":"integer","minimum":-128,"maximum":127}`},
+		{int32(0), `{"type":"integer","minimum":-2147483648,"maximum":2147483647}`},
+		{uint16(0), `{"type":"integer","minimum":0,"maximum":65535}`},
+		{uint32(0), `{"type":"integer","minimum":0,"maximum":4294967295}`},
+		{uint64(0), `{"type":"integer","minimum":0}`},
+		{struct {
+			L uint8 `json:"l" enum:"1,2"`
+		}{}, `{"type":"object","properties":{"l":{"type":"integer","enum":[1,2]}},"required":["l"],"additionalProperties":false}`},
 		{map[string]bool{}, `{"type":"object","additionalProperties":{"type":"boolean"}}`},
 		{struct{}{}, `{"type":"object","properties":{},"additionalProperties":false}`},
 		{json.Number("1"), `{"type":"number"}`},
