@@ -288,8 +288,14 @@ export class Client {
     return this.modelPromise;
   }
 
-  private async startServer(): Promise<boolean> {
-    if (this.server !== undefined || !isLoopback(this.baseURL)) return false;
+  /** autoStart: start a server when nothing answers (once at a time; again if the one this
+   * client started has exited since). */
+  private startServer(): Promise<boolean> {
+    if (!isLoopback(this.baseURL)) return Promise.resolve(false);
+    if (this.server !== undefined && !this.server.running) {
+      this.server = undefined;
+      this.starting = undefined;
+    }
     if (this.starting === undefined) {
       const starting = this.spawnServer();
       this.starting = starting;

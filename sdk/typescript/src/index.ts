@@ -11,7 +11,7 @@
 export { Client, loadPath, modelSpec, parseStructured } from "./client.js";
 export { Session, type SessionOptions } from "./session.js";
 export { ChatStream, CompletionStream } from "./stream.js";
-export { ServerProcess, serverCommand } from "./server.js";
+export { ServerProcess, serverCommand, type ExitInfo, type StartOptions } from "./server.js";
 export { SSEParser, readSSE, type SSEEvent } from "./sse.js";
 export { serverURL } from "./http.js";
 export {

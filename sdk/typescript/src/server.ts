@@ -37,6 +37,13 @@ function killAllOnExit(): void {
   }
 }
 
+export interface ExitInfo {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  /** Set when the executable could not be started at all. */
+  error?: Error;
+}
+
 export interface StartOptions {
   command: string;
   args: string[];
@@ -46,9 +53,8 @@ export interface StartOptions {
 
 export class ServerProcess {
   private tail = "";
-  /** Resolves when the child has exited (or could not start). */
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: Error }>;
-  private exitInfo: { code: number | null; signal: NodeJS.Signals | null; error?: Error } | undefined;
+  private readonly exitPromise: Promise<ExitInfo>;
+  private exitInfo: ExitInfo | undefined;
 
   private constructor(readonly child: ChildProcess, readonly command: string, onOutput?: (text: string) => void) {
     const keep = (buf: Buffer) => {
@@ -64,7 +70,7 @@ export class ServerProcess {
     };
     child.stdout?.on("data", keep);
     child.stderr?.on("data", keep);
-    this.exited = new Promise((resolve) => {
+    this.exitPromise = new Promise((resolve) => {
       child.once("error", (error) => {
         live.delete(child);
         this.exitInfo = { code: null, signal: null, error };
@@ -97,6 +103,13 @@ export class ServerProcess {
     return server;
   }
 
+  /** Resolves when the child has exited (or could not start). Waiting for it keeps this
+   * process alive until then. */
+  get exited(): Promise<ExitInfo> {
+    if (this.running) this.child.ref();
+    return this.exitPromise;
+  }
+
   get running(): boolean {
     return this.exitInfo === undefined;
   }
@@ -124,7 +137,7 @@ export class ServerProcess {
   /** Wait until GET {url}/health answers 200 (polling), the child exits, or timeoutMs passes. */
   async waitReady(url: string, timeoutMs: number, fetchImpl: FetchLike = fetch, signal?: AbortSignal): Promise<void> {
     const deadline = Date.now() + timeoutMs;
-    const exited = this.exited.then(() => "exited" as const);
+    const exited = this.exitPromise.then(() => "exited" as const);
     for (;;) {
       if (!this.running) throw new ServerUnavailableError(this.describeExit());
       if (signal?.aborted) throw new ServerUnavailableError("waiting for the server was aborted");
@@ -151,7 +164,7 @@ export class ServerProcess {
   /** SIGTERM, then SIGKILL when it has not exited after graceMs; resolves once it has exited. */
   async stop(graceMs = 10_000): Promise<void> {
     if (!this.running) return;
-    this.child.ref(); // keep this process alive until the child is gone
+    const exited = this.exited; // keeps this process alive until the child is gone
     this.child.kill("SIGTERM");
     let timer: ReturnType<typeof setTimeout> | undefined;
     const killed = new Promise<void>((resolve) => {
@@ -160,8 +173,8 @@ export class ServerProcess {
         resolve();
       }, graceMs);
     });
-    await Promise.race([this.exited, killed]);
+    await Promise.race([exited, killed]);
     clearTimeout(timer);
-    await this.exited;
+    await exited;
   }
 }

@@ -135,7 +135,7 @@ abstract class EventStream<D> implements AsyncIterableIterator<D> {
   /** The next delta. After close() (or a break out of a for-await loop) the stream is over. */
   async next(): Promise<IteratorResult<D, undefined>> {
     for (;;) {
-      if (!this.closed && this.controller.signal.aborted) {
+      if (!this.closed && !this.done && this.controller.signal.aborted) {
         // the caller's signal: nothing more is handed out, not even what was already read
         this.ready.length = 0;
         await this.source.return(undefined).catch(() => undefined);
