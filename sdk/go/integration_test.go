@@ -284,13 +284,37 @@ func TestIntegrationCancelByID(t *testing.T) {
 		t.Fatalf("a cancelled stream ends cleanly: %v", err)
 	}
 	res := stream.Result()
-	if res.FinishReason == "length" || res.Usage.CompletionTokens >= 2000 {
+	if res.FinishReason == "length" || res.Usage.CompletionTokens == 0 || res.Usage.CompletionTokens >= 2000 {
 		t.Fatalf("the request was not stopped: %+v", res)
 	}
 	waitIdle(t, llm)
 	if n, err := llm.Cancel(stream.ID()); err != nil || n != 0 {
 		t.Fatalf("cancelling a finished request: %d, %v", n, err)
 	}
+
+	// a session's id cancels its running turn
+	sess, err := llm.Session()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	turn, err := sess.ChatStream("Tell me a very long story.", long())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer turn.Close()
+	if !turn.Next() {
+		t.Fatal(turn.Err())
+	}
+	if n, err := sess.Cancel(); err != nil || n != 1 {
+		t.Fatalf("Session.Cancel = %d, %v", n, err)
+	}
+	for turn.Next() {
+	}
+	if n := turn.Result().Usage.CompletionTokens; n == 0 || n >= 2000 {
+		t.Fatalf("the turn was not stopped: %+v", turn.Result())
+	}
+	waitIdle(t, llm)
 }
 
 type city struct {
@@ -637,12 +661,22 @@ func TestIntegrationGGUFPath(t *testing.T) {
 	if err != nil {
 		rel = path
 	}
-	llm := dedicated(t, rel, WithServerArgs("--parallel", "1", "--ctx-size", "2048"))
-	if want := strings.TrimSuffix(filepath.Base(path), ".gguf"); llm.Model() != want {
+	// auto-started with the path as its model
+	llm := dedicated(t, rel, WithServerArgs("--parallel", "1", "--ctx-size", "2048", "--models-dir", filepath.Dir(path)))
+	want := strings.TrimSuffix(filepath.Base(path), ".gguf")
+	if llm.Model() != want {
 		t.Fatalf("model id %q, want %q", llm.Model(), want)
 	}
 	if res, err := llm.Chat("hi", &ChatOptions{MaxTokens: 4}); err != nil || res.Model != llm.Model() {
 		t.Fatalf("%v %+v", err, res)
+	}
+	// a running server asked for the path: POST /v1/models/{absolute path}/load
+	again, err := New(rel, WithBaseURL(llm.BaseURL()))
+	if err != nil {
+		t.Fatalf("loading by path: %v", err)
+	}
+	if again.Model() != want {
+		t.Fatalf("loading by path: model id %q, want %q", again.Model(), want)
 	}
 }
 
