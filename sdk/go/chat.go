@@ -380,9 +380,6 @@ func (c *Client) ChatMessagesIntoContext(ctx context.Context, msgs []Message, v 
 	return res, nil
 }
 
-// ErrTruncated: a structured answer was cut off by max_tokens before its JSON was complete.
-var ErrTruncated = errors.New("botframework: answer truncated at max_tokens")
-
 func decodeAnswer(res *Result, v any) error {
 	if res.FinishReason == "length" {
 		return fmt.Errorf("%w (%d tokens): raise MaxTokens", ErrTruncated, res.Usage.CompletionTokens)

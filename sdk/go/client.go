@@ -58,8 +58,8 @@ func NewContext(ctx context.Context, model string, opts ...Option) (*Client, err
 		base = DefaultBaseURL
 	}
 	base = strings.TrimRight(base, "/")
-	if _, err := url.Parse(base); err != nil {
-		return nil, fmt.Errorf("botframework: invalid base URL %q: %w", base, err)
+	if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("botframework: invalid base URL %q: want http://host:port", base)
 	}
 	model, err := modelSpec(model)
 	if err != nil {

@@ -197,6 +197,9 @@ func TestServerUnavailable(t *testing.T) {
 	if errors.As(err, &apiErr) {
 		t.Fatalf("a transport failure is not an *APIError: %v", err)
 	}
+	if _, err := New("m", WithBaseURL("localhost:8000")); err == nil || !strings.Contains(err.Error(), "invalid base URL") {
+		t.Fatalf("a URL without a scheme: %v", err)
+	}
 	// something that is not botframework answers
 	other := httptest.NewServer(http.NotFoundHandler())
 	defer other.Close()

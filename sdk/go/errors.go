@@ -34,6 +34,8 @@ var (
 	// ErrCancelled: the server stopped the request (POST /v1/cancel or a deleted session)
 	// before it answered.
 	ErrCancelled = errors.New("botframework: request cancelled")
+	// ErrTruncated: ChatInto's answer was cut off by MaxTokens before its JSON was complete.
+	ErrTruncated = errors.New("botframework: answer truncated at max_tokens")
 )
 
 // APIError is an error the server answered with: OpenAI's
