@@ -31,8 +31,8 @@
 //
 // Errors the server sends are *APIError values. errors.Is tells the common cases apart:
 // ErrServerUnavailable, ErrUnauthorized, ErrModelNotFound, ErrBusy, ErrContextLength,
-// ErrBadRequest and ErrCancelled. Requests are retried only where that is safe (see
-// WithRetries).
+// ErrBadRequest and ErrCancelled; ErrTruncated is a ChatInto answer cut off by MaxTokens.
+// Requests are retried only where that is safe (see WithRetries).
 //
 // The package uses the standard library only.
 package botframework
