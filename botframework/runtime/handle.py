@@ -14,6 +14,7 @@ Native modules are imported on first use: importing this module needs no compile
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -203,6 +204,10 @@ class ModelHandle:
     def embed(self, inputs: list[str] | list[list[int]]) -> list[np.ndarray]:
         """One vector per text or token-id list (see ModelWorker.embed)."""
         return self.worker.embed(inputs)
+
+    def embed_submit(self, inputs: list[str] | list[list[int]]
+                     ) -> tuple[list[concurrent.futures.Future[np.ndarray]], int]:
+        return self.worker.embed_submit(inputs)
 
     def close(self) -> None:
         self.templates.close()

@@ -161,7 +161,14 @@ class ModelWorker:
         return self.call(self.scheduler.stats)
 
     def embed(self, inputs: Iterable[str | Iterable[int]]) -> list[np.ndarray]:
-        """Pooled, L2-normalised embeddings, one per input, computed on the engine thread.
+        """Pooled, L2-normalised embeddings, one per input, computed on the engine thread;
+        blocks until all are done (embed_submit is the same without waiting)."""
+        futures, _num_tokens = self.embed_submit(inputs)
+        return [future.result() for future in futures]
+
+    def embed_submit(self, inputs: Iterable[str | Iterable[int]]
+                     ) -> tuple[list[concurrent.futures.Future[np.ndarray]], int]:
+        """Queue one embedding job per input; their futures and the number of tokens.
 
         An input is a text (tokenized with the model's special tokens, [CLS] ... [SEP] for
         BERT) or a list of token ids, taken as they are. Each is a job the engine loop runs
@@ -170,7 +177,8 @@ class ModelWorker:
         computes one input a piece per turn, so a long one does not hold every stream for its
         whole prefill (4,000 tokens take ~10 s on 2 cores). InvalidRequestError (param
         "input") for an empty input, a token id outside the vocabulary, or an input longer
-        than the embedding context; nothing is computed then."""
+        than the embedding context; nothing is queued then. The server awaits the futures on
+        its event loop (one wake-up, no thread in between)."""
         token_lists: list[list[int]] = []
         limit = self._embed_token_limit()
         for i, item in enumerate(inputs):
@@ -187,7 +195,7 @@ class ModelWorker:
             token_lists.append(tokens)
         jobs = [_EmbedJob(tokens) for tokens in token_lists]
         self._post(functools.partial(self._embed_jobs.extend, jobs))
-        return [job.result.result() for job in jobs]
+        return [job.result for job in jobs], sum(len(tokens) for tokens in token_lists)
 
     def close(self) -> None:
         with self._cv:

@@ -26,9 +26,11 @@ from starlette.types import ASGIApp
 from botframework.runtime.registry import ModelEntry, Registry, sweep_forever
 from botframework.server import errors
 from botframework.server.direct import ExposeConnection
+from botframework.server.fastpath import FastRoutes
 from botframework.server.generation import ReleaseLeases
 from botframework.server.limits import BodySizeLimit
 from botframework.server.metrics import ServerMetrics
+from botframework.server.protocol import EmbeddingRequest
 from botframework.server.routes import (
     cancel,
     capabilities,
@@ -55,7 +57,9 @@ class _App(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         # outside even Starlette's ServerErrorMiddleware: ExposeConnection needs uvicorn's own
         # `send`; ReleaseLeases returns a request's models once its response is all sent
-        return ExposeConnection(ReleaseLeases(super().build_middleware_stack()))
+        # FastRoutes, outermost: short JSON requests to its routes skip the rest (fastpath.py)
+        return FastRoutes(ExposeConnection(ReleaseLeases(super().build_middleware_stack())), self,
+                          {"/v1/embeddings": (EmbeddingRequest, embeddings.embeddings)})
 
 
 def create_app(settings: ServerSettings | None = None, runtime_factory: RuntimeFactory | None = None, *,

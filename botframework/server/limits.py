@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -28,7 +29,7 @@ class BodySizeLimit:
                 except ValueError:
                     too_big = False
                 if too_big:
-                    await self._reject(send)
+                    await self._reject(scope, receive, send)
                     return
         state: dict[str, Any] = {"received": 0, "exceeded": False, "started": False}
 
@@ -53,13 +54,15 @@ class BodySizeLimit:
             if not state["exceeded"]:
                 raise  # a truncated body may make the app fail: that is the 413 below, not a 500
         if state["exceeded"] and not state["started"]:
-            await self._reject(send)
+            await self._reject(scope, receive, send)
 
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps({"error": {
-            "message": f"The request body is larger than {self.max_body_bytes} bytes",
-            "type": "invalid_request_error", "param": None, "code": "request_too_large"}}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await too_large_response(self.max_body_bytes)(scope, receive, send)
+
+
+def too_large_response(max_body_bytes: int) -> Response:
+    """413 in the API's error shape; the connection is closed (the rest of the body is unread)."""
+    body = json.dumps({"error": {
+        "message": f"The request body is larger than {max_body_bytes} bytes",
+        "type": "invalid_request_error", "param": None, "code": "request_too_large"}}).encode()
+    return Response(body, status_code=413, media_type="application/json", headers={"connection": "close"})

@@ -11,6 +11,7 @@ Tests replace it with a fake that has the same methods (tests/server/fake_runtim
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,6 +55,8 @@ class Runtime(Protocol):
     def drop_session(self, session_id: str) -> bool: ...
     def worker_metrics(self) -> dict[str, float]: ...
     def embed(self, inputs: list[str] | list[list[int]]) -> list[np.ndarray]: ...
+    def embed_submit(self, inputs: list[str] | list[list[int]]
+                     ) -> tuple[list[concurrent.futures.Future[np.ndarray]], int]: ...
     def close(self) -> None: ...
 
 

@@ -7,6 +7,7 @@ reach the route exactly as the engine thread's would (RequestHandle + call_soon_
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -183,6 +184,16 @@ class FakeRuntime:
             vector = np.array([1.0 + (sum(tokens) * (k + 1)) % 7 for k in range(8)], dtype=np.float32)
             vectors.append(vector / np.linalg.norm(vector))
         return vectors
+
+    def embed_submit(self, inputs: list[str] | list[list[int]]
+                     ) -> tuple[list[concurrent.futures.Future[np.ndarray]], int]:
+        futures: list[concurrent.futures.Future[np.ndarray]] = []
+        for vector in self.embed(inputs):
+            future: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()
+            future.set_result(vector)
+            futures.append(future)
+        num_tokens = sum(len(self.tokenize(i, add_special=True)) if isinstance(i, str) else len(i) for i in inputs)
+        return futures, num_tokens
 
     def close(self) -> None:
         self.closed = True

@@ -1,7 +1,7 @@
 """POST /v1/embeddings: pooled, L2-normalised vectors computed on the engine thread.
 
     input: "text" | ["text", ...] | [id, ...] | [[id, ...], ...]  (ids checked against the vocabulary)
-      ─► runtime.embed(texts or token lists)   one job per input; a BERT model computes many per decode
+      ─► runtime.embed_submit(texts or token lists)   one job per input; a BERT model computes many per decode
       ─► dimensions: the first d components, re-normalised (a d above the model's size is a 400)
       ─► encoding_format: floats, or base64 of little-endian float32 (what the openai package asks for)
 """
@@ -19,7 +19,7 @@ from fastapi import Request as HTTPRequest
 
 from botframework.errors import InvalidRequestError
 from botframework.server.auth import require_api_key
-from botframework.server.generation import get_runtime
+from botframework.server.generation import get_runtime, tokenizer_call
 from botframework.server.protocol import EmbeddingRequest
 from botframework.server.validation import embedding_inputs
 
@@ -30,8 +30,11 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 async def embeddings(body: EmbeddingRequest, http: HTTPRequest) -> Response:
     runtime = await get_runtime(http, body.model)
     inputs = embedding_inputs(body, http.app.state.settings, runtime)
-    vectors = await asyncio.to_thread(runtime.embed, inputs)
-    num_tokens = sum(len(runtime.tokenize(i, add_special=True)) if isinstance(i, str) else len(i) for i in inputs)
+    # tokenized here (on the loop when short: tokenizer_call), computed on the engine thread,
+    # awaited as futures: one wake-up of the loop per request, no worker thread in between
+    num_chars = sum(len(i) for i in inputs if isinstance(i, str))
+    futures, num_tokens = await tokenizer_call(num_chars, runtime.embed_submit, inputs)
+    vectors = await asyncio.gather(*(asyncio.wrap_future(future) for future in futures))
     if body.dimensions is not None:
         vectors = [_shortened(v, body.dimensions) for v in vectors]
     data = []
