@@ -59,6 +59,21 @@ def kv_bytes_per_cell(metadata: Mapping[str, str]) -> int:
     return hparam("block_count", 0) * 2 * (n_embd // n_head) * n_head_kv * 2
 
 
+def pick_fitting(sizes: Mapping[str, int], budget_bytes: int) -> str:
+    """Of several files of one model (its quantizations), the best that fits: the largest
+    whose size plus a quarter (KV cache and buffers) fits the budget, else the smallest."""
+    by_size = sorted(sizes, key=lambda name: (sizes[name], name))
+    fitting = [name for name in by_size if sizes[name] * 1.25 <= budget_bytes]
+    return fitting[-1] if fitting else by_size[0]
+
+
+def memory_budget_default() -> int:
+    """80% of the RAM available now: the server's default budget, and pull's for choosing."""
+    import psutil
+
+    return int(psutil.virtual_memory().available * 0.8)
+
+
 def fit_context(n_ctx: int, weights_bytes: int, cell_bytes: int, budget_bytes: int | None) -> int:
     """The largest context up to n_ctx whose KV cache fits beside the weights in the budget
     (a multiple of 256 cells); ValueError if not even 256 cells fit."""

@@ -115,7 +115,8 @@ class ModelHandle:
         model = self.worker.model
         special = model.special
         if min(special.fim_pre, special.fim_suf, special.fim_mid) < 0:
-            raise InvalidRequestError(f"model '{self.model_id}' has no fill-in-the-middle tokens", param="suffix")
+            raise InvalidRequestError(f"model '{self.model_id}' has no fill-in-the-middle tokens", param="suffix",
+                                      code="fim_not_supported")
         tokens = [special.bos] if special.add_bos and special.bos >= 0 else []
         tokens += [special.fim_pre, *model.tokenize(extra + prefix, add_special=False), special.fim_suf,
                    *model.tokenize(suffix, add_special=False), special.fim_mid]

@@ -1,5 +1,7 @@
 """Hugging Face hub files: `hf:owner/repo/path/to/file.gguf` specs over huggingface_hub.
 
+    "hf:owner/repo" (a repo of several quantizations) ─► choose_remote / choose_cached
+        ─► "hf:owner/repo/<the best that fits the memory budget>.gguf"
     "hf:owner/repo/dir/file.gguf" ─► parse_spec ─► ("owner/repo", "dir/file.gguf")
         download(spec, hf_cache)     ─► hf_hub_download(...)                    (network)
         find_cached(spec, hf_cache)  ─► hf_hub_download(..., local_files_only)  (no network)
@@ -14,11 +16,65 @@ Callers (pull.py) check the returned file is a GGUF.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
+from botframework.config import pick_fitting
 from botframework.errors import InvalidRequestError, ModelFetchError, ModelNotFoundError
 
 HF_PREFIX = "hf:"
+
+
+def is_repo_spec(spec: str) -> bool:
+    """`hf:owner/repo`: a whole repo, of which we choose the file."""
+    parts = spec[len(HF_PREFIX):].split("/") if spec.startswith(HF_PREFIX) else []
+    return len(parts) == 2 and all(parts) and not parts[1].endswith(".gguf")
+
+
+_SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+
+
+def choose_file(repo_id: str, files: Sequence[tuple[str, int]], budget_bytes: int) -> str:
+    """The repo's model file to load: of its .gguf files (a split model counted as its first
+    shard with the size of all; projectors for images left out), the best that fits
+    (config.pick_fitting). `files`: (path in the repo, size in bytes)."""
+    sizes: dict[str, int] = {}
+    for path, size in files:
+        name = path.rsplit("/", 1)[-1].lower()
+        if not name.endswith(".gguf") or "mmproj" in name:
+            continue
+        shard = _SHARD.search(path)
+        key = path[:shard.start()] + "-00001-of-" + shard[2] + ".gguf" if shard else path
+        sizes[key] = sizes.get(key, 0) + size
+    if not sizes:
+        raise ModelNotFoundError(f"the Hugging Face repo {repo_id} has no .gguf model file")
+    return pick_fitting(sizes, budget_bytes)
+
+
+def choose_remote(spec: str, budget_bytes: int) -> str:
+    """`hf:owner/repo` -> `hf:owner/repo/<file>`, from the repo's file list (network)."""
+    repo_id = spec[len(HF_PREFIX):]
+    try:
+        from huggingface_hub import HfApi
+
+        files = [(item.path, int(getattr(item, "size", 0) or 0))
+                 for item in HfApi().list_repo_tree(repo_id, recursive=True) if hasattr(item, "size")]
+    except Exception as exc:  # offline, 404, gated repo, auth: all "could not fetch"
+        raise ModelFetchError(f"could not list the files of Hugging Face repo {repo_id}: "
+                              f"{type(exc).__name__}: {exc}\nhint: {_offline_hint()}") from exc
+    return f"{HF_PREFIX}{repo_id}/{choose_file(repo_id, files, budget_bytes)}"
+
+
+def choose_cached(spec: str, hf_cache: Path, budget_bytes: int) -> str:
+    """`hf:owner/repo` -> the best fitting of its files already in the cache (no network)."""
+    repo_id = spec[len(HF_PREFIX):]
+    prefix = f"{spec}/"
+    files = [(cached[len(prefix):], size) for cached, _path, size in list_cached(hf_cache) if cached.startswith(prefix)]
+    if not files:
+        raise ModelNotFoundError(f"no file of {spec} is in the local cache ({hf_cache}); "
+                                 f"run `botframework pull {spec}` first")
+    return f"{HF_PREFIX}{repo_id}/{choose_file(repo_id, files, budget_bytes)}"
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -28,7 +84,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
     parts = spec[len(HF_PREFIX):].split("/")
     if len(parts) < 3 or not all(parts):
         raise InvalidRequestError(
-            f"bad model spec {spec!r}: expected hf:owner/repo/path/to/file.gguf", param="model")
+            f"bad model spec {spec!r}: expected hf:owner/repo/path/to/file.gguf (or hf:owner/repo)",
+            param="model")
     return f"{parts[0]}/{parts[1]}", "/".join(parts[2:])
 
 

@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import IO, TypedDict
 
+from botframework.config import memory_budget_default
 from botframework.errors import (
     InvalidRequestError,
     ModelFetchError,
@@ -81,14 +82,20 @@ def _hf_dir() -> Path:
     return cache_dir() / "hf"
 
 
-def pull(name: str, *, progress: bool = False, force: bool = False) -> Path:
+def pull(name: str, *, progress: bool = False, force: bool = False, budget_bytes: int | None = None) -> Path:
     """Fetch a catalog model or an `hf:owner/repo/file.gguf` file; return its local path.
+    `hf:owner/repo` fetches the repo's best quantization that fits `budget_bytes` (default:
+    80% of the RAM available now).
 
     A catalog model already in the cache with the right sha256 is returned without any
     network access unless `force`. Raises ModelNotFoundError for an unknown name and
     ModelFetchError when the download or the checksum fails.
     """
     if name.startswith(hub.HF_PREFIX):
+        if hub.is_repo_spec(name):  # a repo of quantizations: the best that fits this machine
+            name = hub.choose_remote(name, budget_bytes if budget_bytes is not None else memory_budget_default())
+            if progress:
+                print(f"choosing {name}", file=sys.stderr)
         # progress: huggingface_hub draws its own bars (see hub.download)
         return _check_gguf_file(hub.download(name, _hf_dir(), force=force), name)
     entry = _catalog_entry(name)
@@ -132,6 +139,12 @@ def resolve_model(spec: str, *, allowed_dirs: Sequence[Path] | None = None,
                 f"run `botframework pull {spec}` to fetch it again")
         return target
     if spec.startswith(hub.HF_PREFIX):
+        if hub.is_repo_spec(spec):  # what is cached wins over a download: no network unless asked
+            try:
+                spec = hub.choose_cached(spec, _hf_dir(), memory_budget_default())
+            except ModelNotFoundError:
+                if not pull_missing:
+                    raise
         if pull_missing:
             return pull(spec, progress=progress)
         return _check_gguf_file(hub.find_cached(spec, _hf_dir()), spec)
@@ -396,7 +409,7 @@ def _check_local(spec: str, allowed_dirs: Sequence[Path] | None) -> Path:
         if not any(path.is_relative_to(root) for root in roots):
             # No path in the message: it may travel back to a remote caller.
             raise InvalidRequestError("model path outside the configured model folders",
-                                      param="model")
+                                      param="model", code="model_path_not_allowed")
     return _check_gguf_file(path, spec)
 
 

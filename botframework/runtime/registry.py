@@ -28,7 +28,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from botframework.config import WorkerConfig
+from botframework.config import WorkerConfig, pick_fitting
 from botframework.errors import BusyError, ModelLoadError, ModelNotFoundError
 
 log = logging.getLogger("botframework.registry")
@@ -165,6 +165,10 @@ class Registry(Generic[H]):
             raise ModelNotFoundError(f"The model '{name}' does not exist; this server serves: "
                                      f"{', '.join(sorted(self._slots))}")
         return slot
+
+    def find(self, match: Callable[[ModelEntry], bool]) -> ModelEntry | None:
+        """The first declared model `match` accepts."""
+        return next((slot.entry for slot in self._slots.values() if match(slot.entry)), None)
 
     def declare(self, entry: ModelEntry, *, same: Callable[[ModelEntry], bool] | None = None) -> ModelEntry:
         """Add a model after start (POST /v1/models/{spec}/load with a path or a cached catalog
@@ -421,11 +425,9 @@ def best_quantizations(paths: Sequence[Path], budget_bytes: int) -> dict[str, Pa
             groups.setdefault(base, []).append(path)
     best: dict[str, Path] = {}
     for base, files in groups.items():
-        if len(files) < 2:
-            continue
-        by_size = sorted(files, key=lambda p: p.stat().st_size)
-        fitting = [p for p in by_size if p.stat().st_size * 1.25 <= budget_bytes]
-        best[base] = fitting[-1] if fitting else by_size[0]
+        if len(files) >= 2:
+            chosen = pick_fitting({str(p): p.stat().st_size for p in files}, budget_bytes)
+            best[base] = Path(chosen)
     return best
 
 

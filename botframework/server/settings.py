@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from botframework.config import WorkerConfig
+from botframework.config import WorkerConfig, memory_budget_default
 from botframework.runtime.catalog import DEFAULT_MODEL
 from botframework.runtime.handle import model_id_for
 from botframework.runtime.registry import KEEP_FOREVER, LoadPolicy, ModelEntry, best_quantizations, gguf_files
@@ -97,9 +97,7 @@ class ServerSettings:
     def memory_budget_bytes(self) -> int:
         if self.memory_budget_mb is not None:
             return self.memory_budget_mb << 20
-        import psutil
-
-        return int(psutil.virtual_memory().available * 0.8)
+        return memory_budget_default()
 
     def model_entries(self) -> list[ModelEntry]:
         """The declared models, the default (first) one first."""
@@ -139,7 +137,8 @@ class ServerSettings:
                                      "not a .gguf path")
         if is_path and not self.allowed_dirs:
             raise InvalidRequestError("this server loads model files only from its configured folders, and has "
-                                      "none: start it with --models-dir DIR", param="model")
+                                      "none: start it with --models-dir DIR", param="model",
+                                      code="model_path_not_allowed")
         path = resolve_model(spec, allowed_dirs=self.allowed_dirs)  # confined, cached, a GGUF: or an error
         name = model_id_for(spec)
         aliases = tuple(dict.fromkeys(alias for alias in (spec, str(path)) if alias != name))

@@ -98,9 +98,9 @@ def test_the_same_code_runs_in_process_and_over_http(client: Client, model_path:
 
 
 def test_structured_output_is_validated_against_its_schema(client: Client) -> None:
-    value = client.chat("Invent a person.", schema=PERSON, max_tokens=80)
+    value = client.chat("Invent a person.", schema=PERSON, max_tokens=120, temperature=0)
     jsonschema.validate(value, PERSON)
-    person = client.chat("Invent a person.", schema=Person, max_tokens=80)
+    person = client.chat("Invent a person.", schema=Person, max_tokens=120, temperature=0)
     assert isinstance(person, Person)
 
 
@@ -108,7 +108,8 @@ def test_tool_calls_carry_ids_and_json_arguments(client: Client) -> None:
     import json
 
     result = client.chat("What is the weather in Paris?", tools=TOOLS,
-                         tool_choice={"type": "function", "function": {"name": "get_weather"}}, max_tokens=60)
+                         tool_choice={"type": "function", "function": {"name": "get_weather"}}, max_tokens=120,
+                         temperature=0)
     (call,) = result.tool_calls
     assert call.id and call.name == "get_weather" and isinstance(json.loads(call.arguments)["city"], str)
     assert result.finish_reason == "tool_calls"
@@ -179,10 +180,10 @@ def test_no_server_is_a_clear_error() -> None:
 def test_a_wrong_api_key_is_an_authentication_error(model_path: Path) -> None:
     with served(["--model", MODEL, "--api-key", "right-key", "--ctx-size", "1024"]) as (url, _proc):
         with pytest.raises(AuthenticationError):
-            Client(MODEL, base_url=url, api_key="wrong-key").chat("hi", max_tokens=2)
+            Client(MODEL, base_url=url, api_key="wrong-key").chat("hi", max_tokens=2, ignore_eos=True)
         with pytest.raises(AuthenticationError):
             Client(MODEL, base_url=url).models()
-        assert Client(MODEL, base_url=url, api_key="right-key").chat("hi", max_tokens=2).usage.completion_tokens == 2
+        assert Client(MODEL, base_url=url, api_key="right-key").chat("hi", max_tokens=2, ignore_eos=True).usage.completion_tokens == 2
 
 
 def test_busy_is_a_busy_error_with_retry_after_and_retries_when_asked(model_path: Path) -> None:
@@ -191,18 +192,18 @@ def test_busy_is_a_busy_error_with_retry_after_and_retries_when_asked(model_path
         running = holder.stream_chat("Write a long story.", max_tokens=3000, ignore_eos=True)
         next(running)  # in the one slot
         with concurrent.futures.ThreadPoolExecutor(1) as pool:  # the server answers once the first token is out
-            waiting = pool.submit(Client(MODEL, base_url=url).chat, "hi", max_tokens=3)
+            waiting = pool.submit(Client(MODEL, base_url=url).chat, "hi", max_tokens=3, ignore_eos=True)
             deadline = time.monotonic() + 30
             while httpx.get(f"{url}/v1/stats", timeout=5).json()["num_waiting"] < 1:
                 assert time.monotonic() < deadline, "the second request never queued"
                 time.sleep(0.05)
             with pytest.raises(BusyError) as busy:
-                Client(MODEL, base_url=url, max_retries=0).chat("hi", max_tokens=2)
+                Client(MODEL, base_url=url, max_retries=0).chat("hi", max_tokens=2, ignore_eos=True)
             assert busy.value.retry_after_s >= 1
             running.close()
             assert waiting.result(timeout=60).usage.completion_tokens == 3
         # once the queue has room, a client that retries gets through
-        assert Client(MODEL, base_url=url, max_retries=3).chat("hi", max_tokens=2).usage.completion_tokens == 2
+        assert Client(MODEL, base_url=url, max_retries=3).chat("hi", max_tokens=2, ignore_eos=True).usage.completion_tokens == 2
         holder.close()
 
 
@@ -213,7 +214,7 @@ def test_auto_start_serves_a_gguf_path_and_close_stops_it(model_path: Path, tmp_
     os.link(model_path, local) if model_path.stat().st_dev == tmp_path.stat().st_dev else local.symlink_to(model_path)
     url = f"http://127.0.0.1:{free_port()}"
     with Client(local, base_url=url, auto_start=True, server_args=["--ctx-size", "1024"]) as llm:
-        assert llm.chat("hi", max_tokens=3).usage.completion_tokens == 3
+        assert llm.chat("hi", max_tokens=3, ignore_eos=True).usage.completion_tokens == 3
         assert llm.model == "coder"
         server = llm.server
         assert server is not None
@@ -229,7 +230,7 @@ def test_async_client(server: str) -> None:
             assert reply.usage.completion_tokens == 6
             stream = await llm.stream_chat("Say hello.", max_tokens=6, temperature=0)
             assert "".join([piece async for piece in stream]) == reply.text
-            person = await llm.chat("Invent a person.", schema=Person, max_tokens=60)
+            person = await llm.chat("Invent a person.", schema=Person, max_tokens=120, temperature=0)
             assert isinstance(person, Person)
             long = await llm.stream_chat("Write a long story.", max_tokens=2000, ignore_eos=True)
             assert await long.read_id()
@@ -240,8 +241,24 @@ def test_async_client(server: str) -> None:
             assert second.usage.cached_tokens > 0
             await session.close()
             assert len(await llm.embed(["a", "b"])) == 2
-            several = await asyncio.gather(*(llm.chat(f"Say {i}.", max_tokens=4) for i in range(4)))
+            several = await asyncio.gather(*(llm.chat(f"Say {i}.", max_tokens=4, ignore_eos=True) for i in range(4)))
             assert all(r.usage.completion_tokens == 4 for r in several)
 
     asyncio.run(main())
     wait_idle(server)
+
+
+def test_a_path_names_the_model_a_server_was_started_with(model_path: Path, tmp_path: Path) -> None:
+    """No model folders configured: the path of the file the server serves still names it
+    (POST /v1/models/{path}/load finds the declared file); any other path is refused."""
+    from botframework import InvalidRequestError
+
+    with served(["--model", str(model_path), "--ctx-size", "1024"]) as (url, _proc):
+        with Client(model_path, base_url=url) as llm:
+            assert llm.chat("hi", max_tokens=2, ignore_eos=True).usage.completion_tokens == 2
+            assert llm.model == model_path.stem
+        other = tmp_path / "other.gguf"
+        other.write_bytes(model_path.read_bytes()[:1 << 16])
+        with pytest.raises(InvalidRequestError, match="--models-dir") as refused:
+            Client(other, base_url=url).chat("hi")
+        assert refused.value.code == "model_path_not_allowed"

