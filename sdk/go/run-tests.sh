@@ -22,4 +22,10 @@ echo "== build the example"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 go build -o "$out/chat" ./examples/chat
+
+echo "== run the example: the spec's Go example as written, on a server it starts itself"
+port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+BOTFRAMEWORK_URL="http://127.0.0.1:$port" "$out/chat" -autostart > "$out/answer"
+cat "$out/answer"
+test -s "$out/answer"
 echo "ok"
