@@ -34,7 +34,10 @@ async def embeddings(body: EmbeddingRequest, http: HTTPRequest) -> Response:
     # awaited as futures: one wake-up of the loop per request, no worker thread in between
     num_chars = sum(len(i) for i in inputs if isinstance(i, str))
     futures, num_tokens = await tokenizer_call(num_chars, runtime.embed_submit, inputs)
-    vectors = await asyncio.gather(*(asyncio.wrap_future(future) for future in futures))
+    if len(futures) == 1:  # the common case, without gather's extra round through the loop
+        vectors = [await asyncio.wrap_future(futures[0])]
+    else:
+        vectors = await asyncio.gather(*(asyncio.wrap_future(future) for future in futures))
     if body.dimensions is not None:
         vectors = [_shortened(v, body.dimensions) for v in vectors]
     data = []
