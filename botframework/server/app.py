@@ -12,10 +12,13 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+import pkgutil
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import ModuleType
 
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
@@ -51,6 +54,17 @@ log = logging.getLogger("botframework.server")
 
 RuntimeFactory = Callable[[ServerSettings], Runtime]     # tests: one fake runtime for every entry
 EntryLoader = Callable[[ModelEntry], Runtime]
+
+
+def _protocol_adapters() -> list[ModuleType]:
+    """The other protocols' routes (Ollama, OpenAI Responses, Anthropic Messages, ...): every
+    module in server/adapters/ with a `router`, by name. Each maps its protocol onto the same
+    internal requests and deltas as the routes above (see adapters/__init__.py)."""
+    from botframework.server import adapters
+
+    names = sorted(info.name for info in pkgutil.iter_modules(adapters.__path__) if not info.name.startswith("_"))
+    modules = [importlib.import_module(f"{adapters.__name__}.{name}") for name in names]
+    return [module for module in modules if hasattr(module, "router")]
 
 
 class _App(FastAPI):
@@ -116,7 +130,7 @@ def create_app(settings: ServerSettings | None = None, runtime_factory: RuntimeF
         return errors.error_response(exc)
 
     for module in (health, models, chat, completions, infill, embeddings, tokenize, cancel, sessions, metrics,
-                   capabilities):
+                   capabilities, *_protocol_adapters()):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     if settings.cors_origins:
