@@ -106,6 +106,9 @@ class ChatCompletionRequest(_Sampling):
     parallel_tool_calls: bool | None = None  # default false, as llama.cpp's server
     grammar: str | None = Field(default=None, max_length=1 << 20)  # extension: raw GBNF, for experts
     overflow: Literal["error", "truncate"] = "error"  # what to do when the chat is too long
+    # the original spec's structured form at the top level: {"mode": "structured", "schema": {...}}
+    mode: Literal["structured"] | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -113,6 +116,11 @@ class ChatCompletionRequest(_Sampling):
             raise unsupported("max_completion_tokens", "cannot be combined with max_tokens")
         if self.top_logprobs is not None and not self.logprobs:
             raise unsupported("top_logprobs", "requires logprobs to be true")
+        if (self.mode is None) != (self.schema_ is None):
+            raise unsupported("mode" if self.mode is None else "schema",
+                              "is needed: the structured form is {\"mode\": \"structured\", \"schema\": {...}}")
+        if self.mode is not None and self.response_format is not None:
+            raise unsupported("response_format", "cannot be combined with mode and schema (the same thing twice)")
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -149,23 +157,66 @@ class CompletionRequest(_Sampling):
         return self.logprobs
 
 
+class InfillChunk(_Strict):
+    """One piece of repo-level context before the prefix (llama.vscode and llama.vim send them)."""
+
+    filename: str = Field(default="", max_length=4096)
+    text: str = ""
+    time: float | None = None  # when the editor picked the chunk; not used
+
+
+# llama.cpp's sampler names (and one-letter codes) -> ours; None: llama.cpp has it, we do not
+INFILL_SAMPLERS: dict[str, str | None] = {
+    "top_k": "top_k", "k": "top_k", "top_p": "top_p", "p": "top_p", "min_p": "min_p", "m": "min_p",
+    "temperature": "temperature", "temp": "temperature", "t": "temperature", "penalties": "penalties", "e": "penalties",
+    "dry": None, "d": None, "typ_p": None, "typical_p": None, "typical": None, "y": None, "xtc": None, "x": None,
+    "infill": None, "i": None, "top_n_sigma": None, "s": None,
+}
+
+
 class InfillRequest(_Sampling):
-    """llama.cpp-compatible /infill: fill in code between a prefix and a suffix."""
+    """llama.cpp-compatible /infill: fill in code between a prefix and a suffix, with the
+    fields llama.vscode and llama.vim send (see routes/infill.py for what each one does)."""
 
     model: str = Field(default="", max_length=512)  # optional here, as in llama-server
     input_prefix: str = ""
     input_suffix: str = ""
-    input_extra: list[dict[str, str]] = Field(default_factory=list, max_length=64)  # [{filename, text}]
+    input_extra: list[InfillChunk] = Field(default_factory=list, max_length=256)
     prompt: str = ""  # appended to the prefix (text typed since the last request)
+    n_predict: int | None = Field(default=None, ge=-1)  # -1: what fits; 0: only fill the prompt cache
+    n_indent: int = Field(default=0, ge=0, le=4096)     # stop at a new line indented less than this
+    t_max_predict_ms: int | None = Field(default=None, ge=-1)  # stop after this long, once a line is done
+    t_max_prompt_ms: int | None = Field(default=None, ge=-1)   # accepted; a prompt is always prefilled whole
+    samplers: list[str] | str | None = None             # llama.cpp's names or letters; ours honoured
+    cache_prompt: bool = True                           # accepted; prompt prefixes are always reused
+    lora: list[dict[str, Any]] | None = None
 
     def check_supported(self) -> None:
         super().check_supported()
         if self.n != 1:
             raise unsupported("n", "must be 1 for /infill")
+        if self.lora:
+            raise unsupported("lora", "is not supported: this server loads no LoRA adapters")
+        if self.max_tokens is not None and self.n_predict is not None:
+            raise unsupported("n_predict", "cannot be combined with max_tokens")
+        unknown = [name for name in self.sampler_names if name not in INFILL_SAMPLERS]
+        if unknown:
+            raise unsupported("samplers", f"has unknown sampler {unknown[0]!r} (known: "
+                                          f"{', '.join(sorted(k for k in INFILL_SAMPLERS if len(k) > 1))})")
+
+    @property
+    def sampler_names(self) -> list[str]:
+        if self.samplers is None:
+            return []
+        return list(self.samplers) if isinstance(self.samplers, str) else self.samplers
 
     @property
     def requested_max_tokens(self) -> int | None:
-        return self.max_tokens
+        if self.max_tokens is not None:
+            return self.max_tokens
+        if self.n_predict is None or self.n_predict < 0:
+            return None
+        return max(1, self.n_predict)  # 0: one token, not returned: the prompt is prefilled and cached
 
     @property
     def num_logprobs(self) -> int | None:

@@ -74,7 +74,10 @@ def check_choices(n: int, settings: ServerSettings) -> None:
 
 def chat_options(body: ChatCompletionRequest) -> ChatOptions:
     """The request's constraints, checked (fail closed: GrammarError / InvalidRequestError -> 400)."""
-    structured = structured_output(body.response_format.to_dict()) if body.response_format is not None else None
+    if body.mode is not None:  # the top-level form: the same as inside response_format
+        structured = structured_output({"mode": body.mode, "schema": body.schema_})
+    else:
+        structured = structured_output(body.response_format.to_dict()) if body.response_format is not None else None
     tools = parse_tools([t.model_dump(exclude_none=True) for t in body.tools or ()])
     choice: Any = body.tool_choice
     if choice is not None and not isinstance(choice, str):
