@@ -16,6 +16,7 @@
     ├── BusyError                  admission queue full                      (HTTP 503)
     ├── CancelledError             the request was cancelled
     ├── ClosedError                the object was closed / the engine stopped
+    │   └── ShuttingDownError      ended by the server's drain                (HTTP 503)
     │   HTTP clients (botframework.client) only:
     ├── ServerUnavailableError     no server answers at the URL (also a ConnectionError)
     ├── AuthenticationError        missing or wrong API key                  (HTTP 401)
@@ -30,7 +31,7 @@ __all__ = [
     "APIStatusError", "AuthenticationError", "ServerUnavailableError",
     "BotframeworkError", "BusyError", "CancelledError", "ClosedError", "ContextLengthExceededError", "DecodeError",
     "GrammarError", "InvalidRequestError", "KVCacheFullError", "ModelError", "ModelFetchError", "ModelLoadError",
-    "ModelNotFoundError", "NativeError", "OutputValidationError", "UnsupportedSchemaError",
+    "ModelNotFoundError", "NativeError", "OutputValidationError", "ShuttingDownError", "UnsupportedSchemaError",
 ]
 
 
@@ -126,6 +127,10 @@ class CancelledError(BotframeworkError):
 
 class ClosedError(BotframeworkError):
     """The model, context or engine has been closed."""
+
+
+class ShuttingDownError(ClosedError):
+    """The server is draining: a request still running when the grace period ended."""
 
 
 class ServerUnavailableError(BotframeworkError, ConnectionError):

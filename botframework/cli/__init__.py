@@ -49,7 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             api_keys=tuple(args.api_key or ()) or None, cors_origins=tuple(args.cors_origin or ()) or None,
             allow_non_loopback=args.allow_non_loopback, direct_stream=args.direct_stream,
             models_dir=args.models_dir, memory_budget_mb=args.memory_budget, keep_alive_s=args.keep_alive,
-            max_queue=args.max_queue, log_level=args.log_level)
+            max_queue=args.max_queue, log_level=args.log_level, shutdown_grace_s=args.shutdown_grace,
+            sessions_dir=args.sessions_dir)
         settings.check_bind()
     except ValueError as exc:
         print(f"botframework: error: {exc}", file=sys.stderr)
@@ -192,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, metavar="N",
                    help="requests that may wait for a slot per model; more are refused with 503 and "
                         "Retry-After (default 256)")
+    p.add_argument("--shutdown-grace", type=float, metavar="S",
+                   help="on SIGTERM, how long requests in flight may take to finish before they are ended "
+                        "(default 30)")
+    p.add_argument("--sessions-dir", metavar="DIR",
+                   help="save chat sessions here when the server stops or a model unloads, and restore them")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug", "trace"],
                    help="default info; debug also logs every request")
     p.add_argument("--config", help="TOML settings file (flags and BOTFRAMEWORK_* override it)")

@@ -25,7 +25,7 @@ import numpy as np
 
 from botframework.chat.render import OverflowPolicy
 from botframework.config import WorkerConfig
-from botframework.errors import InvalidRequestError
+from botframework.errors import BotframeworkError, InvalidRequestError
 from botframework.scheduler.output import RequestHandle
 from botframework.scheduler.sequence import Request
 
@@ -171,6 +171,11 @@ class ModelHandle:
         """What this model holds in memory: its weights, and its KV cache when full (f16 K and V
         for every cell of every layer), read from the GGUF's hyperparameters."""
         return int(self.worker.model.size_bytes) + self.n_ctx * self.worker.kv_bytes_per_cell
+
+    def end_all(self, error: BotframeworkError) -> int:
+        """End every queued and running request with `error` (a drain's end); how many."""
+        scheduler = self.worker.scheduler
+        return self.worker.call(lambda: scheduler.end_all(error), timeout_s=CALL_TIMEOUT_S)
 
     def export_sessions(self) -> list[SavedSession]:
         """Take every chat session's KV state out of this model (idle in a slot, or already

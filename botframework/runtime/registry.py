@@ -9,6 +9,10 @@
        └──────────────────────────────────────────────────────────────────────────────────┘
     FAILED: its requests get the load error; the next acquire tries again.
 
+Keep-alive: a model unloads once idle for its entry's keep_alive_s, or for the keep_alive of
+the request that used it last (acquire(name, keep_alive_s=...): Ollama's per-request keep_alive;
+a request without one restores the entry's).
+
 Memory: before a load, the least recently used idle loaded models are unloaded until the new
 model's estimated bytes fit the budget; a model with requests in flight is never unloaded;
 if nothing more can go, the request gets BusyError (503 + Retry-After). Each loaded model is
@@ -30,6 +34,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from botframework.config import WorkerConfig, pick_fitting
 from botframework.errors import BusyError, ModelLoadError, ModelNotFoundError
+from botframework.runtime.handle import SavedSession
+from botframework.runtime.session_files import SessionFile, SessionFileError, SessionFiles, model_identity
 
 log = logging.getLogger("botframework.registry")
 
@@ -99,23 +105,25 @@ class _Slot(Generic[H]):
     loaded_at: float | None = None
     memory_bytes: int = 0
     num_loads: int = 0
+    keep_alive_s: float | None = None  # the last request's keep_alive (acquire); None: the entry's
     parked: list[Any] = field(default_factory=list)  # sessions exported at the last unload, for the next load
 
 
 class Lease(Generic[H]):
     """A request's use of a loaded model: the handle, until release() (idempotent)."""
 
-    def __init__(self, registry: Registry[H], slot: _Slot[H]) -> None:
+    def __init__(self, registry: Registry[H], slot: _Slot[H], keep_alive_s: float | None = None) -> None:
         assert slot.handle is not None
         self.handle: H = slot.handle
         self.model_name = slot.entry.name
         self._registry = registry
         self._slot: _Slot[H] | None = slot
+        self._keep_alive_s = keep_alive_s
 
     def release(self) -> None:
         slot, self._slot = self._slot, None
         if slot is not None:
-            self._registry._released(slot)
+            self._registry._released(slot, self._keep_alive_s)
 
 
 class Registry(Generic[H]):
@@ -125,7 +133,7 @@ class Registry(Generic[H]):
     def __init__(self, entries: Sequence[ModelEntry], loader: Callable[[ModelEntry], H], *,
                  memory_budget_bytes: int | None = None, estimate_bytes: Callable[[ModelEntry], int] | None = None,
                  measure_bytes: Callable[[H], int] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, session_files: SessionFiles | None = None) -> None:
         self._slots: dict[str, _Slot[H]] = {}
         self._by_name: dict[str, _Slot[H]] = {}
         for entry in entries:
@@ -145,6 +153,17 @@ class Registry(Generic[H]):
         self._room = asyncio.Lock()  # one eviction decision at a time
         self.num_evictions = 0
         self.num_idle_unloads = 0
+        # sessions_dir: parked sessions live on disk, and those of an earlier run wait there
+        # for their model's next load
+        self.session_files = session_files
+        if session_files is not None:
+            for found in session_files.scan():
+                owner = self._by_name.get(str(found.model.get("name")))
+                if owner is None:
+                    log.warning("session file %s belongs to model %r, which is not declared: left as it is",
+                                found.path, found.model.get("name"))
+                    continue
+                owner.parked.append(found)
 
     # -- names ------------------------------------------------------------------------------
     @property
@@ -153,6 +172,11 @@ class Registry(Generic[H]):
 
     def names(self) -> list[str]:
         return list(self._slots)
+
+    @property
+    def num_in_flight(self) -> int:
+        """Requests holding a model now, over every model."""
+        return sum(slot.num_in_flight for slot in self._slots.values())
 
     def entry(self, name: str | None) -> ModelEntry:
         return self._slot(name).entry
@@ -187,15 +211,19 @@ class Registry(Generic[H]):
         return entry
 
     # -- use --------------------------------------------------------------------------------
-    async def acquire(self, name: str | None = None) -> Lease[H]:
+    async def acquire(self, name: str | None = None, *, keep_alive_s: float | None = None) -> Lease[H]:
         """The model's handle for one request, loading it first if it is not loaded (the other
-        models keep serving meanwhile). ModelNotFoundError, ModelLoadError, BusyError."""
+        models keep serving meanwhile). ModelNotFoundError, ModelLoadError, BusyError.
+        `keep_alive_s`: how long the model stays loaded once idle after this request (-1: until
+        unloaded, 0: unload when it ends); None: the entry's keep_alive."""
+        if keep_alive_s is not None and keep_alive_s < 0 and keep_alive_s != KEEP_FOREVER:
+            raise ValueError("keep_alive must be -1 (never unload) or >= 0 seconds")
         slot = self._slot(name)
         while True:
             if slot.state is ModelState.LOADED:
                 slot.num_in_flight += 1
                 slot.last_used = self.clock()
-                return Lease(self, slot)
+                return Lease(self, slot, keep_alive_s)
             if slot.unloading is not None:  # its sessions and memory are not free yet
                 await asyncio.shield(slot.unloading)
                 continue
@@ -206,10 +234,15 @@ class Registry(Generic[H]):
         slot = self._slot(name)
         return slot.handle if slot.state is ModelState.LOADED else None
 
-    def _released(self, slot: _Slot[H]) -> None:
+    def keep_alive_s(self, name: str | None = None) -> float:
+        """The idle seconds before the model unloads: the last request's keep_alive, else its entry's."""
+        return _keep_alive(self._slot(name))
+
+    def _released(self, slot: _Slot[H], keep_alive_s: float | None = None) -> None:
         slot.num_in_flight -= 1
         slot.last_used = self.clock()
-        if slot.num_in_flight == 0 and slot.entry.keep_alive_s == 0 and slot.state is ModelState.LOADED:
+        slot.keep_alive_s = keep_alive_s
+        if slot.num_in_flight == 0 and _keep_alive(slot) == 0 and slot.state is ModelState.LOADED:
             asyncio.get_running_loop().create_task(self._unload_if_idle(slot))
 
     async def load(self, name: str) -> None:
@@ -247,7 +280,7 @@ class Registry(Generic[H]):
         """Unload models idle for longer than their keep_alive (call every second or so)."""
         now = self.clock()
         for slot in self._slots.values():
-            keep = slot.entry.keep_alive_s
+            keep = _keep_alive(slot)
             # (keep_alive 0 unloads when a request ends, not here: a model loaded for requests
             # still waiting to resume must not go before they run)
             if (slot.state is ModelState.LOADED and not slot.num_in_flight and keep > 0
@@ -296,7 +329,7 @@ class Registry(Generic[H]):
                 if slot.parked and hasattr(handle, "import_sessions"):
                     parked, slot.parked = slot.parked, []
                     try:
-                        await asyncio.to_thread(handle.import_sessions, parked)
+                        await asyncio.to_thread(self._restore, entry, handle, parked)
                     except Exception:  # noqa: BLE001 - lost sessions start over; the model still serves
                         log.exception("model %r: could not restore %d sessions", entry.name, len(parked))
                 measured = self._measure(handle) if self._measure is not None else need
@@ -353,17 +386,65 @@ class Registry(Generic[H]):
         slot.unloading = done
         try:
             if handle is not None:
-                export = getattr(handle, "export_sessions", None)
-                if export is not None and keep_sessions:  # sessions outlive the unload
-                    try:
-                        slot.parked.extend(await asyncio.to_thread(export))
-                    except Exception:  # noqa: BLE001 - never keep a model loaded because of its sessions
-                        log.exception("model %r: could not save its sessions", slot.entry.name)
+                if keep_sessions:  # sessions outlive the unload
+                    await self._park(slot, handle)
                 await asyncio.to_thread(handle.close)
                 log.info("model %r unloaded (%d sessions kept)", slot.entry.name, len(slot.parked))
         finally:
             slot.state, slot.memory_bytes, slot.unloading = ModelState.UNLOADED, 0, None
             done.set_result(None)
+
+    # -- sessions across unloads and restarts -------------------------------------------------
+    async def _park(self, slot: _Slot[H], handle: H) -> None:
+        """Take the model's sessions out of it: kept in RAM, or written to sessions_dir."""
+        export = getattr(handle, "export_sessions", None)
+        if export is None:
+            return
+        try:
+            sessions = await asyncio.to_thread(export)
+            if self.session_files is not None:
+                sessions = await asyncio.to_thread(self._write, slot.entry, handle, sessions)
+            slot.parked.extend(sessions)
+        except Exception:  # noqa: BLE001 - never keep a model loaded because of its sessions
+            log.exception("model %r: could not save its sessions", slot.entry.name)
+
+    def _write(self, entry: ModelEntry, handle: H | None, sessions: Sequence[Any]) -> list[Any]:
+        assert self.session_files is not None
+        identity = model_identity(entry.name, getattr(handle, "path", None))
+        return [self.session_files.write(identity, saved) if isinstance(saved, SavedSession) else saved
+                for saved in sessions]
+
+    def _restore(self, entry: ModelEntry, handle: H, parked: Sequence[Any]) -> None:
+        """Parked sessions back into a freshly loaded model; a file's that is corrupt or of
+        another model file is skipped with a warning (and left on disk)."""
+        identity = model_identity(entry.name, getattr(handle, "path", None))
+        sessions: list[SavedSession] = []
+        files: list[SessionFile] = []
+        for item in parked:
+            if isinstance(item, SessionFile):
+                try:
+                    sessions.append(item.read(identity))
+                    files.append(item)
+                except SessionFileError as exc:
+                    log.warning("model %r: skipping session file %s: %s", entry.name, item.path, exc)
+            else:
+                sessions.append(item)
+        handle.import_sessions(sessions)  # type: ignore[attr-defined]
+        for item in files:  # back in the model: the next drain or unload writes them again
+            item.path.unlink(missing_ok=True)
+
+    async def save_sessions(self) -> int:
+        """Every session of every model to sessions_dir (the drain's last step, with no request
+        in flight); the number written. Without sessions_dir, nothing (0)."""
+        if self.session_files is None:
+            return 0
+        count = 0
+        for slot in self._slots.values():
+            if slot.state is ModelState.LOADED and slot.handle is not None:
+                await self._park(slot, slot.handle)
+            slot.parked = await asyncio.to_thread(self._write, slot.entry, slot.handle, slot.parked)
+            count += len(slot.parked)
+        return count
 
     # -- introspection ----------------------------------------------------------------------
     def describe(self) -> list[dict[str, Any]]:
@@ -376,7 +457,7 @@ class Registry(Generic[H]):
                 "state": slot.state.value, "memory_bytes": slot.memory_bytes,
                 "idle_s": round(now - slot.last_used, 3) if slot.state is ModelState.LOADED and
                 not slot.num_in_flight else 0.0,
-                "num_in_flight": slot.num_in_flight, "keep_alive_s": slot.entry.keep_alive_s,
+                "num_in_flight": slot.num_in_flight, "keep_alive_s": _keep_alive(slot),
                 "load": slot.entry.load.value, "num_loads": slot.num_loads, "error": slot.error,
             })
         return out
@@ -394,6 +475,9 @@ class Registry(Generic[H]):
         for slot in self._named_or_all(name):
             kept = [saved for saved in slot.parked if getattr(saved, "session_id", None) != session_id]
             found = found or len(kept) != len(slot.parked)
+            for dropped in slot.parked:
+                if isinstance(dropped, SessionFile) and dropped.session_id == session_id:
+                    dropped.path.unlink(missing_ok=True)
             slot.parked = kept
         return found
 
@@ -403,6 +487,10 @@ class Registry(Generic[H]):
     def loaded(self) -> list[tuple[str, H]]:
         return [(s.entry.name, s.handle) for s in self._slots.values()
                 if s.state is ModelState.LOADED and s.handle is not None]
+
+
+def _keep_alive(slot: _Slot[Any]) -> float:
+    return slot.entry.keep_alive_s if slot.keep_alive_s is None else slot.keep_alive_s
 
 
 def gguf_files(folder: Path) -> list[Path]:

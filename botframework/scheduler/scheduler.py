@@ -353,6 +353,17 @@ class Scheduler:
         for seq in list(self.active.values()):
             self._finish(seq, FinishReason.ERROR, error=error)
 
+    def end_all(self, error: BotframeworkError) -> int:
+        """End every request, queued or running, with the error (the server's drain when its
+        grace period is over); the number ended. Sessions keep what their turns computed."""
+        ended = 0
+        while self.waiting:
+            self._finish(self.waiting.pop(0), FinishReason.ERROR, error=error)
+            ended += 1
+        ended += len(self.active)
+        self.fail_all(error)
+        return ended
+
     def reset_after_failure(self, error: BotframeworkError) -> None:
         """A step failed and the engine cleared the whole KV cache: forget what slots held.
 

@@ -25,11 +25,15 @@ def serve(settings: ServerSettings) -> None:
     import uvicorn
 
     from botframework.server.app import create_app as _create_app
+    from botframework.server.drain import DrainingServer
 
     settings.check_bind()
     app = _create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=5, access_log=settings.log_level == "debug")
+    # the drain (drain.py) finishes or ends every request first; uvicorn's own grace then only
+    # closes connections that are idle by then
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            timeout_graceful_shutdown=5, access_log=settings.log_level == "debug")
+    DrainingServer(config, app, settings.shutdown_grace_s).run()
 
 
 __all__ = ["ServerSettings", "create_app", "serve"]

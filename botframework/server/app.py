@@ -27,8 +27,10 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp
 
 from botframework.runtime.registry import ModelEntry, Registry, sweep_forever
+from botframework.runtime.session_files import SessionFiles
 from botframework.server import errors
 from botframework.server.direct import ExposeConnection
+from botframework.server.drain import DrainGate
 from botframework.server.fastpath import FastRoutes
 from botframework.server.generation import ReleaseLeases
 from botframework.server.limits import BodySizeLimit
@@ -72,8 +74,9 @@ class _App(FastAPI):
         # outside even Starlette's ServerErrorMiddleware: ExposeConnection needs uvicorn's own
         # `send`; ReleaseLeases returns a request's models once its response is all sent
         # FastRoutes, outermost: short JSON requests to its routes skip the rest (fastpath.py)
-        return FastRoutes(ExposeConnection(ReleaseLeases(super().build_middleware_stack())), self,
-                          {"/v1/embeddings": (EmbeddingRequest, embeddings.embeddings)})
+        # DrainGate, outermost of all: a draining server refuses new work (drain.py)
+        return DrainGate(FastRoutes(ExposeConnection(ReleaseLeases(super().build_middleware_stack())), self,
+                                    {"/v1/embeddings": (EmbeddingRequest, embeddings.embeddings)}), self)
 
 
 def create_app(settings: ServerSettings | None = None, runtime_factory: RuntimeFactory | None = None, *,
@@ -98,7 +101,8 @@ def create_app(settings: ServerSettings | None = None, runtime_factory: RuntimeF
         registry: Registry[Runtime] = Registry(
             settings.model_entries(), load, memory_budget_bytes=settings.memory_budget_bytes(),
             estimate_bytes=(lambda entry: estimate_bytes(settings, entry)) if real else None,
-            measure_bytes=measure_bytes if real else None)
+            measure_bytes=measure_bytes if real else None,
+            session_files=SessionFiles(settings.sessions_dir) if settings.sessions_dir is not None else None)
         app.state.registry = registry
         log.info("models: %s (memory budget %d MiB)", ", ".join(registry.names()),
                  (registry.memory_budget_bytes or 0) >> 20)
@@ -121,6 +125,7 @@ def create_app(settings: ServerSettings | None = None, runtime_factory: RuntimeF
     app.state.settings = settings
     app.state.registry = None
     app.state.starting = True
+    app.state.draining = False
     app.state.started = int(time.time())
     app.state.metrics = ServerMetrics()
     errors.install(app)

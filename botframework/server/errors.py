@@ -67,6 +67,9 @@ def to_api_error(exc: BaseException) -> APIError:
     if isinstance(exc, bf.BusyError):
         retry = max(1, round(exc.retry_after_s))
         return APIError(503, message, type="server_busy", code="server_busy", headers={"Retry-After": str(retry)})
+    if isinstance(exc, bf.ShuttingDownError):
+        return APIError(503, message, type="service_unavailable", code="server_shutting_down",
+                        headers={"Retry-After": "5"})
     if isinstance(exc, (bf.ClosedError, bf.ModelError, bf.KVCacheFullError)):
         return APIError(503, message, type="service_unavailable", code="model_unavailable",
                         headers={"Retry-After": "1"})

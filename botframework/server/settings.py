@@ -40,6 +40,8 @@ class ServerSettings:
     models_dir: Path | None = None             # serve every .gguf in this folder, loaded on first use
     memory_budget_mb: int | None = None        # loaded models' memory; None: 80% of the RAM available at start
     keep_alive_s: float = KEEP_FOREVER         # idle seconds before a lazily loaded model unloads (-1: never)
+    shutdown_grace_s: float = 30.0             # on SIGTERM: how long requests in flight may take to finish
+    sessions_dir: Path | None = None           # chat sessions saved here on drain and unload, restored after
     pull_missing: bool = True                  # fetch a catalog model that is not cached yet
     api_keys: tuple[str, ...] = ()             # empty: no authentication
     cors_origins: tuple[str, ...] = ()
@@ -72,6 +74,8 @@ class ServerSettings:
             raise ValueError("prefix_cache_mb must be >= 0")
         if any(not key for key in self.api_keys):
             raise ValueError("API keys must not be empty strings")
+        if self.shutdown_grace_s < 0:
+            raise ValueError("shutdown_grace_s must be >= 0")
         if self.memory_budget_mb is not None and self.memory_budget_mb < 1:
             raise ValueError("memory_budget_mb must be >= 1")
         self.model_entries()  # a bad [[models]] table is an error now, not at the first request
@@ -276,7 +280,7 @@ def _parse(name: str, raw: str) -> Any:
             raise ValueError(f"{_ENV_PREFIX}{name.upper()} must be a boolean, not {raw!r}") from None
     if name in ("api_keys", "cors_origins", "models_dirs"):
         return _coerce(name, [part.strip() for part in raw.split(",") if part.strip()])
-    if name == "keep_alive_s":
+    if name in ("keep_alive_s", "shutdown_grace_s"):
         try:
             return float(raw)
         except ValueError:
@@ -292,9 +296,9 @@ def _coerce(name: str, value: Any) -> Any:
             raise ValueError(f"{name} must be a boolean, not {value!r}") from None
     if name == "models_dirs":
         return tuple(Path(p) for p in value)
-    if name == "models_dir":
-        return Path(value)
-    if name == "keep_alive_s":
+    if name in ("models_dir", "sessions_dir"):
+        return Path(value).expanduser()
+    if name in ("keep_alive_s", "shutdown_grace_s"):
         return float(value)
     if name == "model" and not isinstance(value, str):  # repeated --model flags
         specs = [str(v) for v in value]

@@ -29,7 +29,7 @@ from fastapi.responses import Response, StreamingResponse
 from botframework.chat.message import AssistantMessage, MessageDelta
 from botframework.chat.plan import ChatPlan, check_message, finish_message
 from botframework.chat.stream import MessageStreamer
-from botframework.errors import BotframeworkError
+from botframework.errors import BotframeworkError, ShuttingDownError
 from botframework.runtime.stream import DeltaStream
 from botframework.scheduler.output import Delta
 from botframework.server.auth import require_api_key
@@ -153,6 +153,8 @@ async def _choice_stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, ba
         delta: Delta | None = first
         while delta is not None:
             if delta.error is not None:
+                if isinstance(delta.error, ShuttingDownError):  # the drain ended it: a last chunk says so
+                    yield chunk({}, "length")
                 state.fail(delta.error)
                 return
             logprobs = ({"content": [_logprob_entry(runtime, lp) for lp in delta.logprobs]}

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends
 from fastapi import Request as HTTPRequest
 from fastapi.responses import Response, StreamingResponse
 
+from botframework.errors import ShuttingDownError
 from botframework.runtime.stream import DeltaStream
 from botframework.scheduler.output import Delta
 from botframework.server.auth import require_api_key
@@ -111,6 +112,8 @@ async def _choice_stream(http: HTTPRequest, runtime: Runtime, base: dict[str, An
         delta: Delta | None = first
         while delta is not None:
             if delta.error is not None:
+                if isinstance(delta.error, ShuttingDownError):  # the drain ended it: a last chunk says so
+                    yield chunk("", "length")
                 state.fail(delta.error)
                 return
             logprobs = _legacy_logprobs(runtime, list(delta.logprobs)) if want_logprobs and delta.logprobs else None
