@@ -17,10 +17,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlsplit
 
 from botframework.chat.message import AssistantMessage, MessageDelta, ToolCall, ToolCallDelta
@@ -37,10 +37,12 @@ from botframework.errors import (
     ModelLoadError,
     ModelNotFoundError,
     OutputValidationError,
+    ServerUnavailableError,
     UnsupportedSchemaError,
 )
 from botframework.scheduler.output import Usage
 
+T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "BOTFRAMEWORK_URL"
 API_KEY_ENV = "BOTFRAMEWORK_API_KEY"
@@ -248,6 +250,51 @@ class StreamState:
     done: bool = False
 
 
+class StreamReader(Generic[T]):
+    """What Stream and AsyncStream share: SSE lines in, pieces out, the state on the side. They
+    differ only in how they wait for the next line."""
+
+    def __init__(self, pieces: Callable[[dict[str, Any], StreamState], list[T]]) -> None:
+        self.state = StreamState()
+        self._pieces = pieces
+        self.ready: list[T] = []
+        self.closed = False
+
+    @property
+    def id(self) -> str | None:
+        """The response id (known after the first chunk): what cancel() takes."""
+        return self.state.id
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.state.finish_reason
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.state.usage
+
+    @property
+    def exhausted(self) -> bool:
+        return not self.ready and (self.state.done or self.closed)
+
+    def feed(self, line: str) -> None:
+        """One line of the body; an error event raises its exception."""
+        if is_done(line):
+            self.state.done = True
+            return
+        chunk = sse_data(line)
+        if chunk is not None:
+            self.ready.extend(self._pieces(chunk, self.state))
+
+    def ended(self) -> BotframeworkError | None:
+        """The body ended: an error unless [DONE] came first."""
+        return None if self.state.done else ServerUnavailableError("the server closed the stream before its end")
+
+    @staticmethod
+    def broke(exc: Exception) -> ServerUnavailableError:
+        return ServerUnavailableError(f"the stream broke off: {exc}")
+
+
 def chat_pieces(chunk: Mapping[str, Any], state: StreamState) -> list[MessageDelta]:
     """A chat.completion.chunk's pieces as LocalLLM.stream_chat_message yields them."""
     _note(chunk, state)
@@ -343,6 +390,32 @@ def api_error(status: int | None, headers: Mapping[str, str], body: Any) -> Botf
 def is_retryable(exc: BotframeworkError) -> bool:
     """Refused before any work started, so sending again is safe: a full queue."""
     return isinstance(exc, BusyError)
+
+
+def retry_wait_s(exc: BotframeworkError) -> float:
+    return min(MAX_RETRY_WAIT_S, getattr(exc, "retry_after_s", 1.0) or 1.0)
+
+
+def connect_backoff_s(attempt: int) -> float:
+    return 0.25 * 2 ** attempt
+
+
+def no_server(url: str, exc: Exception) -> ServerUnavailableError:
+    return ServerUnavailableError(f"no botframework server answers at {url} ({exc}); start one with "
+                                  "`botframework serve`, or pass auto_start=True")
+
+
+def transport_error(url: str, exc: Exception, *, timeout: bool) -> ServerUnavailableError:
+    if timeout:
+        return ServerUnavailableError(f"the server at {url} did not answer in time ({exc})")
+    return ServerUnavailableError(f"the connection to {url} failed: {exc}")
+
+
+def start_failed(server: subprocess.Popen[bytes] | None, url: str, timeout_s: float) -> ServerUnavailableError:
+    if server is not None and server.returncode is not None:
+        return ServerUnavailableError(f"`botframework serve` exited with status {server.returncode} "
+                                      "before it answered (its output is above)")
+    return ServerUnavailableError(f"the server started at {url} did not get ready within {timeout_s:.0f} s")
 
 
 # -- starting a server -------------------------------------------------------------------------

@@ -8,84 +8,61 @@ import asyncio
 import os
 import subprocess
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
 from botframework.client import _base
-from botframework.errors import BotframeworkError, InvalidRequestError, ServerUnavailableError
-from botframework.scheduler.output import Usage
+from botframework.errors import BotframeworkError, InvalidRequestError
 from botframework.session import AsyncSession
 
 T = TypeVar("T")
 
 
-class AsyncStream(Generic[T]):
+class AsyncStream(_base.StreamReader[T]):
     """A streamed answer read with `async for`: `id`, `finish_reason`, `usage` as in Stream."""
 
     def __init__(self, response: httpx.Response, pieces: Callable[[dict[str, Any], _base.StreamState], list[T]]
                  ) -> None:
+        super().__init__(pieces)
         self.response = response
-        self.state = _base.StreamState()
-        self._pieces = pieces
         self._lines = response.aiter_lines()
-        self._ready: list[T] = []
-        self._closed = False
-
-    @property
-    def id(self) -> str | None:
-        return self.state.id
-
-    @property
-    def finish_reason(self) -> str | None:
-        return self.state.finish_reason
-
-    @property
-    def usage(self) -> Usage | None:
-        return self.state.usage
 
     def __aiter__(self) -> AsyncStream[T]:
         return self
 
     async def __anext__(self) -> T:
-        while not self._ready:
-            if self.state.done or self._closed:
+        while not self.ready:
+            if self.exhausted:
                 await self.aclose()
                 raise StopAsyncIteration
             try:
-                line = await self._lines.__anext__()
+                self.feed(await self._lines.__anext__())
             except StopAsyncIteration:
                 await self.aclose()
-                if not self.state.done:
-                    raise ServerUnavailableError("the server closed the stream before its end") from None
-                raise
+                error = self.ended()
+                if error is not None:
+                    raise error from None
             except httpx.TransportError as exc:
                 await self.aclose()
-                raise ServerUnavailableError(f"the stream broke off: {exc}") from exc
-            if _base.is_done(line):
-                self.state.done = True
-                continue
-            chunk = _base.sse_data(line)
-            if chunk is not None:
-                try:
-                    self._ready.extend(self._pieces(chunk, self.state))
-                except BotframeworkError:
-                    await self.aclose()
-                    raise
-        return self._ready.pop(0)
+                raise self.broke(exc) from exc
+            except BotframeworkError:
+                await self.aclose()
+                raise
+        return self.ready.pop(0)
 
     async def read_id(self) -> str | None:
         """Wait for the first chunk (without losing its pieces) and return the stream's id."""
-        while self.state.id is None and not self.state.done and not self._closed:
+        while self.state.id is None and not self.exhausted:
             try:
-                self._ready.append(await self.__anext__())
+                self.ready.append(await self.__anext__())
             except StopAsyncIteration:
                 break
         return self.state.id
 
     async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
+        if not self.closed:
+            self.closed = True
             await self.response.aclose()
 
     async def __aenter__(self) -> AsyncStream[T]:
@@ -145,15 +122,12 @@ class AsyncClient:
                     continue
                 if attempt < self.max_retries:
                     attempt += 1
-                    await asyncio.sleep(0.25 * 2 ** attempt)
+                    await asyncio.sleep(_base.connect_backoff_s(attempt))
                     continue
-                raise ServerUnavailableError(
-                    f"no botframework server answers at {self.base_url} ({exc}); start one with "
-                    "`botframework serve`, or pass auto_start=True") from exc
-            except httpx.TimeoutException as exc:
-                raise ServerUnavailableError(f"the server at {self.base_url} did not answer in time ({exc})") from exc
+                raise _base.no_server(self.base_url, exc) from exc
             except httpx.TransportError as exc:
-                raise ServerUnavailableError(f"the connection to {self.base_url} failed: {exc}") from exc
+                raise _base.transport_error(self.base_url, exc, timeout=isinstance(exc, httpx.TimeoutException)) \
+                    from exc
             if response.status_code < 400:
                 return response
             await response.aread()
@@ -166,7 +140,7 @@ class AsyncClient:
             error = _base.api_error(response.status_code, response.headers, body)
             if _base.is_retryable(error) and attempt < self.max_retries:
                 attempt += 1
-                await asyncio.sleep(min(_base.MAX_RETRY_WAIT_S, getattr(error, "retry_after_s", 1.0) or 1.0))
+                await asyncio.sleep(_base.retry_wait_s(error))
                 continue
             raise error
 
@@ -176,18 +150,14 @@ class AsyncClient:
         self.server = _base.start_server(self.base_url, self.spec, self.server_args)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout
-        while loop.time() < deadline:
-            if self.server.poll() is not None:
-                raise ServerUnavailableError(f"`botframework serve` exited with status {self.server.returncode} "
-                                             "before it answered (its output is above)")
+        while loop.time() < deadline and self.server.poll() is None:
             try:
                 if (await self.http.get("/health", timeout=2)).status_code == 200:
                     return True
             except httpx.TransportError:
                 pass
             await asyncio.sleep(0.25)
-        raise ServerUnavailableError(f"the server started at {self.base_url} did not get ready within "
-                                     f"{self.start_timeout:.0f} s")
+        raise _base.start_failed(self.server, self.base_url, self.start_timeout)
 
     async def model(self) -> str:
         """The model's id on the server (loaded on first use; see Client.model)."""

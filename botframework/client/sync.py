@@ -15,90 +15,65 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
 from botframework.client import _base
-from botframework.errors import BotframeworkError, InvalidRequestError, ServerUnavailableError
-from botframework.scheduler.output import Usage
+from botframework.errors import BotframeworkError, InvalidRequestError
 from botframework.session import Session
 
 T = TypeVar("T")
 
 
-class Stream(Generic[T]):
+class Stream(_base.StreamReader[T]):
     """A streamed answer: iterate for its pieces; `id` (known after the first chunk) is what
     cancel() takes; `finish_reason` and `usage` are set at the end. close() (or leaving a
     `with` block, or dropping it unfinished) closes the connection, which cancels the request
     on the server."""
 
-    def __init__(self, response: httpx.Response, pieces: Callable[[dict[str, Any], _base.StreamState], list[T]],
-                 on_close: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, response: httpx.Response,
+                 pieces: Callable[[dict[str, Any], _base.StreamState], list[T]]) -> None:
+        super().__init__(pieces)
         self.response = response
-        self.state = _base.StreamState()
-        self._pieces = pieces
         self._lines = response.iter_lines()
-        self._ready: list[T] = []
-        self._on_close = on_close
-        self._closed = False
-
-    @property
-    def id(self) -> str | None:
-        return self.state.id
-
-    @property
-    def finish_reason(self) -> str | None:
-        return self.state.finish_reason
-
-    @property
-    def usage(self) -> Usage | None:
-        return self.state.usage
 
     def __iter__(self) -> Stream[T]:
         return self
 
     def __next__(self) -> T:
-        while not self._ready:
-            if self.state.done or self._closed:
+        while not self.ready:
+            if self.exhausted:
                 self.close()
                 raise StopIteration
             try:
-                line = next(self._lines)
+                self.feed(next(self._lines))
             except StopIteration:
                 self.close()
-                if not self.state.done:
-                    raise ServerUnavailableError("the server closed the stream before its end") from None
-                raise
+                error = self.ended()
+                if error is not None:
+                    raise error from None
             except httpx.TransportError as exc:
                 self.close()
-                raise ServerUnavailableError(f"the stream broke off: {exc}") from exc
-            if _base.is_done(line):
-                self.state.done = True
-                continue
-            chunk = _base.sse_data(line)
-            if chunk is not None:
-                try:
-                    self._ready.extend(self._pieces(chunk, self.state))
-                except BotframeworkError:
-                    self.close()
-                    raise
-        return self._ready.pop(0)
+                raise self.broke(exc) from exc
+            except BotframeworkError:
+                self.close()
+                raise
+        return self.ready.pop(0)
 
     def read_id(self) -> str | None:
         """Wait for the first chunk (without losing its pieces) and return the stream's id."""
-        while self.state.id is None and not self.state.done and not self._closed:
+        while self.state.id is None and not self.exhausted:
             try:
-                self._ready.append(next(self))
+                self.ready.append(next(self))
             except StopIteration:
                 break
         return self.state.id
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
+        if not self.closed:
+            self.closed = True
             self.response.close()
-            self._on_close()
 
     def __enter__(self) -> Stream[T]:
         return self
@@ -107,7 +82,7 @@ class Stream(Generic[T]):
         self.close()
 
     def __del__(self) -> None:
-        if hasattr(self, "_closed"):
+        if hasattr(self, "response"):
             self.close()
 
 
@@ -171,15 +146,12 @@ class Client:
                     continue
                 if attempt < self.max_retries:
                     attempt += 1
-                    time.sleep(0.25 * 2 ** attempt)
+                    time.sleep(_base.connect_backoff_s(attempt))
                     continue
-                raise ServerUnavailableError(
-                    f"no botframework server answers at {self.base_url} ({exc}); start one with "
-                    "`botframework serve`, or pass auto_start=True") from exc
-            except httpx.TimeoutException as exc:
-                raise ServerUnavailableError(f"the server at {self.base_url} did not answer in time ({exc})") from exc
+                raise _base.no_server(self.base_url, exc) from exc
             except httpx.TransportError as exc:
-                raise ServerUnavailableError(f"the connection to {self.base_url} failed: {exc}") from exc
+                raise _base.transport_error(self.base_url, exc, timeout=isinstance(exc, httpx.TimeoutException)) \
+                    from exc
             if response.status_code < 400:
                 return response
             if stream:
@@ -188,7 +160,7 @@ class Client:
             error = _base.api_error(response.status_code, response.headers, _json_or_text(response))
             if _base.is_retryable(error) and attempt < self.max_retries:
                 attempt += 1
-                time.sleep(min(_base.MAX_RETRY_WAIT_S, getattr(error, "retry_after_s", 1.0) or 1.0))
+                time.sleep(_base.retry_wait_s(error))
                 continue
             raise error
 
@@ -197,18 +169,14 @@ class Client:
             return False
         self.server = _base.start_server(self.base_url, self.spec, self.server_args)
         deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self.server.poll() is not None:
-                raise ServerUnavailableError(f"`botframework serve` exited with status {self.server.returncode} "
-                                             "before it answered (its output is above)")
+        while time.monotonic() < deadline and self.server.poll() is None:
             try:
                 if self.http.get("/health", timeout=2).status_code == 200:
                     return True
             except httpx.TransportError:
                 pass
             time.sleep(0.25)
-        raise ServerUnavailableError(f"the server started at {self.base_url} did not get ready within "
-                                     f"{self.start_timeout:.0f} s")
+        raise _base.start_failed(self.server, self.base_url, self.start_timeout)
 
     @property
     def model(self) -> str:
