@@ -234,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--temperature", type=float, default=None,
                        help="default: botframework.specs.SAMPLING_DEFAULTS (llama.cpp's)")
         p.set_defaults(func=func)
+
+    from botframework.cli.service import add_service_parser
+
+    add_service_parser(sub)  # botframework service install | uninstall | status
     return parser
 
 
