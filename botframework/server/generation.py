@@ -57,16 +57,17 @@ def get_registry(http: HTTPRequest) -> Registry[Runtime]:
     return registry
 
 
-async def get_runtime(http: HTTPRequest, model: str | None = None) -> Runtime:
+async def get_runtime(http: HTTPRequest, model: str | None = None, *, keep_alive_s: float | None = None) -> Runtime:
     """The named model (the default one if None) for this request, loaded first if need be.
 
     The model stays leased (never unloaded or evicted) until the whole response has been sent,
     streams included: ReleaseLeases, around the app, releases it. Unknown names are a 404
     listing what is served (ModelNotFoundError, mapped in errors.py); a model that cannot be
-    loaded is a 503."""
+    loaded is a 503. `keep_alive_s`: how long the model stays loaded once idle after this
+    request (Registry.acquire; None: its configured keep-alive)."""
     registry = get_registry(http)
     try:
-        lease = await registry.acquire(model or None)
+        lease = await registry.acquire(model or None, keep_alive_s=keep_alive_s)
     except ModelLoadError as exc:
         raise APIError(503, f"The model is not available: {exc}", type="service_unavailable",
                        code="model_unavailable", headers={"Retry-After": "5"}) from None
