@@ -48,6 +48,7 @@ class ChatOptions:
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice = field(default_factory=lambda: ToolChoice(ToolChoiceMode.NONE))
     parallel_tool_calls: bool = False
+    enable_thinking: bool = True          # False: a reasoning template is asked not to think
 
     def __post_init__(self) -> None:
         constraints = [name for name, on in (("response_format", self.structured is not None),
@@ -80,7 +81,7 @@ class ChatPlan:
 def plan_chat(templates: ChatTemplates, model: Model, messages: Sequence[Mapping[str, Any]],
               options: ChatOptions = ChatOptions(), *, n_ctx: int, max_tokens: int,
               overflow: OverflowPolicy = OverflowPolicy.ERROR) -> ChatPlan:
-    inputs: dict[str, Any] = {"reasoning_format": REASONING_FORMAT}
+    inputs: dict[str, Any] = {"reasoning_format": REASONING_FORMAT, "enable_thinking": options.enable_thinking}
     msgs = [dict(m) for m in messages]
     grammar: GrammarSpec | None = None
     tools = offered_tools(options.tools, options.tool_choice)
@@ -113,7 +114,8 @@ def plan_chat(templates: ChatTemplates, model: Model, messages: Sequence[Mapping
         msgs = generic_messages([dict(m) for m in messages], tools, options.tool_choice,
                                 options.parallel_tool_calls)
         rendered = render_chat(templates, model, msgs, n_ctx=n_ctx, max_tokens=max_tokens, overflow=overflow,
-                               extra_inputs={"reasoning_format": REASONING_FORMAT})
+                               extra_inputs={"reasoning_format": REASONING_FORMAT,
+                                             "enable_thinking": options.enable_thinking})
         params = rendered.params
         grammar = generic_grammar(tools, options.tool_choice, options.parallel_tool_calls)
         mode = OutputMode.TOOLS_GENERIC
