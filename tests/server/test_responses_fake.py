@@ -409,3 +409,32 @@ def test_service_tier_flex_runs_at_batch_priority_and_extensions_reach_the_reque
             assert "zz" in request.params.stop and request.params.max_tokens == 40
             assert (r["temperature"], r["top_p"]) == (0.3, 0.5) and request.request_id == r["id"]
     run(go())
+
+
+def test_reasoning_becomes_a_reasoning_item_and_comes_back_as_reasoning_content() -> None:
+    from botframework.chat.message import AssistantMessage, ToolCall
+    from botframework.server.adapters._responses_items import OutputBuilder, chat_messages, message_pieces
+    from botframework.server.adapters._responses_protocol import InputItem
+
+    message = AssistantMessage(content="Calling.", reasoning_content="I should call it.",
+                               tool_calls=(ToolCall("get_weather", '{"city": "Paris"}', id="call_9"),))
+    builder = OutputBuilder()
+    evs = [e for piece in message_pieces(message) for e in builder.feed(piece)] + builder.finish("completed")
+    for number, event in enumerate(evs):
+        EVENTS.validate_python({**event, "sequence_number": number})
+    items = builder.items("completed")
+    assert [item["type"] for item in items] == ["reasoning", "message", "function_call"]
+    assert items[0]["content"] == [{"type": "reasoning_text", "text": "I should call it."}]
+    assert [e["type"] for e in evs if e["type"].startswith("response.reasoning_text")] == [
+        "response.reasoning_text.delta", "response.reasoning_text.done"]
+    Response.model_validate({**checked_shape(), "output": items})
+    # sent back as input, the three items are one assistant turn again
+    assert chat_messages(TypeAdapter(list[InputItem]).validate_python(items)) == [
+        {"role": "assistant", "content": "Calling.", "reasoning_content": "I should call it.", "tool_calls": [
+            {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}]
+
+
+def checked_shape() -> dict[str, Any]:
+    """The least a Response object has (for checking output items alone)."""
+    return {"id": "resp_1", "object": "response", "created_at": 0, "model": "m", "output": [],
+            "parallel_tool_calls": True, "tool_choice": "auto", "tools": []}
