@@ -307,7 +307,8 @@ def test_bad_bodies_are_4xx_naming_the_field(run) -> None:
     ]
 
     async def go() -> None:
-        async with serve_fake() as c:
+        rt = FakeRuntime()
+        async with serve_fake(rt) as c:
             for case, param in cases:
                 err = error_of(await c.post(URL, json=case), 400)
                 assert param is None or err["param"] == param, (case, err)
@@ -321,6 +322,7 @@ def test_bad_bodies_are_4xx_naming_the_field(run) -> None:
                                                     reasoning={"effort": "none"}, truncation="auto",
                                                     stream_options=None, text={"verbosity": "medium"})))
             assert r["truncation"] == "auto" and r["reasoning"]["effort"] == "none"
+            assert rt.chat_plans[-1][1].enable_thinking is False  # effort "none": a reasoning template would not think
     run(go())
 
 

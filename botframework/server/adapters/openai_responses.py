@@ -165,8 +165,10 @@ def _chat_options(body: ResponsesRequest) -> ChatOptions:
     if structured is not None and choice.calls_tools and offered:
         raise unsupported("text.format", f"{fmt.type if fmt else ''} cannot be combined with tools the model may "
                                          "call: send tool_choice 'none', or ask for the format in a later turn")
+    effort = body.reasoning.effort if body.reasoning is not None else None
     return ChatOptions(structured=structured, tools=offered, tool_choice=choice,
-                       parallel_tool_calls=body.parallel_tool_calls is not False)
+                       parallel_tool_calls=body.parallel_tool_calls is not False,
+                       enable_thinking=effort != "none")  # "none": a reasoning template is asked not to think
 
 
 def _generation_options(body: ResponsesRequest, session_id: str | None) -> GenerationOptions:
@@ -178,12 +180,11 @@ def _generation_options(body: ResponsesRequest, session_id: str | None) -> Gener
 
 
 def _check_reasoning(body: ResponsesRequest, plan: ChatPlan, runtime: Runtime) -> None:
+    """An effort other than "none" needs a model that reasons. Its levels are not told apart:
+    a reasoning model thinks as its template does (only "none" changes it)."""
     effort = body.reasoning.effort if body.reasoning is not None else None
-    thinks = bool(plan.rendered.params.get("supports_thinking"))
-    if effort not in (None, "none") and not thinks:
+    if effort not in (None, "none") and not plan.rendered.params.get("supports_thinking"):
         raise unsupported("reasoning.effort", f"needs a reasoning model: '{runtime.model_id}' has no thinking mode")
-    if effort == "none" and thinks:
-        raise unsupported("reasoning.effort", f"'none' cannot turn off the thinking of '{runtime.model_id}' here")
 
 
 # -- the Response object ---------------------------------------------------------------------
