@@ -264,9 +264,12 @@ def _colon_file(path: Path) -> dict[str, list[str]]:
 # ---------------------------------------------------------------- unit text
 
 
-def _unit_word(arg: str) -> str:
-    """One ExecStart word: %, $ and backslashes escaped; quoted if it has spaces."""
-    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+def _unit_word(arg: str, *, executable: bool = False) -> str:
+    """One ExecStart word: specifiers (%), variables ($: not in the executable's path, which
+    systemd does not expand) and backslashes escaped; quoted if it has spaces."""
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    if not executable:
+        escaped = escaped.replace("$", "$$")
     return f'"{escaped}"' if not arg or any(c.isspace() for c in arg) or arg == ";" else escaped
 
 
@@ -279,7 +282,8 @@ def _unit_assignment(name: str, value: str) -> str:
 def render_unit(exec_argv: Sequence[str], user: str = DEFAULT_USER, config: PurePosixPath = CONFIG_PATH) -> str:
     """The unit for this machine: ExecStart runs `exec_argv --config CONFIG`, as `user`."""
     replacements = {
-        "ExecStart=": "ExecStart=" + " ".join(_unit_word(a) for a in [*exec_argv, "--config", str(config)]),
+        "ExecStart=": "ExecStart=" + " ".join(_unit_word(a, executable=i == 0)
+                                             for i, a in enumerate([*exec_argv, "--config", str(config)])),
         "User=": f"User={user}",
         "Environment=BOTFRAMEWORK_CONFIG=": "Environment=" + _unit_assignment("BOTFRAMEWORK_CONFIG", str(config)),
     }
@@ -326,17 +330,18 @@ def default_exec_argv() -> list[str]:
 
 
 def check_executable(path: str, user: str) -> None:
+    """The service can run `path`: absolute, outside home folders, an executable file."""
     executable = PurePosixPath(path)
     if not executable.is_absolute():
         raise ServiceError(f"the executable must be an absolute path, not {path!r}")
-    if not os.access(path, os.X_OK) or not os.path.isfile(path):
-        raise ServiceError(f"{path} is not an executable file: pass --executable PATH")
     for home in HOME_DIRS:
         if executable.is_relative_to(home):
             raise ServiceError(
                 f"{path} is under {home}, which the service cannot see (ProtectHome=yes) and user {user} could "
                 "not read: install botframework outside home folders (python3 -m venv /opt/botframework && "
                 "/opt/botframework/bin/pip install botframework) and run that one's `botframework service install`")
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        raise ServiceError(f"{path} is not an executable file: pass --executable PATH")
 
 
 def _target(root: Path, path: PurePosixPath) -> Path:
@@ -412,11 +417,9 @@ def _write(target: Path, text: str, mode: int) -> None:
     os.replace(partial, target)
 
 
-def apply(steps: Sequence[Step], *, root: Path, dry_run: bool, host: Host, out: TextIO) -> None:
-    """Files under `root` (none with --dry-run on the live system); commands on the live
-    system only, printed otherwise. Stops at the first command that fails."""
-    write = not (dry_run and root == Path("/"))
-    run = not dry_run and root == Path("/")
+def apply(steps: Sequence[Step], *, root: Path, write: bool, run: bool, host: Host, out: TextIO) -> None:
+    """Files written under `root` if `write`, commands run if `run` (else both printed), in
+    order. Stops at the first command that fails."""
     for step in steps:
         if isinstance(step, WriteFile):
             target = _target(root, step.path)
@@ -479,13 +482,23 @@ def health_url(config: Path) -> str:
 # ---------------------------------------------------------------- the commands
 
 
+def _runs(root: Path, args: argparse.Namespace) -> bool:
+    """Commands run on the live system only."""
+    return root == Path("/") and not args.dry_run
+
+
+def _writes(root: Path, args: argparse.Namespace) -> bool:
+    """Files are written under --root; on the live system, not with --dry-run."""
+    return root != Path("/") or not args.dry_run
+
+
 def _install(args: argparse.Namespace, root: Path, config: PurePosixPath, host: Host, out: TextIO) -> int:
     exec_argv = [args.executable, "serve"] if args.executable else default_exec_argv()
     check_executable(exec_argv[0], args.user)
     unit = _target(root, UNIT_DIR / UNIT_NAME)
     before = unit.read_text() if unit.is_file() else None
     steps = plan_install(root, exec_argv=exec_argv, user=args.user, config=config, gpu=args.gpu, host=host)
-    apply(steps, root=root, dry_run=args.dry_run, host=host, out=out)
+    apply(steps, root=root, write=_writes(root, args), run=_runs(root, args), host=host, out=out)
     config_file = _target(root, config)
     problem = config_problem(config_file) if config_file.is_file() else None
     if problem:
@@ -493,7 +506,7 @@ def _install(args: argparse.Namespace, root: Path, config: PurePosixPath, host: 
     if args.gpu is None and root == Path("/") and (os.path.exists("/dev/nvidiactl") or os.path.isdir("/dev/dri")):
         print("note: this machine has GPU devices, which the service cannot see (PrivateDevices=yes): "
               "install with --gpu nvidia or --gpu dri to allow them", file=out)
-    if before is not None and before != unit.read_text() and not args.dry_run:
+    if before is not None and _runs(root, args) and before != unit.read_text():
         print("note: the unit changed: `systemctl restart bot.framework` applies it "
               "(requests in flight finish first)", file=out)
     print(f"\nconfig: {config} (edit it, then: systemctl restart bot.framework)\n"
@@ -503,7 +516,7 @@ def _install(args: argparse.Namespace, root: Path, config: PurePosixPath, host: 
 
 def _uninstall(args: argparse.Namespace, root: Path, config: PurePosixPath, host: Host, out: TextIO) -> int:
     steps = plan_uninstall(root, user=args.user, config=config, purge=args.purge, host=host)
-    apply(steps, root=root, dry_run=args.dry_run, host=host, out=out)
+    apply(steps, root=root, write=_writes(root, args), run=_runs(root, args), host=host, out=out)
     if not args.purge:
         print(f"kept {config} and {STATE_DIR} (models, sessions): `--purge` removes them", file=out)
     return 0
@@ -514,11 +527,11 @@ def _status(args: argparse.Namespace, root: Path, config: PurePosixPath, host: H
 
     argv = ("systemctl", "status", "--no-pager", UNIT_NAME)
     code = 0
-    if args.dry_run or root != Path("/"):
-        print(f"would run: {shlex.join(argv)}", file=out)
-    else:
+    if _runs(root, args):
         out.flush()
         code = host.run(argv)
+    else:
+        print(f"would run: {shlex.join(argv)}", file=out)
     url = health_url(_target(root, config))
     try:
         response = httpx.get(url, timeout=3)
@@ -542,7 +555,7 @@ def cmd_service(args: argparse.Namespace, host: Host | None = None, out: TextIO 
             raise ServiceError(f"--config must be an absolute path on the target system, not {args.config!r}")
         if not _USER_NAME.fullmatch(getattr(args, "user", DEFAULT_USER)):
             raise ServiceError(f"--user must be a system user name (a-z, 0-9, _ and -), not {args.user!r}")
-        if root == Path("/") and not args.dry_run:
+        if _runs(root, args):
             _check_live(host, args.action)
         return _ACTIONS[args.action](args, root, config, host, out)
     except (ServiceError, OSError) as exc:
