@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from starlette.responses import Response
@@ -57,12 +58,22 @@ class BodySizeLimit:
             await self._reject(scope, receive, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await too_large_response(self.max_body_bytes)(scope, receive, send)
+        await too_large_response(self.max_body_bytes, scope.get("path", ""))(scope, receive, send)
 
 
-def too_large_response(max_body_bytes: int) -> Response:
-    """413 in the API's error shape; the connection is closed (the rest of the body is unread)."""
-    body = json.dumps({"error": {
-        "message": f"The request body is larger than {max_body_bytes} bytes",
-        "type": "invalid_request_error", "param": None, "code": "request_too_large"}}).encode()
-    return Response(body, status_code=413, media_type="application/json", headers={"connection": "close"})
+# paths whose clients read another protocol's error shape (server/adapters/), by path prefix:
+# this answer comes before any route could shape it
+PROTOCOL_ERROR_BODIES: dict[str, Callable[[str], dict[str, Any]]] = {
+    "/v1/messages": lambda message: {"type": "error", "error": {"type": "request_too_large", "message": message}},
+}
+
+
+def too_large_response(max_body_bytes: int, path: str = "") -> Response:
+    """413 in the API's error shape (the path's protocol's, if it has its own); the connection
+    is closed (the rest of the body is unread)."""
+    message = f"The request body is larger than {max_body_bytes} bytes"
+    shape = next((make for prefix, make in PROTOCOL_ERROR_BODIES.items() if path.startswith(prefix)), None)
+    payload = shape(message) if shape is not None else {"error": {
+        "message": message, "type": "invalid_request_error", "param": None, "code": "request_too_large"}}
+    return Response(json.dumps(payload).encode(), status_code=413, media_type="application/json",
+                    headers={"connection": "close"})
