@@ -410,11 +410,30 @@ def test_bad_bodies_are_400_invalid_request_errors(run, payload: Any, mentions: 
 def test_malformed_json_and_wrong_content_type_are_400s(run) -> None:
     async def go() -> None:
         async with serve_fake() as c:
-            for raw in (b"{not json", b"", b"null"):
+            for raw in (b"{not json", b"", b"null", b"\x80"):
                 r = await c.post(MESSAGES, content=raw, headers={"content-type": "application/json"})
                 assert_error(r, 400, "invalid_request_error")
             r = await c.post(f"{MESSAGES}/count_tokens", content=b"{", headers={"content-type": "application/json"})
             assert_error(r, 400, "invalid_request_error")
+    run(go())
+
+
+def test_other_methods_and_oversized_bodies_answer_in_anthropics_shape(run) -> None:
+    async def go() -> None:
+        async with serve_fake(max_body_bytes=1000) as c:
+            for method in ("GET", "PUT", "DELETE"):
+                r = await c.request(method, MESSAGES)
+                assert_error(r, 405, "invalid_request_error")
+                assert r.headers["allow"] == "POST"
+            r = await c.post(MESSAGES, json=body(messages=[{"role": "user", "content": "x" * 2000}]))
+            assert_error(r, 413, "request_too_large")
+            r = await c.post("/v1/chat/completions", json={"model": "fake-model", "messages": [
+                {"role": "user", "content": "x" * 2000}]})
+            assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"  # OpenAI's, elsewhere
+        async with sdk(FakeRuntime(), max_body_bytes=1000) as client:
+            with pytest.raises(anthropic.ContentTooLargeError):
+                await client.messages.create(model="fake-model", max_tokens=5,
+                                             messages=[{"role": "user", "content": "x" * 2000}])
     run(go())
 
 

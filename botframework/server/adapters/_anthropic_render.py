@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 
 from botframework.chat.message import AssistantMessage, MessageDelta
 from botframework.errors import BusyError
@@ -47,10 +48,15 @@ def error_status(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str
     """(status, body, headers) for any failure, in Anthropic's error shape."""
     if isinstance(exc, RequestValidationError):
         return 400, error_body("invalid_request_error", validation_message(exc)), None
-    err = to_api_error(exc)
-    status = OVERLOADED_STATUS if isinstance(exc, BusyError) else err.status
+    headers: dict[str, str] | None
+    if isinstance(exc, HTTPException):  # FastAPI's own, e.g. a body that is not UTF-8
+        status, message, headers = exc.status_code, str(exc.detail), dict(exc.headers or {})
+    else:
+        err = to_api_error(exc)
+        status = OVERLOADED_STATUS if isinstance(exc, BusyError) else err.status
+        message, headers = (_AUTH_MESSAGE if status == 401 else err.message), err.headers
     kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-    return status, error_body(kind, _AUTH_MESSAGE if status == 401 else err.message), err.headers
+    return status, error_body(kind, message), headers
 
 
 def error_body(kind: str, message: str) -> dict[str, Any]:

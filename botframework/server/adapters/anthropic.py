@@ -34,7 +34,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
@@ -95,10 +95,22 @@ class AnthropicRoute(APIRoute):
         return route
 
 
-router = APIRouter(route_class=AnthropicRoute, dependencies=[Depends(require_api_key)])
+router = APIRouter(route_class=AnthropicRoute)
+_AUTH = [Depends(require_api_key)]
 
 
-@router.post("/v1/messages", response_model=None)
+_OTHER_METHODS = ["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "QUERY"]  # what schemathesis tries
+
+
+@router.api_route("/v1/messages", methods=_OTHER_METHODS, include_in_schema=False)
+@router.api_route("/v1/messages/count_tokens", methods=_OTHER_METHODS, include_in_schema=False)
+async def method_not_allowed() -> Response:
+    """Other methods: Starlette's 405, in Anthropic's shape like every answer of these paths (a
+    CORS preflight, when CORS is on, is answered by its middleware before any route)."""
+    raise HTTPException(405, "Method Not Allowed", headers={"Allow": "POST"})
+
+
+@router.post("/v1/messages", response_model=None, dependencies=_AUTH)
 async def messages(body: MessagesRequest, http: HTTPRequest) -> Response:
     runtime = await get_runtime(http, body.model)
     check_last_turn(body)
@@ -122,7 +134,7 @@ async def messages(body: MessagesRequest, http: HTTPRequest) -> Response:
                                       stop_sequence, usage_json(done.usage)))
 
 
-@router.post("/v1/messages/count_tokens", response_model=None)
+@router.post("/v1/messages/count_tokens", response_model=None, dependencies=_AUTH)
 async def count_tokens(body: CountTokensRequest, http: HTTPRequest) -> Response:
     """The prompt's tokens as the chat template renders it, tools included; a prompt too long
     for the context is still counted."""
