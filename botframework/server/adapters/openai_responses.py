@@ -4,7 +4,8 @@ POST /v1/responses/{id}/cancel.
     body --check_supported--> the previous response's conversation (previous_response_id)
          + input items --chat_messages--> messages (instructions first, as a system turn)
          --ChatOptions (text.format -> structured output; tools + tool_choice) and
-           GenerationOptions (max_output_tokens, temperature, ...; the chain's session_id)
+           GenerationOptions (max_output_tokens, temperature, ...; the chain's session_id),
+           both made by _responses_request
          --runtime.plan_chat--> ChatPlan --build_request--> Request: /v1/chat/completions' path
     whole:   generation.start + collect --finish_message--> AssistantMessage --message_pieces
              --OutputBuilder--> output items --> the Response object
@@ -32,7 +33,7 @@ import contextlib
 import itertools
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,15 +42,13 @@ from fastapi import Request as HTTPRequest
 from fastapi.responses import Response, StreamingResponse
 from pydantic import TypeAdapter
 
-from botframework.chat.plan import ChatOptions, ChatPlan, check_message, finish_message
+from botframework.chat.plan import ChatPlan, check_message, finish_message
 from botframework.chat.stream import MessageStreamer
-from botframework.chat.structured import structured_output
-from botframework.chat.tools import Tool, ToolChoice, ToolChoiceMode, parse_tool_choice, parse_tools
 from botframework.errors import BotframeworkError, InvalidRequestError
-from botframework.runtime.requests import GenerationOptions, build_request
+from botframework.runtime.requests import build_request
 from botframework.runtime.stream import DeltaStream
 from botframework.scheduler.output import Delta, FinishReason, Usage
-from botframework.scheduler.sequence import Priority, Request
+from botframework.scheduler.sequence import Request
 from botframework.server.adapters import _responses_store
 from botframework.server.adapters._responses_items import (
     Event,
@@ -58,11 +57,15 @@ from botframework.server.adapters._responses_items import (
     message_pieces,
     new_item_id,
 )
-from botframework.server.adapters._responses_protocol import (
-    AllowedToolsChoice,
-    FunctionChoice,
-    InputItem,
-    ResponsesRequest,
+from botframework.server.adapters._responses_protocol import InputItem, ResponsesRequest
+from botframework.server.adapters._responses_request import (
+    OPTION_NAMES,
+    chat_options,
+    check_reasoning,
+    generation_options,
+    input_messages,
+    named_as_responses,
+    previous_response,
 )
 from botframework.server.adapters._responses_store import ResponseStore, Running, Stored
 from botframework.server.auth import require_api_key
@@ -77,10 +80,6 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 
 CANCEL_WAIT_S = 10.0  # how long POST .../cancel waits for the response to end before answering
 
-# the core's names for fields -> this protocol's, in errors
-_CORE_PARAMS = {"response_format": "text.format", "messages": "input", "prompt": "input",
-                "max_tokens": "max_output_tokens"}
-_OPTION_NAMES = {"prompt": "input", "max_tokens": "max_output_tokens", "num_keep": "n_keep"}
 _ITEMS: TypeAdapter[list[InputItem]] = TypeAdapter(list[InputItem])
 
 # how an engine request ended -> (response status, its items' status, the closing event)
@@ -89,17 +88,6 @@ _ENDINGS = {
     FinishReason.LENGTH: ("incomplete", "incomplete", "response.incomplete"),
     FinishReason.CANCELLED: ("cancelled", "incomplete", "response.incomplete"),
 }
-
-
-@contextlib.contextmanager
-def _named_as_responses() -> Iterator[None]:
-    """Errors raised by the core name the chat fields; name this protocol's instead."""
-    try:
-        yield
-    except InvalidRequestError as exc:
-        if exc.param in _CORE_PARAMS:
-            exc.param = _CORE_PARAMS[exc.param]
-        raise
 
 
 def _store(http: HTTPRequest) -> ResponseStore:
@@ -114,77 +102,6 @@ def _not_found(response_id: str) -> APIError:
     return APIError(404, f"Response with id '{response_id}' not found.", type="not_found_error",
                     param="response_id", code="response_not_found")
 
-
-# -- the request, mapped onto the core -------------------------------------------------------
-
-def _previous(store: ResponseStore, response_id: str | None) -> Stored | None:
-    if response_id is None:
-        return None
-    stored = store.get(response_id)
-    if stored is not None:
-        return stored
-    if store.running(response_id) is not None:
-        raise InvalidRequestError(f"Previous response '{response_id}' is still in progress",
-                                  param="previous_response_id", code="previous_response_in_progress")
-    raise InvalidRequestError(f"Previous response with id '{response_id}' not found.",
-                              param="previous_response_id", code="previous_response_not_found")
-
-
-def _input_messages(body: ResponsesRequest) -> list[dict[str, Any]]:
-    if isinstance(body.input, str):
-        return [{"role": "user", "content": body.input}]
-    return chat_messages(body.input or ())
-
-
-def _tool_choice(body: ResponsesRequest, tools: tuple[Tool, ...]) -> tuple[ToolChoice, tuple[Tool, ...]]:
-    """The core's ToolChoice and the tools the model may use (allowed_tools narrows them)."""
-    choice = body.tool_choice
-    if isinstance(choice, AllowedToolsChoice):
-        allowed = {t.name for t in choice.tools}
-        unknown = sorted(allowed - {t.name for t in tools})
-        if unknown:
-            raise InvalidRequestError(f"tool_choice.tools names {unknown[0]!r}, which is not among the tools",
-                                      param="tool_choice")
-        return ToolChoice(ToolChoiceMode(choice.mode)), tuple(t for t in tools if t.name in allowed)
-    raw = choice.model_dump() if isinstance(choice, FunctionChoice) else choice
-    return parse_tool_choice(raw, tools), tools
-
-
-def _chat_options(body: ResponsesRequest) -> ChatOptions:
-    fmt = body.text.format if body.text is not None else None
-    if fmt is not None and fmt.type == "json_schema" and fmt.schema_ is None:
-        raise InvalidRequestError("text.format of type json_schema needs a 'schema'", param="text.format.schema")
-    structured = None
-    if fmt is not None and fmt.type == "json_schema":  # as chat's response_format has it
-        structured = structured_output({"type": "json_schema", "json_schema": {
-            "name": fmt.name or "response", "schema": fmt.schema_, "strict": fmt.strict is not False}})
-    elif fmt is not None and fmt.type == "json_object":
-        structured = structured_output({"type": "json_object", "schema": fmt.schema_})
-    tools = parse_tools([tool.model_dump(exclude_none=True) for tool in body.function_tools])
-    choice, offered = _tool_choice(body, tools)
-    if structured is not None and choice.calls_tools and offered:
-        raise unsupported("text.format", f"{fmt.type if fmt else ''} cannot be combined with tools the model may "
-                                         "call: send tool_choice 'none', or ask for the format in a later turn")
-    effort = body.reasoning.effort if body.reasoning is not None else None
-    return ChatOptions(structured=structured, tools=offered, tool_choice=choice,
-                       parallel_tool_calls=body.parallel_tool_calls is not False,
-                       enable_thinking=effort != "none")  # "none": a reasoning template is asked not to think
-
-
-def _generation_options(body: ResponsesRequest, session_id: str | None) -> GenerationOptions:
-    return GenerationOptions(
-        max_tokens=body.max_output_tokens, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
-        min_p=body.min_p, seed=body.seed, stop=body.stop if body.stop is not None else (),
-        ignore_eos=body.ignore_eos, session_id=session_id,
-        priority=Priority.BATCH if body.service_tier == "flex" else Priority.INTERACTIVE)
-
-
-def _check_reasoning(body: ResponsesRequest, plan: ChatPlan, runtime: Runtime) -> None:
-    """An effort other than "none" needs a model that reasons. Its levels are not told apart:
-    a reasoning model thinks as its template does (only "none" changes it)."""
-    effort = body.reasoning.effort if body.reasoning is not None else None
-    if effort not in (None, "none") and not plan.rendered.params.get("supports_thinking"):
-        raise unsupported("reasoning.effort", f"needs a reasoning model: '{runtime.model_id}' has no thinking mode")
 
 
 # -- the Response object ---------------------------------------------------------------------
@@ -292,23 +209,23 @@ async def create_response(body: ResponsesRequest, http: HTTPRequest) -> Response
     runtime = await get_runtime(http, body.model)
     body.check_supported()
     store = _store(http)
-    previous = _previous(store, body.previous_response_id)
+    previous = previous_response(store, body.previous_response_id)
     session_id = previous.session_id if previous is not None else None
     if session_id is None and body.stored:
         session_id = new_item_id("respsession")
     response_id = new_item_id("resp")
-    with _named_as_responses():
-        conversation = (previous.messages if previous is not None else []) + _input_messages(body)
+    with named_as_responses():
+        conversation = (previous.messages if previous is not None else []) + input_messages(body)
         messages = ([{"role": "system", "content": body.instructions}] if body.instructions else []) + conversation
-        options = _generation_options(body, session_id)
-        plan = await asyncio.to_thread(runtime.plan_chat, messages, _chat_options(body),
+        options = generation_options(body, session_id)
+        plan = await asyncio.to_thread(runtime.plan_chat, messages, chat_options(body),
                                        max_tokens=options.planned_max_tokens,
                                        overflow="truncate" if body.truncation == "auto" else "error")
-        _check_reasoning(body, plan, runtime)
+        check_reasoning(body, plan, runtime)
         request = build_request(options, plan.tokens, request_id=response_id, n_ctx=runtime.n_ctx,
                                 n_vocab=runtime.n_vocab, limits=http.app.state.settings.request_limits,
                                 extra_stops=plan.rendered.additional_stops, grammar=plan.grammar,
-                                truncated_tokens=plan.rendered.truncated_tokens, param_names=_OPTION_NAMES)
+                                truncated_tokens=plan.rendered.truncated_tokens, param_names=OPTION_NAMES)
     turn = _Turn(response_id, body, runtime.model_id, request, conversation, session_id)
     store.start(response_id, Running(turn.snapshot("in_progress"), session_id, store=body.stored))
     try:
