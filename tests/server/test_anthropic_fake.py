@@ -115,6 +115,23 @@ def test_fields_reach_the_one_request_type(run) -> None:
     assert messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
 
 
+def test_output_config_format_is_our_structured_output(run) -> None:
+    runtime = FakeRuntime(json_reply='{"name": "Ada"}')
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+
+    async def go() -> None:
+        async with serve_fake(runtime) as c:
+            r = await c.post(MESSAGES, json=body(output_config={"format": {"type": "json_schema", "schema": schema},
+                                                                "effort": "low"}))
+            assert r.status_code == 200, r.text
+            assert json.loads(r.json()["content"][0]["text"]) == {"name": "Ada"}
+            r = await c.post(MESSAGES, json=body(output_config={"format": {"type": "json_schema", "schema": schema}},
+                                                 tools=[WEATHER]))
+            assert_error(r, 400, "invalid_request_error")  # one constraint per request, as on chat completions
+    run(go())
+    assert runtime.chat_plans[0][1].structured.schema == schema
+
+
 def test_count_tokens_counts_the_rendered_prompt(run) -> None:
     async def go() -> None:
         async with serve_fake() as c:

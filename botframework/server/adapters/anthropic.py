@@ -96,9 +96,7 @@ class AnthropicRoute(APIRoute):
 
 
 router = APIRouter(route_class=AnthropicRoute)
-_AUTH = [Depends(require_api_key)]
-
-
+_AUTH = [Depends(require_api_key)]  # per route: the 405s below answer without a key
 _OTHER_METHODS = ["GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "QUERY"]  # what schemathesis tries
 
 
