@@ -64,6 +64,26 @@ class LoadPolicy(Enum):
 
 
 @dataclass(frozen=True)
+class RemoteSpec:
+    """A model another server runs: its OpenAI-compatible base URLs (replicas), the API key it
+    wants, its name there, and how long a request may take."""
+
+    urls: tuple[str, ...]
+    api_key: str | None = None
+    model: str | None = None          # the name the remote knows it by (default: ours)
+    timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            raise ValueError("a remote model needs at least one url")
+        for url in self.urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"remote url {url!r} must start with http:// or https://")
+        if self.timeout_s <= 0:
+            raise ValueError("timeout_s must be > 0")
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """One declared model."""
 
@@ -76,6 +96,7 @@ class ModelEntry:
     sha256: str | None = None                     # the file must have this digest
     kind: str | None = None                       # "chat" | "embedding"; None: read from the GGUF
     chat_template: str | None = None
+    remote: RemoteSpec | None = None              # served by other servers: requests are forwarded
 
     def __post_init__(self) -> None:
         if not self.name:

@@ -36,6 +36,7 @@ from botframework.server.generation import ReleaseLeases
 from botframework.server.limits import BodySizeLimit
 from botframework.server.metrics import ServerMetrics
 from botframework.server.protocol import EmbeddingRequest
+from botframework.server.remote import RemoteRoutes
 from botframework.server.routes import (
     cancel,
     capabilities,
@@ -74,9 +75,15 @@ class _App(FastAPI):
         # outside even Starlette's ServerErrorMiddleware: ExposeConnection needs uvicorn's own
         # `send`; ReleaseLeases returns a request's models once its response is all sent
         # FastRoutes, outermost: short JSON requests to its routes skip the rest (fastpath.py)
-        # DrainGate, outermost of all: a draining server refuses new work (drain.py)
-        return DrainGate(FastRoutes(ExposeConnection(ReleaseLeases(super().build_middleware_stack())), self,
-                                    {"/v1/embeddings": (EmbeddingRequest, embeddings.embeddings)}), self)
+        # DrainGate, outermost of all: a draining server refuses new work (drain.py); then,
+        # when some models are remote, RemoteRoutes forwards their requests (remote.py)
+        app: ASGIApp = FastRoutes(ExposeConnection(ReleaseLeases(super().build_middleware_stack())), self,
+                                  {"/v1/embeddings": (EmbeddingRequest, embeddings.embeddings)})
+        remote = [name for entry in self.state.settings.model_entries() if entry.remote is not None
+                  for name in entry.names]
+        if remote:
+            app = RemoteRoutes(app, self, remote)
+        return DrainGate(app, self)
 
 
 def create_app(settings: ServerSettings | None = None, runtime_factory: RuntimeFactory | None = None, *,

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 
 from fastapi import Request
 
@@ -20,14 +21,18 @@ def _matches(candidate: str, keys: tuple[str, ...]) -> bool:
     return found
 
 
-async def require_api_key(request: Request) -> None:
-    keys: tuple[str, ...] = request.app.state.settings.api_keys
+def api_key_ok(keys: tuple[str, ...], headers: Mapping[str, str]) -> bool:
+    """No keys configured, or the request carries one of them (Bearer, or x-api-key);
+    `headers` by lower-case name."""
     if not keys:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    candidate = token.strip() if scheme.lower() == "bearer" else request.headers.get("x-api-key", "")
-    if not candidate or not _matches(candidate, keys):
+        return True
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    candidate = token.strip() if scheme.lower() == "bearer" else headers.get("x-api-key", "")
+    return bool(candidate) and _matches(candidate, keys)
+
+
+async def require_api_key(request: Request) -> None:
+    if not api_key_ok(request.app.state.settings.api_keys, request.headers):
         raise APIError(401, "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
                        type="authentication_error", code="invalid_api_key",
                        headers={"WWW-Authenticate": "Bearer"})

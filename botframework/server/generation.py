@@ -71,6 +71,10 @@ async def get_runtime(http: HTTPRequest, model: str | None = None, *, keep_alive
     except ModelLoadError as exc:
         raise APIError(503, f"The model is not available: {exc}", type="service_unavailable",
                        code="model_unavailable", headers={"Retry-After": "5"}) from None
+    if getattr(lease.handle, "kind", None) == "remote":  # forwarded only on the routes RemoteRoutes takes
+        lease.release()
+        raise APIError(400, f"'{model}' is a remote model: only /v1/chat/completions, /v1/completions and "
+                            "/v1/embeddings are forwarded to it", param="model", code="remote_model")
     leases = http.scope.setdefault(LEASES, [])
     leases.append(lease)
     return lease.handle  # type: ignore[no-any-return]

@@ -63,7 +63,11 @@ class Runtime(Protocol):
 def load_entry(settings: ServerSettings, entry: ModelEntry) -> ModelHandle:
     """One declared model: resolved inside the configured folders (pulled if it is a catalog
     model and pulling is on), its sha256 pin checked, loaded. Blocking (the registry runs it
-    in a thread)."""
+    in a thread). A remote model (`url`) is its replicas' RemoteBackend: nothing to load here."""
+    if entry.remote is not None:
+        from botframework.server.remote import RemoteBackend
+
+        return RemoteBackend(entry.remote, entry.name)  # type: ignore[return-value]
     path = resolve_model(entry.source, allowed_dirs=settings.allowed_dirs, pull_missing=settings.pull_missing)
     if entry.sha256 is not None:
         with open(path, "rb") as handle:
@@ -77,6 +81,8 @@ def load_entry(settings: ServerSettings, entry: ModelEntry) -> ModelHandle:
 def estimate_bytes(settings: ServerSettings, entry: ModelEntry) -> int:
     """Before a load: the model file's size plus a quarter for its KV cache and buffers (0 if the
     file is not on this machine yet); measure_bytes gives the real figure once it is loaded."""
+    if entry.remote is not None:
+        return 0
     try:
         path = resolve_model(entry.source, allowed_dirs=settings.allowed_dirs, pull_missing=False)
     except BotframeworkError:

@@ -22,7 +22,14 @@ from typing import Any
 from botframework.config import WorkerConfig, memory_budget_default
 from botframework.runtime.catalog import DEFAULT_MODEL
 from botframework.runtime.handle import model_id_for
-from botframework.runtime.registry import KEEP_FOREVER, LoadPolicy, ModelEntry, best_quantizations, gguf_files
+from botframework.runtime.registry import (
+    KEEP_FOREVER,
+    LoadPolicy,
+    ModelEntry,
+    RemoteSpec,
+    best_quantizations,
+    gguf_files,
+)
 from botframework.runtime.requests import RequestLimits
 
 _ENV_PREFIX = "BOTFRAMEWORK_"
@@ -157,7 +164,8 @@ class ServerSettings:
         if unknown:
             raise ValueError(f"unknown key(s) in a [[models]] table: {', '.join(unknown)} "
                              f"(known: {', '.join(sorted(_MODEL_KEYS))})")
-        source = table.get("source") or table.get("model") or table.get("path")
+        remote = _remote_spec(table)
+        source = table.get("source") or table.get("model") or table.get("path") or (remote and remote.urls[0])
         if not source:
             raise ValueError(f"a [[models]] table needs a source (catalog name, .gguf path or hf: spec): {dict(table)}")
         base = self.worker_config()
@@ -174,11 +182,13 @@ class ServerSettings:
             raise ValueError(f"model {source!r}: load must be 'preload' or 'lazy'") from None
         aliases = table.get("aliases", ())
         # a model loaded at start stays loaded unless its table says otherwise
-        keep_alive = table.get("keep_alive", KEEP_FOREVER if load is LoadPolicy.PRELOAD else self.keep_alive_s)
+        keep_alive = table.get("keep_alive", KEEP_FOREVER if load is LoadPolicy.PRELOAD or remote is not None
+                               else self.keep_alive_s)
         return ModelEntry(name=str(table.get("name") or model_id_for(str(source))), source=str(source),
                           aliases=(aliases,) if isinstance(aliases, str) else tuple(aliases), config=config,
                           load=load, keep_alive_s=float(keep_alive),
-                          sha256=table.get("sha256"), kind=table.get("kind"), chat_template=table.get("chat_template"))
+                          sha256=table.get("sha256"), kind=table.get("kind"), chat_template=table.get("chat_template"),
+                          remote=remote)
 
     @property
     def request_limits(self) -> RequestLimits:
@@ -258,12 +268,26 @@ class ServerSettings:
 
 
 _MODEL_KEYS = {"name", "aliases", "source", "model", "path", "kind", "load", "keep_alive", "sha256", "chat_template",
+               "url", "urls", "api_key", "remote_model", "timeout_s",
                "n_ctx", "parallel", "threads", "threads_batch", "n_gpu_layers", "hugepages", "prefix_cache_mb"}
 _BOOLS = {"pull_missing", "allow_non_loopback", "hugepages", "direct_stream"}
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _INTS = {"port", "max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_choices", "max_logit_bias",
          "max_embedding_inputs", "num_slots", "n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers",
          "prefix_cache_mb", "memory_budget_mb", "max_queue"}
+
+
+def _remote_spec(table: Mapping[str, Any]) -> RemoteSpec | None:
+    """A [[models]] table's `url` (or `urls`, replicas), `api_key`, `remote_model`, `timeout_s`."""
+    urls = table.get("urls", table.get("url"))
+    if urls is None:
+        for key in ("api_key", "remote_model", "timeout_s"):
+            if key in table:
+                raise ValueError(f"'{key}' in a [[models]] table needs 'url' (a remote model)")
+        return None
+    return RemoteSpec(urls=(urls,) if isinstance(urls, str) else tuple(str(u) for u in urls),
+                      api_key=table.get("api_key"), model=table.get("remote_model"),
+                      timeout_s=float(table.get("timeout_s", 600.0)))
 
 
 def _parse(name: str, raw: str) -> Any:

@@ -36,7 +36,9 @@ def _card(registry: Registry[Runtime], info: dict[str, Any], created: int) -> di
                             "load": info["load"], "aliases": info["aliases"], "num_loads": info["num_loads"]}
     if info["error"]:
         meta["error"] = info["error"]
-    if handle is not None:
+    if getattr(handle, "kind", None) == "remote":
+        meta.update(kind="remote", replicas=handle.describe())  # type: ignore[union-attr]
+    elif handle is not None:
         meta.update(n_ctx=handle.n_ctx, n_vocab=handle.n_vocab, kind=getattr(handle, "kind", "chat"),
                     num_slots=getattr(getattr(handle, "worker", None), "num_slots", None))
         created = getattr(handle, "created", created)
