@@ -132,3 +132,23 @@ def test_a_model_named_only_by_a_load_request(tmp_path: Path) -> None:
         ServerSettings().entry_for_load(str(folder / "coder.gguf"))
     with pytest.raises(ModelNotFoundError):
         settings.entry_for_load("no-such-model")
+
+
+def test_remote_model_tables(tmp_path: Path) -> None:
+    config = tmp_path / "bf.toml"
+    config.write_text('''
+[[models]]
+name = "big"
+urls = ["http://gpu1:8000/v1", "http://gpu2:8000/v1"]
+api_key = "k"
+remote_model = "qwen2.5-7b"
+timeout_s = 30
+''')
+    (entry,) = ServerSettings.from_env({}, config=config).model_entries()
+    assert entry.remote is not None and entry.remote.urls == ("http://gpu1:8000/v1", "http://gpu2:8000/v1")
+    assert (entry.remote.api_key, entry.remote.model, entry.remote.timeout_s) == ("k", "qwen2.5-7b", 30.0)
+    assert entry.keep_alive_s == KEEP_FOREVER
+    for bad, message in (('url = "gpu1:8000"', "http"), ('api_key = "k"\nsource = "x"', "needs 'url'")):
+        config.write_text(f'[[models]]\nname = "big"\n{bad}\n')
+        with pytest.raises(ValueError, match=message):
+            ServerSettings.from_env({}, config=config)
