@@ -22,12 +22,11 @@ from typing import Any
 from botframework.errors import BotframeworkError
 from botframework.runtime.pull import list_cached, resolve_model
 from botframework.runtime.registry import KEEP_FOREVER, ModelEntry
-from botframework.server.adapters._ollama_protocol import display_name, timestamp
+from botframework.server.adapters._ollama_protocol import MAX_KEEP_ALIVE_S, display_name, timestamp
 from botframework.server.runtime import Runtime
 from botframework.server.settings import ServerSettings
 
 _QUANT_TAG = re.compile(r"[-_.]((?:i?q\d[a-z0-9_]*|f16|bf16|f32))$", re.IGNORECASE)
-_FOREVER_S = 2**63 / 1e9  # Go's largest duration: what Ollama reports for keep_alive < 0
 
 
 def model_file(settings: ServerSettings, entry: ModelEntry, handle: Runtime | None) -> Path | None:
@@ -121,7 +120,7 @@ def capabilities(handle: Runtime | None, kind: str | None) -> list[str]:
 def expires_at(info: dict[str, Any]) -> str:
     """When an idle model unloads: keep-alive less the idle time so far (Ollama's expires_at)."""
     keep = float(info["keep_alive_s"])
-    left = _FOREVER_S if keep == KEEP_FOREVER else max(0.0, keep - float(info["idle_s"]))
+    left = MAX_KEEP_ALIVE_S if keep == KEEP_FOREVER else max(0.0, keep - float(info["idle_s"]))
     return timestamp(time.time() + left)
 
 

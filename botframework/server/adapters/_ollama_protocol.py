@@ -21,7 +21,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from botframework.chat.structured import StructuredOutput, structured_output
 from botframework.errors import InvalidRequestError
@@ -33,10 +33,12 @@ log = logging.getLogger("botframework.server")
 
 LATEST = ":latest"  # Ollama's default tag: clients add it to untagged names
 Think = bool | Literal["low", "medium", "high", "max"]
+KeepAlive = StrictInt | StrictFloat | StrictStr | None  # seconds or a duration string; not a bool
+MAX_KEEP_ALIVE_S = 2**63 / 1e9  # Go's largest duration (~292 years): longer is forever
 
 
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class Options(BaseModel):
@@ -45,7 +47,7 @@ class Options(BaseModel):
     numa, num_batch, num_gpu, main_gpu, low_vram, f16_kv, logits_all, vocab_only, use_mmap,
     use_mlock, embedding_only, num_thread; and penalize_newline (Ollama ignores it too)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     num_predict: int | None = None   # max tokens; -1 / -2 / 0: until the context (or the server's cap)
     num_ctx: int | None = None       # see context_room
@@ -54,10 +56,10 @@ class Options(BaseModel):
     top_p: float | None = None
     min_p: float | None = None
     typical_p: float | None = None   # 1.0 only (off)
-    repeat_penalty: float | None = None
+    repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)  # the bounds /v1 has
     repeat_last_n: int | None = None # 64 only: the window the penalties use here
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     seed: int | None = None          # negative: random
     stop: str | list[str] | None = None
     num_keep: int | None = None      # tokens a context shift keeps: generation stops at the context instead
@@ -108,7 +110,7 @@ class _Generation(_Lenient):
     format: str | dict[str, Any] | None = None
     options: Options | None = None
     stream: bool = True
-    keep_alive: float | str | None = None
+    keep_alive: KeepAlive = None
     think: Think | None = None
     truncate: bool | None = None   # chat: drop the oldest turns when the prompt is too long (default true)
     shift: bool | None = None      # accepted: generation stops at the context ("length") instead of shifting
@@ -137,14 +139,14 @@ class EmbedBody(_Lenient):
     truncate: bool | None = None   # inputs longer than the model's context are refused (not truncated)
     dimensions: int | None = Field(default=None, ge=0)
     options: Options | None = None
-    keep_alive: float | str | None = None
+    keep_alive: KeepAlive = None
 
 
 class EmbeddingsBody(_Lenient):
     model: str = Field(default="", max_length=512)
     prompt: str = ""
     options: Options | None = None
-    keep_alive: float | str | None = None
+    keep_alive: KeepAlive = None
 
 
 class ModelBody(_Lenient):
@@ -218,7 +220,7 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def keep_alive_seconds(value: float | str | None) -> float | None:
+def keep_alive_seconds(value: KeepAlive) -> float | None:
     """keep_alive as the registry's seconds: None (not given), -1 (negative: forever), or >= 0."""
     if value is None:
         return None
@@ -232,7 +234,7 @@ def keep_alive_seconds(value: float | str | None) -> float | None:
         seconds = float(value)
     if math.isnan(seconds):
         raise InvalidRequestError("keep_alive must be a duration", param="keep_alive")
-    return KEEP_FOREVER if seconds < 0 else seconds
+    return KEEP_FOREVER if seconds < 0 or seconds >= MAX_KEEP_ALIVE_S else seconds
 
 
 def _duration(text: str) -> float:

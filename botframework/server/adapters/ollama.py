@@ -360,7 +360,8 @@ async def embeddings(http: HTTPRequest) -> Response:
 
 # -- models ---------------------------------------------------------------------------------------
 
-@router.api_route("/api/tags", methods=["GET", "HEAD"], dependencies=_AUTH)
+@router.get("/api/tags", dependencies=_AUTH)
+@router.head("/api/tags", dependencies=_AUTH, include_in_schema=False)
 async def tags(http: HTTPRequest) -> dict[str, Any]:
     """Declared models, then cached catalog / hf: models nobody declared yet (usable by name)."""
     registry = get_registry(http)
@@ -497,6 +498,7 @@ async def version() -> dict[str, str]:
     return {"version": OLLAMA_VERSION, "botframework": __version__}
 
 
-@router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
+@router.get("/", response_class=PlainTextResponse)
+@router.head("/", response_class=PlainTextResponse, include_in_schema=False)
 async def root() -> str:
     return "Ollama is running"
