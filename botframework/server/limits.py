@@ -65,6 +65,7 @@ class BodySizeLimit:
 # this answer comes before any route could shape it
 PROTOCOL_ERROR_BODIES: dict[str, Callable[[str], dict[str, Any]]] = {
     "/v1/messages": lambda message: {"type": "error", "error": {"type": "request_too_large", "message": message}},
+    "/api/": lambda message: {"error": message},  # Ollama's
 }
 
 
