@@ -456,3 +456,16 @@ def test_the_openapi_document_lists_the_routes_with_their_bodies(run) -> None:
                 assert "$defs" not in json.dumps(schema)
             assert "get" in paths["/api/tags"] and "get" in paths["/api/ps"] and "get" in paths["/"]
     run(go())
+
+
+def test_other_methods_and_oversized_bodies_answer_in_ollamas_shape(run) -> None:
+    async def go() -> None:
+        async with serve_fake(api_keys=("k",), max_body_bytes=1000) as c:
+            for method, path, allow in (("GET", "/api/chat", "POST"), ("PUT", "/api/pull", "POST"),
+                                        ("DELETE", "/", "GET, HEAD"), ("POST", "/api/tags", "GET, HEAD")):
+                r = await c.request(method, path)  # no key needed to learn the method is wrong
+                assert_error(r, 405, contains="method not allowed")
+                assert r.headers["allow"] == allow
+            r = await c.post("/api/chat", content=b"x" * 2000, headers={"authorization": "Bearer k"})
+            assert_error(r, 413, contains="larger than 1000 bytes")
+    run(go())

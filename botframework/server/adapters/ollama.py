@@ -34,6 +34,7 @@ from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 from botframework.chat.parse import OutputMode, OutputParser
 from botframework.chat.plan import ChatOptions, ChatPlan
@@ -100,7 +101,10 @@ PULL_HEARTBEAT_S = 1.0  # a status line this often while a pull runs (clients ti
 
 
 def error_response(exc: BaseException) -> JSONResponse:
-    """Any exception as Ollama's {"error": "..."}, with to_api_error's status and headers."""
+    """Any exception as Ollama's {"error": "..."}, with to_api_error's status and headers (an
+    HTTP error of Starlette's, such as a 405, with its own)."""
+    if isinstance(exc, HTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
     err = to_api_error(exc)
     return JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers)
 
@@ -121,7 +125,22 @@ class _OllamaRoute(APIRoute):
 
 
 router = APIRouter(route_class=_OllamaRoute, tags=["ollama"])
-_AUTH = [Depends(require_api_key)]
+_AUTH = [Depends(require_api_key)]  # per route: /, /api/version and the 405s answer without a key
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "QUERY")
+_ALLOWED = {"/api/chat": ("POST",), "/api/generate": ("POST",), "/api/embed": ("POST",), "/api/embeddings": ("POST",),
+            "/api/show": ("POST",), "/api/pull": ("POST",), "/api/tags": ("GET", "HEAD"), "/api/ps": ("GET",),
+            "/api/version": ("GET", "HEAD"), "/": ("GET", "HEAD")}
+
+
+async def _method_not_allowed(http: HTTPRequest) -> Response:
+    """Other methods on these paths: a 405 in Ollama's shape, like every answer of theirs (a CORS
+    preflight, when CORS is on, is answered by its middleware first)."""
+    raise HTTPException(405, "method not allowed", headers={"Allow": ", ".join(_ALLOWED[http.url.path])})
+
+
+for _path, _allowed in _ALLOWED.items():
+    router.add_api_route(_path, _method_not_allowed, methods=[m for m in _METHODS if m not in _allowed],
+                         include_in_schema=False)
 
 
 def _body_doc(kind: type[BaseModel]) -> dict[str, Any]:
@@ -492,6 +511,7 @@ async def pull(http: HTTPRequest) -> Response:
 # -- probes -------------------------------------------------------------------------------------------
 
 @router.get("/api/version")
+@router.head("/api/version", include_in_schema=False)
 async def version() -> dict[str, str]:
     from botframework import __version__
 
