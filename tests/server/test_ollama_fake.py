@@ -469,3 +469,13 @@ def test_other_methods_and_oversized_bodies_answer_in_ollamas_shape(run) -> None
             r = await c.post("/api/chat", content=b"x" * 2000, headers={"authorization": "Bearer k"})
             assert_error(r, 413, contains="larger than 1000 bytes")
     run(go())
+
+
+def test_remote_models_are_not_offered_to_ollama_clients(run) -> None:
+    async def go() -> None:
+        models = ({"name": "fake-model", "source": "fake-model", "load": "preload"},
+                  {"name": "big", "urls": ["http://127.0.0.1:9/v1"]})  # forwarded by /v1 only
+        async with serve_fake(models=models) as c:
+            assert "big:latest" not in {m["model"] for m in (await c.get("/api/tags")).json()["models"]}
+            assert "big:latest" not in {m["model"] for m in (await c.get("/api/ps")).json()["models"]}
+    run(go())

@@ -46,7 +46,7 @@ from botframework.errors import BotframeworkError, InvalidRequestError, ModelNot
 from botframework.runtime import pull as pulling
 from botframework.runtime.catalog import CATALOG
 from botframework.runtime.hub import HF_PREFIX
-from botframework.runtime.registry import ModelEntry
+from botframework.runtime.registry import ModelEntry, Registry
 from botframework.runtime.requests import GenerationOptions, build_request
 from botframework.server.adapters._ollama_models import (
     capabilities,
@@ -379,13 +379,19 @@ async def embeddings(http: HTTPRequest) -> Response:
 
 # -- models ---------------------------------------------------------------------------------------
 
+def _local(registry: Registry[Runtime]) -> list[dict[str, Any]]:
+    """The declared models this server runs itself: remote ones ([[models]] with a url) are only
+    reached through /v1, so Ollama clients are not offered them."""
+    return [info for info in registry.describe() if getattr(registry.entry(info["id"]), "remote", None) is None]
+
+
 @router.get("/api/tags", dependencies=_AUTH)
 @router.head("/api/tags", dependencies=_AUTH, include_in_schema=False)
 async def tags(http: HTTPRequest) -> dict[str, Any]:
     """Declared models, then cached catalog / hf: models nobody declared yet (usable by name)."""
     registry = get_registry(http)
     settings: ServerSettings = http.app.state.settings
-    declared = [(info["id"], registry.entry(info["id"]), registry.peek(info["id"])) for info in registry.describe()]
+    declared = [(info["id"], registry.entry(info["id"]), registry.peek(info["id"])) for info in _local(registry)]
 
     def listing() -> list[dict[str, Any]]:
         out, known = [], set()
@@ -410,7 +416,7 @@ async def show(http: HTTPRequest) -> dict[str, Any]:
     entry, handle = registry.entry(model_id), registry.peek(model_id)
     settings: ServerSettings = http.app.state.settings
     path = await asyncio.to_thread(model_file, settings, entry, handle)
-    num_ctx = handle.n_ctx if handle is not None else entry.config.n_ctx
+    num_ctx = getattr(handle, "n_ctx", None) or entry.config.n_ctx
     parameters = f"num_ctx {num_ctx}"
     template = chat_template(handle)
     if fills_in_middle(handle):  # Continue offers autocomplete only for templates that take a suffix
@@ -432,7 +438,7 @@ async def ps(http: HTTPRequest) -> dict[str, Any]:
     registry = get_registry(http)
     settings: ServerSettings = http.app.state.settings
     models = []
-    for info in registry.describe():
+    for info in _local(registry):
         handle = registry.peek(info["id"])
         if handle is None:
             continue
@@ -441,7 +447,7 @@ async def ps(http: HTTPRequest) -> dict[str, Any]:
         models.append({"name": name, "model": name, "size": info["memory_bytes"], "digest": digest(info["id"], path),
                        "details": details(handle, path), "expires_at": expires_at(info),
                        "size_vram": info["memory_bytes"] if settings.n_gpu_layers else 0,
-                       "context_length": handle.n_ctx})
+                       "context_length": getattr(handle, "n_ctx", 0)})
     models.sort(key=lambda m: m["expires_at"], reverse=True)
     return {"models": models}
 
