@@ -17,7 +17,6 @@ answers into 500s with tracebacks in the log.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 from types import FrameType
@@ -27,6 +26,7 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from botframework.errors import ShuttingDownError
+from botframework.server.limits import protocol_error
 
 log = logging.getLogger("botframework.server")
 
@@ -43,13 +43,11 @@ class DrainGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and getattr(self.outer.state, "draining", False) and scope["path"] != "/health":
-            body = json.dumps({"error": {"message": "The server is shutting down; retry on another instance or "
-                                                    "after it restarts", "type": "service_unavailable",
-                                         "param": None, "code": "server_shutting_down"}}).encode()
-            await send({"type": "http.response.start", "status": 503, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(RETRY_AFTER_S).encode()), (b"connection", b"close")]})
-            await send({"type": "http.response.body", "body": body})
+            response = protocol_error(
+                scope["path"], 503, "The server is shutting down; retry on another instance or after it restarts",
+                type="service_unavailable", code="server_shutting_down", anthropic_type="overloaded_error",
+                headers={"retry-after": str(RETRY_AFTER_S), "connection": "close"})
+            await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

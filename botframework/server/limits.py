@@ -62,19 +62,26 @@ class BodySizeLimit:
 
 
 # paths whose clients read another protocol's error shape (server/adapters/), by path prefix:
-# this answer comes before any route could shape it
-PROTOCOL_ERROR_BODIES: dict[str, Callable[[str], dict[str, Any]]] = {
-    "/v1/messages": lambda message: {"type": "error", "error": {"type": "request_too_large", "message": message}},
-    "/api/": lambda message: {"error": message},  # Ollama's
+# these answers come before any route could shape them. (message, Anthropic's error type) -> body
+PROTOCOL_ERROR_BODIES: dict[str, Callable[[str, str], dict[str, Any]]] = {
+    "/v1/messages": lambda message, kind: {"type": "error", "error": {"type": kind, "message": message}},
+    "/api/": lambda message, kind: {"error": message},  # Ollama's
 }
 
 
-def too_large_response(max_body_bytes: int, path: str = "") -> Response:
-    """413 in the API's error shape (the path's protocol's, if it has its own); the connection
-    is closed (the rest of the body is unread)."""
-    message = f"The request body is larger than {max_body_bytes} bytes"
+def protocol_error(path: str, status: int, message: str, *, type: str, code: str, anthropic_type: str,
+                   headers: dict[str, str] | None = None) -> Response:
+    """An error answered before the routes, in the shape the path's protocol reads (OpenAI's
+    unless PROTOCOL_ERROR_BODIES names another)."""
     shape = next((make for prefix, make in PROTOCOL_ERROR_BODIES.items() if path.startswith(prefix)), None)
-    payload = shape(message) if shape is not None else {"error": {
-        "message": message, "type": "invalid_request_error", "param": None, "code": "request_too_large"}}
-    return Response(json.dumps(payload).encode(), status_code=413, media_type="application/json",
-                    headers={"connection": "close"})
+    payload = shape(message, anthropic_type) if shape is not None else {"error": {
+        "message": message, "type": type, "param": None, "code": code}}
+    return Response(json.dumps(payload).encode(), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+def too_large_response(max_body_bytes: int, path: str = "") -> Response:
+    """413; the connection is closed (the rest of the body is unread)."""
+    return protocol_error(path, 413, f"The request body is larger than {max_body_bytes} bytes",
+                          type="invalid_request_error", code="request_too_large", anthropic_type="request_too_large",
+                          headers={"connection": "close"})
