@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from botframework.server.settings import ServerSettings
@@ -26,13 +27,16 @@ def serve(settings: ServerSettings) -> None:
 
     from botframework.server.app import create_app as _create_app
     from botframework.server.drain import DrainingServer
+    from botframework.server.logs import log_config
 
     settings.check_bind()
     app = _create_app(settings)
     # the drain (drain.py) finishes or ends every request first; uvicorn's own grace then only
     # closes connections that are idle by then
+    # one line per event, no colours without a tty, request ids (logs.py): fit for journald
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=5, access_log=settings.log_level == "debug")
+                            timeout_graceful_shutdown=5, access_log=settings.log_level == "debug",
+                            log_config=log_config(settings.log_level, tty=sys.stderr.isatty()))
     DrainingServer(config, app, settings.shutdown_grace_s).run()
 
 

@@ -34,6 +34,7 @@ from botframework.server.drain import DrainGate
 from botframework.server.fastpath import FastRoutes
 from botframework.server.generation import ReleaseLeases
 from botframework.server.limits import BodySizeLimit
+from botframework.server.logs import RequestIdMiddleware
 from botframework.server.metrics import ServerMetrics
 from botframework.server.protocol import EmbeddingRequest
 from botframework.server.remote import RemoteRoutes
@@ -83,7 +84,7 @@ class _App(FastAPI):
                   for name in entry.names]
         if remote:
             app = RemoteRoutes(app, self, remote)
-        return DrainGate(app, self)
+        return RequestIdMiddleware(DrainGate(app, self))  # outermost: every log line of a request has its id
 
 
 def create_app(settings: ServerSettings | None = None, runtime_factory: RuntimeFactory | None = None, *,

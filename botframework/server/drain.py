@@ -7,7 +7,8 @@
                     final chunk with its finish_reason, an error event and [DONE]; a request not
                     answered yet gets a 503 JSON error); save every chat session (sessions_dir)
                  -> uvicorn's own shutdown (connections are idle by then), exit 0
-    second signal -> exit now (uvicorn's force_exit)
+    second signal -> exit now (os._exit: uvicorn's force_exit would cancel every task and log
+                     a traceback for each; the process ends the engine threads with it)
 
 Why not uvicorn's timeout_graceful_shutdown alone: it waits for connections, not requests, and
 when it runs out it cancels the route tasks, which ends streams without an end event and turns
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 from types import FrameType
 from typing import Any
 
@@ -27,6 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from botframework.errors import ShuttingDownError
 from botframework.server.limits import protocol_error
+from botframework.server.systemd import SystemdNotifier
 
 log = logging.getLogger("botframework.server")
 
@@ -89,12 +93,26 @@ class DrainingServer(uvicorn.Server):
         self.grace_s = grace_s
         self.drain_task: asyncio.Task[None] | None = None
         self.draining = False
+        self.notifier = SystemdNotifier.from_env()  # READY, STOPPING, WATCHDOG under systemd; else nothing
+        self.watchdog_task: asyncio.Future[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:  # models preloaded, port listening
+            self.notifier.ready(f"serving on {self.config.host}:{self.config.port}")
+            self.watchdog_task = asyncio.ensure_future(self.notifier.watchdog_forever())
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.watchdog_task is not None:
+            self.watchdog_task.cancel()
+        await super().shutdown(sockets=sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.draining or self.should_exit:  # a second signal: now
-            self.force_exit = True
-            self.should_exit = True
-            return
+        if self.draining or self.should_exit:  # a second signal: now, without cancelling every task
+            log.warning("%s again: stopping now, without the drain", signal.Signals(sig).name)
+            for handler in logging.getLogger().handlers + logging.getLogger("uvicorn").handlers:
+                handler.flush()
+            os._exit(128 + sig)
         self.draining = True
         self.app.state.draining = True
         log.info("%s: draining (a second signal stops at once)", signal.Signals(sig).name)
@@ -102,6 +120,8 @@ class DrainingServer(uvicorn.Server):
         loop.call_soon_threadsafe(self._start_drain)
 
     def _start_drain(self) -> None:
+        # systemd waits for the drain (its stop timeout extended to cover it)
+        self.notifier.stopping("draining", timeout_s=self.grace_s + END_WAIT_S + 5)
         self.drain_task = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:

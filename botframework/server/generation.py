@@ -26,6 +26,7 @@ from botframework.runtime.stream import Collected, DeltaStream, collect_async
 from botframework.scheduler.output import Delta, FinishReason, Usage
 from botframework.scheduler.sequence import Request
 from botframework.server.errors import APIError
+from botframework.server.logs import adopt_response_id
 from botframework.server.runtime import Runtime
 from botframework.server.settings import ServerSettings
 from botframework.server.sse import Started
@@ -96,7 +97,10 @@ class ReleaseLeases:
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+    """A response id; the request's log lines and x-request-id header carry it (logs.py)."""
+    response_id = f"{prefix}-{uuid.uuid4().hex[:24]}"
+    adopt_response_id(response_id)
+    return response_id
 
 
 def openai_finish_reason(reason: FinishReason | None) -> str:
