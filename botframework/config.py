@@ -68,10 +68,28 @@ def pick_fitting(sizes: Mapping[str, int], budget_bytes: int) -> str:
 
 
 def memory_budget_default() -> int:
-    """80% of the RAM available now: the server's default budget, and pull's for choosing."""
+    """80% of the RAM available now, or of this cgroup's memory limit if that is lower (a
+    systemd MemoryMax, a container's limit): the server's default budget, and pull's."""
     import psutil
 
-    return int(psutil.virtual_memory().available * 0.8)
+    available = psutil.virtual_memory().available
+    limit = cgroup_memory_available()
+    return int(min(available, limit if limit is not None else available) * 0.8)
+
+
+def cgroup_memory_available(root: Path = Path("/sys/fs/cgroup"),
+                            membership: Path = Path("/proc/self/cgroup")) -> int | None:
+    """memory.max minus memory.current of this process's cgroup (v2), or None without a limit."""
+    try:
+        relative = next(line.split("::", 1)[1].strip() for line in membership.read_text().splitlines()
+                        if line.startswith("0::"))
+        folder = root / relative.lstrip("/")
+        limit = (folder / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return max(0, int(limit) - int((folder / "memory.current").read_text().strip()))
+    except (OSError, ValueError, StopIteration):
+        return None
 
 
 def fit_context(n_ctx: int, weights_bytes: int, cell_bytes: int, budget_bytes: int | None) -> int:

@@ -60,7 +60,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         for entry in settings.model_entries():
             if entry.load is LoadPolicy.PRELOAD:
-                resolve_model(entry.source, allowed_dirs=settings.allowed_dirs, pull_missing=True, progress=True)
+                # a bar on a terminal; under journald its carriage returns would pile up in the log
+                resolve_model(entry.source, allowed_dirs=settings.allowed_dirs, pull_missing=True,
+                              progress=sys.stderr.isatty())
     serve(settings)
     return 0
 

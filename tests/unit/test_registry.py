@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -254,3 +255,18 @@ def test_a_request_during_an_unload_waits_for_it_and_gets_the_sessions() -> None
         await reg.close()
 
     asyncio.run(go())
+
+
+def test_the_default_budget_heeds_a_cgroup_memory_limit(tmp_path: Path) -> None:
+    from botframework.config import cgroup_memory_available
+
+    membership = tmp_path / "cgroup"
+    membership.write_text("0::/system.slice/bot.framework.service\n")
+    folder = tmp_path / "system.slice" / "bot.framework.service"
+    folder.mkdir(parents=True)
+    (folder / "memory.max").write_text("4294967296\n")
+    (folder / "memory.current").write_text("1073741824\n")
+    assert cgroup_memory_available(tmp_path, membership) == 3 << 30
+    (folder / "memory.max").write_text("max\n")
+    assert cgroup_memory_available(tmp_path, membership) is None
+    assert cgroup_memory_available(tmp_path / "nowhere", membership) is None
