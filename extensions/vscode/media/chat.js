@@ -171,7 +171,7 @@
     log.scrollTop = log.scrollHeight;
   }
 
-  /** @param {any} turn */
+  /** @param {any} turn @param {HTMLElement} body */
   function renderBody(turn, body) {
     body.textContent = "";
     if (turn.role === "error") {

@@ -5,7 +5,7 @@
 
 import type { ChatOptions, CompletionOptions } from "@botframework/sdk";
 
-import { ChatController, type ChatView } from "../../src/core/chatController.js";
+import { ChatController, type ChatSnapshot, type ChatView } from "../../src/core/chatController.js";
 import { CodeActions, type CodeActionsUi, type EditorSnapshot, type Proposal } from "../../src/core/codeActions.js";
 import { CompletionController } from "../../src/core/completionController.js";
 import { ErrorPresenter, type ActionHandlers } from "../../src/core/errorPresenter.js";
@@ -22,6 +22,8 @@ export interface StackOptions {
   /** Instead of the real action handlers (start, restart, set key, ...). */
   handlers?: Partial<ActionHandlers>;
   retries?: number;
+  /** A stored conversation to start from. */
+  restored?: ChatSnapshot;
 }
 
 export function stack(options: StackOptions = {}) {
@@ -63,7 +65,7 @@ export function stack(options: StackOptions = {}) {
     log,
     chatOptions: options.chatOptions,
   };
-  const chat = new ChatController(chatHost);
+  const chat = new ChatController(chatHost, options.restored);
   const view = options.view ?? new RecordingView();
   chat.attach(view);
   const completion = new CompletionController({ server, settings: settings.get, log, requestOptions: options.completionOptions });

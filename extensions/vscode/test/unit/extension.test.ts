@@ -9,7 +9,10 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 
+import Module, { createRequire } from "node:module";
+
 import { activate, deactivate } from "../../src/extension.js";
+import * as vscodeStub from "../helpers/vscodeStub.js";
 import { TextDocument, TextEditor, Position, Range, Uri, recorded, window, workspace } from "../helpers/vscodeStub.js";
 import { checkUnhandledRejections, until } from "../helpers/common.js";
 import { FakeServer } from "../helpers/fakeServer.js";
@@ -60,6 +63,21 @@ after(async () => {
   await deactivate();
   for (const s of context.subscriptions) s.dispose();
   globalThis.fetch = realFetch;
+});
+
+describe("the bundle VS Code loads", () => {
+  it("dist/extension.js is CommonJS that exports activate and deactivate, needing only `vscode`", () => {
+    const load = (Module as unknown as { _load: (request: string, ...rest: unknown[]) => unknown })._load;
+    const hooked = (request: string, ...rest: unknown[]) => (request === "vscode" ? vscodeStub : load(request, ...rest));
+    (Module as unknown as { _load: typeof hooked })._load = hooked;
+    try {
+      const bundle = createRequire(import.meta.url)(join(root, "dist", "extension.js")) as Record<string, unknown>;
+      assert.equal(typeof bundle["activate"], "function");
+      assert.equal(typeof bundle["deactivate"], "function");
+    } finally {
+      (Module as unknown as { _load: typeof load })._load = load;
+    }
+  });
 });
 
 describe("extension wiring", () => {
