@@ -88,9 +88,14 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     log,
   );
   context.subscriptions.push(
-    context.secrets.onDidChange(async (e) => {
+    context.secrets.onDidChange((e) => {
       if (e.key !== SECRET_KEY) return;
-      apiKey = (await context.secrets.get(SECRET_KEY)) || undefined;
+      context.secrets.get(SECRET_KEY).then(
+        (value) => {
+          apiKey = value || undefined;
+        },
+        (err: unknown) => log.warn(`reading the API key: ${(err as Error)?.message}`),
+      );
     }),
   );
 
@@ -122,8 +127,9 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
         await vscode.env.clipboard.writeText(text);
         vscode.window.setStatusBarMessage("$(check) Copied", 2000);
       },
-      info: (message) => void vscode.window.showInformationMessage(message),
-      persist: (state) => void context.workspaceState.update(CHAT_STATE_KEY, state),
+      info: (message) => void vscode.window.showInformationMessage(message).then(undefined, () => undefined),
+      persist: (state) =>
+        void context.workspaceState.update(CHAT_STATE_KEY, state).then(undefined, (err: unknown) => log.warn(`storing the chat: ${(err as Error)?.message}`)),
       log,
     },
     context.workspaceState.get<ChatSnapshot>(CHAT_STATE_KEY),
@@ -219,7 +225,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       if (applied) await vscode.window.showTextDocument(doc, { preview: false });
       return applied;
     },
-    info: (message) => void vscode.window.showInformationMessage(message),
+    info: (message) => void vscode.window.showInformationMessage(message).then(undefined, () => undefined),
     openChat,
   };
   const actions = new CodeActions({
@@ -306,12 +312,13 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
   });
 
   context.subscriptions.push(
-    vscode.workspace.onDidChangeConfiguration(async (e) => {
-      if (!e.affectsConfiguration("botframework")) return;
+    vscode.workspace.onDidChangeConfiguration((e) => {
       const affectsServer = ["baseUrl", "model", "server", "requestTimeoutSeconds"].some((k) => e.affectsConfiguration(`botframework.${k}`));
       if (!affectsServer) return;
-      await server.reconfigure();
-      server.client().catch((err: unknown) => presenter.show(err, () => server.client()));
+      server
+        .reconfigure()
+        .then(() => server.client())
+        .catch((err: unknown) => presenter.show(err, () => server.client()));
     }),
   );
 

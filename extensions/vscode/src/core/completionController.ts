@@ -99,10 +99,12 @@ export function cleanCompletion(text: string, suffix: string, mode: CompletionMo
   out = out.replace(/\s+$/, "");
   const head = suffix.replace(/^[ \t]+/, "");
   for (let n = Math.min(out.length, head.length); n > 0; n--) {
-    if (out.endsWith(head.slice(0, n)) && head.slice(0, n).trim() !== "") {
-      out = out.slice(0, out.length - n).replace(/\s+$/, "");
-      break;
-    }
+    const part = head.slice(0, n);
+    if (!out.endsWith(part) || part.trim() === "") continue;
+    // a short overlap counts only when it is closing punctuation (`)`, `]`, `"`, ...)
+    if (n < 3 && !/^[)\]}"'`;,>]+$/.test(part.trim())) continue;
+    out = out.slice(0, out.length - n).replace(/\s+$/, "");
+    break;
   }
   return out.trim() === "" ? undefined : out;
 }

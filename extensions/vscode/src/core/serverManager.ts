@@ -7,7 +7,7 @@
  *       output drained to the log, waitReady on /health) -> Client.connect
  *   use(fn)   runs a request with the client: counts it (state "busy" while any runs) and turns
  *             its failure into the one to show (diagnose: a broken connection to a child that
- *             has died is a ServerCrashedError)
+ *             has died is a ServerCrashedError; a wrong key or an unknown model: state "error")
  *   the child's exit (crash, kill) -> state "error", client dropped; the next client() or
  *       restart() starts it again
  *   dispose() stops the child (SIGTERM, then SIGKILL)
@@ -17,7 +17,6 @@
 
 import {
   AuthenticationError,
-  BusyError,
   Client,
   ModelNotFoundError,
   ServerProcess,
@@ -276,7 +275,7 @@ export class ServerManager implements Disposable {
    * The failure to show for a request's error, and the state it implies: a broken or refused
    * connection to a child that has exited is a ServerCrashedError; to a server the extension
    * did not start, the client is dropped (found or started again next time); a wrong key or
-   * an unknown model puts the state in "error".
+   * an unknown model puts the state in "error". A 503 (busy) changes nothing: it passes.
    */
   async diagnose(err: unknown): Promise<unknown> {
     if (err instanceof ServerUnavailableError) {
@@ -295,8 +294,6 @@ export class ServerManager implements Disposable {
     if (err instanceof AuthenticationError || err instanceof ModelNotFoundError) {
       this.current = undefined;
       this.setState({ kind: "error", detail: err.message, error: err });
-    } else if (err instanceof BusyError) {
-      this.setState({ kind: "busy", detail: "the server is busy (its queue is full)" });
     }
     return err;
   }

@@ -171,6 +171,8 @@ describe("completion text", () => {
     assert.equal(cleanCompletion("return a + b\n\nmore", "", "fim"), "return a + b\n\nmore");
     assert.equal(cleanCompletion("foo(a, b))", ")\n", "fim"), "foo(a, b)");
     assert.equal(cleanCompletion("x = [1, 2]\n", "]\nprint(x)", "fim"), "x = [1, 2");
+    assert.equal(cleanCompletion("x = 1", "1 + y", "fim"), "x = 1", "a short overlap that is not punctuation stays");
+    assert.equal(cleanCompletion("total = add(a, b)", "add(a, b)\n", "fim"), "total =");
     assert.equal(cleanCompletion("   \n  ", "", "fim"), undefined);
     assert.equal(cleanCompletion(Array.from({ length: 30 }, (_, i) => `l${i}`).join("\n"), "", "fim")?.split("\n").length, 12);
   });

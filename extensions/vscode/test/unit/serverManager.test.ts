@@ -268,7 +268,7 @@ describe("ServerManager", () => {
     await manager.dispose();
   });
 
-  it("a 503 shows as busy and is the BusyError with its Retry-After", async () => {
+  it("a 503 passes through as the BusyError with its Retry-After", async () => {
     const { manager, fake } = setup();
     await manager.client();
     fake.fail("POST /v1/chat/completions", { status: 503, type: "server_busy", code: "server_busy", retryAfter: "1" }, 5);
