@@ -202,6 +202,9 @@ describe("timeouts against a real server", () => {
       hog.abort();
       await Promise.all(hogs);
       await waitIdle(server.url);
+      // the user allows longer (Open Settings), then Retry
+      s.settings.set({ requestTimeoutMs: 60_000 });
+      await s.server.reconfigure();
       await s.chat.handleMessage({ type: "action", action: "retry", turnId: error.id });
       assert.equal(s.chat.history.at(-1)?.status, "done");
       assert.equal((await stats(server.url)).num_waiting, 0);
