@@ -84,12 +84,17 @@ export function clipSuffix(suffix: string, max = MAX_SUFFIX_CHARS): string {
 }
 
 /**
- * The completion to show: cut at a blank line (prefix mode), without what the suffix already
+ * The completion to show: no doubled indentation or space at the cursor, cut at a blank line
+ * (prefix mode), without what the suffix already
  * has (the model often repeats the closing bracket), at most MAX_LINES lines; undefined when
  * nothing is left.
  */
-export function cleanCompletion(text: string, suffix: string, mode: CompletionMode): string | undefined {
+export function cleanCompletion(text: string, suffix: string, mode: CompletionMode, prefix = ""): string | undefined {
   let out = text.replace(/\r\n/g, "\n");
+  // the cursor after indentation: the model's own leading spaces would indent twice
+  const lineBefore = prefix.slice(prefix.lastIndexOf("\n") + 1);
+  if (lineBefore !== "" && /^[ \t]*$/.test(lineBefore)) out = out.replace(/^[ \t]+/, "");
+  else if (/[ \t]$/.test(lineBefore) && out.startsWith(" ")) out = out.slice(1);
   if (mode === "prefix") {
     const blank = out.search(/\n[ \t]*\n/);
     if (blank >= 0) out = out.slice(0, blank);
@@ -194,7 +199,7 @@ export class CompletionController implements Disposable {
         const result = await client.complete(prefix, { ...options, suffix });
         this.fim.set(model, "yes");
         this.counts.fim++;
-        return cleanCompletion(result.text, suffix, "fim");
+        return cleanCompletion(result.text, suffix, "fim", prefix);
       } catch (err) {
         if (!isFimUnsupported(err)) throw err;
         this.fim.set(model, "no");
@@ -205,7 +210,7 @@ export class CompletionController implements Disposable {
     this.lastMode = "prefix";
     const result = await client.complete(prefix, { stop: ["\n\n"], ...options });
     this.counts.prefix++;
-    return cleanCompletion(result.text, suffix, "prefix");
+    return cleanCompletion(result.text, suffix, "prefix", prefix);
   }
 
   /** Abort the request in flight. */

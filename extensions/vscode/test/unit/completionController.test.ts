@@ -174,6 +174,9 @@ describe("completion text", () => {
     assert.equal(cleanCompletion("x = 1", "1 + y", "fim"), "x = 1", "a short overlap that is not punctuation stays");
     assert.equal(cleanCompletion("total = add(a, b)", "add(a, b)\n", "fim"), "total =");
     assert.equal(cleanCompletion("   \n  ", "", "fim"), undefined);
+    assert.equal(cleanCompletion(" return a + b", "", "prefix", "def add(a, b):\n    "), "return a + b", "after indentation");
+    assert.equal(cleanCompletion(" b", "", "fim", "x = a +"), " b");
+    assert.equal(cleanCompletion(" b", "", "fim", "x = a + "), "b", "one space at the cursor is enough");
     assert.equal(cleanCompletion(Array.from({ length: 30 }, (_, i) => `l${i}`).join("\n"), "", "fim")?.split("\n").length, 12);
   });
 
