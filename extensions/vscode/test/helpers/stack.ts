@@ -119,6 +119,12 @@ export function stack(options: StackOptions = {}) {
     applied,
     shownErrors,
     setEditor: (e: EditorSnapshot | undefined) => (editor = e),
+    /** Assert that the last turn is an answer that finished; the chat and the log in the message. */
+    assertAnswered(what = "the last turn is a finished answer") {
+      const last = chat.history.at(-1);
+      if (last?.role === "assistant" && last.status === "done") return;
+      throw new Error(`${what}: ${JSON.stringify(chat.history, null, 1)}\nlog:\n${log.lines.slice(-30).join("\n")}`);
+    },
     /** The last error turn of the chat. */
     lastError: () => [...chat.history].reverse().find((t) => t.role === "error"),
     async dispose() {

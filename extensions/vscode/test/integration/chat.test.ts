@@ -70,7 +70,7 @@ describe("chat against a real server", () => {
       // the chat goes on after a stop
       s.chatHost.chatOptions = { maxTokens: 8 };
       await s.chat.ask("Thanks.");
-      assert.equal(s.chat.history.at(-1)?.status, "done");
+      s.assertAnswered();
     } finally {
       await s.dispose();
     }
@@ -107,7 +107,7 @@ describe("chat against a real server", () => {
       s.settings.set({ model: MODEL });
       await s.server.reconfigure();
       await s.chat.handleMessage({ type: "action", action: "retry", turnId: error.id });
-      assert.equal(s.chat.history.at(-1)?.status, "done");
+      s.assertAnswered();
       assert.equal(s.lastError(), undefined, "the error turn is gone");
     } finally {
       await s.dispose();
@@ -174,7 +174,7 @@ describe("code actions against a real server", () => {
       if (doc) assert.match(doc.proposed, /^def add\(a, b\):\n {4}"""[^]*"""\n {4}return a\+b\n$/);
       assert.deepEqual(s.shownErrors, []);
       await s.actions.explainSelection();
-      assert.equal(s.chat.history.at(-1)?.status, "done");
+      s.assertAnswered();
       assert.match(s.chat.history[0]!.text, /^Explain this code from `m\.py`/);
     } finally {
       await s.dispose();
@@ -206,7 +206,7 @@ describe("timeouts against a real server", () => {
       s.settings.set({ requestTimeoutMs: 60_000 });
       await s.server.reconfigure();
       await s.chat.handleMessage({ type: "action", action: "retry", turnId: error.id });
-      assert.equal(s.chat.history.at(-1)?.status, "done");
+      s.assertAnswered();
       assert.equal((await stats(server.url)).num_waiting, 0);
     } finally {
       hog.abort();

@@ -63,7 +63,7 @@ describe("embed-and-serve with a real server", () => {
       assert.notEqual(newPid, pid);
       assert.ok(alive(newPid));
       assert.equal(s.chat.history.at(-1)?.role, "assistant");
-      assert.equal(s.chat.history.at(-1)?.status, "done");
+      s.assertAnswered();
       assert.equal(s.lastError(), undefined);
       await waitIdle(s.server.url);
 
@@ -98,7 +98,7 @@ describe("embed-and-serve with a real server", () => {
       s.settings.set({ server: { executable: serverExecutable() } });
       await s.server.reconfigure();
       await s.chat.handleMessage({ type: "action", action: "retry", turnId: error.id });
-      assert.equal(s.chat.history.at(-1)?.status, "done");
+      s.assertAnswered();
       assert.equal(s.server.state.owned, true);
     } finally {
       await s.dispose();
@@ -127,7 +127,7 @@ describe("embed-and-serve with a real server", () => {
       s.settings.set({ model: MODEL });
       await s.server.reconfigure();
       await s.chat.handleMessage({ type: "action", action: "retry", turnId: error.id });
-      assert.equal(s.chat.history.at(-1)?.status, "done");
+      s.assertAnswered();
     } finally {
       await s.dispose();
     }
@@ -149,7 +149,7 @@ describe("embed-and-serve with a real server", () => {
       assert.match(error.text, /No botframework server answers .* \(starting one is turned off\)/);
       assert.equal(error.actions?.[0]?.id, "startServer");
       await s.chat.handleMessage({ type: "action", action: "startServer", turnId: error.id });
-      assert.equal(s.chat.history.at(-1)?.status, "done");
+      s.assertAnswered();
       assert.equal(s.server.state.owned, true);
       await waitStats(s.server.url, (st) => st.num_busy_slots === 0, "idle");
     } finally {
