@@ -101,8 +101,15 @@ class ModelHandle:
                          max_tokens=max_tokens, overflow=overflow_policy(overflow))
 
     def chat_capabilities(self) -> dict[str, Any]:
+        """What clients ask before they rely on a feature: tools' format, the template's own
+        capabilities, and whether fill-in-the-middle (/infill, `suffix`) works."""
         return {"tool_format": "native" if self.templates.supports_tools else "generic",
-                "template_caps": dict(self.templates.caps)}
+                "template_caps": dict(self.templates.caps), "fim": self.supports_fim}
+
+    @property
+    def supports_fim(self) -> bool:
+        special = self.worker.model.special
+        return min(special.fim_pre, special.fim_suf, special.fim_mid) >= 0
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = False) -> list[int]:
         return self.worker.model.tokenize(text, add_special=add_special, parse_special=parse_special)
@@ -114,7 +121,7 @@ class ModelHandle:
         """Fill-in-the-middle prompt in llama.cpp's PSM order: <PRE> extra+prefix <SUF> suffix <MID>."""
         model = self.worker.model
         special = model.special
-        if min(special.fim_pre, special.fim_suf, special.fim_mid) < 0:
+        if not self.supports_fim:
             raise InvalidRequestError(f"model '{self.model_id}' has no fill-in-the-middle tokens", param="suffix",
                                       code="fim_not_supported")
         tokens = [special.bos] if special.add_bos and special.bos >= 0 else []

@@ -41,3 +41,8 @@ def test_top_level_structured_output_on_the_real_model(server: str) -> None:
         "mode": "structured", "schema": schema, "max_tokens": 120, "temperature": 0})
     assert r.status_code == 200, r.text
     jsonschema.validate(json.loads(r.json()["choices"][0]["message"]["content"]), schema)
+
+
+def test_capabilities_say_whether_the_model_does_fill_in_the_middle(server: str) -> None:
+    model = httpx.get(f"{server}/v1/capabilities", timeout=10).json()["model"]
+    assert model["fim"] is False  # SmolLM2 has no FIM tokens: editors fall back to plain completion
