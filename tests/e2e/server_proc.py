@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 
@@ -32,6 +33,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 180,
+                 log: Path | None = None) -> None:
+    """Until GET /health answers 200; fails if the process exits first (with its log, if any)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc is not None:
+            assert proc.poll() is None, "the server exited while starting" + (f":\n{log.read_text()}" if log else "")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the server did not become healthy"
+        time.sleep(0.1)
+
+
 @contextmanager
 def served(args: list[str], env: dict[str, str] | None = None, port: int | None = None,
            timeout_s: float = 180) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
@@ -42,16 +59,7 @@ def served(args: list[str], env: dict[str, str] | None = None, port: int | None 
     proc = subprocess.Popen([sys.executable, "-m", "botframework.server", "--port", str(port), *args],
                             cwd=tempfile.gettempdir(), env={**os.environ, **(env or {})})
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            assert proc.poll() is None, "the server exited while starting"
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become healthy"
-            time.sleep(0.2)
+        wait_healthy(url, proc, timeout_s)
         yield url, proc
     finally:
         proc.terminate()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from server_proc import free_port
+from server_proc import free_port, wait_healthy
 
 MODEL = "smollm2-135m-instruct"
 
@@ -31,16 +31,7 @@ class Server:
             self.proc = subprocess.Popen([sys.executable, "-m", "botframework.server", "--port", str(self.port),
                                           "--model", MODEL, "--ctx-size", "4096", *args],
                                          cwd=tempfile.gettempdir(), stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while True:
-            assert self.proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_healthy(self.url, self.proc, log=log)
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)

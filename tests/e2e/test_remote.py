@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from openai import OpenAI
-from server_proc import free_port, served
+from server_proc import free_port, served, wait_healthy
 
 MODEL = "smollm2-135m-instruct"
 
@@ -110,13 +110,7 @@ def test_llama_server_as_a_remote(model_path: Path, tmp_path: Path) -> None:
     proc = subprocess.Popen([str(binary), "-m", str(model_path), "--port", str(port), "-c", "2048", "-np", "2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        wait_healthy(f"http://127.0.0.1:{port}", proc)  # type: ignore[arg-type]
         config = front_config(tmp_path, [f"http://127.0.0.1:{port}/v1"])
         with served(["--config", str(config)]) as (front, _):
             client = OpenAI(base_url=f"{front}/v1", api_key="none")

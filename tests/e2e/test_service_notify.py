@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_proc import free_port, pulled
+from server_proc import free_port, pulled, wait_healthy
 
 from botframework.runtime.catalog import DEFAULT_MODEL
 
@@ -87,16 +87,7 @@ def run() -> Iterator[Run]:
             env=env, stdout=log, stderr=log,
             cwd=tempfile.gettempdir())  # not the checkout: `-m` puts the cwd first on sys.path, shadowing the install
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"the server exited while starting:\n{log_path.read_text()}"
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become healthy"
-            time.sleep(0.1)
+        wait_healthy(url, proc, log=log_path)
         record.healthy_at = time.monotonic()
         record.responses = [_chat(url, {"x-request-id": CLIENT_ID}), _chat(url)]
         ready = record.times("READY=1")
