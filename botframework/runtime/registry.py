@@ -128,6 +128,7 @@ class _Slot(Generic[H]):
     num_loads: int = 0
     keep_alive_s: float | None = None  # the last request's keep_alive (acquire); None: the entry's
     parked: list[Any] = field(default_factory=list)  # sessions exported at the last unload, for the next load
+    parked_from: dict[str, Any] | None = None        # the model file the RAM-parked ones came from
 
 
 class Lease(Generic[H]):
@@ -349,8 +350,9 @@ class Registry(Generic[H]):
             try:
                 if slot.parked and hasattr(handle, "import_sessions"):
                     parked, slot.parked = slot.parked, []
+                    parked_from, slot.parked_from = slot.parked_from, None
                     try:
-                        await asyncio.to_thread(self._restore, entry, handle, parked)
+                        await asyncio.to_thread(self._restore, entry, handle, parked, parked_from)
                     except Exception:  # noqa: BLE001 - lost sessions start over; the model still serves
                         log.exception("model %r: could not restore %d sessions", entry.name, len(parked))
                 measured = self._measure(handle) if self._measure is not None else need
@@ -425,6 +427,9 @@ class Registry(Generic[H]):
             sessions = await asyncio.to_thread(export)
             if self.session_files is not None:
                 sessions = await asyncio.to_thread(self._write, slot.entry, handle, sessions)
+            elif sessions:
+                slot.parked_from = await asyncio.to_thread(model_identity, slot.entry.name,
+                                                           getattr(handle, "path", None))
             slot.parked.extend(sessions)
         except Exception:  # noqa: BLE001 - never keep a model loaded because of its sessions
             log.exception("model %r: could not save its sessions", slot.entry.name)
@@ -435,10 +440,16 @@ class Registry(Generic[H]):
         return [self.session_files.write(identity, saved) if isinstance(saved, SavedSession) else saved
                 for saved in sessions]
 
-    def _restore(self, entry: ModelEntry, handle: H, parked: Sequence[Any]) -> None:
+    def _restore(self, entry: ModelEntry, handle: H, parked: Sequence[Any],
+                 parked_from: dict[str, Any] | None = None) -> None:
         """Parked sessions back into a freshly loaded model; a file's that is corrupt or of
-        another model file is skipped with a warning (and left on disk)."""
+        another model file is skipped with a warning (and left on disk), and so are sessions
+        kept in RAM if the model's file changed while it was unloaded."""
         identity = model_identity(entry.name, getattr(handle, "path", None))
+        in_ram_ok = parked_from is None or parked_from == identity
+        if not in_ram_ok:
+            log.warning("model %r: its file changed while it was unloaded: %d sessions start over", entry.name,
+                        sum(not isinstance(item, SessionFile) for item in parked))
         sessions: list[SavedSession] = []
         files: list[SessionFile] = []
         for item in parked:
@@ -448,7 +459,7 @@ class Registry(Generic[H]):
                     files.append(item)
                 except SessionFileError as exc:
                     log.warning("model %r: skipping session file %s: %s", entry.name, item.path, exc)
-            else:
+            elif in_ram_ok:
                 sessions.append(item)
         handle.import_sessions(sessions)  # type: ignore[attr-defined]
         for item in files:  # back in the model: the next drain or unload writes them again

@@ -97,3 +97,24 @@ def test_the_registry_saves_at_drain_and_restores_at_the_next_load(tmp_path: Pat
     assert asyncio.run(second_run()) == ("m", 3)
     assert sorted(s.session_id for s in handles[-1].imported) == ["a", "b"]  # the foreign one skipped
     assert [p.name for p in folder.glob("*.bfsession")] == [SessionFiles(folder).path_for("foreign").name]
+
+
+def test_sessions_kept_in_ram_are_dropped_if_the_model_file_changed(tmp_path: Path) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF" + bytes(10))
+    handles: list[Handle] = []
+
+    def loader(entry: ModelEntry) -> Handle:
+        handles.append(Handle(model, [saved("a")] if not handles else []))
+        return handles[-1]
+
+    async def go() -> None:
+        registry: Registry[Any] = Registry([ModelEntry("m", str(model))], loader)
+        (await registry.acquire("m")).release()
+        assert await registry.unload("m")
+        model.write_bytes(b"GGUF" + bytes(20))  # other weights at the same path
+        (await registry.acquire("m")).release()
+        await registry.close()
+
+    asyncio.run(go())
+    assert handles[-1].imported == []
