@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from botframework.errors import BotframeworkError
 from botframework.specs import SamplerSpec
@@ -48,6 +50,11 @@ class PlanItem:
     sample: bool
     sampler: SamplerSpec | None = None
     num_logprobs: int | None = None  # None: no logprobs; 0: chosen token only; k: + top k
+    # logits processors (botframework.engine.logits) the request named: the engine binds them on
+    # its first item and calls them before sampling with `history`, the sequence's tokens so
+    # far (prompt + generated: the scheduler's own list, read only); () and () for the others
+    processors: tuple[Any, ...] = ()
+    history: Sequence[int] = ()
 
 
 @dataclass(frozen=True)
@@ -80,3 +87,5 @@ class StepResult:
     sample_ms: float
     saved_states: dict[int, bytes] = field(default_factory=dict)
     error: Exception | None = None
+    processor_ms: float = 0.0  # logits processors (part of sample_ms)
+    step_ms: float = 0.0       # the whole step on the worker (schedule, execute, update): for step hooks
