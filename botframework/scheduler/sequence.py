@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
+from typing import Any
 
 from botframework.engine.detokenizer import IncrementalDetokenizer
 from botframework.engine.stops import StopMatcher
@@ -41,6 +42,9 @@ class Request:
     context_shift: bool = False         # at the context limit, drop old tokens instead of stopping
     num_keep: int = 0                   # tokens a context shift never drops (e.g. a system prompt)
     arrival: float = field(default_factory=time.monotonic)
+    # callables (logits, histories) -> None run on this request's logits before sampling
+    # (botframework.engine.logits); plain objects, so in-process only: the server resolves names
+    logits_processors: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.prompt_tokens:
