@@ -5,8 +5,10 @@
     plan.items       -> a request's first item builds its SamplerChain from item.sampler (the
                         only way a sampling spec reaches the engine; one that cannot be built,
                         e.g. invalid GBNF, ends that request before any of its tokens is
-                        decoded) -> one Batch -> one llama_decode -> sample where item.sample
-    plan.release     -> free samplers of finished requests
+                        decoded) and binds its logits processors -> one Batch -> one
+                        llama_decode -> logits processors (engine/logits.py; only when some
+                        request has them) -> sample where item.sample
+    plan.release     -> free samplers (and processors) of finished requests
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 
 import numpy as np
 
+from botframework.engine.logits import LogitsProcessorError, bind_processors, run_processors
 from botframework.engine.step import (
     KVOp,
     KVOpKind,
@@ -27,6 +30,7 @@ from botframework.engine.step import (
 from botframework.errors import BotframeworkError, InvalidRequestError
 from botframework.native.batch import Batch
 from botframework.native.context import Context
+from botframework.native.logits import output_rows
 from botframework.native.model import Model
 from botframework.native.sampler import SamplerChain
 from botframework.specs import SamplerSpec
@@ -46,6 +50,7 @@ class Engine:
         self.context = context
         self.batch = Batch(context.n_batch)
         self._samplers: dict[str, SamplerChain] = {}
+        self._processors: dict[str, tuple[object, ...]] = {}  # request id -> bound logits processors
         self.num_sampler_failures = 0
 
     @property
@@ -56,6 +61,7 @@ class Engine:
         for sampler in self._samplers.values():
             sampler.close()
         self._samplers.clear()
+        self._processors.clear()
 
     def _apply(self, op: KVOp) -> None:
         mem = self.context.memory
@@ -72,11 +78,15 @@ class Engine:
             self.context.state_seq_set(op.seq_id, op.data)
 
     def _new_sampler(self, item: PlanItem) -> BotframeworkError | None:
-        """Build the request's sampler from its plan item; the error if it cannot be built."""
+        """Build the request's sampler (and bind its logits processors) from its plan item; the
+        error if it cannot be built."""
         try:
+            if item.processors:
+                self._processors[item.request_id] = bind_processors(item.processors, self.model)
             self._samplers[item.request_id] = SamplerChain(self.model, item.sampler or _GREEDY)
         except (BotframeworkError, ValueError) as exc:
             log.warning("request %s: cannot build its sampler: %s", item.request_id, exc)
+            self._processors.pop(item.request_id, None)
             self.num_sampler_failures += 1
             return exc if isinstance(exc, BotframeworkError) else InvalidRequestError(str(exc))
         return None
@@ -85,6 +95,28 @@ class Engine:
         sampler = self._samplers.pop(request_id, None)
         if sampler is not None:
             sampler.close()
+        if self._processors:
+            self._processors.pop(request_id, None)
+
+    def _process(self, outputs: list[tuple[PlanItem, int]], sampled: list[SampledToken]
+                 ) -> list[tuple[PlanItem, int]]:
+        """Run the logits processors of the outputs whose requests have some, in place on
+        llama.cpp's buffer; the outputs still to sample (a request whose processor failed ends
+        here, with its error in `sampled`)."""
+        processors = self._processors
+        mine = [k for k, (item, _index) in enumerate(outputs) if item.request_id in processors]
+        if not mine:
+            return outputs
+        span, rows = output_rows(self.context, [outputs[k][1] for k in mine])
+        items = [outputs[k][0] for k in mine]
+        failed = run_processors(span, rows.tolist(), [processors[item.request_id] for item in items],
+                                [item.history for item in items])
+        if not failed:
+            return outputs
+        ended: dict[str, LogitsProcessorError] = {items[k].request_id: error for k, error in failed.items()}
+        for request_id, error in ended.items():
+            sampled.append(SampledToken(request_id, -1, error=error))
+        return [output for output in outputs if output[0].request_id not in ended]
 
     def execute(self, plan: StepPlan) -> StepResult:
         saved = {seq_id: self.context.state_seq_get(seq_id) for seq_id in plan.save_states}
@@ -109,6 +141,10 @@ class Engine:
         t0 = time.perf_counter()
         self.context.decode(batch)
         t1 = time.perf_counter()
+        processor_ms = 0.0
+        if self._processors:  # (a step none of whose requests has processors pays this check only)
+            outputs = self._process(outputs, sampled)
+            processor_ms = (time.perf_counter() - t1) * 1e3
         for item, index in outputs:
             # A sampler that cannot go on (a grammar with no allowed token here) ends that
             # request with its error instead of failing the whole batch.
@@ -132,4 +168,5 @@ class Engine:
             sampled.append(SampledToken(item.request_id, token, logprob, top))
         t2 = time.perf_counter()
         return StepResult(sampled=tuple(sampled), num_tokens=batch.n_tokens,
-                          decode_ms=(t1 - t0) * 1e3, sample_ms=(t2 - t1) * 1e3, saved_states=saved)
+                          decode_ms=(t1 - t0) * 1e3, sample_ms=(t2 - t1) * 1e3, saved_states=saved,
+                          processor_ms=processor_ms)
