@@ -10,6 +10,8 @@
                  later in queue order (their cells freed, back to the queue, recomputed when
                  readmitted): a running answer is never cut short because others hold cells
     update(plan, result): append sampled tokens, detokenize, stops, finish -> publish Deltas
+    observers (a trace): request_added at add(), request_finished at every end
+    admission order among waiting requests: SchedulerConfig.admission ("fcfs" | "shortest")
 
 All state lives here and in its KVSlots (kv_slots.py: which slot holds which tokens in which
 cells, and the KV ops that keep the cache in step), touched only by the engine thread; plans
@@ -18,9 +20,12 @@ and results are plain data, so this runs unchanged on a fake engine in tests.
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from botframework.engine.step import PlanItem, StepPlan, StepResult
 from botframework.errors import BotframeworkError, BusyError, ContextLengthExceededError, GrammarError
@@ -30,6 +35,8 @@ from botframework.scheduler.prefix_store import PrefixStore
 from botframework.scheduler.sequence import Sequence, SequenceStatus, Slot
 from botframework.scheduler.session_store import SessionStore
 from botframework.scheduler.state_store import common_prefix_len
+
+log = logging.getLogger("botframework.scheduler")
 
 
 @dataclass(frozen=True)
@@ -51,10 +58,30 @@ class SchedulerConfig:
     # min_prefix_copy shared tokens; 90-200 ms more TTFT, 7-10% fewer tokens/s), unless a
     # prompt with this many new tokens is admitted: its prefill pays for every cell in use.
     min_offload_tokens: int = 256
+    # Which waiting request is admitted first, among those of the same (aged) priority:
+    # "fcfs" the earliest arrival; "shortest" the one with the fewest prompt tokens left to
+    # compute (short prompts stop waiting behind long prefills; a long one still moves up a
+    # priority level per priority_aging_s, so it is not starved). `botframework replay`
+    # compares them on a recorded trace.
+    admission: str = "fcfs"
 
     def __post_init__(self) -> None:
         if self.num_slots < 1 or self.num_ctx < 2 or self.max_batch_tokens < self.num_slots:
             raise ValueError(f"invalid scheduler config {self}")
+        if self.admission not in ADMISSION_ORDERS:
+            raise ValueError(f"admission must be one of {', '.join(ADMISSION_ORDERS)}, not {self.admission!r}")
+
+
+ADMISSION_ORDERS = ("fcfs", "shortest")
+
+
+class SchedulerObserver(Protocol):
+    """Told of each request the scheduler takes and ends, on the engine thread (a trace:
+    botframework.trace.TraceWriter). Must be quick; an exception is logged, not raised."""
+
+    def request_added(self, seq: Sequence) -> None: ...
+
+    def request_finished(self, seq: Sequence, reason: FinishReason) -> None: ...
 
 
 def _queue_order(seq: Sequence) -> tuple[int, float]:
@@ -77,6 +104,7 @@ class Scheduler:
         self._deadlines: list[Sequence] = []   # queued or active sequences that have a deadline
         self._planned: set[int] = set()  # seq ids with tokens in the step being planned
         self._preempted_now: set[str] = set()  # request ids preempted in the step being planned
+        self.observers: list[SchedulerObserver] = []
         # metrics
         self.num_preemptions = 0
         self.num_prefix_hit_tokens = 0
@@ -99,6 +127,8 @@ class Scheduler:
         self.waiting.append(seq)
         if seq.request.deadline is not None:
             self._deadlines.append(seq)
+        if self.observers:
+            self._notify("request_added", seq)
 
     def cancel(self, request_id: str) -> bool:
         """Cancel by request id; True if something was cancelled."""
@@ -172,7 +202,7 @@ class Scheduler:
             if seq.status is SequenceStatus.PREFILLING:  # (not preempted above)
                 budget -= self._plan_prefill(seq, budget, items)
         most_new = -1  # the most tokens an admitted prompt has to compute
-        for seq in sorted(self.waiting, key=lambda s: (self._effective_priority(s, now), s.request.arrival)):
+        for seq in sorted(self.waiting, key=self._admission_key(now)):
             if budget <= 0:
                 break
             if self._wait_for_shared_prefill(seq):
@@ -216,6 +246,11 @@ class Scheduler:
         waited = now - seq.request.arrival
         return float(seq.request.priority) - waited / self.config.priority_aging_s
 
+    def _admission_key(self, now: float) -> Callable[[Sequence], tuple[float, ...]]:
+        if self.config.admission == "shortest":
+            return lambda s: (math.floor(self._effective_priority(s, now)), s.num_pending_prefill, s.request.arrival)
+        return lambda s: (self._effective_priority(s, now), s.request.arrival)
+
     def _item(self, seq: Sequence, tokens: list[int], sample: bool) -> PlanItem:
         params = seq.request.params
         start = seq.num_computed
@@ -223,7 +258,8 @@ class Scheduler:
         self.kv.extend(seq, start, tokens)
         return PlanItem(request_id=seq.request_id, seq_id=seq.seq_id, tokens=tuple(tokens),
                         start_pos=start, sample=sample, sampler=params.sampler,
-                        num_logprobs=params.num_logprobs)
+                        num_logprobs=params.num_logprobs, processors=seq.request.logits_processors,
+                        history=seq.tokens)
 
     def _plan_prefill(self, seq: Sequence, budget: int, items: list[PlanItem]) -> int:
         n = min(seq.num_pending_prefill, budget)
@@ -399,6 +435,15 @@ class Scheduler:
                       cached_tokens=seq.num_cached, truncated_tokens=seq.request.truncated_tokens)
         seq.handle.publish(Delta(seq.request_id, text=text, token_ids=token_ids, logprobs=logprobs,
                                  finish_reason=reason, usage=usage, timings=timings, error=error))
+        if self.observers:
+            self._notify("request_finished", seq, reason)
+
+    def _notify(self, event: str, *args: object) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, event)(*args)
+            except Exception:  # an observer (a trace) must never break scheduling
+                log.exception("scheduler observer %r failed on %s", observer, event)
 
     # -- introspection ----------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
