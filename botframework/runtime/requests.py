@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from botframework.engine.logits import check_processors
 from botframework.errors import ContextLengthExceededError, InvalidRequestError
 from botframework.scheduler.sequence import Priority, Request
 from botframework.specs import (
@@ -59,6 +60,9 @@ class GenerationOptions:
     priority: Priority = Priority.INTERACTIVE
     context_shift: bool = False
     num_keep: int = 0
+    # logits processors (botframework.engine.logits): LocalLLM's objects, or the ones the
+    # server registered under the names a request gave (server.validation resolves them)
+    logits_processors: Sequence[Any] = ()
 
     def __post_init__(self) -> None:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -115,6 +119,7 @@ def build_request(options: GenerationOptions, tokens: Sequence[int], *, request_
             num_prompt_tokens=len(tokens), num_ctx=n_ctx, param=name("prompt"))
     if options.num_keep < 0:
         raise InvalidRequestError(f"'{name('num_keep')}' must be >= 0", param=name("num_keep"), code=INVALID)
+    processors = check_processors(options.logits_processors or (), name("logits_processors"))
     if max_tokens is None:
         max_tokens = limits.default_max_tokens
     if max_tokens is None:  # what fits
@@ -133,7 +138,8 @@ def build_request(options: GenerationOptions, tokens: Sequence[int], *, request_
         "max_tokens": max_tokens, "stop": stops + tuple(extra_stops), "ignore_eos": options.ignore_eos,
         "num_logprobs": options.num_logprobs}, name)
     return Request(request_id, tuple(tokens), params, session_id=options.session_id, priority=options.priority,
-                   truncated_tokens=truncated_tokens, context_shift=options.context_shift, num_keep=options.num_keep)
+                   truncated_tokens=truncated_tokens, context_shift=options.context_shift, num_keep=options.num_keep,
+                   logits_processors=processors)
 
 
 def _check_stops(stop: str | Sequence[str], limits: RequestLimits, param: str) -> tuple[str, ...]:
