@@ -94,8 +94,12 @@ class LocalLLM:
     Generation options (keywords of chat, complete and their stream_ forms): max_tokens,
     temperature, top_p, top_k, min_p, repeat_penalty, presence_penalty, frequency_penalty,
     seed, stop, logprobs, logit_bias, ignore_eos, session_id, priority, context_shift,
-    num_keep. One left out takes its default from botframework.specs.SAMPLING_DEFAULTS (the
-    server's too); max_tokens' is specs.DEFAULT_MAX_TOKENS.
+    num_keep, logits_processors. One left out takes its default from
+    botframework.specs.SAMPLING_DEFAULTS (the server's too); max_tokens' is
+    specs.DEFAULT_MAX_TOKENS. `logits_processors` is a list of callables
+    `(logits, histories) -> None` that change the request's logits in place before each token
+    is sampled, batched with every other request naming the same object (botframework.processors
+    has built-ins; docs/low-level.md explains the contract and its costs).
     """
 
     def __init__(self, model: str | os.PathLike[str] = DEFAULT_MODEL, *, n_ctx: int = 8192,
