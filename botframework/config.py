@@ -12,6 +12,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from botframework.trace import TraceWriter
 
 __all__ = ["WorkerConfig", "auto_slots", "default_threads", "fit_context", "kv_bytes_per_cell"]
 
@@ -123,3 +127,5 @@ class WorkerConfig:
     embed_piece_tokens: int = 128          # a causal model's embedding input: tokens per engine-loop turn
     # at most, for event loops to send a request's first or last token (RequestHandle.wait_handled)
     handoff_wait_s: float = 0.003
+    # a botframework.trace.TraceWriter the worker attaches itself to at start (serve --trace)
+    trace: TraceWriter | None = None
