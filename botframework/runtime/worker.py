@@ -8,6 +8,8 @@
 
 The engine thread sleeps on a condition variable when there is no work: it never spins.
 Native compute runs without the GIL, so the asyncio server keeps serving while it decodes.
+Step hooks (add_step_hook) see every step's StepPlan and StepResult on the engine thread,
+after its deltas are published (botframework.trace records them: serve --trace).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import dataclasses
 import functools
 import itertools
 import logging
@@ -31,6 +34,7 @@ import numpy as np
 from botframework.config import WorkerConfig, auto_slots, default_threads, fit_context, kv_bytes_per_cell
 from botframework.engine.detokenizer import IncrementalDetokenizer
 from botframework.engine.engine import Engine
+from botframework.engine.step import StepPlan, StepResult
 from botframework.errors import BotframeworkError, ClosedError, InvalidRequestError, ModelLoadError, NativeError
 from botframework.native.batch import Batch
 from botframework.native.context import Context, ContextParams
@@ -42,6 +46,7 @@ from botframework.scheduler.session_store import SessionStore
 
 T = TypeVar("T")
 log = logging.getLogger("botframework.runtime")
+StepHook = Callable[[StepPlan, StepResult], object]
 
 
 @dataclass
@@ -94,6 +99,9 @@ class ModelWorker:
         self.embed_piece_tokens = config.embed_piece_tokens
         self.handoff_wait_s = config.handoff_wait_s
         self._commands: list[Callable[[], object]] = []
+        self._step_hooks: list[StepHook] = []  # replaced, never changed in place: read without a lock
+        if config.trace is not None:
+            config.trace.attach(self)
         self._cv = threading.Condition()
         self._closing = False
         self._ids = itertools.count()
@@ -153,6 +161,16 @@ class ModelWorker:
         if "error" in box:
             raise box["error"]  # type: ignore[misc]
         return box["value"]  # type: ignore[return-value]
+
+    def add_step_hook(self, hook: StepHook) -> None:
+        """Call hook(plan, result) on the engine thread after every generation step, once the
+        scheduler has published the step's deltas; result.step_ms is the whole step (schedule,
+        execute, update). Any thread may add one. It runs inside the step: keep it short. One
+        that raises is logged and removed."""
+        self._step_hooks = [*self._step_hooks, hook]
+
+    def remove_step_hook(self, hook: StepHook) -> None:
+        self._step_hooks = [h for h in self._step_hooks if h is not hook]
 
     def clear_prefix_cache(self) -> int:
         """Forget cached prompt prefixes of idle slots (sessions keep theirs)."""
@@ -280,6 +298,16 @@ class ModelWorker:
         m.decode_ms += result.decode_ms
         m.sample_ms += result.sample_ms
         m.schedule_ms += (t1 - t0) * 1e3 - result.decode_ms - result.sample_ms
+        if self._step_hooks:
+            self._run_step_hooks(plan, dataclasses.replace(result, step_ms=(t1 - t0) * 1e3))
+
+    def _run_step_hooks(self, plan: StepPlan, result: StepResult) -> None:
+        for hook in self._step_hooks:
+            try:
+                hook(plan, result)
+            except Exception:  # a hook must never take the engine down
+                log.exception("step hook %r failed; removed", hook)
+                self.remove_step_hook(hook)
 
     def _recover(self, error: BotframeworkError) -> None:
         """A step failed as a whole: end its requests, drop every cell, keep serving."""
