@@ -15,11 +15,12 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from botframework.config import WorkerConfig, memory_budget_default
+from botframework.processors import load_registry
 from botframework.runtime.catalog import DEFAULT_MODEL
 from botframework.runtime.handle import model_id_for
 from botframework.runtime.registry import (
@@ -31,6 +32,7 @@ from botframework.runtime.registry import (
     gguf_files,
 )
 from botframework.runtime.requests import RequestLimits
+from botframework.trace import TraceWriter
 
 _ENV_PREFIX = "BOTFRAMEWORK_"
 MAX_STOP_CHARS = 1024  # characters in one stop string
@@ -69,6 +71,11 @@ class ServerSettings:
     prefix_cache_mb: int = 1024                # host RAM for idle prompt caches (0: keep them in the KV cache)
     direct_stream: bool = True                 # running streams' chunks written by the engine thread (direct.py)
     log_level: str = "info"
+    # logits processors requests may name ("logits_processors": ["name"]): name -> "module:attr",
+    # imported once here at start (botframework.processors.load_processor); never from a request
+    processors: Mapping[str, str] = field(default_factory=dict)
+    trace_path: Path | None = None             # a JSONL step trace of the run (botframework.trace)
+    trace_prompts: bool = False                # ...with each prompt's text and token ids
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -85,7 +92,16 @@ class ServerSettings:
             raise ValueError("shutdown_grace_s must be >= 0")
         if self.memory_budget_mb is not None and self.memory_budget_mb < 1:
             raise ValueError("memory_budget_mb must be >= 1")
+        # imported now: a bad path stops the start, not a request; one writer for every model
+        object.__setattr__(self, "_processor_registry", load_registry(dict(self.processors)))
+        object.__setattr__(self, "_trace", TraceWriter(self.trace_path, prompts=self.trace_prompts)
+                           if self.trace_path is not None else None)
         self.model_entries()  # a bad [[models]] table is an error now, not at the first request
+
+    @property
+    def processor_registry(self) -> Mapping[str, Any]:
+        """The registered logits processors by name (objects, imported at start)."""
+        return self._processor_registry  # type: ignore[attr-defined, no-any-return]
 
     @property
     def served_model_id(self) -> str:
@@ -97,7 +113,7 @@ class ServerSettings:
                             n_threads=self.n_threads,
                             n_threads_batch=self.n_threads_batch, n_gpu_layers=self.n_gpu_layers,
                             hugepages=self.hugepages, prefix_cache_bytes=self.prefix_cache_mb << 20,
-                            max_waiting=self.max_queue)
+                            max_waiting=self.max_queue, trace=self._trace)  # type: ignore[attr-defined]
 
     @property
     def allowed_dirs(self) -> list[Path] | None:
@@ -270,7 +286,7 @@ class ServerSettings:
 _MODEL_KEYS = {"name", "aliases", "source", "model", "path", "kind", "load", "keep_alive", "sha256", "chat_template",
                "url", "urls", "api_key", "remote_model", "timeout_s",
                "n_ctx", "parallel", "threads", "threads_batch", "n_gpu_layers", "hugepages", "prefix_cache_mb"}
-_BOOLS = {"pull_missing", "allow_non_loopback", "hugepages", "direct_stream"}
+_BOOLS = {"pull_missing", "allow_non_loopback", "hugepages", "direct_stream", "trace_prompts"}
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _INTS = {"port", "max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_choices", "max_logit_bias",
          "max_embedding_inputs", "num_slots", "n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers",
@@ -302,7 +318,7 @@ def _parse(name: str, raw: str) -> Any:
             return _BOOL[raw.strip().lower()]
         except KeyError:
             raise ValueError(f"{_ENV_PREFIX}{name.upper()} must be a boolean, not {raw!r}") from None
-    if name in ("api_keys", "cors_origins", "models_dirs"):
+    if name in ("api_keys", "cors_origins", "models_dirs", "processors"):
         return _coerce(name, [part.strip() for part in raw.split(",") if part.strip()])
     if name in ("keep_alive_s", "shutdown_grace_s"):
         try:
@@ -320,8 +336,17 @@ def _coerce(name: str, value: Any) -> Any:
             raise ValueError(f"{name} must be a boolean, not {value!r}") from None
     if name == "models_dirs":
         return tuple(Path(p) for p in value)
-    if name in ("models_dir", "sessions_dir"):
+    if name in ("models_dir", "sessions_dir", "trace_path"):
         return Path(value).expanduser()
+    if name == "processors":  # a table, or NAME=MODULE:ATTR strings (--processor, the environment)
+        if isinstance(value, Mapping):
+            pairs = list(value.items())
+        else:
+            items = [value] if isinstance(value, str) else list(value)
+            if not all(isinstance(item, str) and "=" in item for item in items):
+                raise ValueError(f"processors are NAME=MODULE:ATTR, not {value!r}")
+            pairs = [tuple(item.split("=", 1)) for item in items]
+        return {str(k).strip(): str(v).strip() for k, v in pairs}
     if name in ("keep_alive_s", "shutdown_grace_s"):
         return float(value)
     if name == "model" and not isinstance(value, str):  # repeated --model flags
