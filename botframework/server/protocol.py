@@ -60,6 +60,8 @@ class ResponseFormat(_Strict):
 
 
 Priority = Literal["interactive", "completion", "batch"]
+# names of logits processors registered at start (serve --processor NAME=MODULE:ATTR), in order
+ProcessorNames = Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=16)]
 
 
 class _Sampling(_Strict):
@@ -109,6 +111,7 @@ class ChatCompletionRequest(_Sampling):
     # the original spec's structured form at the top level: {"mode": "structured", "schema": {...}}
     mode: Literal["structured"] | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    logits_processors: ProcessorNames | None = None  # extension: processors the server registered
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -137,6 +140,7 @@ class CompletionRequest(_Sampling):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = Field(default=None, ge=1)
+    logits_processors: ProcessorNames | None = None  # extension: processors the server registered
 
     def check_supported(self) -> None:
         super().check_supported()
