@@ -5,6 +5,7 @@
         --engine_request--> runtime.requests.build_request (limits from ServerSettings,
                             errors named as the body names its fields) --> scheduler Request
     ChatCompletionRequest --chat_options--> ChatOptions (response_format, tools, grammar)
+    "logits_processors": names --logits_processors--> the objects ServerSettings registered
 
 Every failure is an InvalidRequestError (param, code) or one of its subclasses;
 server/errors.py maps them to HTTP by type. Pydantic has already checked shapes and ranges.
@@ -12,6 +13,7 @@ server/errors.py maps them to HTTP by type. Pydantic has already checked shapes 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from botframework.chat.plan import ChatOptions
@@ -61,9 +63,25 @@ def engine_request(body: GenerationBody, tokens: list[int], runtime: Runtime, se
                    request_id: str, *, options: GenerationOptions | None = None, extra_stops: tuple[str, ...] = (),
                    grammar: GrammarSpec | None = None, truncated_tokens: int = 0) -> Request:
     """build_request under this server's limits, for this model."""
-    return build_request(options or generation_options(body), tokens, request_id=request_id, n_ctx=runtime.n_ctx,
+    options = options or generation_options(body)
+    names = body.logits_processors if isinstance(body, (ChatCompletionRequest, CompletionRequest)) else None
+    if names:
+        options = dataclasses.replace(options, logits_processors=logits_processors(names, settings))
+    return build_request(options, tokens, request_id=request_id, n_ctx=runtime.n_ctx,
                          n_vocab=runtime.n_vocab, limits=settings.request_limits, extra_stops=extra_stops,
                          grammar=grammar, truncated_tokens=truncated_tokens, param_names=param_names(body))
+
+
+def logits_processors(names: list[str], settings: ServerSettings) -> tuple[Any, ...]:
+    """The processors registered at start under these names; an unknown name is a 400. A
+    request only ever names them: nothing it sends is imported or run."""
+    registry = settings.processor_registry
+    for name in names:
+        if name not in registry:
+            have = ", ".join(sorted(registry)) or "none (serve --processor NAME=MODULE:ATTR registers them)"
+            raise InvalidRequestError(f"unknown logits processor {name!r}; this server has: {have}",
+                                      param="logits_processors", code=INVALID)
+    return tuple(registry[name] for name in names)
 
 
 def check_choices(n: int, settings: ServerSettings) -> None:
