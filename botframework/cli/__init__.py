@@ -1,4 +1,4 @@
-"""The `botframework` command: serve | pull | models | ps | info | chat | run.
+"""The `botframework` command: serve | pull | models | ps | info | chat | run | replay.
 
 Each subcommand imports what it needs when it runs, so `botframework --help` is instant.
 """
@@ -50,7 +50,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             allow_non_loopback=args.allow_non_loopback, direct_stream=args.direct_stream,
             models_dir=args.models_dir, memory_budget_mb=args.memory_budget, keep_alive_s=args.keep_alive,
             max_queue=args.max_queue, log_level=args.log_level, shutdown_grace_s=args.shutdown_grace,
-            sessions_dir=args.sessions_dir)
+            sessions_dir=args.sessions_dir, processors=args.processor, trace_path=args.trace,
+            trace_prompts=args.trace_prompts)
         settings.check_bind()
     except ValueError as exc:
         print(f"botframework: error: {exc}", file=sys.stderr)
@@ -202,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save chat sessions here when the server stops or a model unloads, and restore them")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug", "trace"],
                    help="default info; debug also logs every request")
+    p.add_argument("--processor", action="append", metavar="NAME=MODULE:ATTR",
+                   help="register a logits processor that requests may name (\"logits_processors\": [NAME]); "
+                        "imported at start, e.g. typical=botframework.processors:TypicalP (repeatable)")
+    p.add_argument("--trace", metavar="FILE",
+                   help="append a JSONL step trace of this run (arrivals, plans, step times, finishes; no "
+                        "prompt text): replay it with `botframework replay FILE`")
+    p.add_argument("--trace-prompts", action="store_true", default=None,
+                   help="also write each prompt's text and token ids into the trace")
     p.add_argument("--config", help="TOML settings file (flags and BOTFRAMEWORK_* override it)")
     p.set_defaults(func=cmd_serve)
 
@@ -240,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     from botframework.cli.service import add_service_parser
 
     add_service_parser(sub)  # botframework service install | uninstall | status
+    from botframework.cli.replay import add_replay_parser
+
+    add_replay_parser(sub)  # botframework replay TRACE --policy ...
     return parser
 
 
