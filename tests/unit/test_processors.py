@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from fake_engine import FakeEngine
 
+from botframework.engine.detokenizer import IncrementalDetokenizer
 from botframework.engine.logits import (
     LogitsProcessorError,
     bind_processors,
@@ -25,7 +26,6 @@ from botframework.processors import (
     load_processor,
     load_registry,
 )
-from botframework.engine.detokenizer import IncrementalDetokenizer
 from botframework.runtime.requests import GenerationOptions, RequestLimits, build_request
 from botframework.scheduler.output import RequestHandle
 from botframework.scheduler.scheduler import Scheduler, SchedulerConfig
