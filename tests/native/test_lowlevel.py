@@ -1,0 +1,189 @@
+"""The low-level API as docs/low-level.md teaches it, on the real model: logits as zero-copy
+views equal to llama.cpp's own, KV sequence operations, state save/restore, and misuse as
+the documented exceptions (never a crash)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from botframework.errors import ClosedError, InvalidRequestError
+from botframework.native import Batch, Context, ContextParams, Model, SamplerChain, SamplerSpec
+from botframework.native._lib import lib
+from botframework.native.logits import logits_view, output_rows
+
+pytestmark = pytest.mark.native
+PROMPTS = ["The capital of France is", "def add(a, b):", "Once upon a time"]
+
+
+@pytest.fixture
+def ctx(model: Model) -> Iterator[Context]:
+    with Context(model, ContextParams(n_ctx=512, n_batch=128, n_ubatch=128, n_seq_max=4, n_threads=2,
+                                      n_threads_batch=2)) as context:
+        yield context
+
+
+def prefill(model: Model, ctx: Context, prompts: list[str] = PROMPTS) -> tuple[Batch, list[int], list[list[int]]]:
+    """Every prompt as its own sequence (seq id = index) in one batch; the output indices."""
+    batch = Batch(ctx.n_batch)
+    tokens = [model.tokenize(p) for p in prompts]
+    outputs = [batch.add_sequence(t, 0, seq_id, logits_last=True) for seq_id, t in enumerate(tokens)]
+    ctx.decode(batch)
+    return batch, outputs, tokens
+
+
+def llama_greedy(ctx: Context, index: int) -> int:
+    """llama.cpp's own greedy sampler reading the context's logits itself."""
+    L = lib()
+    sampler = L.llama_sampler_init_greedy()
+    try:
+        return int(L.llama_sampler_sample(sampler, ctx.handle, index))
+    finally:
+        L.llama_sampler_free(sampler)
+
+
+def test_views_are_llama_cpps_logits_without_a_copy(model: Model, ctx: Context) -> None:
+    _batch, outputs, _tokens = prefill(model, ctx)
+    view = logits_view(ctx, outputs)
+    assert view.shape == (3, model.n_vocab) and view.dtype == np.float32 and view.flags.writeable
+    for row, index in enumerate(outputs):
+        np.testing.assert_array_equal(view[row], ctx.logits_ith(index))  # llama_get_logits_ith, copied
+        assert np.shares_memory(view, logits_view(ctx, index))
+        assert int(np.argmax(view[row])) == llama_greedy(ctx, index)
+    view[1, :] = -np.inf  # a write is what llama.cpp then reads: the same memory
+    view[1, 42] = 0.0
+    assert llama_greedy(ctx, outputs[1]) == 42 and ctx.logits_ith(outputs[1])[42] == 0.0
+    span, rows = output_rows(ctx, [outputs[2], outputs[0]])
+    assert rows.tolist() == [2, 0] and np.shares_memory(span, view)
+
+
+def test_a_batch_of_sequences_reads_like_each_sequence_alone(model: Model, ctx: Context) -> None:
+    _batch, outputs, tokens = prefill(model, ctx)
+    together = logits_view(ctx, outputs).copy()
+    for seq_id, prompt in enumerate(tokens):
+        ctx.memory.clear()
+        one = Batch(ctx.n_batch)
+        index = one.add_sequence(prompt, 0, seq_id, logits_last=True)
+        ctx.decode(one)
+        alone = logits_view(ctx, index)
+        assert int(np.argmax(alone)) == int(np.argmax(together[seq_id]))
+        np.testing.assert_allclose(alone, together[seq_id], atol=0.05)  # short prompts: the same kernels
+
+
+def test_sampler_chain_and_numpy_sampling_agree_on_greedy(model: Model, ctx: Context) -> None:
+    _batch, outputs, _tokens = prefill(model, ctx)
+    view = logits_view(ctx, outputs)
+    numpy_picks = view.argmax(axis=1).tolist()  # read before sampling: a view, valid until the next decode
+    with SamplerChain(model, SamplerSpec(temperature=0.0)) as sampler:
+        assert [sampler.sample(ctx, i) for i in outputs] == numpy_picks
+
+
+def continue_greedy(ctx: Context, seq_id: int, token: int, pos: int, n: int) -> list[int]:
+    out = []
+    batch = Batch(8)
+    for _ in range(n):
+        batch.clear()
+        index = batch.add_sequence([token], pos, seq_id, logits_last=True)
+        ctx.decode(batch)
+        token = int(np.argmax(logits_view(ctx, index)))
+        out.append(token)
+        pos += 1
+    return out
+
+
+def test_seq_cp_shares_a_prefix_and_seq_rm_keep_and_add_edit_it(model: Model, ctx: Context) -> None:
+    tokens = model.tokenize("The capital of France is")
+    batch = Batch(64)
+    index = batch.add_sequence(tokens, 0, 0, logits_last=True)
+    ctx.decode(batch)
+    first = int(np.argmax(logits_view(ctx, index)))
+    mem = ctx.memory
+    mem.seq_cp(0, 1)  # seq 1 shares every cell of seq 0: no recompute
+    assert mem.pos_max(1) == len(tokens) - 1
+    a = continue_greedy(ctx, 0, first, len(tokens), 4)
+    b = continue_greedy(ctx, 1, first, len(tokens), 4)
+    assert a == b
+    assert mem.seq_rm(1, len(tokens), -1)  # drop seq 1's continuation
+    assert mem.pos_max(1) == len(tokens) - 1
+    mem.seq_keep(1)  # every other sequence goes
+    assert mem.pos_max(0) == -1 and mem.pos_max(1) == len(tokens) - 1
+    mem.seq_add(1, 0, -1, 10)  # shift its positions (context shift's building block)
+    assert mem.pos_min(1) == 10 and mem.pos_max(1) == len(tokens) + 9
+
+
+def test_state_save_and_restore_gives_the_same_continuation(model: Model, ctx: Context) -> None:
+    tokens = model.tokenize("Once upon a time")
+    batch = Batch(64)
+    index = batch.add_sequence(tokens, 0, 2, logits_last=True)
+    ctx.decode(batch)
+    first = int(np.argmax(logits_view(ctx, index)))
+    state = ctx.state_seq_get(2)
+    before = continue_greedy(ctx, 2, first, len(tokens), 4)
+    ctx.memory.seq_rm(2)
+    ctx.state_seq_set(3, state)  # into another sequence id
+    assert continue_greedy(ctx, 3, first, len(tokens), 4) == before
+
+
+# -- misuse: the documented exceptions ----------------------------------------------------
+
+def test_out_of_range_sequence_ids_raise(model: Model, ctx: Context) -> None:
+    mem = ctx.memory
+    for call in (lambda: mem.seq_rm(4), lambda: mem.seq_cp(0, 300), lambda: mem.seq_keep(-2),
+                 lambda: mem.seq_add(9, 0, -1, 1), lambda: mem.pos_max(4), lambda: ctx.state_seq_get(4),
+                 lambda: ctx.state_seq_set(-1, b"")):
+        with pytest.raises(InvalidRequestError, match="out of range"):
+            call()
+    batch = Batch(8)
+    batch.add_sequence(model.tokenize("hi"), 0, 7, logits_last=True)
+    with pytest.raises(InvalidRequestError, match="sequence id 7"):
+        ctx.decode(batch)
+
+
+def test_a_batch_over_its_capacity_or_the_context_raises(model: Model, ctx: Context) -> None:
+    batch = Batch(4)
+    batch.add_sequence([1, 2, 3], 0, 0, logits_last=False)
+    with pytest.raises(InvalidRequestError, match="batch is full"):
+        batch.add_sequence([4, 5], 3, 0, logits_last=True)
+    batch.add(9, 3, 0, True)  # the fourth token fits
+    with pytest.raises(InvalidRequestError, match="batch is full"):
+        batch.add(9, 4, 0, True)
+    big = Batch(ctx.n_batch + 1)
+    big.add_sequence(list(range(1, ctx.n_batch + 2)), 0, 0, logits_last=True)
+    with pytest.raises(InvalidRequestError, match="exceeds n_batch"):
+        ctx.decode(big)
+
+
+def test_logits_of_a_token_that_asked_for_none_raise(model: Model, ctx: Context) -> None:
+    batch = Batch(16)
+    tokens = model.tokenize("The capital of France is")
+    last = batch.add_sequence(tokens, 0, 0, logits_last=True)
+    ctx.decode(batch)
+    with pytest.raises(InvalidRequestError, match="has no logits"):
+        logits_view(ctx, 0)
+    with pytest.raises(InvalidRequestError, match="has no logits"):
+        logits_view(ctx, [last, 0])
+    with pytest.raises(InvalidRequestError):
+        output_rows(ctx, [])
+
+
+def test_everything_on_a_closed_context_raises_closed_error(model: Model) -> None:
+    ctx = Context(model, ContextParams(n_ctx=256, n_batch=64, n_seq_max=2))
+    batch = Batch(8)
+    index = batch.add_sequence(model.tokenize("hi"), 0, 0, logits_last=True)
+    ctx.decode(batch)
+    sampler = SamplerChain(model, SamplerSpec(temperature=0.0))
+    ctx.close()
+    ctx.close()  # idempotent
+    for call in (lambda: ctx.decode(batch), lambda: logits_view(ctx, index), lambda: ctx.logits_ith(index),
+                 lambda: ctx.memory.seq_rm(0), lambda: ctx.memory.clear(), lambda: ctx.state_seq_get(0),
+                 lambda: sampler.sample(ctx, index)):
+        with pytest.raises(ClosedError):
+            call()
+    sampler.close()
+    with pytest.raises(ClosedError):
+        sampler.sample(ctx, index)
+    batch.close()
+    with pytest.raises(ClosedError):
+        batch.add_sequence([1], 0, 0, logits_last=True)
