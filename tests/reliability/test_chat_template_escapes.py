@@ -1,0 +1,113 @@
+"""Hostile chat templates (the `chat_template` option of [[models]] and LocalLLM): sandbox escapes
+(`__class__`, `|attr`, `__globals__`, include/import of files) and resource bombs (`range(10**9)`,
+huge strings, unbounded recursion, 10k-deep expressions).
+
+Each template is loaded and rendered through botframework.native.shim.ChatTemplates (what
+load_model uses) in a child process with a 4 GiB address-space limit and a timeout. It must be
+refused (ModelLoadError / InvalidRequestError) or render without leaking anything from outside
+the sandbox, and never crash or hang the process.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TIMEOUT_S = 30
+_CHILD = r"""
+import json, sys
+from botframework.native import Model
+from botframework.native.shim import ChatTemplates
+path, template = json.loads(sys.stdin.read())
+model = Model(path)
+try:
+    templates = ChatTemplates(model, template)
+    out = templates.apply({"messages": [{"role": "user", "content": "hi"}], "add_generation_prompt": True})
+    result = {"outcome": "rendered", "prompt": out.get("prompt", "")[:2000]}
+except Exception as exc:
+    result = {"outcome": "refused", "type": type(exc).__name__, "message": str(exc)[:300]}
+print("@@RESULT " + json.dumps(result), flush=True)
+"""
+
+ESCAPES = {
+    "__class__": "{{ messages.__class__ }}",
+    "__mro__ subclasses": "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "|attr": "{{ messages|attr('__class__') }}",
+    "|attr chain": "{{ (messages|attr('__class__')|attr('__base__')|attr('__subclasses__'))() }}",
+    "cycler globals os": "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+    "self globals": "{{ self.__init__.__globals__ }}",
+    "lipsum globals": "{{ lipsum.__globals__['os'].popen('id').read() }}",
+    "config": "{{ config.items() }}",
+    "include file": "{% include '/etc/passwd' %}",
+    "import module": "{% import 'os' as os %}{{ os.popen('id').read() }}",
+    "extends file": "{% extends '/etc/passwd' %}",
+    "raise_exception": "{{ raise_exception('refused by the template') }}",
+    "unclosed block": "{% if messages %}x",
+    "undefined filter": "{{ messages | no_such_filter }}",
+}
+BOMBS = {
+    "range(10**9)": "{% for i in range(10**9) %}x{% endfor %}",
+    "empty range(10**9) loop": "{% for i in range(10**9) %}{% endfor %}",
+    "string 10**9": "{{ 'x' * 10**9 }}",
+    "list 10**8": "{{ ([0] * 10**8) | length }}",
+    "nested loops 10**4 x 10**4": "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+    "recursive macro": "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+    "10k-deep parentheses": "{{ " + "(" * 10_000 + "1" + ")" * 10_000 + " }}",
+    "10k-deep ifs": "{% if true %}" * 10_000 + "x" + "{% endif %}" * 10_000,
+}
+# templates that crash or hang the process today (recorded, strict: a fix turns them into failures to remove)
+_SEGV = ("SIGSEGV while loading a chat_template: llama.cpp's Jinja engine recurses without a depth limit "
+         "(bf_chat_templates_new renders the template to detect its capabilities), so a [[models]] "
+         "chat_template or LocalLLM(chat_template=...) with {} kills the server/process")
+BOMB_BUGS = {
+    "10k-deep ifs": _SEGV.format("10,000 nested {% if %}"),
+    "10k-deep parentheses": _SEGV.format("a 10,000-deep parenthesised expression"),
+    "recursive macro": _SEGV.format("a macro that calls itself"),
+    "nested loops 10**4 x 10**4": "no render budget: a chat_template with two nested range(10000) loops (10^8 empty "
+                                  "iterations) keeps loading the model for more than 30 s",
+}
+LEAKS = ("uid=", "root:x:", "__builtins__", "<class", "<built-in", "popen")
+
+
+def _limit() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def render(model_path: Path, template: str) -> dict:  # type: ignore[type-arg]
+    try:
+        proc = subprocess.run([sys.executable, "-c", _CHILD], input=json.dumps([str(model_path), template]),
+                              capture_output=True, text=True, timeout=TIMEOUT_S, preexec_fn=_limit)
+    except subprocess.TimeoutExpired:
+        return {"outcome": "hung"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("@@RESULT "):
+            return json.loads(line[9:])  # type: ignore[no-any-return]
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip()][-3:]
+    return {"outcome": "crashed", "type": f"exit {proc.returncode}", "message": "\n".join(err)}
+
+
+def _assert_contained(name: str, result: dict) -> None:  # type: ignore[type-arg]
+    print(f"{name}: {result['outcome']} {result.get('type', '')} {str(result.get('message', result.get('prompt', '')))[:120]!r}")
+    assert result["outcome"] in ("rendered", "refused"), result
+    if result["outcome"] == "refused":
+        assert result["type"] in ("ModelLoadError", "InvalidRequestError"), result
+    else:
+        leaked = [marker for marker in LEAKS if marker in result["prompt"]]
+        assert not leaked, f"{name} leaked {leaked}: {result['prompt'][:300]}"
+
+
+@pytest.mark.parametrize("name", sorted(ESCAPES))
+def test_a_template_cannot_leave_the_sandbox(model_path: Path, name: str) -> None:
+    _assert_contained(name, render(model_path, ESCAPES[name]))
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=BOMB_BUGS[n]))
+                                  if n in BOMB_BUGS else n for n in sorted(BOMBS)])
+def test_a_template_bomb_hits_a_budget(model_path: Path, name: str) -> None:
+    _assert_contained(name, render(model_path, BOMBS[name]))
