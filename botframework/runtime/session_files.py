@@ -60,9 +60,9 @@ class SessionFile:
     def read(self, identity: Mapping[str, Any]) -> SavedSession:
         """The session, checked: the same model, and the state's checksum."""
         header, data = _read(self.path, with_data=True)
-        if dict(header["model"]) != dict(identity):
+        if header["model"] != dict(identity):
             raise SessionFileError(f"{self.path.name} belongs to another model file ({header['model']})")
-        return SavedSession(header["session_id"], [int(t) for t in header["tokens"]], data)
+        return SavedSession(header["session_id"], list(header["tokens"]), data)
 
 
 class SessionFiles:
@@ -78,8 +78,9 @@ class SessionFiles:
         """Write (or replace) one session's file atomically."""
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         model = dict(identity)
-        header = {"session_id": session.session_id, "model": model, "tokens": list(session.tokens),
-                  "data_bytes": len(session.data), "data_sha256": hashlib.sha256(session.data).hexdigest()}
+        tokens = [int(t) for t in session.tokens]
+        header = {"session_id": session.session_id, "model": model, "tokens": tokens, "data_bytes": len(session.data),
+                  "sha256": _digest(session.session_id, model, tokens, session.data)}
         target = self.path_for(session.session_id)
         tmp = target.with_suffix(".tmp")
         with open(tmp, "wb") as out:
@@ -110,6 +111,39 @@ class SessionFiles:
             return False
 
 
+# what llama_state_seq_get_data writes first (llama-context.cpp's io_magic): state that does not
+# start with it is not a sequence's state, and llama.cpp would refuse it in the middle of a step
+LLAMA_SEQ_STATE_MAGIC = (0xAF143CD8).to_bytes(4, "little")
+MAX_DATA_BYTES = 1 << 40
+
+
+def _digest(session_id: str, model: Mapping[str, Any], tokens: list[int], data: bytes) -> str:
+    """The checksum: the header's meaning (id, model, tokens) and the state together."""
+    digest = hashlib.sha256(json.dumps([session_id, model, tokens], sort_keys=True, separators=(",", ":")).encode())
+    digest.update(data)
+    return digest.hexdigest()
+
+
+def _check_header(header: Any) -> dict[str, Any]:
+    """The header's fields with the right types and ranges, or SessionFileError."""
+    if not isinstance(header, dict):
+        raise SessionFileError("the header is not an object")
+    session_id, model, tokens = header.get("session_id"), header.get("model"), header.get("tokens")
+    size, digest = header.get("data_bytes"), header.get("sha256")
+    if not isinstance(session_id, str) or not session_id:
+        raise SessionFileError("bad session_id")
+    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, (str, int)) and
+                                              not isinstance(v, bool) for k, v in model.items()):
+        raise SessionFileError("bad model identity")
+    if not isinstance(tokens, list) or not all(type(t) is int and 0 <= t < 1 << 31 for t in tokens):
+        raise SessionFileError("bad tokens")
+    if type(size) is not int or not 0 < size <= MAX_DATA_BYTES:
+        raise SessionFileError("bad data_bytes")
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise SessionFileError("bad checksum field")
+    return header
+
+
 def _read(path: Path, *, with_data: bool) -> tuple[dict[str, Any], bytes]:
     try:
         with open(path, "rb") as f:
@@ -118,15 +152,17 @@ def _read(path: Path, *, with_data: bool) -> tuple[dict[str, Any], bytes]:
             line = f.readline(MAX_HEADER_BYTES + 1)
             if not line.endswith(b"\n"):
                 raise SessionFileError("truncated or oversized header")
-            header = json.loads(line)
-            if not isinstance(header, dict) or not {"session_id", "model", "tokens", "data_bytes",
-                                                    "data_sha256"} <= set(header):
-                raise SessionFileError("header lacks fields")
+            header = _check_header(json.loads(line))
             if not with_data:
                 return header, b""
-            data = f.read(int(header["data_bytes"]) + 1)
-    except (OSError, ValueError) as exc:  # unreadable, bad JSON
-        raise SessionFileError(str(exc)) from exc
-    if len(data) != header["data_bytes"] or hashlib.sha256(data).hexdigest() != header["data_sha256"]:
-        raise SessionFileError("the state does not match its checksum")
+            remaining = os.fstat(f.fileno()).st_size - f.tell()
+            if remaining != header["data_bytes"]:
+                raise SessionFileError("the state's size does not match the file")
+            data = f.read(remaining)
+    except (OSError, ValueError, RecursionError) as exc:  # unreadable, bad JSON, JSON nested too deep
+        raise SessionFileError(f"{type(exc).__name__}: {exc}") from exc
+    if _digest(header["session_id"], header["model"], header["tokens"], data) != header["sha256"]:
+        raise SessionFileError("the file does not match its checksum")
+    if not data.startswith(LLAMA_SEQ_STATE_MAGIC):
+        raise SessionFileError("the state is not a llama.cpp sequence state")
     return header, data

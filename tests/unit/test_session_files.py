@@ -12,11 +12,11 @@ import pytest
 
 from botframework.runtime.handle import SavedSession
 from botframework.runtime.registry import ModelEntry, Registry
-from botframework.runtime.session_files import SessionFileError, SessionFiles, model_identity
+from botframework.runtime.session_files import LLAMA_SEQ_STATE_MAGIC, SessionFileError, SessionFiles, model_identity
 
 
 def saved(session_id: str = "s1", n: int = 5) -> SavedSession:
-    return SavedSession(session_id, list(range(n)), bytes(range(256)) * 3)
+    return SavedSession(session_id, list(range(n)), LLAMA_SEQ_STATE_MAGIC + bytes(range(256)) * 3)
 
 
 def test_a_session_file_round_trips_and_checks_itself(tmp_path: Path) -> None:
@@ -35,6 +35,9 @@ def test_a_session_file_round_trips_and_checks_itself(tmp_path: Path) -> None:
         found.read(model_identity("m", model))
     data = ref.path.read_bytes()
     ref.path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(SessionFileError, match="checksum"):
+        found.read(identity)
+    ref.path.write_bytes(data.replace(b"[0,1,2,3,4]", b"[0,1,2,3,5]"))  # the tokens are checked too
     with pytest.raises(SessionFileError, match="checksum"):
         found.read(identity)
 
