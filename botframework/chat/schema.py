@@ -125,7 +125,14 @@ def check_schema(schema: Any, *, where: str = "#", param: str = "response_format
         path = "/".join(str(p) for p in exc.absolute_path)
         raise GrammarError(f"invalid JSON schema at {where}{'/' + path if path else ''}: {exc.message}",
                            param=param) from None
-    problems = list(_Walker(schema, where).problems())
+    except RecursionError:  # a `pattern` nested past what Python's regex parser recurses through
+        raise GrammarError(f"the JSON schema at {where} has a pattern nested too deeply to check",
+                           param=param) from None
+    try:
+        problems = list(_Walker(schema, where).problems())
+    except RecursionError:
+        raise GrammarError(f"the JSON schema at {where} has a pattern nested too deeply to enforce",
+                           param=param) from None
     if problems:
         listed = "; ".join(problems)
         raise UnsupportedSchemaError(

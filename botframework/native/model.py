@@ -175,7 +175,11 @@ class Model(NativeHandle):
         return self._eog
 
     def tokenize(self, text: str | bytes, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
-        data = text.encode("utf-8") if isinstance(text, str) else text
+        try:
+            data = text.encode("utf-8") if isinstance(text, str) else text
+        except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800") that a JSON body can carry
+            raise InvalidRequestError(f"the text is not valid Unicode: {exc.reason} at position {exc.start}",
+                                      code="invalid_unicode") from None
         capacity = len(data) + 8
         while True:
             tokens = ffi.new("llama_token[]", capacity)
