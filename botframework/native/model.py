@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from botframework.errors import ClosedError, InvalidRequestError, ModelLoadError, ModelNotFoundError
+from botframework.native._gguf_header import header_problem
 from botframework.native._hugepages import HugePageWatch, available
 from botframework.native._lib import ffi, lib
 from botframework.native._owned import NativeHandle
@@ -64,6 +65,9 @@ def _check_gguf_file(path: Path) -> None:
         raise ModelLoadError(f"cannot read model file {path}: {exc}") from exc
     if magic != GGUF_MAGIC:
         raise ModelLoadError(f"not a GGUF file (bad magic {magic!r}): {path}")
+    problem = header_problem(path)  # a value llama.cpp would assert on, aborting the process
+    if problem is not None:
+        raise ModelLoadError(f"not a model llama.cpp can load: {problem}: {path}")
 
 
 class Model(NativeHandle):
