@@ -39,50 +39,47 @@ class TypicalP:
 
     Per row: p = softmax(logits), entropy H, each token's distance |-log p - H| from it; the
     tokens closest to H are kept until their probability adds up to more than `p` (at least
-    `min_keep`), as llama.cpp's typical sampler does. The closest `candidates` are found with
-    an O(n) partition and only they are sorted; a row they do not cover sorts all of them.
-    The request's sampler then samples among the survivors (its temperature etc. still apply).
+    `min_keep`), as llama.cpp's typical sampler does. The closest are found with an O(n)
+    partition over a tier of candidates (`tiers`, then the whole row) and only those are
+    sorted. Rows go one at a time: a row's temporaries stay in the CPU cache (all rows at
+    once were 3x slower at 8 rows). The request's sampler then samples among the survivors.
     """
 
-    def __init__(self, p: float = 0.9, *, min_keep: int = 1, candidates: int = 1024) -> None:
+    def __init__(self, p: float = 0.9, *, min_keep: int = 1, tiers: tuple[int, ...] = (256, 4096)) -> None:
         if not 0.0 < p <= 1.0:
             raise ValueError("p must be in (0, 1]")
-        if min_keep < 1 or candidates < 1:
-            raise ValueError("min_keep and candidates must be >= 1")
+        if min_keep < 1 or any(t < 1 for t in tiers):
+            raise ValueError("min_keep and tiers must be >= 1")
         self.p = p
         self.min_keep = min_keep
-        self.candidates = candidates
+        self.tiers = tuple(sorted(tiers))
         self.name = f"typical_p({p})"
 
     def __call__(self, logits: np.ndarray, histories: Sequence[Sequence[int]]) -> None:
-        if self.p >= 1.0:
-            return
-        num_vocab = logits.shape[1]
-        z = logits - logits.max(axis=1, keepdims=True)
-        prob = np.exp(z)
-        total = prob.sum(axis=1, keepdims=True)
-        prob /= total
-        z -= np.log(total)                      # log p
-        np.maximum(z, -1e30, out=z)             # banned tokens: 0 * -1e30, not 0 * -inf (NaN)
-        entropy = -(prob * z).sum(axis=1, keepdims=True)
-        z += entropy                            # -(|-log p - H|): the distance, negated in place
+        if self.p < 1.0:
+            for row in logits:
+                self._row(row)
+
+    def _row(self, row: np.ndarray) -> None:
+        num_vocab = len(row)
+        z = row - row.max()
+        np.maximum(z, -80.0, out=z)  # exp(-80) is still a normal float: no denormals, and -inf is finite here
+        weights = np.exp(z)          # p * Z
+        total = weights.sum()
+        # |-log p - H| = |z - E[z]|, as log p = z - log Z and H = log Z - E[z]
+        z -= np.dot(weights, z) / total
         distance = np.abs(z, out=z)
-        c = min(self.candidates, num_vocab - 1)
-        near = np.argpartition(distance, c, axis=1)[:, :c] if c < num_vocab - 1 else \
-            np.argsort(distance, axis=1)
-        order = np.argsort(np.take_along_axis(distance, near, axis=1), axis=1)
-        near = np.take_along_axis(near, order, axis=1)
-        mass = np.cumsum(np.take_along_axis(prob, near, axis=1), axis=1)
-        cut = np.empty(len(logits), dtype=np.float32)
-        for row in range(len(logits)):
-            kept = int(np.searchsorted(mass[row], self.p, side="right")) + 1  # first sum > p, included
-            ids = near[row]
-            if kept > len(ids):  # the candidates hold too little mass: sort the whole row
-                ids = np.argsort(distance[row])
-                kept = int(np.searchsorted(np.cumsum(prob[row, ids]), self.p, side="right")) + 1
-            kept = min(max(kept, self.min_keep), num_vocab)
-            cut[row] = distance[row, ids[kept - 1]]
-        logits[distance > cut[:, None]] = -np.inf
+        for size in (*(t for t in self.tiers if t < num_vocab - 1), num_vocab):
+            if size < num_vocab:  # the `size` closest: a value partition, then one comparison pass
+                near = np.flatnonzero(distance <= np.partition(distance, size)[size])
+            else:
+                near = np.arange(num_vocab)
+            near = near[np.argsort(distance[near])]
+            kept = int(np.searchsorted(np.cumsum(weights[near]), self.p * total, side="right")) + 1  # sum > p
+            if kept <= len(near):
+                break
+        kept = min(max(kept, self.min_keep), num_vocab)
+        np.copyto(row, -np.inf, where=distance > distance[near[kept - 1]])
 
 
 class RepetitionWindowPenalty:

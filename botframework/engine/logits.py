@@ -141,11 +141,17 @@ def _rows(logits: np.ndarray, picked: list[int]) -> tuple[np.ndarray, bool]:
 def _check_finite(logits: np.ndarray, rows: Sequence[int], chains: Sequence[Sequence[Any]],
                   failed: dict[int, LogitsProcessorError]) -> None:
     """A row whose best logit is -inf, +inf or NaN (a NaN anywhere makes max NaN) cannot be
-    sampled from: its request fails here, naming its processors, instead of sampling garbage."""
-    for k, row in enumerate(rows):
+    sampled from: its request fails here, naming its processors, instead of sampling garbage.
+    (One max over the rows and one check when all is well: Python right after a decode runs
+    on cold caches, so every numpy call counts.)"""
+    block, _view = _rows(logits, list(rows))
+    best_per_row = block.max(axis=1)
+    if np.isfinite(best_per_row).all():
+        return
+    for k in range(len(rows)):
         if k in failed or not chains[k]:
             continue
-        best = logits[row].max()
+        best = best_per_row[k]
         if not np.isfinite(best):
             names = ", ".join(repr(processor_name(p)) for p in chains[k])
             what = ("a NaN" if np.isnan(best) else "+inf (to force a token, set the others to -inf)" if best > 0

@@ -6,6 +6,7 @@
     logits_view(context, [i, j, ...]) those rows as a 2-D view (evenly spaced rows: e.g. all
                                       outputs, in batch order)
     output_rows(context, indices)     any rows: a 2-D view spanning them, and each one's row in it
+    outputs_view(context, first, last, n)  all n outputs of the last batch (first..last token)
 
 A view reads and writes llama.cpp's buffer: a change is what a SamplerChain then samples
 from (Engine's logits processors work so). It is valid until the context's next decode or its
@@ -27,7 +28,7 @@ from botframework.native._lib import ffi, lib
 if TYPE_CHECKING:
     from botframework.native.context import Context
 
-__all__ = ["logits_view", "output_rows"]
+__all__ = ["logits_view", "output_rows", "outputs_view"]
 
 
 def _address(handle: object, index: int) -> int:
@@ -41,6 +42,21 @@ def _address(handle: object, index: int) -> int:
 def _span(address: int, num_rows: int, n_vocab: int) -> np.ndarray:
     buffer = ffi.buffer(ffi.cast("float *", address), num_rows * n_vocab * 4)
     return np.frombuffer(buffer, dtype=np.float32).reshape(num_rows, n_vocab)
+
+
+def outputs_view(context: Context, first_index: int, last_index: int, num_outputs: int) -> np.ndarray | None:
+    """The (num_outputs, n_vocab) view from batch token first_index's logits to last_index's,
+    when those lie num_outputs - 1 rows apart, as the outputs of one batch do (llama.cpp keeps
+    them in batch order); None otherwise. Two native calls and no per-row work: the engine's
+    path right after a decode."""
+    handle = context.handle
+    n_vocab = context.model.n_vocab
+    first = _address(handle, first_index)
+    if num_outputs == 1:
+        return _span(first, 1, n_vocab)
+    if _address(handle, last_index) - first != (num_outputs - 1) * n_vocab * 4:
+        return None
+    return _span(first, num_outputs, n_vocab)
 
 
 def output_rows(context: Context, batch_indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

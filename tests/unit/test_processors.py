@@ -187,7 +187,7 @@ def test_typical_p_keeps_what_llama_cpps_typical_sampler_keeps(p: float, scale: 
     rng = np.random.default_rng(int(p * 100) + int(scale))
     logits = (rng.normal(size=(5, 5000)) * scale).astype(np.float32)
     expected = [typical_reference(row, p) for row in logits]
-    TypicalP(p, candidates=64)(logits, [[]] * 5)  # few candidates: some rows take the full sort
+    TypicalP(p, tiers=(64,))(logits, [[]] * 5)  # a small tier: some rows take the full sort
     for row, kept in zip(logits, expected, strict=True):
         got = np.flatnonzero(np.isfinite(row))
         # the cut is by distance: ties at the boundary may keep one more; never one fewer
