@@ -30,7 +30,7 @@ from botframework.engine.step import (
 from botframework.errors import BotframeworkError, InvalidRequestError
 from botframework.native.batch import Batch
 from botframework.native.context import Context
-from botframework.native.logits import output_rows
+from botframework.native.logits import output_rows, outputs_view
 from botframework.native.model import Model
 from botframework.native.sampler import SamplerChain
 from botframework.specs import SamplerSpec
@@ -99,24 +99,34 @@ class Engine:
             self._processors.pop(request_id, None)
 
     def _process(self, outputs: list[tuple[PlanItem, int]], sampled: list[SampledToken]
-                 ) -> list[tuple[PlanItem, int]]:
+                 ) -> tuple[list[tuple[PlanItem, int]], float]:
         """Run the logits processors of the outputs whose requests have some, in place on
         llama.cpp's buffer; the outputs still to sample (a request whose processor failed ends
-        here, with its error in `sampled`)."""
+        here, with its error in `sampled`) and the processors' milliseconds."""
         processors = self._processors
         mine = [k for k, (item, _index) in enumerate(outputs) if item.request_id in processors]
         if not mine:
-            return outputs
-        span, rows = output_rows(self.context, [outputs[k][1] for k in mine])
+            return outputs, 0.0
+        # every output of the step as one view (row k: outputs[k]), else just these rows;
+        # (its llama_get_logits_ith waits for the decode's last work, as sampling's would: not
+        # the processors' time)
+        span = outputs_view(self.context, outputs[0][1], outputs[-1][1], len(outputs))
+        if span is not None:
+            rows = mine
+        else:
+            span, found = output_rows(self.context, [outputs[k][1] for k in mine])
+            rows = found.tolist()
+        t0 = time.perf_counter()
         items = [outputs[k][0] for k in mine]
-        failed = run_processors(span, rows.tolist(), [processors[item.request_id] for item in items],
+        failed = run_processors(span, rows, [processors[item.request_id] for item in items],
                                 [item.history for item in items])
+        processor_ms = (time.perf_counter() - t0) * 1e3
         if not failed:
-            return outputs
+            return outputs, processor_ms
         ended: dict[str, LogitsProcessorError] = {items[k].request_id: error for k, error in failed.items()}
         for request_id, error in ended.items():
             sampled.append(SampledToken(request_id, -1, error=error))
-        return [output for output in outputs if output[0].request_id not in ended]
+        return [output for output in outputs if output[0].request_id not in ended], processor_ms
 
     def execute(self, plan: StepPlan) -> StepResult:
         saved = {seq_id: self.context.state_seq_get(seq_id) for seq_id in plan.save_states}
@@ -143,8 +153,7 @@ class Engine:
         t1 = time.perf_counter()
         processor_ms = 0.0
         if self._processors:  # (a step none of whose requests has processors pays this check only)
-            outputs = self._process(outputs, sampled)
-            processor_ms = (time.perf_counter() - t1) * 1e3
+            outputs, processor_ms = self._process(outputs, sampled)
         for item, index in outputs:
             # A sampler that cannot go on (a grammar with no allowed token here) ends that
             # request with its error instead of failing the whole batch.
