@@ -2,6 +2,10 @@
 
     _bf_ffi (compiled, API mode)  ->  _lib (load once, backend init, logs)
         -> Model, Context, Batch, SamplerChain, KVMemory, shim (JSON in/out)
+        -> logits: a decode's logits as zero-copy numpy views (logits_view, outputs_view)
+
+docs/low-level.md is the guide to this layer (a decode loop over many sequences, logits,
+sampling, KV sequence operations, state, the exceptions each misuse raises).
 
 Every owner is a _owned.NativeHandle: close() (idempotent, also on `with` exit and __del__),
 then ClosedError on use. Closing a Model closes the contexts and grammar samplers built on it.
