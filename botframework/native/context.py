@@ -133,7 +133,8 @@ class Context(NativeHandle):
         check_decode(rc)
 
     def logits_ith(self, i: int) -> np.ndarray:
-        """Logits of the i-th output of the last batch (a copy: later decodes overwrite them)."""
+        """Logits of batch token i of the last decode (a copy: later decodes overwrite them).
+        botframework.native.logits.logits_view gives the same memory as a writable view."""
         ptr = lib().llama_get_logits_ith(self.handle, i)
         if ptr == ffi.NULL:
             raise NativeError(f"no logits for batch index {i}", op="llama_get_logits_ith")
