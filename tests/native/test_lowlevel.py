@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from botframework.errors import ClosedError, InvalidRequestError
+from botframework.errors import ClosedError, DecodeError, InvalidRequestError
 from botframework.native import Batch, Context, ContextParams, Model, SamplerChain, SamplerSpec
 from botframework.native._lib import lib
 from botframework.native.logits import logits_view, output_rows
@@ -153,6 +153,16 @@ def test_a_batch_over_its_capacity_or_the_context_raises(model: Model, ctx: Cont
     big.add_sequence(list(range(1, ctx.n_batch + 2)), 0, 0, logits_last=True)
     with pytest.raises(InvalidRequestError, match="exceeds n_batch"):
         ctx.decode(big)
+
+
+def test_a_token_outside_the_vocabulary_raises(model: Model, ctx: Context) -> None:
+    with pytest.raises(InvalidRequestError, match="out of vocabulary"):
+        model.check_tokens([model.n_vocab])
+    batch = Batch(4)
+    batch.add_sequence([model.n_vocab + 5], 0, 0, logits_last=True)
+    with pytest.raises(DecodeError, match="invalid batch"):
+        ctx.decode(batch)
+    assert ctx.memory.pos_max(0) == -1  # refused before anything changed
 
 
 def test_logits_of_a_token_that_asked_for_none_raise(model: Model, ctx: Context) -> None:
