@@ -85,7 +85,8 @@ class TraceWriter:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - kept open
                 self._file.write(json.dumps({"ev": "header", "version": TRACE_VERSION, "created": time.time(),
-                                             "prompts": self.prompts, "block_tokens": BLOCK_TOKENS}) + "\n")
+                                             "prompts": self.prompts, "block_tokens": BLOCK_TOKENS},
+                                            separators=(",", ":")) + "\n")
             self._file.write(line)
 
     def close(self) -> None:
