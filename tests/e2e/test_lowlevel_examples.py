@@ -1,5 +1,6 @@
 """The low-level examples run as a user runs them: a fresh interpreter, from a temporary
-folder, the default model from our cache; each prints what it claims to show."""
+folder, the default model from our cache; each prints what it claims to show. And the real
+server with registered processors and a trace, as `botframework serve` runs them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import httpx
+from server_proc import served
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -48,3 +52,33 @@ def test_trace_replay_compares_two_policies(model_path: Path, tmp_path: Path) ->
                           cwd=tempfile.gettempdir())
     assert done.returncode == 0, done.stderr
     assert "spf,max_batch_tokens=128" in done.stdout and "step time ~" in done.stdout
+
+
+def test_the_server_runs_registered_processors_and_writes_a_replayable_trace(model_path: Path,
+                                                                             tmp_path: Path) -> None:
+    trace = tmp_path / "serve.jsonl"
+    args = ["--model", "smollm2-135m-instruct", "--parallel", "2", "--ctx-size", "1024", "--trace", str(trace),
+            "--processor", "typical=botframework.processors:TypicalP",
+            "--processor", "rep=botframework.processors:RepetitionWindowPenalty"]
+    with served(args) as (url, _proc):
+        body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Name a colour."}],
+                "max_tokens": 8, "temperature": 0}
+        plain = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).json()
+        named = httpx.post(f"{url}/v1/chat/completions", json={**body, "logits_processors": ["rep", "typical"]},
+                           timeout=120)
+        assert named.status_code == 200, named.text
+        completion = httpx.post(f"{url}/v1/completions", json={"model": "smollm2-135m-instruct", "prompt": "1, 2, 3,",
+                                                              "max_tokens": 4, "logits_processors": ["typical"]},
+                                timeout=120)
+        assert completion.status_code == 200, completion.text
+        unknown = httpx.post(f"{url}/v1/chat/completions", json={**body, "logits_processors": ["os:system"]},
+                             timeout=120)
+        assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "logits_processors"
+        assert plain["choices"][0]["message"]["content"]
+    events = [line for line in trace.read_text().splitlines() if line]
+    assert sum('"ev":"finish"' in line for line in events) == 3  # the 400 never reached the engine
+    assert "colour" not in trace.read_text()  # no prompt text
+    done = subprocess.run([sys.executable, "-m", "botframework.cli", "replay", str(trace)], capture_output=True,
+                          text=True, timeout=120, cwd=tempfile.gettempdir())
+    assert done.returncode == 0, done.stderr
+    assert "recorded" in done.stdout and "spf" in done.stdout
