@@ -199,6 +199,18 @@ def test_the_replay_command_prints_a_table_and_json(tmp_path: Path, clock: list[
     assert main(["replay", str(tmp_path / "missing.jsonl")]) == 2
 
 
+def test_the_cli_describes_every_policy_the_replay_has() -> None:
+    from botframework.cli.replay import POLICY_HELP
+    from botframework.replay import POLICIES
+
+    assert {name: what for name, (_changes, what) in POLICIES.items()} == POLICY_HELP
+
+
+def test_an_unknown_admission_order_is_refused() -> None:
+    with pytest.raises(ValueError, match="admission"):
+        SchedulerConfig(admission="lifo")
+
+
 def test_a_trace_cut_mid_line_still_reads(tmp_path: Path, clock: list[float]) -> None:
     path = traced_run(tmp_path, clock, burst())
     path.write_text(path.read_text() + '{"ev": "step", "t": 1')
