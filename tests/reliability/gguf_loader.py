@@ -14,6 +14,7 @@ import resource
 import select
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,9 @@ class Loader:
             self._stderr = self.stderr_path.open("w")
             self.proc = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=self._stderr, text=True,
-                                         preexec_fn=_limit, env={**os.environ, "BOTFRAMEWORK_LOG_LEVEL": "error"})
+                                         preexec_fn=_limit, env={**os.environ, "BOTFRAMEWORK_LOG_LEVEL": "error"},
+                                         cwd=tempfile.gettempdir())  # `-c` puts the cwd first on sys.path:
+                                         # from a checkout that is the source tree, without the compiled module
         return self.proc
 
     def load(self, path: Path) -> Outcome:

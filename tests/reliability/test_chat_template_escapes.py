@@ -14,6 +14,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,8 @@ def _limit() -> None:
 def render(model_path: Path, template: str) -> dict:  # type: ignore[type-arg]
     try:
         proc = subprocess.run([sys.executable, "-c", _CHILD], input=json.dumps([str(model_path), template]),
-                              capture_output=True, text=True, timeout=TIMEOUT_S, preexec_fn=_limit)
+                              capture_output=True, text=True, timeout=TIMEOUT_S, preexec_fn=_limit,
+                              cwd=tempfile.gettempdir())  # not the checkout: see gguf_loader.py
     except subprocess.TimeoutExpired:
         return {"outcome": "hung"}
     for line in proc.stdout.splitlines():
