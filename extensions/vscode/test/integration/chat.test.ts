@@ -116,19 +116,19 @@ describe("chat against a real server", () => {
 });
 
 describe("inline completion against a real server", () => {
-  it("the model has no FIM tokens: 400 fim_not_supported, then the text before the cursor continued", async () => {
+  it("the model has no FIM tokens (capabilities say so): the text before the cursor continued", async () => {
     const s = stack({ settings: { baseUrl: server.url, model: MODEL, completion: { maxTokens: 24 } } });
     try {
       await s.server.client();
       const text = await s.completion.provide({ prefix: "def add(a, b):\n    ", suffix: "\n\nprint(add(1, 2))\n", languageId: "python" });
       assert.equal(s.completion.counts.failed, 0, s.log.lines.join("\n"));
-      assert.equal(s.completion.counts.requests, 2, "FIM tried once, then the fallback");
+      // the server's /v1/capabilities says model.fim is false: the fallback at once, no failed FIM first
+      assert.equal(s.completion.counts.requests, 1, "the prefix fallback straight away");
       assert.equal(s.completion.fimSupport(MODEL), "no");
       assert.equal(s.completion.lastMode, "prefix");
       assert.ok(text === undefined || typeof text === "string");
-      assert.ok(s.log.lines.some((l) => /has no fill-in-the-middle/.test(l)));
       await s.completion.provide({ prefix: "x = ", suffix: "", languageId: "python" });
-      assert.equal(s.completion.counts.requests, 3, "the fallback straight away from then on");
+      assert.equal(s.completion.counts.requests, 2, "the fallback from then on");
     } finally {
       await s.dispose();
     }
@@ -146,7 +146,7 @@ describe("inline completion against a real server", () => {
       await waitStats(server.url, (st) => (st.num_busy_slots ?? 0) >= 1, "the first completion running");
       const second = s.completion.provide({ prefix: "Once upon a time,", suffix: "", languageId: "plaintext" });
       assert.equal(await first, undefined, "the first was cancelled");
-      await until("the second request sent", () => s.completion.counts.requests >= 3); // FIM 400 + 2 fallbacks
+      await until("the second request sent", () => s.completion.counts.requests >= 2); // 2 prefix completions
       await waitStats(server.url, (st) => (st.num_busy_slots ?? 0) >= 1, "the second completion running");
       s.completion.cancel(); // VS Code cancels its token
       assert.equal(await second, undefined);
