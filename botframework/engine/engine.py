@@ -7,7 +7,9 @@
                         e.g. invalid GBNF, ends that request before any of its tokens is
                         decoded) and binds its logits processors -> one Batch -> one
                         llama_decode -> logits processors (engine/logits.py; only when some
-                        request has them) -> sample where item.sample
+                        request has them) -> sample where item.sample (an item with drafts:
+                        at each of its positions until a sample differs from the draft,
+                        engine/speculative.py)
     plan.release     -> free samplers (and processors) of finished requests
 """
 
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
 import numpy as np
 
 from botframework.engine.logits import LogitsProcessorError, bind_processors, run_processors
+from botframework.engine.speculative import verify_drafts
 from botframework.engine.step import (
     KVOp,
     KVOpKind,
@@ -128,6 +132,28 @@ class Engine:
             sampled.append(SampledToken(request_id, -1, error=error))
         return [output for output in outputs if output[0].request_id not in ended], processor_ms
 
+    def _sample(self, item: PlanItem, sampler: SamplerChain, index: int, sampled: list[SampledToken]) -> int:
+        """Sample (and accept) the request's token at batch row `index`, with its logprobs if
+        asked; appended to `sampled`."""
+        context = self.context
+        token = sampler.sample(context, index)
+        if item.num_logprobs is None:
+            sampled.append(SampledToken(item.request_id, token))
+            return token
+        top: tuple[tuple[int, float], ...] = ()
+        logprobs = log_softmax(context.logits_ith(index))
+        logprob = float(logprobs[token])
+        if item.num_logprobs > 0:
+            best = np.argpartition(-logprobs, item.num_logprobs)[: item.num_logprobs]
+            best = best[np.argsort(-logprobs[best])]
+            top = tuple((int(t), float(logprobs[t])) for t in best)
+        sampled.append(SampledToken(item.request_id, token, logprob, top))
+        return token
+
+    def _sample_draft(self, item: PlanItem, sampler: SamplerChain, first: int, sampled: list[SampledToken],
+                      position: int) -> int:
+        return self._sample(item, sampler, first + position, sampled)
+
     def execute(self, plan: StepPlan) -> StepResult:
         saved = {seq_id: self.context.state_seq_get(seq_id) for seq_id in plan.save_states}
         for op in plan.kv_ops:
@@ -137,8 +163,8 @@ class Engine:
         batch = self.batch
         batch.clear()
         outputs: list[tuple[PlanItem, int]] = []
-        sampled = []
-        samplers, context = self._samplers, self.context
+        sampled: list[SampledToken] = []
+        samplers = self._samplers
         for item in plan.items:
             if item.request_id not in samplers:
                 error = self._new_sampler(item)
@@ -146,6 +172,8 @@ class Engine:
                     sampled.append(SampledToken(item.request_id, -1, error=error, built=False))
                     continue
             index = batch.add_sequence(item.tokens, item.start_pos, item.seq_id, logits_last=item.sample)
+            if item.num_draft:
+                batch.logits[index - item.num_draft: index] = 1  # every draft position is verified
             if item.sample:
                 outputs.append((item, index))
         t0 = time.perf_counter()
@@ -157,24 +185,18 @@ class Engine:
         for item, index in outputs:
             # A sampler that cannot go on (a grammar with no allowed token here) ends that
             # request with its error instead of failing the whole batch.
+            sampler = samplers[item.request_id]
             try:
-                token = samplers[item.request_id].sample(context, index)
+                if item.num_draft:
+                    # rows index - k .. index: the logits after the last token and after each draft
+                    verify_drafts(item.tokens[-item.num_draft:],
+                                  partial(self._sample_draft, item, sampler, index - item.num_draft, sampled))
+                else:
+                    self._sample(item, sampler, index, sampled)
             except BotframeworkError as exc:
                 log.warning("request %s: sampling stopped: %s", item.request_id, exc)
                 self.num_sampler_failures += 1
                 sampled.append(SampledToken(item.request_id, -1, error=exc))
-                continue
-            if item.num_logprobs is None:
-                sampled.append(SampledToken(item.request_id, token))
-                continue
-            top: tuple[tuple[int, float], ...] = ()
-            logprobs = log_softmax(context.logits_ith(index))
-            logprob = float(logprobs[token])
-            if item.num_logprobs > 0:
-                best = np.argpartition(-logprobs, item.num_logprobs)[: item.num_logprobs]
-                best = best[np.argsort(-logprobs[best])]
-                top = tuple((int(t), float(logprobs[t])) for t in best)
-            sampled.append(SampledToken(item.request_id, token, logprob, top))
         t2 = time.perf_counter()
         return StepResult(sampled=tuple(sampled), num_tokens=batch.n_tokens,
                           decode_ms=(t1 - t0) * 1e3, sample_ms=(t2 - t1) * 1e3, saved_states=saved,

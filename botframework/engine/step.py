@@ -3,6 +3,11 @@
     scheduler.schedule() -> StepPlan(kv_ops, items, release)
     engine.execute(plan) -> StepResult(sampled per item that asked, timings)
     scheduler.update(plan, result)
+
+Speculative drafts: an item with num_draft = k carries [last token, d1..dk]; the engine samples
+at each of its k + 1 positions in order, with the request's own sampler, and stops at the first
+sample that differs from the draft: `sampled` then holds 1..k+1 tokens for that request, in
+order (the accepted drafts and the corrected or bonus token).
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ class PlanItem:
     # far (prompt + generated: the scheduler's own list, read only); () and () for the others
     processors: tuple[Any, ...] = ()
     history: Sequence[int] = ()
+    # the last num_draft tokens are draft tokens to verify (logits at every position from the
+    # sampled token on); 0: a plain item. Only with sample=True.
+    num_draft: int = 0
 
 
 @dataclass(frozen=True)

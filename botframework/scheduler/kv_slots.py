@@ -6,7 +6,8 @@ ops that keep llama.cpp's cache in step with this view. Engine thread only; plai
                or a stored prefix (RESTORE) > a prefix copied from another slot (COPY) > the
                least recently used idle session's slot (its state saved first)
     each step  extend(slot, ...) as tokens are planned; make_room(n) reclaims idle caches
-               (plain prefixes before sessions, least recently used first); shift(seq)
+               (plain prefixes before sessions, least recently used first); shift(seq);
+               truncate(slot, n) after a step with drafts: rejected draft cells go
     finish     release(slot, keep): the cache stays for the next prompt (or the session's next
                turn), or is removed
     the plan   take_ops() -> (kv_ops, save_states); complete_saves(result.saved_states)
@@ -125,6 +126,13 @@ class KVSlots:
         else:
             slot.cached = seq.kv_tokens()
         self._grow(slot, len(slot.cached) - len(slot.cells))
+
+    def truncate(self, slot: Slot, n: int) -> None:
+        """Keep only the slot's first n cells (a REMOVE op for the rest): rejected draft tokens."""
+        if len(slot.cached) > n:
+            self._ops.append(KVOp(KVOpKind.REMOVE, slot.seq_id, n, -1))
+            del slot.cached[n:]
+            self._drop(slot, n)
 
     def make_room(self, n: int, exclude: int) -> bool:
         """Reclaim idle caches (not slot `exclude`) until n more cells fit; False if impossible."""

@@ -33,6 +33,8 @@ class Usage:
     completion_tokens: int
     cached_tokens: int = 0      # prompt tokens reused from the KV cache (not recomputed)
     truncated_tokens: int = 0   # prompt tokens dropped by the overflow policy
+    draft_tokens: int = 0       # speculative draft tokens verified for this request
+    accepted_draft_tokens: int = 0  # ...of which it kept (completion tokens that cost no step of their own)
 
     @property
     def total_tokens(self) -> int:

@@ -2,14 +2,17 @@
 
     add(request) ----------------------------> waiting (bounded; full -> BusyError)
     schedule():  cancels/deadlines -> REMOVE ops
-                 running sequences: 1 decode token each (always first: no one waits on prefill)
+                 running sequences: 1 decode token each (always first: no one waits on prefill), plus up
+                 to k n-gram draft tokens for those that draft (speculative decoding, drafter.py)
                  prefilling sequences, then newly admitted ones: prompt chunks up to the budget
                  admission: session slot > longest cached prefix of a free slot > prefix copied
                             from a live slot (seq_cp) > evict an idle session (state saved)
     no room for a step's tokens: reclaim idle caches, then preempt active sequences that come
                  later in queue order (their cells freed, back to the queue, recomputed when
                  readmitted): a running answer is never cut short because others hold cells
-    update(plan, result): append sampled tokens, detokenize, stops, finish -> publish Deltas
+    update(plan, result): append sampled tokens, detokenize, stops, finish -> publish Deltas;
+                 a drafted item's rejected draft cells (and accepted ones past a finish) are
+                 cut from its slot (a REMOVE op in the next plan)
     observers (a trace): request_added at add(), request_finished at every end
     admission order among waiting requests: SchedulerConfig.admission ("fcfs" | "shortest")
 
@@ -29,6 +32,7 @@ from typing import Protocol
 
 from botframework.engine.step import PlanItem, StepPlan, StepResult
 from botframework.errors import BotframeworkError, BusyError, ContextLengthExceededError, GrammarError
+from botframework.scheduler.drafter import NgramDrafter
 from botframework.scheduler.kv_slots import KVSlots
 from botframework.scheduler.output import Delta, FinishReason, Usage
 from botframework.scheduler.prefix_store import PrefixStore
@@ -64,15 +68,28 @@ class SchedulerConfig:
     # priority level per priority_aging_s, so it is not starved). `botframework replay`
     # compares them on a recorded trace.
     admission: str = "fcfs"
+    # Speculative decoding for requests that do not say (Request.speculative None): "ngram"
+    # drafts up to draft_max tokens per step by prompt lookup (the last ngram_max..ngram_min
+    # tokens' most recent earlier occurrence in the sequence's prompt and output; drafter.py),
+    # verified in the step's one llama_decode; "none" drafts only for requests that ask.
+    speculative: str = "none"
+    draft_max: int = 8
+    ngram_max: int = 3
+    ngram_min: int = 2
 
     def __post_init__(self) -> None:
         if self.num_slots < 1 or self.num_ctx < 2 or self.max_batch_tokens < self.num_slots:
             raise ValueError(f"invalid scheduler config {self}")
         if self.admission not in ADMISSION_ORDERS:
             raise ValueError(f"admission must be one of {', '.join(ADMISSION_ORDERS)}, not {self.admission!r}")
+        if self.speculative not in SPECULATIVE_KINDS:
+            raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE_KINDS)}, not {self.speculative!r}")
+        if self.draft_max < 1 or not 1 <= self.ngram_min <= self.ngram_max:
+            raise ValueError("need draft_max >= 1 and 1 <= ngram_min <= ngram_max")
 
 
 ADMISSION_ORDERS = ("fcfs", "shortest")
+SPECULATIVE_KINDS = ("none", "ngram")
 
 
 class SchedulerObserver(Protocol):
@@ -110,6 +127,8 @@ class Scheduler:
         self.num_prefix_hit_tokens = 0
         self.num_prompt_tokens = 0
         self.num_generated_tokens = 0
+        self.num_draft_tokens = 0            # draft tokens verified (speculative decoding)
+        self.num_accepted_draft_tokens = 0   # ...and accepted
 
     @property
     def slots(self) -> list[Slot]:
@@ -181,6 +200,7 @@ class Scheduler:
             (running if seq.status is SequenceStatus.RUNNING else prefilling).append(seq)
         if len(running) > 1:
             running.sort(key=_queue_order)
+        num_running = len(running)  # each running sequence's own token comes before any draft
         self._planned.clear()
         self._preempted_now.clear()
         for seq in running:
@@ -192,8 +212,9 @@ class Scheduler:
                 else:
                     self._finish(seq, FinishReason.LENGTH)
                 continue
-            items.append(self._item(seq, [seq.tokens[-1]], sample=True))
-            budget -= 1
+            drafts = self._drafts(seq, budget - num_running, num_running) if seq.drafter is not None else ()
+            items.append(self._item(seq, [seq.tokens[-1], *drafts], sample=True, num_draft=len(drafts)))
+            budget -= 1 + len(drafts)
         if len(prefilling) > 1:
             prefilling.sort(key=_queue_order)
         for seq in prefilling:
@@ -251,7 +272,7 @@ class Scheduler:
             return lambda s: (math.floor(self._effective_priority(s, now)), s.num_pending_prefill, s.request.arrival)
         return lambda s: (self._effective_priority(s, now), s.request.arrival)
 
-    def _item(self, seq: Sequence, tokens: list[int], sample: bool) -> PlanItem:
+    def _item(self, seq: Sequence, tokens: list[int], sample: bool, num_draft: int = 0) -> PlanItem:
         params = seq.request.params
         start = seq.num_computed
         seq.num_computed += len(tokens)
@@ -259,7 +280,30 @@ class Scheduler:
         return PlanItem(request_id=seq.request_id, seq_id=seq.seq_id, tokens=tuple(tokens),
                         start_pos=start, sample=sample, sampler=params.sampler,
                         num_logprobs=params.num_logprobs, processors=seq.request.logits_processors,
-                        history=seq.tokens)
+                        history=seq.tokens, num_draft=num_draft)
+
+    # -- speculative decoding ----------------------------------------------------------------
+    def _wants_drafts(self, seq: Sequence) -> bool:
+        """Whether a sequence that starts running drafts: the request's choice, else the
+        server's. Not with logits processors (they see one history per row, not the drafts')."""
+        request = seq.request
+        wanted = request.speculative if request.speculative is not None else self.config.speculative != "none"
+        return wanted and not request.logits_processors
+
+    def _drafts(self, seq: Sequence, budget: int, num_running: int) -> list[int]:
+        """Up to budget draft tokens for a running sequence whose own token has its cell: only
+        into cells that are free with one left for each running sequence's own token (drafts
+        never evict a cache or preempt anyone), never past max_tokens or the context, not for
+        a shifted sequence (its positions are not its tokens' indices)."""
+        drafter = seq.drafter
+        if drafter is None:
+            return []
+        limit = min(budget, seq.request.params.max_tokens - seq.num_generated - 1,
+                    self.config.num_ctx - 2 - seq.num_computed,
+                    self.config.num_ctx - self.kv.num_cells_used() - num_running)
+        if limit <= 0 or seq.num_discarded:
+            return []
+        return drafter.propose(seq.tokens, limit)
 
     def _plan_prefill(self, seq: Sequence, budget: int, items: list[PlanItem]) -> int:
         n = min(seq.num_pending_prefill, budget)
@@ -270,6 +314,9 @@ class Scheduler:
         items.append(self._item(seq, chunk, sample=last))
         if last:
             seq.status = SequenceStatus.RUNNING
+            if seq.drafter is None and self._wants_drafts(seq):
+                config = self.config
+                seq.drafter = NgramDrafter(config.draft_max, config.ngram_max, config.ngram_min)
         return n
 
     def _shift(self, seq: Sequence) -> bool:
@@ -346,10 +393,23 @@ class Scheduler:
     def update(self, plan: StepPlan, result: StepResult) -> None:
         self.kv.complete_saves(result.saved_states)
         now = self.clock()
+        drafted = {item.request_id: item for item in plan.items if item.num_draft}
+        consumed: dict[str, int] = {}  # drafted request id -> its tokens consumed so far
         for sampled in result.sampled:
             seq = self.active.get(sampled.request_id)
             if seq is None:
-                continue  # cancelled while the step ran
+                continue  # cancelled while the step ran (or finished at an earlier token of its draft)
+            if drafted and sampled.request_id in drafted and sampled.error is None:
+                # the j-th token of a verified draft: the cells hold what they would without
+                # drafts (the last token and the j - 1 drafts before this one), as far as the
+                # context-limit check below is concerned; the rest are cut after the loop
+                j = consumed[sampled.request_id] = consumed.get(sampled.request_id, 0) + 1
+                item = drafted[sampled.request_id]
+                seq.num_computed = item.start_pos + j
+                if j == 1:
+                    seq.num_draft_tokens += item.num_draft
+                else:
+                    seq.num_accepted_draft_tokens += 1
             if sampled.error is not None:  # e.g. a grammar that allows no token here: fail closed, say why
                 error = sampled.error
                 if isinstance(error, GrammarError) and sampled.built:
@@ -383,6 +443,32 @@ class Scheduler:
                 seq.handle.publish(Delta(seq.request_id, text=text, token_ids=(token,), logprobs=logprobs))
             else:
                 self._finish(seq, finish, text=text, token_ids=(token,), logprobs=logprobs)
+        if drafted:
+            self._settle_drafts(drafted, consumed, result)
+
+    def _settle_drafts(self, drafted: dict[str, PlanItem], consumed: dict[str, int], result: StepResult) -> None:
+        """After a step with drafts: count them, and cut each slot back to what it would hold
+        without drafts (the tokens before the last one consumed): rejected drafts, and accepted
+        ones past a finish, leave the cache with a REMOVE op in the next plan."""
+        emitted: dict[str, int] = {}
+        for sampled in result.sampled:
+            if sampled.request_id in drafted and sampled.error is None:
+                emitted[sampled.request_id] = emitted.get(sampled.request_id, 0) + 1
+        for request_id, item in drafted.items():
+            num_emitted = emitted.get(request_id, 0)
+            num_accepted = max(0, num_emitted - 1)
+            seq = self.active.get(request_id)
+            if seq is None:  # finished in this step (or cancelled): its slot, if it kept the cache
+                slot = self.slots[item.seq_id]
+                if slot.owner is None:
+                    self.kv.truncate(slot, item.start_pos + consumed.get(request_id, 0))
+            else:
+                self.kv.truncate(self.slots[seq.seq_id], seq.num_computed)
+                if seq.drafter is not None and num_emitted:
+                    seq.drafter.record(item.num_draft, num_accepted)
+            if num_emitted:
+                self.num_draft_tokens += item.num_draft
+                self.num_accepted_draft_tokens += num_accepted
 
     def fail_all(self, error: BotframeworkError) -> None:
         """The engine failed a step: end every active request with the error."""
@@ -432,7 +518,8 @@ class Scheduler:
             timings["ttft_ms"] = (seq.first_token_at - seq.request.arrival) * 1e3
         timings["total_ms"] = (now - seq.request.arrival) * 1e3
         usage = Usage(prompt_tokens=seq.num_prompt, completion_tokens=seq.num_generated,
-                      cached_tokens=seq.num_cached, truncated_tokens=seq.request.truncated_tokens)
+                      cached_tokens=seq.num_cached, truncated_tokens=seq.request.truncated_tokens,
+                      draft_tokens=seq.num_draft_tokens, accepted_draft_tokens=seq.num_accepted_draft_tokens)
         seq.handle.publish(Delta(seq.request_id, text=text, token_ids=token_ids, logprobs=logprobs,
                                  finish_reason=reason, usage=usage, timings=timings, error=error))
         if self.observers:
@@ -455,5 +542,7 @@ class Scheduler:
             "num_prompt_tokens": self.num_prompt_tokens,
             "num_generated_tokens": self.num_generated_tokens,
             "num_preemptions": self.num_preemptions,
+            "num_draft_tokens": self.num_draft_tokens,
+            "num_accepted_draft_tokens": self.num_accepted_draft_tokens,
             **self.kv.stats(),
         }

@@ -13,6 +13,7 @@ from typing import Any
 
 from botframework.engine.detokenizer import IncrementalDetokenizer
 from botframework.engine.stops import StopMatcher
+from botframework.scheduler.drafter import NgramDrafter
 from botframework.scheduler.output import RequestHandle
 from botframework.specs import SamplingParams
 
@@ -45,6 +46,8 @@ class Request:
     # callables (logits, histories) -> None run on this request's logits before sampling
     # (botframework.engine.logits); plain objects, so in-process only: the server resolves names
     logits_processors: tuple[Any, ...] = ()
+    # speculative decoding (n-gram drafts verified in the batch): None: the scheduler's default
+    speculative: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.prompt_tokens:
@@ -71,6 +74,9 @@ class Sequence:
         self.detokenizer = detokenizer
         self.stops = StopMatcher(request.params.stop)
         self.first_token_at: float | None = None
+        self.drafter: NgramDrafter | None = None  # speculative decoding, once it runs (if it drafts)
+        self.num_draft_tokens = 0           # draft tokens verified for it
+        self.num_accepted_draft_tokens = 0  # ...that it kept as generated tokens
         self.admitted_at: float | None = None
 
     @property

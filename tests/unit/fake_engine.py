@@ -6,6 +6,7 @@ sequence's cells, copies from cells that do not exist, batches over the token bu
 
 from __future__ import annotations
 
+from botframework.engine.speculative import verify_drafts
 from botframework.engine.step import KVOpKind, SampledToken, StepPlan, StepResult
 
 
@@ -27,6 +28,10 @@ class FakeEngine:
             assert sorted(cells) == list(range(len(cells))), f"seq {seq_id}: holes in positions {sorted(cells)}"
             out[seq_id] = [cells[p] for p in range(len(cells))]
         return out
+
+    def next_token(self, history: list[int]) -> int:
+        """The 'model': the token after a sequence's KV content."""
+        return (sum(history) * 31 + len(history)) % (self.vocab - 1)
 
     def execute(self, plan: StepPlan) -> StepResult:
         saved = {seq_id: repr(self.kv[seq_id]).encode() for seq_id in plan.save_states}
@@ -72,8 +77,12 @@ class FakeEngine:
                 cells[item.start_pos + k] = token
             self.num_decoded += len(item.tokens)
             if item.sample:
-                # deterministic: depends only on the sequence's content, like greedy decoding
-                token = (sum(cells.values()) * 31 + len(cells)) % (self.vocab - 1)
-                sampled.append(SampledToken(item.request_id, token))
+                # deterministic: depends only on the sequence's content, like greedy decoding;
+                # drafts: sampled after the last token and each draft until one differs
+                history = [cells[p] for p in range(len(cells))]
+                first = len(history) - item.num_draft
+                for token in verify_drafts(item.tokens[len(item.tokens) - item.num_draft:],
+                                           lambda i, h=history, f=first: self.next_token(h[:f + i])):
+                    sampled.append(SampledToken(item.request_id, token))
         return StepResult(sampled=tuple(sampled), num_tokens=plan.num_tokens, decode_ms=0.0, sample_ms=0.0,
                           saved_states=saved)
