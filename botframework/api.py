@@ -105,11 +105,11 @@ class LocalLLM:
     def __init__(self, model: str | os.PathLike[str] = DEFAULT_MODEL, *, n_ctx: int = 8192,
                  num_slots: int | None = None, n_threads: int | None = None,
                  n_threads_batch: int | None = None,
-                 n_gpu_layers: int = 0, pull: bool = True, chat_template: str | None = None,
-                 flash_attn: str = "auto", hugepages: bool = True) -> None:
+                 n_gpu_layers: int | str = "auto", pull: bool = True, chat_template: str | None = None,
+                 flash_attn: str = "auto", hugepages: bool = True, rpc_servers: Sequence[str] = ()) -> None:
         config = WorkerConfig(n_ctx=n_ctx, num_slots=num_slots, n_threads=n_threads,
                               n_threads_batch=n_threads_batch, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn,
-                              hugepages=hugepages)
+                              hugepages=hugepages, rpc_servers=tuple(rpc_servers))
         self.handle = load_model(str(model), config, pull_missing=pull, progress=pull, chat_template=chat_template)
 
     @classmethod

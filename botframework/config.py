@@ -108,6 +108,37 @@ def fit_context(n_ctx: int, weights_bytes: int, cell_bytes: int, budget_bytes: i
     return min(n_ctx, room // CTX_STEP * CTX_STEP)
 
 
+GpuLayers = int | str  # a number of layers (-1: all), or "auto"
+
+
+def parse_gpu_layers(value: object) -> GpuLayers:
+    """n_gpu_layers from a flag, a config file or an argument: "auto", or an int >= -1."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        layers = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ValueError(f"n_gpu_layers must be 'auto' or a number of layers (-1: all), not {value!r}") from None
+    if layers < -1:
+        raise ValueError(f"n_gpu_layers must be 'auto' or >= -1, not {layers}")
+    return layers
+
+
+def parse_rpc_servers(value: object) -> tuple[str, ...]:
+    """RPC servers from a flag ("host:port,host:port"), a config list or a tuple: host:port each."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    endpoints = tuple(str(item).strip() for item in items if str(item).strip())
+    for endpoint in endpoints:
+        host, sep, port = endpoint.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"an RPC server is host:port, not {endpoint!r}")
+    if len(set(endpoints)) != len(endpoints):
+        raise ValueError(f"an RPC server is listed twice: {', '.join(endpoints)}")
+    return endpoints
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     n_ctx: int = 8192                      # at most (the model's training context, the memory budget)
@@ -116,7 +147,8 @@ class WorkerConfig:
     max_batch_tokens: int = 512
     n_threads: int | None = None           # None: default_threads()
     n_threads_batch: int | None = None
-    n_gpu_layers: int = 0
+    n_gpu_layers: GpuLayers = "auto"        # layers on GPUs / RPC servers; "auto": what fits their free memory
+    rpc_servers: tuple[str, ...] = ()      # `botframework rpc-server` host:port: layers spread over them
     max_waiting: int = 256
     session_ram_bytes: int = 512 << 20
     session_disk_bytes: int = 2 << 30
@@ -129,3 +161,7 @@ class WorkerConfig:
     handoff_wait_s: float = 0.003
     # a botframework.trace.TraceWriter the worker attaches itself to at start (serve --trace)
     trace: TraceWriter | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n_gpu_layers", parse_gpu_layers(self.n_gpu_layers))
+        object.__setattr__(self, "rpc_servers", parse_rpc_servers(self.rpc_servers))

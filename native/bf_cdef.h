@@ -193,4 +193,7 @@ typedef struct bf_chat_parser bf_chat_parser;
 bf_chat_parser * bf_chat_parser_init(const char * params_json);
 char * bf_chat_parser_parse(const bf_chat_parser * parser, const char * text, int is_partial);
 void bf_chat_parser_free(bf_chat_parser * parser);
+struct llama_model * bf_model_load(const char * path, struct llama_model_params * params, const char * rpc_servers,
+                                   int fit, uint32_t n_ctx, uint32_t n_seq, char ** plan);
+char * bf_devices(void);
 void bf_string_free(char * s);

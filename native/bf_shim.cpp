@@ -7,6 +7,7 @@
 #include "bf_shim.h"
 
 #include "chat.h"
+#include "fit.h"
 #include "json-schema-to-grammar.h"
 #include "json.h"
 
@@ -14,6 +15,7 @@
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
+#include "ggml-rpc.h"
 
 #include <nlohmann/json.hpp>
 
@@ -27,7 +29,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -98,6 +102,66 @@ std::string template_caps_json(const common_chat_templates * tmpls) {
     }
     return ojson{{"caps", caps}}.dump();
 }
+
+// The devices a model's offloaded layers go to: this build's GPUs, then one or more devices
+// per RPC server in `rpc_servers` ("host:port,host:port"). RPC servers are not added to
+// ggml's global registry: a model without them never offloads to them.
+std::vector<ggml_backend_dev_t> model_devices(const char * rpc_servers) {
+    std::vector<ggml_backend_dev_t> devs;
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        enum ggml_backend_dev_type type = ggml_backend_dev_type(dev);
+        if (type == GGML_BACKEND_DEVICE_TYPE_GPU || type == GGML_BACKEND_DEVICE_TYPE_IGPU) {
+            devs.push_back(dev);
+        }
+    }
+    if (rpc_servers == nullptr || *rpc_servers == '\0') {
+        return devs;
+    }
+    ggml_backend_reg_t rpc_reg = ggml_backend_reg_by_name("RPC");
+    if (rpc_reg == nullptr) {
+        throw std::runtime_error("this build has no RPC backend (reinstall with CMAKE_ARGS=\"-DGGML_RPC=ON\")");
+    }
+    typedef ggml_backend_reg_t (*add_server_t)(const char * endpoint);
+    auto add_server = (add_server_t) ggml_backend_reg_get_proc_address(rpc_reg, "ggml_backend_rpc_add_server");
+    if (add_server == nullptr) {
+        throw std::runtime_error("the RPC backend has no ggml_backend_rpc_add_server");
+    }
+    std::stringstream list(rpc_servers);
+    std::string endpoint;
+    while (std::getline(list, endpoint, ',')) {
+        if (endpoint.empty()) {
+            continue;
+        }
+        ggml_backend_reg_t reg = add_server(endpoint.c_str());
+        if (reg == nullptr || ggml_backend_reg_dev_count(reg) == 0) {
+            throw std::runtime_error("RPC server " + endpoint + " did not answer (is `botframework rpc-server` "
+                                     "running there, of the same version?)");
+        }
+        for (size_t i = 0; i < ggml_backend_reg_dev_count(reg); ++i) {
+            devs.push_back(ggml_backend_reg_dev_get(reg, i));
+        }
+    }
+    return devs;
+}
+
+ojson device_json(ggml_backend_dev_t dev) {
+    size_t free = 0, total = 0;
+    ggml_backend_dev_memory(dev, &free, &total);
+    const char * kind = "cpu";
+    switch (ggml_backend_dev_type(dev)) {
+        case GGML_BACKEND_DEVICE_TYPE_GPU:   kind = "gpu"; break;
+        case GGML_BACKEND_DEVICE_TYPE_IGPU:  kind = "igpu"; break;
+        case GGML_BACKEND_DEVICE_TYPE_ACCEL: kind = "accel"; break;
+        default: break;
+    }
+    ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(dev);
+    return {{"name", ggml_backend_dev_name(dev)}, {"description", ggml_backend_dev_description(dev)},
+            {"kind", kind}, {"backend", reg ? ggml_backend_reg_name(reg) : ""},
+            {"free_bytes", free}, {"total_bytes", total}};
+}
+
+std::mutex g_fit_mutex;  // common_fit_params swaps llama's global logger while it measures
 
 }  // namespace
 
@@ -502,6 +566,83 @@ char * bf_chat_parser_parse(const bf_chat_parser * parser, const char * text, in
 
 void bf_chat_parser_free(bf_chat_parser * parser) {
     delete parser;
+}
+
+struct llama_model * bf_model_load(const char * path, struct llama_model_params * params, const char * rpc_servers,
+                                   int fit, uint32_t n_ctx, uint32_t n_seq, char ** plan) {
+    *plan = nullptr;
+    try {
+        std::vector<ggml_backend_dev_t> devs = model_devices(rpc_servers);
+        ojson placement;
+        ojson devices = ojson::array();
+        for (ggml_backend_dev_t dev : devs) {
+            devices.push_back(device_json(dev));
+        }
+        placement["devices"] = devices;
+        llama_model_params mparams = *params;
+        std::vector<ggml_backend_dev_t> dev_list = devs;
+        dev_list.push_back(nullptr);
+        mparams.devices = dev_list.data();
+        // fit's outputs: live until the load below has read them
+        std::vector<float> tensor_split(llama_max_devices(), 0.0f);
+        std::vector<llama_model_tensor_buft_override> overrides(llama_max_tensor_buft_overrides(), {nullptr, nullptr});
+        if (fit && devs.empty()) {
+            mparams.n_gpu_layers = 0;
+            placement["fit"] = "no GPU or RPC device: every layer on the CPU";
+        } else if (fit) {
+            mparams.n_gpu_layers = llama_model_default_params().n_gpu_layers;  // fit changes only defaults
+            llama_context_params cparams = llama_context_default_params();
+            cparams.n_ctx = n_ctx;
+            cparams.n_seq_max = std::max<uint32_t>(1, n_seq);
+            cparams.kv_unified = true;
+            std::vector<size_t> margins(llama_max_devices(), size_t(512) << 20);  // leave 512 MiB per device
+            common_params_fit_status status;
+            {
+                std::lock_guard<std::mutex> lock(g_fit_mutex);
+                status = common_fit_params(path, &mparams, &cparams, tensor_split.data(), overrides.data(),
+                                           margins.data(), n_ctx, nullptr, GGML_LOG_LEVEL_ERROR);
+            }
+            if (status == COMMON_PARAMS_FIT_STATUS_ERROR) {
+                *plan = error_json("could not measure the model's memory for n_gpu_layers=auto (set a number)");
+                return nullptr;
+            }
+            if (status == COMMON_PARAMS_FIT_STATUS_FAILURE) {
+                mparams.n_gpu_layers = 0;  // nothing fits the free device memory: stay on the CPU
+                mparams.tensor_split = nullptr;
+                mparams.tensor_buft_overrides = nullptr;
+                placement["fit"] = "the devices' free memory holds no layer: every layer on the CPU";
+            } else {
+                placement["fit"] = "fits the devices' free memory";
+            }
+        }
+        if (mparams.tensor_split != nullptr && devs.size() > 1) {
+            ojson split = ojson::array();
+            for (size_t i = 0; i < devs.size(); ++i) {
+                split.push_back(mparams.tensor_split[i]);
+            }
+            placement["tensor_split"] = split;
+        }
+        placement["n_gpu_layers"] = mparams.n_gpu_layers;
+        llama_model * model = llama_model_load_from_file(path, mparams);
+        *plan = ok_json(placement);
+        return model;
+    } catch (const std::exception & e) {
+        *plan = error_json(e.what());
+        return nullptr;
+    }
+}
+
+char * bf_devices(void) {
+    try {
+        ojson devices = ojson::array();
+        for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+            devices.push_back(device_json(ggml_backend_dev_get(i)));
+        }
+        return ok_json(ojson{{"devices", devices}, {"rpc", ggml_backend_reg_by_name("RPC") != nullptr},
+                             {"rpc_protocol", {RPC_PROTO_MAJOR_VERSION, RPC_PROTO_MINOR_VERSION, RPC_PROTO_PATCH_VERSION}}});
+    } catch (const std::exception & e) {
+        return error_json(e.what());
+    }
 }
 
 void bf_string_free(char * s) {

@@ -75,6 +75,19 @@ bf_chat_parser * bf_chat_parser_init(const char * params_json);
 char * bf_chat_parser_parse(const bf_chat_parser * parser, const char * text, int is_partial);
 void bf_chat_parser_free(bf_chat_parser * parser);
 
+/* Load a GGUF with its offloaded layers on this build's GPUs plus the llama.cpp RPC servers in
+ * `rpc_servers` ("host:port,host:port", may be NULL or empty). With `fit` nonzero,
+ * params->n_gpu_layers (and the split over several devices) is chosen by llama.cpp's
+ * common_fit_params so that the weights and a context of n_ctx cells for n_seq sequences fit
+ * the devices' free memory; 0 when there is no device. Returns the model, or NULL. *plan gets
+ * {"devices": [...], "n_gpu_layers", "tensor_split", "fit"} or {"error"} (free it). */
+struct llama_model * bf_model_load(const char * path, struct llama_model_params * params, const char * rpc_servers,
+                                   int fit, uint32_t n_ctx, uint32_t n_seq, char ** plan);
+
+/* {"devices": [{"name", "description", "kind", "backend", "free_bytes", "total_bytes"}], "rpc": bool,
+ *  "rpc_protocol": [major, minor, patch]} */
+char * bf_devices(void);
+
 void bf_string_free(char * s);
 
 #ifdef __cplusplus

@@ -1,4 +1,5 @@
-"""The `botframework` command: serve | pull | models | ps | info | chat | run | replay.
+"""The `botframework` command: serve | pull | models | ps | info | chat | run | replay | service |
+rpc-server.
 
 Each subcommand imports what it needs when it runs, so `botframework --help` is instant.
 """
@@ -30,11 +31,24 @@ def _add_model_args(parser: argparse.ArgumentParser, *, defaults: bool = True) -
                         help="concurrent sequences (KV slots; default: one per 1,024 cells, 2 to 16)")
     parser.add_argument("--threads", type=int, default=None, help="decode threads (default: physical cores)")
     parser.add_argument("--threads-batch", type=int, default=None, help="prompt threads (default: all CPUs)")
-    parser.add_argument("--n-gpu-layers", type=int, default=0 if defaults else None,
-                        help="layers to offload to a GPU build")
+    parser.add_argument("--n-gpu-layers", type=_gpu_layers, default="auto" if defaults else None,
+                        help="layers to offload to a GPU build's GPUs and the --rpc servers (-1: all); default "
+                             "auto: as many as fit their free memory (none without a GPU or RPC server)")
+    parser.add_argument("--rpc", metavar="HOST:PORT,...",
+                        help="spread the model's layers over these `botframework rpc-server`s (llama.cpp's RPC "
+                             "backend)")
     parser.add_argument("--no-hugepages", dest="hugepages", action="store_false", default=None,
                         help="mmap the model file instead of copying it into 2 MiB pages (default: huge pages "
                              "where the kernel offers them; ~7%% faster decoding)")
+
+
+def _gpu_layers(value: str) -> int | str:
+    from botframework.config import parse_gpu_layers
+
+    try:
+        return parse_gpu_layers(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -45,7 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = ServerSettings.from_env(config=args.config).replace(
             host=args.host, port=args.port, model=args.model, n_ctx=args.ctx_size, num_slots=args.parallel,
             n_threads=args.threads, n_threads_batch=args.threads_batch, n_gpu_layers=args.n_gpu_layers,
-            hugepages=args.hugepages,
+            rpc_servers=args.rpc, hugepages=args.hugepages,
             api_keys=tuple(args.api_key or ()) or None, cors_origins=tuple(args.cors_origin or ()) or None,
             allow_non_loopback=args.allow_non_loopback, direct_stream=args.direct_stream,
             models_dir=args.models_dir, memory_budget_mb=args.memory_budget, keep_alive_s=args.keep_alive,
@@ -96,10 +110,18 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from botframework.cli.rpc import rpc_server_binary
     from botframework.config import default_threads
     from botframework.native import shim
+    from botframework.native.devices import devices, rpc_supported
 
     info = shim.build_info()
+    info["devices"] = devices()
+    gpus = [d for d in info["devices"] if d["kind"] in ("gpu", "igpu")]
+    info["rpc"] = {"backend": rpc_supported(), "rpc_server": str(rpc_server_binary() or "")}
+    info["n_gpu_layers_auto"] = (
+        "as many layers as fit the free memory of " + ", ".join(d["name"] for d in gpus) + " (per model, logged "
+        "when it loads)" if gpus else "0: no GPU in this build (models with rpc servers: what fits those)")
     decode_threads, batch_threads = default_threads()
     info["default_threads"] = {"decode": decode_threads, "prompt": batch_threads}
     from botframework.config import WorkerConfig, auto_slots
@@ -120,7 +142,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"build flags    {info['ggml_flags']}")
     print(f"CPU features   {' '.join(features)}")
     print(f"system info    {info['system_info'].strip()}")
-    print(f"devices        {', '.join(d['name'] for d in info['devices'])}")
+    for i, d in enumerate(info["devices"]):
+        print(f"{'devices' if i == 0 else '':15}{d['name']}: {d['description']} ({d['kind']}, "
+              f"{d['free_bytes'] >> 20} of {d['total_bytes'] >> 20} MiB free)")
+    print(f"GPU layers     n_gpu_layers auto -> {info['n_gpu_layers_auto']}")
+    rpc = info["rpc"]
+    print(f"RPC            backend {'built in' if rpc['backend'] else 'not built (-DGGML_RPC=OFF)'}; "
+          f"rpc-server: {rpc['rpc_server'] or 'not installed'}")
     print(f"threads        decode {decode_threads}, prompt {batch_threads}  (physical cores / usable CPUs)")
     serve = info["serve_defaults"]
     print(f"serve          up to {serve['n_ctx']} KV cells per model (fewer if its weights and cache would not fit the "
@@ -135,10 +163,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _llm(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from botframework.api import LocalLLM
+    from botframework.config import parse_rpc_servers
 
     return LocalLLM(args.model, n_ctx=args.ctx_size, num_slots=args.parallel, n_threads=args.threads,
                     n_threads_batch=args.threads_batch, n_gpu_layers=args.n_gpu_layers,
-                    hugepages=args.hugepages is not False)
+                    hugepages=args.hugepages is not False, rpc_servers=parse_rpc_servers(args.rpc))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -252,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     from botframework.cli.replay import add_replay_parser
 
     add_replay_parser(sub)  # botframework replay TRACE --policy ...
+    from botframework.cli.rpc import add_rpc_parser
+
+    add_rpc_parser(sub)  # botframework rpc-server --host --port
     return parser
 
 

@@ -14,18 +14,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from botframework.config import GpuLayers, parse_gpu_layers, parse_rpc_servers
 from botframework.errors import ClosedError, InvalidRequestError, ModelLoadError, ModelNotFoundError
 from botframework.native._gguf_header import header_problem
 from botframework.native._hugepages import HugePageWatch, available
 from botframework.native._lib import ffi, lib
 from botframework.native._owned import NativeHandle
+from botframework.native.devices import local_gpus, probe_rpc_server, take_json
 
 GGUF_MAGIC = b"GGUF"
 
 
 @dataclass(frozen=True)
 class ModelParams:
-    """How to load a model. n_gpu_layers: -1 = all layers on the GPU when one is built in.
+    """How to load a model.
+
+    n_gpu_layers: layers offloaded to this build's GPUs and the RPC servers (-1: all); "auto":
+    as many as fit the devices' free memory beside a context of fit_n_ctx cells for fit_n_seq
+    sequences (llama.cpp's common_fit_params), 0 when there is no device.
+    rpc_servers: "host:port" of `botframework rpc-server`s (llama.cpp's RPC backend): the
+    offloaded layers are split over them (and the local GPUs) by their free memory.
 
     hugepages: weights that stay on the CPU are read into anonymous memory in 2 MiB pages
     instead of being mmap'd (see botframework.native._hugepages: +7% decode here); the model's
@@ -33,9 +41,16 @@ class ModelParams:
     with layers on a GPU: llama.cpp's mmap, shared with other processes.
     """
 
-    n_gpu_layers: int = 0
+    n_gpu_layers: GpuLayers = 0
     vocab_only: bool = False
     hugepages: bool = True
+    rpc_servers: tuple[str, ...] = ()
+    fit_n_ctx: int = 4096
+    fit_n_seq: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n_gpu_layers", parse_gpu_layers(self.n_gpu_layers))
+        object.__setattr__(self, "rpc_servers", parse_rpc_servers(self.rpc_servers))
 
 
 @dataclass(frozen=True)
@@ -81,23 +96,45 @@ class Model(NativeHandle):
     _frees = (("_vocab", None), ("_handle", "llama_model_free"))  # the vocab is part of the model
     _vocab: Any = None
     _dependents: weakref.WeakSet[NativeHandle] | None = None  # None: not loaded, or closing
+    _rpc_models: weakref.WeakSet[Model] = weakref.WeakSet()  # loaded models with RPC servers
+    rpc_servers: tuple[str, ...] = ()
 
     def __init__(self, path: str | os.PathLike[str], params: ModelParams = ModelParams()) -> None:
         self.path = Path(path)
         _check_gguf_file(self.path)
+        for endpoint in params.rpc_servers:
+            if not any(endpoint in other.rpc_servers for other in list(Model._rpc_models) if not other.closed):
+                try:  # ggml-rpc would abort the process on a server that does not answer
+                    probe_rpc_server(endpoint)
+                except ConnectionError as exc:
+                    raise ModelLoadError(f"cannot load {self.path}: {exc}") from None
         native_params = lib().llama_model_default_params()
-        native_params.n_gpu_layers = params.n_gpu_layers
+        layers = params.n_gpu_layers
+        if layers == "auto" and not params.rpc_servers and not params.vocab_only and not local_gpus():
+            layers = 0  # nothing to offload to: no fit to measure
+        native_params.n_gpu_layers = 0 if layers == "auto" else layers
         native_params.vocab_only = params.vocab_only
-        self.hugepages = params.hugepages and params.n_gpu_layers == 0 and not params.vocab_only and available()
+        self.hugepages = params.hugepages and layers == 0 and not params.vocab_only and available()
         if self.hugepages:
             native_params.load_mode = lib().LLAMA_LOAD_MODE_NONE
+        plan = ffi.new("char **")
         with HugePageWatch(self.hugepages) as watch:
-            handle = lib().llama_model_load_from_file(os.fsencode(self.path), native_params)
+            handle = lib().bf_model_load(os.fsencode(self.path), ffi.addressof(native_params),
+                                         ",".join(params.rpc_servers).encode(), int(layers == "auto"),
+                                         params.fit_n_ctx, params.fit_n_seq, plan)
         self.hugepage_bytes = watch.collapsed_bytes
+        placement = take_json(plan[0]) if plan[0] != ffi.NULL else {}
         if handle == ffi.NULL:
+            if "error" in placement:
+                raise ModelLoadError(f"cannot load {self.path}: {placement['error']}")
             raise ModelLoadError(
                 f"llama.cpp could not load {self.path} (truncated, corrupt or unsupported GGUF; "
                 "set BOTFRAMEWORK_LLAMA_LOG=info for details)")
+        # where the layers went: {"devices": [...], "n_gpu_layers", "fit", "tensor_split"}
+        self.placement: dict[str, Any] = placement
+        self.rpc_servers = params.rpc_servers
+        if params.rpc_servers:  # connected now (one connection per server for the whole process)
+            Model._rpc_models.add(self)
         self._handle: Any = handle
         self._vocab = lib().llama_model_get_vocab(handle)
         self._lock = threading.Lock()  # guards _dependents: a sampler may be built on any thread

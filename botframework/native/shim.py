@@ -16,18 +16,9 @@ from botframework.errors import (
 )
 from botframework.native._lib import ffi, lib
 from botframework.native._owned import NativeHandle
+from botframework.native.devices import take_json as _take_json
 from botframework.native.jsontext import bracket_depth, bracket_levels
 from botframework.native.model import Model
-
-
-def _take_json(ptr: Any) -> dict[str, Any]:
-    """Decode and free a char* returned by the shim."""
-    if ptr == ffi.NULL:
-        raise MemoryError("bf_shim returned NULL")
-    try:
-        return json.loads(ffi.string(ptr).decode("utf-8"))  # type: ignore[no-any-return]
-    finally:
-        lib().bf_string_free(ptr)
 
 
 def build_info() -> dict[str, Any]:

@@ -491,6 +491,7 @@ class Registry(Generic[H]):
                 not slot.num_in_flight else 0.0,
                 "num_in_flight": slot.num_in_flight, "keep_alive_s": _keep_alive(slot),
                 "load": slot.entry.load.value, "num_loads": slot.num_loads, "error": slot.error,
+                "placement": _placement(slot.handle) if slot.state is ModelState.LOADED else None,
             })
         return out
 
@@ -559,3 +560,14 @@ async def sweep_forever(registry: Registry[Any], period_s: float = 1.0) -> None:
             await registry.sweep()
         except Exception:  # noqa: BLE001 - a failed unload must not stop the loop
             log.exception("keep-alive sweep failed")
+
+
+def _placement(handle: Any) -> dict[str, Any] | None:
+    """Where a loaded model's layers are: n_gpu_layers and the devices (GPUs, RPC servers)."""
+    model = getattr(getattr(handle, "worker", None), "model", None)
+    placement = getattr(model, "placement", None)
+    if not isinstance(placement, dict):
+        return None
+    return {"n_gpu_layers": placement.get("n_gpu_layers", 0),
+            "devices": [f"{d['name']} ({d['description']})" for d in placement.get("devices", [])]}
+

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -58,6 +58,23 @@ class WorkerMetrics:
     schedule_ms: float = 0.0       # Python time outside llama_decode and sampling
 
 
+def describe_placement(placement: dict[str, Any], asked: object) -> str:
+    """Where a model's layers went, for the log and `botframework ps`: "all layers on the CPU",
+    "-1 layers (all) on RPC0 (10.0.0.5:50052), RPC1 (...) (auto: fits ...)"."""
+    layers = placement.get("n_gpu_layers", 0)
+    devices = placement.get("devices", [])
+    if layers == 0 or not devices:
+        where = "all layers on the CPU"
+    else:
+        split = placement.get("tensor_split")
+        names = ", ".join(f"{d['name']} ({d['description']}{f', {split[i]:g}' if split else ''})"
+                          for i, d in enumerate(devices))
+        where = f"{'all' if layers < 0 else layers} layers offloaded to {names}"
+    if asked == "auto":
+        where += f" (n_gpu_layers auto: {placement.get('fit', 'no GPU or RPC device')})"
+    return where
+
+
 class ModelWorker:
     def __init__(self, model_path: str | os.PathLike[str], config: WorkerConfig | None = None,
                  *, name: str | None = None) -> None:
@@ -67,7 +84,9 @@ class ModelWorker:
         decode_threads, batch_threads = default_threads()
         self.n_threads = config.n_threads or decode_threads
         self.n_threads_batch = config.n_threads_batch or config.n_threads or batch_threads
-        self.model = Model(model_path, ModelParams(n_gpu_layers=config.n_gpu_layers, hugepages=config.hugepages))
+        self.model = Model(model_path, ModelParams(
+            n_gpu_layers=config.n_gpu_layers, hugepages=config.hugepages, rpc_servers=config.rpc_servers,
+            fit_n_ctx=config.n_ctx or 4096, fit_n_seq=config.num_slots or 1))
         try:
             n_ctx = min(config.n_ctx, self.model.n_ctx_train) if config.n_ctx else self.model.n_ctx_train
             self.kv_bytes_per_cell = kv_bytes_per_cell(self.model.metadata())
@@ -83,8 +102,8 @@ class ModelWorker:
         except BaseException:
             self.model.close()
             raise
-        log.info("model %r: %d KV cells shared by %d slots%s", self.name, self.context.n_ctx, self.num_slots,
-                 "" if config.num_slots else " (auto)")
+        log.info("model %r: %d KV cells shared by %d slots%s; %s", self.name, self.context.n_ctx, self.num_slots,
+                 "" if config.num_slots else " (auto)", describe_placement(self.model.placement, config.n_gpu_layers))
         self.engine = Engine(self.model, self.context)
         self.scheduler = Scheduler(
             SchedulerConfig(num_slots=self.num_slots, num_ctx=self.context.n_ctx,

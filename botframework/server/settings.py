@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from botframework.config import WorkerConfig, memory_budget_default
+from botframework.config import WorkerConfig, memory_budget_default, parse_gpu_layers, parse_rpc_servers
 from botframework.processors import load_registry
 from botframework.runtime.catalog import DEFAULT_MODEL
 from botframework.runtime.handle import model_id_for
@@ -66,7 +66,8 @@ class ServerSettings:
     n_ctx: int = 8192
     n_threads: int | None = None
     n_threads_batch: int | None = None
-    n_gpu_layers: int = 0
+    n_gpu_layers: int | str = "auto"          # "auto": as many layers as fit the GPUs' / RPC servers' free memory
+    rpc_servers: tuple[str, ...] = ()          # `botframework rpc-server` host:port for the default model's layers
     hugepages: bool = True                     # weights and KV cache in 2 MiB pages (Linux THP)
     prefix_cache_mb: int = 1024                # host RAM for idle prompt caches (0: keep them in the KV cache)
     direct_stream: bool = True                 # running streams' chunks written by the engine thread (direct.py)
@@ -112,6 +113,7 @@ class ServerSettings:
         return WorkerConfig(n_ctx=self.n_ctx, num_slots=self.num_slots, memory_budget_bytes=self.memory_budget_bytes(),
                             n_threads=self.n_threads,
                             n_threads_batch=self.n_threads_batch, n_gpu_layers=self.n_gpu_layers,
+                            rpc_servers=self.rpc_servers,
                             hugepages=self.hugepages, prefix_cache_bytes=self.prefix_cache_mb << 20,
                             max_waiting=self.max_queue, trace=self._trace)  # type: ignore[attr-defined]
 
@@ -181,6 +183,8 @@ class ServerSettings:
             raise ValueError(f"unknown key(s) in a [[models]] table: {', '.join(unknown)} "
                              f"(known: {', '.join(sorted(_MODEL_KEYS))})")
         remote = _remote_spec(table)
+        if remote is not None and "rpc" in table:
+            raise ValueError(f"a [[models]] table has a url or rpc servers, not both: {dict(table)}")
         source = table.get("source") or table.get("model") or table.get("path") or (remote and remote.urls[0])
         if not source:
             raise ValueError(f"a [[models]] table needs a source (catalog name, .gguf path or hf: spec): {dict(table)}")
@@ -189,7 +193,8 @@ class ServerSettings:
             base, n_ctx=int(table.get("n_ctx", base.n_ctx)), num_slots=table.get("parallel", base.num_slots),
             n_threads=table.get("threads", base.n_threads),
             n_threads_batch=table.get("threads_batch", base.n_threads_batch),
-            n_gpu_layers=int(table.get("n_gpu_layers", base.n_gpu_layers)),
+            n_gpu_layers=parse_gpu_layers(table.get("n_gpu_layers", base.n_gpu_layers)),
+            rpc_servers=parse_rpc_servers(table.get("rpc", ())),
             hugepages=bool(_coerce("hugepages", table.get("hugepages", base.hugepages))),
             prefix_cache_bytes=int(table.get("prefix_cache_mb", base.prefix_cache_bytes >> 20)) << 20)
         try:
@@ -285,11 +290,12 @@ class ServerSettings:
 
 _MODEL_KEYS = {"name", "aliases", "source", "model", "path", "kind", "load", "keep_alive", "sha256", "chat_template",
                "url", "urls", "api_key", "remote_model", "timeout_s",
-               "n_ctx", "parallel", "threads", "threads_batch", "n_gpu_layers", "hugepages", "prefix_cache_mb"}
+               "n_ctx", "parallel", "threads", "threads_batch", "n_gpu_layers", "hugepages", "prefix_cache_mb",
+               "rpc"}
 _BOOLS = {"pull_missing", "allow_non_loopback", "hugepages", "direct_stream", "trace_prompts"}
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _INTS = {"port", "max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_choices", "max_logit_bias",
-         "max_embedding_inputs", "num_slots", "n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers",
+         "max_embedding_inputs", "num_slots", "n_ctx", "n_threads", "n_threads_batch",
          "prefix_cache_mb", "memory_budget_mb", "max_queue"}
 
 
@@ -349,6 +355,10 @@ def _coerce(name: str, value: Any) -> Any:
         return {str(k).strip(): str(v).strip() for k, v in pairs}
     if name in ("keep_alive_s", "shutdown_grace_s"):
         return float(value)
+    if name == "n_gpu_layers":
+        return parse_gpu_layers(value)
+    if name == "rpc_servers":
+        return parse_rpc_servers(value)
     if name == "model" and not isinstance(value, str):  # repeated --model flags
         specs = [str(v) for v in value]
         return specs[0] if len(specs) == 1 else specs

@@ -36,6 +36,8 @@ def _card(registry: Registry[Runtime], info: dict[str, Any], created: int) -> di
                             "load": info["load"], "aliases": info["aliases"], "num_loads": info["num_loads"]}
     if info["error"]:
         meta["error"] = info["error"]
+    if info.get("placement"):
+        meta["placement"] = info["placement"]  # n_gpu_layers, devices (GPUs, RPC servers)
     if getattr(handle, "kind", None) == "remote":
         meta.update(kind="remote", replicas=handle.describe())  # type: ignore[union-attr]
     elif handle is not None:
