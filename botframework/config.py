@@ -159,6 +159,9 @@ class WorkerConfig:
     embed_piece_tokens: int = 128          # a causal model's embedding input: tokens per engine-loop turn
     # at most, for event loops to send a request's first or last token (RequestHandle.wait_handled)
     handoff_wait_s: float = 0.003
+    # speculative decoding for requests that do not say: "ngram" | "none" (SchedulerConfig)
+    speculative: str = "none"
+    draft_max: int = 8
     # a botframework.trace.TraceWriter the worker attaches itself to at start (serve --trace)
     trace: TraceWriter | None = None
 

@@ -65,7 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             models_dir=args.models_dir, memory_budget_mb=args.memory_budget, keep_alive_s=args.keep_alive,
             max_queue=args.max_queue, log_level=args.log_level, shutdown_grace_s=args.shutdown_grace,
             sessions_dir=args.sessions_dir, processors=args.processor, trace_path=args.trace,
-            trace_prompts=args.trace_prompts)
+            trace_prompts=args.trace_prompts, draft=args.draft, draft_max=args.draft_max)
         settings.check_bind()
     except ValueError as exc:
         print(f"botframework: error: {exc}", file=sys.stderr)
@@ -215,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow binding a non-loopback address without an API key")
     p.add_argument("--no-direct-stream", dest="direct_stream", action="store_false", default=None,
                    help="send every streamed chunk from the event loop, not the engine thread")
+    p.add_argument("--draft", choices=("ngram", "none"),
+                   help="speculative decoding for requests that do not say (\"speculative\": true/false): "
+                        "ngram drafts tokens by prompt lookup, verified in the batch (default none)")
+    p.add_argument("--draft-max", type=int, metavar="N", help="draft tokens per sequence and step, at most (default 8)")
     p.add_argument("--models-dir", help="serve every .gguf file in this folder, each loaded on first use")
     p.add_argument("--memory-budget", type=int, metavar="MB",
                    help="memory for loaded models; the least recently used idle one unloads to make room "

@@ -63,6 +63,7 @@ class GenerationOptions:
     # logits processors (botframework.engine.logits): LocalLLM's objects, or the ones the
     # server registered under the names a request gave (server.validation resolves them)
     logits_processors: Sequence[Any] = ()
+    speculative: bool | None = None              # n-gram draft tokens (speculative decoding); None: server default
 
     def __post_init__(self) -> None:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -139,7 +140,7 @@ def build_request(options: GenerationOptions, tokens: Sequence[int], *, request_
         "num_logprobs": options.num_logprobs}, name)
     return Request(request_id, tuple(tokens), params, session_id=options.session_id, priority=options.priority,
                    truncated_tokens=truncated_tokens, context_shift=options.context_shift, num_keep=options.num_keep,
-                   logits_processors=processors)
+                   logits_processors=processors, speculative=options.speculative)
 
 
 def _check_stops(stop: str | Sequence[str], limits: RequestLimits, param: str) -> tuple[str, ...]:

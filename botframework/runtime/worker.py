@@ -108,7 +108,8 @@ class ModelWorker:
         self.scheduler = Scheduler(
             SchedulerConfig(num_slots=self.num_slots, num_ctx=self.context.n_ctx,
                             max_batch_tokens=config.max_batch_tokens, max_waiting=config.max_waiting,
-                            prefix_cache_bytes=config.prefix_cache_bytes),
+                            prefix_cache_bytes=config.prefix_cache_bytes, speculative=config.speculative,
+                            draft_max=config.draft_max),
             eog_tokens=self.model.eog_tokens,
             sessions=SessionStore(config.session_ram_bytes, config.session_disk_bytes, config.session_dir))
         self.metrics = WorkerMetrics()

@@ -89,6 +89,7 @@ class _Sampling(_Strict):
     ignore_eos: bool = False  # keep generating past end-of-generation tokens (benchmarks)
     context_shift: bool = False  # at the context limit, drop old tokens and keep generating
     n_keep: int = Field(default=0, ge=0)  # tokens a context shift never drops
+    speculative: bool | None = None  # n-gram draft tokens for this request; None: the server's --draft
 
     def check_supported(self) -> None:
         if self.n > 1 and self.session_id is not None:

@@ -71,6 +71,8 @@ class ServerSettings:
     hugepages: bool = True                     # weights and KV cache in 2 MiB pages (Linux THP)
     prefix_cache_mb: int = 1024                # host RAM for idle prompt caches (0: keep them in the KV cache)
     direct_stream: bool = True                 # running streams' chunks written by the engine thread (direct.py)
+    draft: str = "none"                        # speculative decoding by default: "ngram" | "none"
+    draft_max: int = 8                         # draft tokens per sequence and step, at most
     log_level: str = "info"
     # logits processors requests may name ("logits_processors": ["name"]): name -> "module:attr",
     # imported once here at start (botframework.processors.load_processor); never from a request
@@ -87,6 +89,8 @@ class ServerSettings:
                 raise ValueError(f"{name} must be >= 1")
         if self.prefix_cache_mb < 0:
             raise ValueError("prefix_cache_mb must be >= 0")
+        if self.draft not in ("none", "ngram") or self.draft_max < 1:
+            raise ValueError("draft must be 'none' or 'ngram', and draft_max >= 1")
         if any(not key for key in self.api_keys):
             raise ValueError("API keys must not be empty strings")
         if self.shutdown_grace_s < 0:
@@ -115,7 +119,8 @@ class ServerSettings:
                             n_threads_batch=self.n_threads_batch, n_gpu_layers=self.n_gpu_layers,
                             rpc_servers=self.rpc_servers,
                             hugepages=self.hugepages, prefix_cache_bytes=self.prefix_cache_mb << 20,
-                            max_waiting=self.max_queue, trace=self._trace)  # type: ignore[attr-defined]
+                            max_waiting=self.max_queue, speculative=self.draft, draft_max=self.draft_max,
+                            trace=self._trace)  # type: ignore[attr-defined]
 
     @property
     def allowed_dirs(self) -> list[Path] | None:
@@ -296,7 +301,7 @@ _BOOLS = {"pull_missing", "allow_non_loopback", "hugepages", "direct_stream", "t
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _INTS = {"port", "max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_choices", "max_logit_bias",
          "max_embedding_inputs", "num_slots", "n_ctx", "n_threads", "n_threads_batch",
-         "prefix_cache_mb", "memory_budget_mb", "max_queue"}
+         "prefix_cache_mb", "memory_budget_mb", "max_queue", "draft_max"}
 
 
 def _remote_spec(table: Mapping[str, Any]) -> RemoteSpec | None:

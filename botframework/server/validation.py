@@ -44,7 +44,7 @@ def generation_options(body: GenerationBody) -> GenerationOptions:
         frequency_penalty=body.frequency_penalty, seed=body.seed, stop=body.stop if body.stop is not None else (),
         num_logprobs=body.num_logprobs, logit_bias=body.logit_bias, ignore_eos=body.ignore_eos,
         session_id=body.session_id, priority=_PRIORITY[body.priority], context_shift=body.context_shift,
-        num_keep=body.n_keep)
+        num_keep=body.n_keep, speculative=body.speculative)
 
 
 def param_names(body: GenerationBody) -> dict[str, str]:
