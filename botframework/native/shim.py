@@ -16,6 +16,7 @@ from botframework.errors import (
 )
 from botframework.native._lib import ffi, lib
 from botframework.native._owned import NativeHandle
+from botframework.native.jinja_guard import BUDGET_MARKER, TemplateRefused, guarded_source
 from botframework.native.devices import take_json as _take_json
 from botframework.native.jsontext import bracket_depth, bracket_levels
 from botframework.native.model import Model
@@ -51,15 +52,32 @@ class ChatTemplates(NativeHandle):
         if model is None and not template_override:
             # common_chat_templates_init asserts (aborts the process) on a NULL model without one
             raise InvalidRequestError("chat templates need a model or a template_override", param="chat_template")
+        try:  # depth limits and a render budget before llama.cpp's recursive Jinja engine sees it
+            source = guarded_source(template_override, model.chat_template if model is not None else None)
+        except TemplateRefused as exc:
+            raise ModelLoadError(f"chat template refused: {exc}") from None
         handle = ffi.new("void **")
         model_ptr = model.handle if model is not None else ffi.NULL
-        err = lib().bf_chat_templates_new(model_ptr, (template_override or "").encode("utf-8"), handle)
+        err = lib().bf_chat_templates_new(model_ptr, source.encode("utf-8"), handle)
         if err != ffi.NULL:
             raise ModelLoadError(_take_json(err).get("error", "cannot load chat template"))
         self._handle: Any = handle[0]
         self._model = model  # the templates keep token strings of the model's vocab
         caps = _take_json(lib().bf_chat_templates_caps(self._handle)).get("caps", {})
         self.caps: dict[str, bool] = {str(k): bool(v) for k, v in caps.items()}
+        if source:
+            self._trial_render()
+
+    def _trial_render(self) -> None:
+        """A template that spends its whole render budget on one short message would do so on
+        every request: refuse it with the model, as a load error."""
+        try:
+            self.apply({"messages": [{"role": "user", "content": "hi"}], "add_generation_prompt": True})
+        except InvalidRequestError as exc:
+            if BUDGET_MARKER in str(exc):  # the guard's own raise_exception text, nothing of llama.cpp's
+                self.close()
+                reason = str(exc)[str(exc).rindex(BUDGET_MARKER):].splitlines()[0]  # past the source excerpt
+                raise ModelLoadError(f"chat template refused: {reason}") from None
 
     @property
     def supports_tools(self) -> bool:
