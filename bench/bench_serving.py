@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import functools
+import importlib.util
 import itertools
 import json
 import math
@@ -45,8 +46,12 @@ from typing import BinaryIO
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # build_llama_tools
+# The installed package (pip install .) has the compiled module; a checkout's tree has it only
+# after a development build. Put the checkout on the path only when nothing is installed, and
+# behind site-packages: ahead of it, it shadowed the installed package ("native module is not built").
+if importlib.util.find_spec("botframework") is None:
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from build_llama_tools import build_tools  # noqa: E402
 
