@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,12 +26,13 @@ import numpy as np
 
 from botframework.chat.render import OverflowPolicy
 from botframework.config import WorkerConfig
-from botframework.errors import BotframeworkError, InvalidRequestError
+from botframework.errors import BotframeworkError, InvalidRequestError, NativeError
 from botframework.scheduler.output import RequestHandle
 from botframework.scheduler.sequence import Request
 
 if TYPE_CHECKING:
     from botframework.chat.plan import ChatOptions, ChatPlan
+    from botframework.native.context import Context
     from botframework.native.shim import ChatTemplates
     from botframework.runtime.worker import ModelWorker
 
@@ -44,6 +46,7 @@ class SavedSession:
 
 
 CHOICE_SEP = "~"  # the engine request of choice i > 0 of response "<id>" is "<id>~i"
+log = logging.getLogger("botframework.sessions")
 CALL_TIMEOUT_S = 10.0  # for questions answered on the engine thread (between two steps)
 
 
@@ -202,17 +205,30 @@ class ModelHandle:
 
         return worker.call(run, timeout_s=60.0)
 
-    def import_sessions(self, sessions: Sequence[SavedSession]) -> None:
+    def import_sessions(self, sessions: Sequence[SavedSession]) -> list[str]:
         """Sessions exported by an earlier load of the same model: stored (RAM, spilled to disk by
-        the usual budgets) and restored into a slot by each one's next turn."""
-        store = self.worker.scheduler.kv.sessions
+        the usual budgets) and restored into a slot by each one's next turn. Each state is first
+        restored once into an empty sequence: one that llama.cpp refuses (a file with the right
+        identity and checksum but a broken state) is dropped here, with a warning, and its
+        session starts over, instead of failing a later step with every request in it. Returns
+        the ids of the sessions dropped."""
+        worker = self.worker
+        store = worker.scheduler.kv.sessions
 
-        def run() -> None:
+        def run() -> list[str]:
+            spare = next((slot.seq_id for slot in worker.scheduler.slots if slot.free and not slot.cached), None)
+            dropped: list[str] = []
             for saved in sessions:
+                if spare is not None and not _restores(worker.context, spare, saved):
+                    log.warning("session %r: its saved state does not restore into this model; it starts over",
+                                saved.session_id)
+                    dropped.append(saved.session_id)
+                    continue
                 store.prepare_save(saved.session_id, saved.tokens)
                 store.complete_save(saved.session_id, saved.data)
+            return dropped
 
-        self.worker.call(run, timeout_s=60.0)
+        return worker.call(run, timeout_s=60.0)
 
     def embed(self, inputs: list[str] | list[list[int]]) -> list[np.ndarray]:
         """One vector per text or token-id list (see ModelWorker.embed)."""
@@ -225,6 +241,20 @@ class ModelHandle:
     def close(self) -> None:
         self.templates.close()
         self.worker.close()
+
+
+def _restores(context: Context, seq_id: int, saved: SavedSession) -> bool:
+    """Whether llama.cpp takes `saved`'s state into the empty sequence `seq_id`, ending at the
+    position of its last token (not pos_min: a sliding-window cache drops the early cells); the
+    sequence is empty again afterwards."""
+    memory = context.memory
+    try:
+        context.state_seq_set(seq_id, saved.data)
+        return memory.pos_max(seq_id) == len(saved.tokens) - 1
+    except NativeError:
+        return False
+    finally:
+        memory.seq_rm(seq_id, -1, -1)
 
 
 def load_model(spec: str, config: WorkerConfig, *, name: str | None = None,
