@@ -65,6 +65,8 @@ class Report:
     tokens_checked: int = 0
     disconnects: int = 0
     idle_after_s: float = -1.0
+    idle_stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # per model, when idle
+    latencies_ms: dict[str, list[float]] = field(default_factory=dict)  # per action: the whole request
 
     def summary(self) -> dict[str, Any]:
         return {"seconds": round(self.seconds, 1), "requests": sum(self.done.values()), "by_action": dict(self.done),
@@ -72,10 +74,28 @@ class Report:
                 "5xx": sum(v for k, v in self.statuses.items() if k >= 500), "timeouts": self.timeouts,
                 "streams_checked": self.streams_checked, "tokens_checked": self.tokens_checked,
                 "disconnects": self.disconnects, "idle_after_s": round(self.idle_after_s, 3),
+                "idle_stats": self.idle_stats, "latency_ms": self.latency_figures(),
                 "failures": self.failures[:20]}
 
 
+    def latency_figures(self) -> dict[str, dict[str, float]]:
+        """p50 / p99 / max of each action's request time (a stream read to its end or left)."""
+        def figures(values: list[float]) -> dict[str, float]:
+            ordered = sorted(values)
+            pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+            return {"n": len(ordered), "p50": round(pick(0.50), 1), "p99": round(pick(0.99), 1),
+                    "max": round(ordered[-1], 1)}
+        out = {action: figures(v) for action, v in sorted(self.latencies_ms.items()) if v}
+        every = [x for v in self.latencies_ms.values() for x in v]
+        if every:
+            out["all"] = figures(every)
+        return out
+
+
 class Load:
+    IDLE_KEYS = ("num_busy_slots", "num_running", "num_waiting", "num_cells_used", "num_cached_tokens",
+                 "num_uncached_kv_tokens", "stored_prefix_bytes")
+
     def __init__(self, base_url: str, chat_model: str = CHAT_MODEL, embed_model: str | None = EMBED_MODEL,
                  disconnects: float = 0.0) -> None:
         self.base = base_url
@@ -275,6 +295,7 @@ class Load:
             with httpx.Client(base_url=self.base, timeout=timeout_s) as c:
                 while time.monotonic() < deadline:
                     action = rng.choice(actions)
+                    started = time.perf_counter()
                     try:
                         action(c, rng)
                     except httpx.TimeoutException as exc:
@@ -285,6 +306,8 @@ class Load:
                         self.fail(f"{action.__name__}: {type(exc).__name__}: {exc}")
                     with self.lock:
                         self.report.done[action.__name__] += 1
+                        self.report.latencies_ms.setdefault(action.__name__, []).append(
+                            (time.perf_counter() - started) * 1e3)
 
         threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
         for t in threads:
@@ -296,15 +319,20 @@ class Load:
         return self.report
 
     def wait_idle(self, timeout_s: float = 60) -> float:
-        """Seconds from now until every model's /v1/stats shows nothing busy, running or waiting."""
+        """Seconds from now until every model's /v1/stats shows nothing busy, running or waiting,
+        and no KV cell held beyond the slots' cached prefixes: no position past a cached prefix
+        (num_uncached_kv_tokens, llama.cpp's own view) and no more cells than cached tokens."""
         t0 = time.monotonic()
         models = [m for m in (self.chat_model, self.embed_model) if m]
         while True:
             busy = []
             for model in models:
                 s = httpx.get(f"{self.base}/v1/stats", params={"model": model}, timeout=10).json()
-                if s.get("num_busy_slots", 0) or s.get("num_running", 0) or s.get("num_waiting", 0):
+                if (s.get("num_busy_slots", 0) or s.get("num_running", 0) or s.get("num_waiting", 0)
+                        or s.get("num_uncached_kv_tokens", 0)
+                        or s.get("num_cells_used", 0) > s.get("num_cached_tokens", s.get("num_cells_used", 0))):
                     busy.append((model, s))
+                self.report.idle_stats[model] = {k: s.get(k) for k in self.IDLE_KEYS}
             if not busy:
                 return time.monotonic() - t0
             if time.monotonic() - t0 > timeout_s:

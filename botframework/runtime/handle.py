@@ -170,7 +170,9 @@ class ModelHandle:
         return self.worker.call(lambda: scheduler.drop_session(session_id), timeout_s=CALL_TIMEOUT_S)
 
     def stats(self) -> dict[str, int]:
-        return self.worker.call(self.worker.scheduler.stats, timeout_s=CALL_TIMEOUT_S)
+        """The scheduler's counters and an audit of the KV cache against them (kv_audit)."""
+        worker = self.worker
+        return worker.call(lambda: {**worker.scheduler.stats(), **kv_audit(worker)}, timeout_s=CALL_TIMEOUT_S)
 
     def worker_metrics(self) -> dict[str, float]:
         m = self.worker.metrics
@@ -241,6 +243,20 @@ class ModelHandle:
     def close(self) -> None:
         self.templates.close()
         self.worker.close()
+
+
+def kv_audit(worker: ModelWorker) -> dict[str, int]:
+    """What llama.cpp's KV cache holds per slot against what the scheduler says it caches (on
+    the engine thread). num_cached_tokens: the slots' cached prefixes; num_uncached_kv_tokens:
+    positions an idle slot's sequence holds past its cached prefix, which nothing would ever
+    reuse or free (0 when the bookkeeping is right; the load test asserts it once idle)."""
+    memory = worker.context.memory
+    cached = uncached = 0
+    for slot in worker.scheduler.slots:
+        cached += len(slot.cached)
+        if slot.owner is None:
+            uncached += max(0, memory.pos_max(slot.seq_id) + 1 - len(slot.cached))
+    return {"num_cached_tokens": cached, "num_uncached_kv_tokens": uncached}
 
 
 def _restores(context: Context, seq_id: int, saved: SavedSession) -> bool:

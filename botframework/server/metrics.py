@@ -23,6 +23,10 @@ _GAUGES = {
     "num_busy_slots": ("botframework_busy_slots", "KV slots owned by a request"),
     "num_session_slots": ("botframework_session_slots", "KV slots holding a session's state"),
     "num_cells_used": ("botframework_kv_cells_used", "KV cache cells in use"),
+    "num_cached_tokens": ("botframework_kv_cached_tokens", "tokens of the slots' cached prefixes (cells shared "
+                          "between slots count once in kv_cells_used)"),
+    "num_uncached_kv_tokens": ("botframework_kv_uncached_tokens", "KV positions an idle slot holds past its "
+                               "cached prefix: 0 unless cells leak"),
     "num_stored_sessions": ("botframework_stored_sessions", "sessions saved outside the KV cache"),
 }
 _COUNTERS = {

@@ -5,7 +5,9 @@ chat model and the embedding model, the second loaded on first use).
 
 0 5xx, 0 timeouts, every stream read to its end carries its finish reason and end marker, the
 OpenAI streams' usage equals the tokens streamed, and every model's /v1/stats shows nothing busy
-within 2 s of the last answer. The 30-minute soak with process sampling: bench/soak.py.
+within 2 s of the last answer: no busy slot, nothing running or waiting, and no KV cell beyond the
+slots' cached prefixes (llama.cpp's last position of each idle slot's sequence is its cached
+prefix's, and cells used <= cached tokens). The 30-minute soak with process sampling: bench/soak.py.
 """
 
 from __future__ import annotations
@@ -43,5 +45,9 @@ def test_16_clients_for_60_s_over_every_protocol_and_two_models(server: tuple[st
     assert len(report.done) == 12, f"not every kind of request ran: {dict(report.done)}"
     assert report.streams_checked > 20 and report.tokens_checked > 0
     assert report.idle_after_s <= 2.0, f"busy {report.idle_after_s:.2f} s after the last answer"
+    for model, idle in report.idle_stats.items():  # what wait_idle saw last: nothing busy, no cell leaked
+        assert idle["num_busy_slots"] == 0 and idle["num_running"] == 0 and idle["num_waiting"] == 0, (model, idle)
+        assert idle["num_uncached_kv_tokens"] == 0, (model, idle)
+        assert idle["num_cells_used"] <= idle["num_cached_tokens"], (model, idle)
     assert proc.poll() is None
     assert httpx.get(f"{url}/health", timeout=10).json()["status"] == "ok"
