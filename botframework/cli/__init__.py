@@ -64,6 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             allow_non_loopback=args.allow_non_loopback, direct_stream=args.direct_stream,
             models_dir=args.models_dir, memory_budget_mb=args.memory_budget, keep_alive_s=args.keep_alive,
             max_queue=args.max_queue, log_level=args.log_level, shutdown_grace_s=args.shutdown_grace,
+            stream_write_timeout_s=args.stream_write_timeout,
             sessions_dir=args.sessions_dir, processors=args.processor, trace_path=args.trace,
             trace_prompts=args.trace_prompts, draft=args.draft, draft_max=args.draft_max)
         settings.check_bind()
@@ -232,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shutdown-grace", type=float, metavar="S",
                    help="on SIGTERM, how long requests in flight may take to finish before they are ended "
                         "(default 30)")
+    p.add_argument("--stream-write-timeout", type=float, metavar="S",
+                   help="drop a client that takes no bytes of its response for this long, and cancel its "
+                        "request (default 30; 0: never)")
     p.add_argument("--sessions-dir", metavar="DIR",
                    help="save chat sessions here when the server stops or a model unloads, and restore them")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug", "trace"],

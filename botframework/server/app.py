@@ -53,6 +53,7 @@ from botframework.server.routes import (
 )
 from botframework.server.runtime import Runtime, estimate_bytes, load_entry, measure_bytes
 from botframework.server.settings import ServerSettings
+from botframework.server.write_timeout import StreamWriteTimeout
 
 log = logging.getLogger("botframework.server")
 
@@ -78,7 +79,10 @@ class _App(FastAPI):
         # FastRoutes, outermost: short JSON requests to its routes skip the rest (fastpath.py)
         # DrainGate, outermost of all: a draining server refuses new work (drain.py); then,
         # when some models are remote, RemoteRoutes forwards their requests (remote.py)
-        app: ASGIApp = FastRoutes(ExposeConnection(ReleaseLeases(super().build_middleware_stack())), self,
+        # StreamWriteTimeout, right inside it: drops a client that stops reading (write_timeout.py)
+        inner = StreamWriteTimeout(ReleaseLeases(super().build_middleware_stack()),
+                                   self.state.settings.stream_write_timeout_s)
+        app: ASGIApp = FastRoutes(ExposeConnection(inner), self,
                                   {"/v1/embeddings": (EmbeddingRequest, embeddings.embeddings)})
         remote = [name for entry in self.state.settings.model_entries() if entry.remote is not None
                   for name in entry.names]

@@ -50,6 +50,7 @@ class ServerSettings:
     memory_budget_mb: int | None = None        # loaded models' memory; None: 80% of the RAM available at start
     keep_alive_s: float = KEEP_FOREVER         # idle seconds before a lazily loaded model unloads (-1: never)
     shutdown_grace_s: float = 30.0             # on SIGTERM: how long requests in flight may take to finish
+    stream_write_timeout_s: float = 30.0       # a client that takes no bytes this long is dropped (0: never)
     sessions_dir: Path | None = None           # chat sessions saved here on drain and unload, restored after
     pull_missing: bool = True                  # fetch a catalog model that is not cached yet
     api_keys: tuple[str, ...] = ()             # empty: no authentication
@@ -95,6 +96,8 @@ class ServerSettings:
             raise ValueError("API keys must not be empty strings")
         if self.shutdown_grace_s < 0:
             raise ValueError("shutdown_grace_s must be >= 0")
+        if self.stream_write_timeout_s < 0:
+            raise ValueError("stream_write_timeout_s must be >= 0 (0: never)")
         if self.memory_budget_mb is not None and self.memory_budget_mb < 1:
             raise ValueError("memory_budget_mb must be >= 1")
         # imported now: a bad path stops the start, not a request; one writer for every model
@@ -331,7 +334,7 @@ def _parse(name: str, raw: str) -> Any:
             raise ValueError(f"{_ENV_PREFIX}{name.upper()} must be a boolean, not {raw!r}") from None
     if name in ("api_keys", "cors_origins", "models_dirs", "processors"):
         return _coerce(name, [part.strip() for part in raw.split(",") if part.strip()])
-    if name in ("keep_alive_s", "shutdown_grace_s"):
+    if name in ("keep_alive_s", "shutdown_grace_s", "stream_write_timeout_s"):
         try:
             return float(raw)
         except ValueError:
@@ -358,7 +361,7 @@ def _coerce(name: str, value: Any) -> Any:
                 raise ValueError(f"processors are NAME=MODULE:ATTR, not {value!r}")
             pairs = [tuple(item.split("=", 1)) for item in items]
         return {str(k).strip(): str(v).strip() for k, v in pairs}
-    if name in ("keep_alive_s", "shutdown_grace_s"):
+    if name in ("keep_alive_s", "shutdown_grace_s", "stream_write_timeout_s"):
         return float(value)
     if name == "n_gpu_layers":
         return parse_gpu_layers(value)
