@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib.util
 import json
 import statistics
 import sys
@@ -37,8 +38,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_serving, build_llama_tools
+# The installed package (pip install .) has the compiled module; a checkout's tree has it only
+# after a development build: the checkout goes on the path only when nothing is installed, and
+# behind site-packages (ahead of it, it shadowed the installed package: "native module is not built").
+if importlib.util.find_spec("botframework") is None:
+    sys.path.append(str(REPO_ROOT))
 
 from bench_serving import free_port, median_ci, running  # noqa: E402
 from build_llama_tools import build_tools  # noqa: E402

@@ -28,6 +28,7 @@ times and pools the samples so that a slow phase of the host hits both.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -41,9 +42,12 @@ from typing import Any
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (str(REPO_ROOT), str(Path(__file__).resolve().parent)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # build_llama_tools
+# The installed package (pip install .) has the compiled module; a checkout's tree has it only
+# after a development build: the checkout goes on the path only when nothing is installed, and
+# behind site-packages (ahead of it, it shadowed the installed package: "native module is not built").
+if importlib.util.find_spec("botframework") is None:
+    sys.path.append(str(REPO_ROOT))
 
 from build_llama_tools import build_tools
 

@@ -24,6 +24,7 @@ dict check per step and two default PlanItem fields per sequence, timed here dir
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -33,8 +34,11 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+# The installed package (pip install .) has the compiled module; a checkout's tree has it only
+# after a development build: the checkout goes on the path only when nothing is installed, and
+# behind site-packages (ahead of it, it shadowed the installed package: "native module is not built").
+if importlib.util.find_spec("botframework") is None:
+    sys.path.append(str(REPO_ROOT))
 
 from botframework.engine import Engine, PlanItem, StepPlan  # noqa: E402
 from botframework.native import Context, ContextParams, Model, SamplerSpec  # noqa: E402

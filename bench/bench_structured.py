@@ -19,6 +19,7 @@ metrics.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -29,8 +30,11 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+# The installed package (pip install .) has the compiled module; a checkout's tree has it only
+# after a development build: the checkout goes on the path only when nothing is installed, and
+# behind site-packages (ahead of it, it shadowed the installed package: "native module is not built").
+if importlib.util.find_spec("botframework") is None:
+    sys.path.append(str(REPO_ROOT))
 
 from botframework import LocalLLM  # noqa: E402
 from botframework.api import _collect  # noqa: E402
