@@ -157,6 +157,10 @@ class WorkerConfig:
     flash_attn: str = "auto"
     hugepages: bool = True                 # weights and KV cache in 2 MiB pages (ModelParams)
     embed_piece_tokens: int = 128          # a causal model's embedding input: tokens per engine-loop turn
+    # an embedding batch of at most this many tokens decodes on one thread (0: always
+    # n_threads_batch). On a loaded machine a short sentence's ~1-3 ms of work took 20-40 ms on
+    # two threads (a thread descheduled mid-graph stalls every barrier) and 3 ms on one.
+    embed_single_thread_tokens: int = 0
     # at most, for event loops to send a request's first or last token (RequestHandle.wait_handled)
     handoff_wait_s: float = 0.003
     # speculative decoding for requests that do not say: "ngram" | "none" (SchedulerConfig)
