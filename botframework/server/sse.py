@@ -83,17 +83,25 @@ def usage_json(usage: Usage | None) -> dict[str, Any] | None:
         "total_tokens": usage.total_tokens, "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}
     if usage.truncated_tokens:
         out["truncated_tokens"] = usage.truncated_tokens  # extension: dropped by overflow="truncate"
+    if usage.draft_tokens:
+        # speculative drafts, in OpenAI's Predicted Outputs fields: only for a request that
+        # drafted, so every other response keeps its exact shape
+        out["completion_tokens_details"] = {
+            "accepted_prediction_tokens": usage.accepted_draft_tokens,
+            "rejected_prediction_tokens": usage.draft_tokens - usage.accepted_draft_tokens}
     return out
 
 
 def total_usage(usages: list[Usage | None]) -> Usage | None:
-    """OpenAI's usage for n choices: the prompt once, completion tokens of all choices."""
+    """OpenAI's usage for n choices: the prompt once, completion (and draft) tokens of all choices."""
     known = [u for u in usages if u is not None]
     if not known:
         return None
     first = known[0]
     return Usage(prompt_tokens=first.prompt_tokens, completion_tokens=sum(u.completion_tokens for u in known),
-                 cached_tokens=first.cached_tokens, truncated_tokens=first.truncated_tokens)
+                 cached_tokens=first.cached_tokens, truncated_tokens=first.truncated_tokens,
+                 draft_tokens=sum(u.draft_tokens for u in known),
+                 accepted_draft_tokens=sum(u.accepted_draft_tokens for u in known))
 
 
 @dataclass

@@ -136,6 +136,9 @@ class FakeRuntime:
         self.handles.pop(rid, None)
 
     def _usage(self, request: Request, n: int) -> Usage:
+        if request.speculative:  # as if it drafted one token per generated one and kept half of them
+            return Usage(prompt_tokens=len(request.prompt_tokens), completion_tokens=n,
+                         draft_tokens=n, accepted_draft_tokens=n // 2)
         return Usage(prompt_tokens=len(request.prompt_tokens), completion_tokens=n)
 
     def _cancel(self, request_id: str) -> None:

@@ -1,0 +1,62 @@
+"""Speculative drafts over HTTP on the real model: usage.completion_tokens_details.
+
+    "speculative": true on an edit-like prompt (the answer copies the code) -> accepted drafts
+    reported as accepted_prediction_tokens; prompt and completion counts as without drafts;
+    a request that does not draft keeps OpenAI's plain usage shape (no details)
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from server_proc import pulled, served
+
+from botframework.runtime.catalog import DEFAULT_MODEL
+
+SOURCE = '''def load_config(path):
+    with open(path) as f:
+        data = f.read()
+    config = {}
+    for line in data.splitlines():
+        key, value = line.split("=", 1)
+        config[key.strip()] = value.strip()
+    return config
+'''
+MESSAGES = [{"role": "user", "content": f"Repeat this code exactly:\n```python\n{SOURCE}```"}]
+
+
+def chat(url: str, **extra: Any) -> dict[str, Any]:
+    r = httpx.post(f"{url}/v1/chat/completions", timeout=120,
+                   json={"model": DEFAULT_MODEL, "messages": MESSAGES, "temperature": 0, "max_tokens": 48, **extra})
+    r.raise_for_status()
+    return r.json()  # type: ignore[no-any-return]
+
+
+def streamed_usage(url: str, **extra: Any) -> dict[str, Any]:
+    r = httpx.post(f"{url}/v1/chat/completions", timeout=120,
+                   json={"model": DEFAULT_MODEL, "messages": MESSAGES, "temperature": 0, "max_tokens": 48,
+                         "stream": True, "stream_options": {"include_usage": True}, **extra})
+    r.raise_for_status()
+    events = [line[len("data: "):] for line in r.text.split("\n\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return json.loads(events[-2])["usage"]  # type: ignore[no-any-return]
+
+
+def test_drafted_and_accepted_in_usage() -> None:
+    pulled(DEFAULT_MODEL)
+    with served(["--model", DEFAULT_MODEL, "--parallel", "2", "--ctx-size", "2048", "--log-level", "warning"]) \
+            as (url, _proc):
+        plain = chat(url)
+        drafted = chat(url, speculative=True)
+        assert plain["choices"][0]["finish_reason"] == drafted["choices"][0]["finish_reason"] == "length"
+        assert "completion_tokens_details" not in plain["usage"]
+        details = drafted["usage"]["completion_tokens_details"]
+        assert details["accepted_prediction_tokens"] > 0 and details["rejected_prediction_tokens"] >= 0
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            assert drafted["usage"][key] == plain["usage"][key]
+        stream = streamed_usage(url, speculative=True)
+        assert stream["completion_tokens"] == plain["usage"]["completion_tokens"]
+        assert stream["completion_tokens_details"]["accepted_prediction_tokens"] > 0
+        assert "completion_tokens_details" not in streamed_usage(url, speculative=False)
