@@ -75,6 +75,17 @@ def describe_placement(placement: dict[str, Any], asked: object) -> str:
     return where
 
 
+def can_draft(model: Model, name: str, config: WorkerConfig) -> bool:
+    """Whether the model's sequences may draft: not a recurrent or hybrid one, whose memory
+    cannot drop rejected draft cells (llama_memory_seq_rm refuses a partial removal)."""
+    if not (model.is_recurrent or model.is_hybrid):
+        return True
+    log.log(logging.WARNING if config.speculative != "none" else logging.INFO,
+            "model %r is %s: speculative decoding off (its memory cannot drop rejected draft tokens)",
+            name, "recurrent" if model.is_recurrent else "hybrid")
+    return False
+
+
 class ModelWorker:
     def __init__(self, model_path: str | os.PathLike[str], config: WorkerConfig | None = None,
                  *, name: str | None = None) -> None:
@@ -109,7 +120,7 @@ class ModelWorker:
             SchedulerConfig(num_slots=self.num_slots, num_ctx=self.context.n_ctx,
                             max_batch_tokens=config.max_batch_tokens, max_waiting=config.max_waiting,
                             prefix_cache_bytes=config.prefix_cache_bytes, speculative=config.speculative,
-                            draft_max=config.draft_max),
+                            draft_max=config.draft_max, can_draft=can_draft(self.model, self.name, config)),
             eog_tokens=self.model.eog_tokens,
             sessions=SessionStore(config.session_ram_bytes, config.session_disk_bytes, config.session_dir))
         self.metrics = WorkerMetrics()

@@ -76,6 +76,10 @@ class SchedulerConfig:
     draft_max: int = 8
     ngram_max: int = 3
     ngram_min: int = 2
+    # False for a model whose memory cannot drop a sequence's last cells (recurrent and hybrid
+    # models: llama_memory_seq_rm refuses a partial removal, so rejected drafts could not leave
+    # the cache): nothing drafts then, whatever the request or `speculative` says
+    can_draft: bool = True
 
     def __post_init__(self) -> None:
         if self.num_slots < 1 or self.num_ctx < 2 or self.max_batch_tokens < self.num_slots:
@@ -287,6 +291,8 @@ class Scheduler:
         """Whether a sequence that starts running drafts: the request's choice, else the
         server's. Not with logits processors (they see one history per row, not the drafts')."""
         request = seq.request
+        if not self.config.can_draft:
+            return False
         wanted = request.speculative if request.speculative is not None else self.config.speculative != "none"
         return wanted and not request.logits_processors
 
