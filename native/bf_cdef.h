@@ -107,6 +107,8 @@ uint64_t llama_model_size(const struct llama_model * model);
 uint64_t llama_model_n_params(const struct llama_model * model);
 const char * llama_model_chat_template(const struct llama_model * model, const char * name);
 bool llama_model_has_encoder(const struct llama_model * model);
+bool llama_model_is_recurrent(const struct llama_model * model);
+bool llama_model_is_hybrid(const struct llama_model * model);
 bool llama_model_has_decoder(const struct llama_model * model);
 
 int32_t llama_vocab_n_tokens(const struct llama_vocab * vocab);
