@@ -163,9 +163,12 @@ class WorkerConfig:
     embed_single_thread_tokens: int = 0
     # at most, for event loops to send a request's first or last token (RequestHandle.wait_handled)
     handoff_wait_s: float = 0.003
-    # speculative decoding for requests that do not say: "ngram" | "none" (SchedulerConfig)
+    # speculative decoding for requests that do not say: "ngram" | "model" | "none" (SchedulerConfig)
     speculative: str = "none"
     draft_max: int = 8
+    # a draft model's GGUF (same vocabulary, loaded by the same worker, its own context on the
+    # engine thread): drafts for speculative="model", and for requests that ask when "none"
+    draft_model: Path | None = None
     # a botframework.trace.TraceWriter the worker attaches itself to at start (serve --trace)
     trace: TraceWriter | None = None
 

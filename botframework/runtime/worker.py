@@ -33,6 +33,7 @@ import numpy as np
 
 from botframework.config import WorkerConfig, auto_slots, default_threads, fit_context, kv_bytes_per_cell
 from botframework.engine.detokenizer import IncrementalDetokenizer
+from botframework.engine.draft_model import DraftModel
 from botframework.engine.engine import Engine
 from botframework.engine.step import StepPlan, StepResult
 from botframework.errors import BotframeworkError, ClosedError, InvalidRequestError, ModelLoadError, NativeError
@@ -75,6 +76,27 @@ def describe_placement(placement: dict[str, Any], asked: object) -> str:
     return where
 
 
+def check_same_vocab(target: Model, draft: Model, name: str, path: Path) -> None:
+    """ModelLoadError unless the draft model's tokens are the target's: the same vocabulary
+    size, special tokens and pieces (a sample spread over the vocabulary, and the specials)."""
+    why = ""
+    if draft.n_vocab != target.n_vocab:
+        why = f"{draft.n_vocab} tokens against the target's {target.n_vocab}"
+    elif draft.special.eos != target.special.eos or draft.special.bos != target.special.bos:
+        why = "different BOS/EOS tokens"
+    else:
+        n = target.n_vocab
+        sample = sorted({*range(min(n, 8)), *range(0, n, max(1, n // 61)), n - 1})
+        bad = next((t for t in sample
+                    if draft.token_to_piece(t, special=True) != target.token_to_piece(t, special=True)), None)
+        if bad is not None:
+            why = (f"token {bad} is {draft.token_to_piece(bad, special=True)!r} there, "
+                   f"{target.token_to_piece(bad, special=True)!r} here")
+    if why:
+        raise ModelLoadError(f"draft model {path.name} does not share model {name!r}'s vocabulary ({why}); "
+                             "a draft model needs the same tokenizer")
+
+
 def can_draft(model: Model, name: str, config: WorkerConfig) -> bool:
     """Whether the model's sequences may draft: not a recurrent or hybrid one, whose memory
     cannot drop rejected draft cells (llama_memory_seq_rm refuses a partial removal)."""
@@ -110,6 +132,7 @@ class ModelWorker:
                 n_ctx=n_ctx, n_batch=config.max_batch_tokens, n_ubatch=config.max_batch_tokens,
                 n_seq_max=self.num_slots, n_threads=self.n_threads, n_threads_batch=self.n_threads_batch,
                 flash_attn=config.flash_attn))
+            self.drafts = self._load_draft_model(config) if config.draft_model is not None else None
         except BaseException:
             self.model.close()
             raise
@@ -122,7 +145,8 @@ class ModelWorker:
                             prefix_cache_bytes=config.prefix_cache_bytes, speculative=config.speculative,
                             draft_max=config.draft_max, can_draft=can_draft(self.model, self.name, config)),
             eog_tokens=self.model.eog_tokens,
-            sessions=SessionStore(config.session_ram_bytes, config.session_disk_bytes, config.session_dir))
+            sessions=SessionStore(config.session_ram_bytes, config.session_disk_bytes, config.session_dir),
+            draft_source=self.drafts)
         self.metrics = WorkerMetrics()
         self._embed_context: Context | None = None
         self._embed_batch_buffer: Batch | None = None  # one batch of n_ubatch tokens, reused
@@ -264,6 +288,29 @@ class ModelWorker:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _load_draft_model(self, config: WorkerConfig) -> DraftModel:
+        """The draft model and its context (one KV sequence per slot, the target's cells);
+        ModelLoadError unless it shares the target's vocabulary and can drop draft cells."""
+        path = Path(config.draft_model)  # type: ignore[arg-type]
+        draft = Model(path, ModelParams(n_gpu_layers=config.n_gpu_layers, hugepages=config.hugepages,
+                                        rpc_servers=config.rpc_servers, fit_n_ctx=self.context.n_ctx,
+                                        fit_n_seq=self.num_slots))
+        try:
+            check_same_vocab(self.model, draft, self.name, path)
+            if draft.is_recurrent or draft.is_hybrid:
+                raise ModelLoadError(f"draft model {path.name}: a recurrent or hybrid model cannot drop "
+                                     "rejected draft tokens from its memory")
+            context = Context(draft, ContextParams(
+                n_ctx=self.context.n_ctx, n_batch=config.max_batch_tokens, n_ubatch=config.max_batch_tokens,
+                n_seq_max=self.num_slots, n_threads=self.n_threads, n_threads_batch=self.n_threads_batch,
+                flash_attn=config.flash_attn))
+        except BaseException:
+            draft.close()
+            raise
+        log.info("model %r: draft model %s (%d layers, %.0f MB)", self.name, path.name, draft.num_layers,
+                 draft.size_bytes / 1e6)
+        return DraftModel(context)
+
     # -- engine thread ----------------------------------------------------------------------
     def _post(self, command: Callable[[], object]) -> None:
         with self._cv:
@@ -301,6 +348,10 @@ class ModelWorker:
             for seq in list(self.scheduler.waiting):
                 self.scheduler.cancel(seq.request_id)
             self.engine.close()
+            if self.drafts is not None:
+                self.drafts.close()
+                self.drafts.context.close()
+                self.drafts.context.model.close()
             while self._embed_jobs:
                 self._embed_jobs.popleft().result.set_exception(ClosedError("the model was unloaded"))
             if self._embed_context is not None:

@@ -32,7 +32,7 @@ from typing import Protocol
 
 from botframework.engine.step import PlanItem, StepPlan, StepResult
 from botframework.errors import BotframeworkError, BusyError, ContextLengthExceededError, GrammarError
-from botframework.scheduler.drafter import NgramDrafter
+from botframework.scheduler.drafter import DraftSource, ModelDrafter, NgramDrafter
 from botframework.scheduler.kv_slots import KVSlots
 from botframework.scheduler.output import Delta, FinishReason, Usage
 from botframework.scheduler.prefix_store import PrefixStore
@@ -71,7 +71,9 @@ class SchedulerConfig:
     # Speculative decoding for requests that do not say (Request.speculative None): "ngram"
     # drafts up to draft_max tokens per step by prompt lookup (the last ngram_max..ngram_min
     # tokens' most recent earlier occurrence in the sequence's prompt and output; drafter.py),
-    # verified in the step's one llama_decode; "none" drafts only for requests that ask.
+    # "model" by a draft model's greedy tokens (the Scheduler's draft_source), each verified in
+    # the step's one llama_decode; "none" drafts only for requests that ask (with the draft
+    # model when there is one, else by n-grams).
     speculative: str = "none"
     draft_max: int = 8
     ngram_max: int = 3
@@ -93,7 +95,7 @@ class SchedulerConfig:
 
 
 ADMISSION_ORDERS = ("fcfs", "shortest")
-SPECULATIVE_KINDS = ("none", "ngram")
+SPECULATIVE_KINDS = ("none", "ngram", "model")
 
 
 class SchedulerObserver(Protocol):
@@ -112,8 +114,11 @@ def _queue_order(seq: Sequence) -> tuple[int, float]:
 class Scheduler:
     def __init__(self, config: SchedulerConfig, eog_tokens: frozenset[int],
                  sessions: SessionStore | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, draft_source: DraftSource | None = None) -> None:
+        if config.speculative == "model" and draft_source is None:
+            raise ValueError("speculative='model' needs a draft model (draft_source)")
         self.config = config
+        self.draft_source = draft_source  # a draft model's drafts for every drafting sequence at once
         self.eog_tokens = eog_tokens
         prefixes = PrefixStore(config.prefix_cache_bytes) if config.prefix_cache_bytes > 0 else None
         self.kv = KVSlots(config.num_slots, config.num_ctx, min_prefix_copy=config.min_prefix_copy,
@@ -207,6 +212,8 @@ class Scheduler:
         num_running = len(running)  # each running sequence's own token comes before any draft
         self._planned.clear()
         self._preempted_now.clear()
+        if self.draft_source is not None:
+            self._model_drafts(self.draft_source, running, budget - num_running, num_running)
         for seq in running:
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted by one before it in this loop
@@ -304,12 +311,40 @@ class Scheduler:
         drafter = seq.drafter
         if drafter is None:
             return []
-        limit = min(budget, seq.request.params.max_tokens - seq.num_generated - 1,
-                    self.config.num_ctx - 2 - seq.num_computed,
-                    self.config.num_ctx - self.kv.num_cells_used() - num_running)
-        if limit <= 0 or seq.num_discarded:
+        limit = self._draft_limit(seq, budget, num_running)
+        if limit <= 0:
             return []
         return drafter.propose(seq.tokens, limit)
+
+    def _draft_limit(self, seq: Sequence, budget: int, num_running: int) -> int:
+        if seq.num_discarded:
+            return 0
+        return min(budget, seq.request.params.max_tokens - seq.num_generated - 1,
+                   self.config.num_ctx - 2 - seq.num_computed,
+                   self.config.num_ctx - self.kv.num_cells_used() - num_running)
+
+    def _model_drafts(self, source: DraftSource, running: list[Sequence], budget: int, num_running: int) -> None:
+        """The draft model's tokens for every running sequence that drafts with it, in one pass
+        (its decodes batch them all) before the step is planned; each sequence's propose() then
+        takes its own. The limits are the ones _drafts applies, before this step's cells are
+        reserved: _drafts cuts what no longer fits, and the draft context keeps no cell of its
+        own beyond a sequence's tokens (engine/draft_model.py syncs it by common prefix)."""
+        wanted: dict[int, tuple[list[int], int]] = {}
+        drafters: list[tuple[int, ModelDrafter]] = []
+        for seq in running:
+            drafter = seq.drafter
+            if not isinstance(drafter, ModelDrafter):
+                continue
+            drafter.pending = []
+            drafters.append((seq.seq_id, drafter))
+            k = drafter.reserve(self._draft_limit(seq, budget, num_running))
+            if k:
+                wanted[seq.seq_id] = (seq.tokens, k)
+        if not wanted:
+            return
+        drafts = source.draft(wanted)
+        for seq_id, drafter in drafters:
+            drafter.pending = drafts.get(seq_id, [])
 
     def _plan_prefill(self, seq: Sequence, budget: int, items: list[PlanItem]) -> int:
         n = min(seq.num_pending_prefill, budget)
@@ -322,7 +357,10 @@ class Scheduler:
             seq.status = SequenceStatus.RUNNING
             if seq.drafter is None and self._wants_drafts(seq):
                 config = self.config
-                seq.drafter = NgramDrafter(config.draft_max, config.ngram_max, config.ngram_min)
+                kind = config.speculative if config.speculative != "none" else \
+                    "model" if self.draft_source is not None else "ngram"
+                seq.drafter = ModelDrafter(config.draft_max) if kind == "model" else \
+                    NgramDrafter(config.draft_max, config.ngram_max, config.ngram_min)
         return n
 
     def _shift(self, seq: Sequence) -> bool:

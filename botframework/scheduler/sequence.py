@@ -13,7 +13,7 @@ from typing import Any
 
 from botframework.engine.detokenizer import IncrementalDetokenizer
 from botframework.engine.stops import StopMatcher
-from botframework.scheduler.drafter import NgramDrafter
+from botframework.scheduler.drafter import Drafter
 from botframework.scheduler.output import RequestHandle
 from botframework.specs import SamplingParams
 
@@ -74,7 +74,7 @@ class Sequence:
         self.detokenizer = detokenizer
         self.stops = StopMatcher(request.params.stop)
         self.first_token_at: float | None = None
-        self.drafter: NgramDrafter | None = None  # speculative decoding, once it runs (if it drafts)
+        self.drafter: Drafter | None = None  # speculative decoding, once it runs (if it drafts)
         self.num_draft_tokens = 0           # draft tokens verified for it
         self.num_accepted_draft_tokens = 0  # ...that it kept as generated tokens
         self.admitted_at: float | None = None
