@@ -168,7 +168,7 @@ class WorkerConfig:
     draft_max: int = 8
     # a draft model's GGUF (same vocabulary, loaded by the same worker, its own context on the
     # engine thread): drafts for speculative="model", and for requests that ask when "none"
-    draft_model: Path | None = None
+    draft_model: str | Path | None = None   # a GGUF path (load_model resolves a catalog name first)
     # a botframework.trace.TraceWriter the worker attaches itself to at start (serve --trace)
     trace: TraceWriter | None = None
 

@@ -66,7 +66,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_queue=args.max_queue, log_level=args.log_level, shutdown_grace_s=args.shutdown_grace,
             stream_write_timeout_s=args.stream_write_timeout,
             sessions_dir=args.sessions_dir, processors=args.processor, trace_path=args.trace,
-            trace_prompts=args.trace_prompts, draft=args.draft, draft_max=args.draft_max)
+            trace_prompts=args.trace_prompts, draft=args.draft, draft_max=args.draft_max,
+            draft_model=args.draft_model)
         settings.check_bind()
     except ValueError as exc:
         print(f"botframework: error: {exc}", file=sys.stderr)
@@ -79,6 +80,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 # a bar on a terminal; under journald its carriage returns would pile up in the log
                 resolve_model(entry.source, allowed_dirs=settings.allowed_dirs, pull_missing=True,
                               progress=sys.stderr.isatty())
+                if entry.config.draft_model is not None:
+                    resolve_model(str(entry.config.draft_model), allowed_dirs=settings.allowed_dirs,
+                                  pull_missing=True, progress=sys.stderr.isatty())
     serve(settings)
     return 0
 
@@ -216,9 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow binding a non-loopback address without an API key")
     p.add_argument("--no-direct-stream", dest="direct_stream", action="store_false", default=None,
                    help="send every streamed chunk from the event loop, not the engine thread")
-    p.add_argument("--draft", choices=("ngram", "none"),
+    p.add_argument("--draft", choices=("ngram", "model", "none"),
                    help="speculative decoding for requests that do not say (\"speculative\": true/false): "
-                        "ngram drafts tokens by prompt lookup, verified in the batch (default none)")
+                        "ngram drafts tokens by prompt lookup, model by the --draft-model's greedy tokens, "
+                        "verified in the batch (default none: only requests that ask draft, with the draft "
+                        "model if there is one)")
+    p.add_argument("--draft-model", metavar="SPEC",
+                   help="a small model with the same vocabulary (catalog name or .gguf path) that drafts "
+                        "tokens for the served model(s), in the same worker (a [[models]] table's draft_model "
+                        "overrides it)")
     p.add_argument("--draft-max", type=int, metavar="N", help="draft tokens per sequence and step, at most (default 8)")
     p.add_argument("--models-dir", help="serve every .gguf file in this folder, each loaded on first use")
     p.add_argument("--memory-budget", type=int, metavar="MB",

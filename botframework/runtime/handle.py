@@ -18,7 +18,7 @@ import concurrent.futures
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -287,6 +287,10 @@ def load_model(spec: str, config: WorkerConfig, *, name: str | None = None,
     model_id = name or model_id_for(spec)
     path = resolve_model(spec, allowed_dirs=list(allowed_dirs) if allowed_dirs else None,
                          pull_missing=pull_missing, progress=progress)
+    if config.draft_model is not None:  # a catalog name, hf: spec or path, resolved as the model is
+        config = replace(config, draft_model=resolve_model(
+            str(config.draft_model), allowed_dirs=list(allowed_dirs) if allowed_dirs else None,
+            pull_missing=pull_missing, progress=progress))
     worker = ModelWorker(path, config, name=model_id)
     try:
         templates = ChatTemplates(worker.model, chat_template)

@@ -132,7 +132,8 @@ class ModelWorker:
                 n_ctx=n_ctx, n_batch=config.max_batch_tokens, n_ubatch=config.max_batch_tokens,
                 n_seq_max=self.num_slots, n_threads=self.n_threads, n_threads_batch=self.n_threads_batch,
                 flash_attn=config.flash_attn))
-            self.drafts = self._load_draft_model(config) if config.draft_model is not None else None
+            self.drafts = self._load_draft_model(config) \
+                if config.draft_model is not None and self.context.causal_attn else None
         except BaseException:
             self.model.close()
             raise

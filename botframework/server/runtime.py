@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import hashlib
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -74,8 +75,12 @@ def load_entry(settings: ServerSettings, entry: ModelEntry) -> ModelHandle:
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
         if digest != entry.sha256.lower():
             raise ModelLoadError(f"model '{entry.name}': {path} has sha256 {digest}, not the pinned {entry.sha256}")
+    config = entry.config
+    if config.draft_model is not None:  # the draft model too: confined, pulled, as the model
+        config = dataclasses.replace(config, draft_model=resolve_model(
+            str(config.draft_model), allowed_dirs=settings.allowed_dirs, pull_missing=settings.pull_missing))
     # resolved (and confined) above: a catalog model's cached file is not in the configured folders
-    return load_model(str(path), entry.config, name=entry.name, chat_template=entry.chat_template, kind=entry.kind)
+    return load_model(str(path), config, name=entry.name, chat_template=entry.chat_template, kind=entry.kind)
 
 
 def estimate_bytes(settings: ServerSettings, entry: ModelEntry) -> int:

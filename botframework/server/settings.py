@@ -72,8 +72,10 @@ class ServerSettings:
     hugepages: bool = True                     # weights and KV cache in 2 MiB pages (Linux THP)
     prefix_cache_mb: int = 1024                # host RAM for idle prompt caches (0: keep them in the KV cache)
     direct_stream: bool = True                 # running streams' chunks written by the engine thread (direct.py)
-    draft: str = "none"                        # speculative decoding by default: "ngram" | "none"
+    draft: str = "none"                        # speculative decoding by default: "ngram" | "model" | "none"
     draft_max: int = 8                         # draft tokens per sequence and step, at most
+    draft_model: str | None = None             # a draft model (catalog name, .gguf path): every model's
+                                               # unless its [[models]] table names its own draft_model
     log_level: str = "info"
     # logits processors requests may name ("logits_processors": ["name"]): name -> "module:attr",
     # imported once here at start (botframework.processors.load_processor); never from a request
@@ -90,8 +92,11 @@ class ServerSettings:
                 raise ValueError(f"{name} must be >= 1")
         if self.prefix_cache_mb < 0:
             raise ValueError("prefix_cache_mb must be >= 0")
-        if self.draft not in ("none", "ngram") or self.draft_max < 1:
-            raise ValueError("draft must be 'none' or 'ngram', and draft_max >= 1")
+        if self.draft not in ("none", "ngram", "model") or self.draft_max < 1:
+            raise ValueError("draft must be 'none', 'ngram' or 'model', and draft_max >= 1")
+        if self.draft == "model" and not self.draft_model and not any(t.get("draft_model") for t in self.models):
+            raise ValueError("draft 'model' needs a draft model: --draft-model SPEC (draft_model), or "
+                             "draft_model in a [[models]] table")
         if any(not key for key in self.api_keys):
             raise ValueError("API keys must not be empty strings")
         if self.shutdown_grace_s < 0:
@@ -122,7 +127,10 @@ class ServerSettings:
                             n_threads_batch=self.n_threads_batch, n_gpu_layers=self.n_gpu_layers,
                             rpc_servers=self.rpc_servers,
                             hugepages=self.hugepages, prefix_cache_bytes=self.prefix_cache_mb << 20,
-                            max_waiting=self.max_queue, speculative=self.draft, draft_max=self.draft_max,
+                            max_waiting=self.max_queue, draft_max=self.draft_max, draft_model=self.draft_model,
+                            # a model without a draft model (only some [[models]] tables name
+                            # one) does not draft by default under draft "model"
+                            speculative="none" if self.draft == "model" and not self.draft_model else self.draft,
                             trace=self._trace)  # type: ignore[attr-defined]
 
     @property
@@ -185,7 +193,7 @@ class ServerSettings:
     def _entry(self, table: Mapping[str, Any]) -> ModelEntry:
         """One [[models]] table: name, aliases, source (or model / path), kind, load, keep_alive,
         sha256, chat_template, and how it runs (n_ctx, parallel, threads, threads_batch,
-        n_gpu_layers, hugepages, prefix_cache_mb; the server's values where left out)."""
+        n_gpu_layers, hugepages, prefix_cache_mb, draft_model; the server's values where left out)."""
         unknown = sorted(set(table) - _MODEL_KEYS)
         if unknown:
             raise ValueError(f"unknown key(s) in a [[models]] table: {', '.join(unknown)} "
@@ -205,6 +213,15 @@ class ServerSettings:
             rpc_servers=parse_rpc_servers(table.get("rpc", ())),
             hugepages=bool(_coerce("hugepages", table.get("hugepages", base.hugepages))),
             prefix_cache_bytes=int(table.get("prefix_cache_mb", base.prefix_cache_bytes >> 20)) << 20)
+        if table.get("kind") == "embedding":  # nothing to draft for
+            config = dataclasses.replace(config, draft_model=None, speculative="none")
+        elif "draft_model" in table:
+            if remote is not None:
+                raise ValueError(f"model {source!r}: a remote model (url) has no draft_model here")
+            draft_model = table["draft_model"] or None
+            config = dataclasses.replace(config, draft_model=draft_model, speculative=(
+                "model" if self.draft == "model" and draft_model else
+                "none" if self.draft == "model" else self.draft))
         try:
             load = LoadPolicy(table.get("load", "lazy"))
         except ValueError:
@@ -299,7 +316,7 @@ class ServerSettings:
 _MODEL_KEYS = {"name", "aliases", "source", "model", "path", "kind", "load", "keep_alive", "sha256", "chat_template",
                "url", "urls", "api_key", "remote_model", "timeout_s",
                "n_ctx", "parallel", "threads", "threads_batch", "n_gpu_layers", "hugepages", "prefix_cache_mb",
-               "rpc"}
+               "rpc", "draft_model"}
 _BOOLS = {"pull_missing", "allow_non_loopback", "hugepages", "direct_stream", "trace_prompts"}
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _INTS = {"port", "max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_choices", "max_logit_bias",

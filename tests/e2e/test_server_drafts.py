@@ -60,3 +60,20 @@ def test_drafted_and_accepted_in_usage() -> None:
         assert stream["completion_tokens"] == plain["usage"]["completion_tokens"]
         assert stream["completion_tokens_details"]["accepted_prediction_tokens"] > 0
         assert "completion_tokens_details" not in streamed_usage(url, speculative=False)
+
+
+def test_draft_model_server() -> None:
+    """serve --draft model --draft-model SPEC: the catalog model drafting for itself, by default."""
+    pulled(DEFAULT_MODEL)
+    with served(["--model", DEFAULT_MODEL, "--parallel", "2", "--ctx-size", "2048", "--log-level", "warning",
+                 "--draft", "model", "--draft-model", DEFAULT_MODEL]) as (url, _proc):
+        drafted = chat(url)
+        plain = chat(url, speculative=False)
+        details = drafted["usage"]["completion_tokens_details"]
+        assert details["accepted_prediction_tokens"] > 0.8 * (details["accepted_prediction_tokens"]
+                                                               + details["rejected_prediction_tokens"])
+        assert "completion_tokens_details" not in plain["usage"]
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            assert drafted["usage"][key] == plain["usage"][key]
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        assert "botframework_draft_accepted_tokens" in metrics
