@@ -99,17 +99,25 @@ class LocalLLM:
     specs.DEFAULT_MAX_TOKENS. `logits_processors` is a list of callables
     `(logits, histories) -> None` that change the request's logits in place before each token
     is sampled, batched with every other request naming the same object (botframework.processors
-    has built-ins; docs/low-level.md explains the contract and its costs).
+    has built-ins; docs/low-level.md explains the contract and its costs). `speculative`
+    (True/False) turns drafting on or off for one request.
+
+    Speculative decoding for requests that do not say: `draft` "ngram" (prompt lookup),
+    "model" (the greedy tokens of `draft_model`, a smaller model with the same vocabulary:
+    catalog name or .gguf path, loaded beside this one) or "none"; `draft_max` draft tokens per
+    step at most. Greedy output is the same with drafts as without.
     """
 
     def __init__(self, model: str | os.PathLike[str] = DEFAULT_MODEL, *, n_ctx: int = 8192,
                  num_slots: int | None = None, n_threads: int | None = None,
                  n_threads_batch: int | None = None,
                  n_gpu_layers: int | str = "auto", pull: bool = True, chat_template: str | None = None,
-                 flash_attn: str = "auto", hugepages: bool = True, rpc_servers: Sequence[str] = ()) -> None:
+                 flash_attn: str = "auto", hugepages: bool = True, rpc_servers: Sequence[str] = (),
+                 draft: str = "none", draft_model: str | os.PathLike[str] | None = None, draft_max: int = 8) -> None:
         config = WorkerConfig(n_ctx=n_ctx, num_slots=num_slots, n_threads=n_threads,
                               n_threads_batch=n_threads_batch, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn,
-                              hugepages=hugepages, rpc_servers=tuple(rpc_servers))
+                              hugepages=hugepages, rpc_servers=tuple(rpc_servers), speculative=draft,
+                              draft_model=str(draft_model) if draft_model is not None else None, draft_max=draft_max)
         self.handle = load_model(str(model), config, pull_missing=pull, progress=pull, chat_template=chat_template)
 
     @classmethod

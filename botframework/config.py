@@ -175,3 +175,8 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "n_gpu_layers", parse_gpu_layers(self.n_gpu_layers))
         object.__setattr__(self, "rpc_servers", parse_rpc_servers(self.rpc_servers))
+        if self.speculative not in ("none", "ngram", "model") or self.draft_max < 1:
+            raise ValueError(f"speculative must be 'none', 'ngram' or 'model' (not {self.speculative!r}), "
+                             "and draft_max >= 1")
+        if self.speculative == "model" and self.draft_model is None:
+            raise ValueError("speculative 'model' needs a draft_model")

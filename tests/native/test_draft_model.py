@@ -153,3 +153,20 @@ def test_the_worker_drafts_with_its_draft_model(model_path: Path) -> None:
         usage = deltas[-1].usage
         assert usage is not None and usage.completion_tokens == 60 and usage.accepted_draft_tokens > 20
         assert worker.drafts is not None and worker.drafts.num_decodes > 0
+
+
+def test_local_llm_takes_a_draft_model(model_path: Path) -> None:
+    from botframework import LocalLLM
+
+    with pytest.raises(ValueError, match="needs a draft_model"):
+        LocalLLM(model_path, draft="model", pull=False)
+    llm = LocalLLM(model_path, n_ctx=1024, num_slots=1, n_threads=1, pull=False, draft="model",
+                   draft_model=model_path)
+    try:
+        messages = [{"role": "user", "content": EDIT.split("user\n", 1)[1].split("<|im_end|>")[0]}]
+        drafted = llm.chat(messages, max_tokens=40, temperature=0)
+        plain = llm.chat(messages, max_tokens=40, temperature=0, speculative=False)
+        assert drafted.usage.accepted_draft_tokens > 0 and plain.usage.draft_tokens == 0
+        assert drafted.usage.completion_tokens == plain.usage.completion_tokens
+    finally:
+        llm.close()
