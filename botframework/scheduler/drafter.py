@@ -5,16 +5,19 @@
     ModelDrafter: a draft model's greedy tokens, computed for every drafting sequence at once by
                   a DraftSource (engine/draft_model.py) before the step is planned
 
-    sequence tokens (prompt + output) --observe--> index: n-gram -> where it last continued
-    schedule():  propose(tokens, limit) -> up to k tokens that followed the most recent earlier
-                 occurrence of the sequence's last n tokens (n = ngram_max .. ngram_min)
+    n-grams:     sequence tokens (prompt + output) --observe--> index: n-gram -> where it
+                 last continued; propose(tokens, limit) -> up to k tokens that followed the most
+                 recent earlier occurrence of the sequence's last n tokens (n = ngram_max .. ngram_min)
+    a model:     schedule() asks reserve(limit) -> k of each, DraftSource.draft for all of them,
+                 then propose() hands each its own (ModelDrafter.pending)
     update():    record(num_drafted, num_accepted) -> k grows on full acceptance, shrinks to
                  what was accepted + 1 on a rejection; a sequence whose drafts keep failing
                  pauses drafting for a number of steps that doubles each time (up to MAX_PAUSE)
 
-The index is incremental (a dict per n-gram size, one insert per new token and size), so a
+The n-gram index is incremental (a dict per n-gram size, one insert per new token and size), so a
 step costs a few dict look-ups per sequence however long its prompt is; the prompt is indexed
-once, on the first proposal. Plain Python, no native code: verification happens in the engine
+once, on the first proposal. Plain Python, no native code (the draft model's context lives in
+the engine layer, behind the DraftSource protocol): verification happens in the engine
 (the target model samples at every draft position) and the scheduler keeps the accepted prefix.
 Every drafter is deterministic (one-hot drafts), which is what makes the engine's verification
 rule exact (engine/speculative.py).
