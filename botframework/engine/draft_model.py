@@ -4,8 +4,9 @@
       sync     per sequence: the draft context's cells for seq_id are cut back to their common
                prefix with `tokens` (rejected drafts, another request in the slot, a cancelled
                step), keeping at least the last token to decode
-      catch up one batched decode of every sequence's missing tokens (at a sequence's start:
-               its whole prompt, in n_batch chunks), logits at each one's last token -> d1
+      catch up one batched decode of every sequence's missing tokens, logits at each one's
+               last token -> d1 (at a sequence's start: its prompt, n_batch tokens a step, shared
+               by all sequences, shortest first; it drafts from the step that completes it)
       draft    k - 1 more decodes, each of one token per sequence that wants more -> d2..dk
     -> {seq_id: [d1..dk]} (greedy argmax: deterministic, so the target's verification rule is
        exact, engine/speculative.py)
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -101,9 +102,23 @@ class DraftModel:
 
     def _draft(self, wanted: Mapping[int, tuple[Sequence[int], int]]) -> dict[int, list[int]]:
         runs = {seq_id: self._sync(seq_id, tokens) for seq_id, (tokens, k) in wanted.items() if k > 0 and tokens}
-        if not runs:
+        # Catch-up costs at most n_batch tokens a call, shortest runs first: a sequence that
+        # starts drafting after a long prompt catches up over several steps (drafting nothing
+        # until then) instead of stalling every stream while the draft model reads its prompt.
+        budget = self.context.n_batch
+        drafting: dict[int, list[int]] = {}
+        catching_up: dict[int, list[int]] = {}
+        for seq_id, run in sorted(runs.items(), key=lambda item: len(item[1])):
+            if len(run) <= budget:
+                drafting[seq_id] = run
+                budget -= len(run)
+            elif budget > 0:
+                catching_up[seq_id] = run[:budget]
+                budget = 0
+        if not drafting and not catching_up:
             return {}
-        needed = sum(len(run) for run in runs.values()) + sum(wanted[seq_id][1] - 1 for seq_id in runs)
+        needed = (sum(map(len, drafting.values())) + sum(map(len, catching_up.values()))
+                  + sum(wanted[seq_id][1] - 1 for seq_id in drafting))
         if self.num_cells_used + needed > self.context.n_ctx:
             # stale sequences (idle slots' old prompts) make room first; still too many: skip
             for seq_id in [s for s in self.cached if s not in runs and self.cached[s]]:
@@ -111,17 +126,18 @@ class DraftModel:
                 self.cached[seq_id] = []
             if self.num_cells_used + needed > self.context.n_ctx:
                 return {}
-        drafts: dict[int, list[int]] = {seq_id: [] for seq_id in runs}
-        while runs:
-            for seq_id, token in self._decode(runs).items():
+        drafts: dict[int, list[int]] = {seq_id: [] for seq_id in drafting}
+        decode: dict[int, list[int]] = {**drafting, **catching_up}
+        while decode:
+            for seq_id, token in self._decode(decode, outputs=drafting.keys()).items():
                 drafts[seq_id].append(token)
             # the next position: one token (the draft just made) for each that wants more
-            runs = {seq_id: [out[-1]] for seq_id, out in drafts.items() if len(out) < wanted[seq_id][1]}
+            decode = {seq_id: [out[-1]] for seq_id, out in drafts.items() if len(out) < wanted[seq_id][1]}
         return drafts
 
-    def _decode(self, runs: Mapping[int, list[int]]) -> dict[int, int]:
+    def _decode(self, runs: Mapping[int, list[int]], outputs: Collection[int]) -> dict[int, int]:
         """Decode each run after its sequence's cells, in as many n_batch decodes as it takes;
-        the argmax after each run's last token."""
+        the argmax after the last token of each run whose seq_id is in outputs."""
         batch = self.batch
         out: dict[int, int] = {}
         rows: list[tuple[int, int]] = []
@@ -131,7 +147,7 @@ class DraftModel:
             start = 0
             while start < len(run):
                 n = min(len(run) - start, batch.num_free)
-                last = start + n == len(run)
+                last = start + n == len(run) and seq_id in outputs
                 index = batch.add_sequence(run[start:start + n], len(cached), seq_id, logits_last=last)
                 cached.extend(run[start:start + n])
                 if last:

@@ -205,26 +205,41 @@ def test_cancel_and_slot_reuse_keep_the_draft_cache_in_step() -> None:
 
 def test_a_full_draft_cache_drops_stale_sequences_then_skips() -> None:
     model = same_model(CopyingEngine(4, 64))
-    drafts = DraftModel(FakeDraftContext(model, n_ctx=100, n_batch=32), FakeBatch(32))
+    drafts = DraftModel(FakeDraftContext(model, n_ctx=100, n_batch=64), FakeBatch(64))
     a, b = prompt(60), prompt(60, offset=5)
     assert len(drafts.draft({0: (a, 4)})[0]) == 4
     assert drafts.draft({1: (b, 4)})[1]  # seq 0's stale cells made room
     assert drafts.cached[0] == [] and len(drafts.cached[1]) == 60 + 3
     check_drafts(drafts)
-    assert drafts.draft({2: (prompt(120), 4)}) == {}  # does not fit at all: no drafts, no error
+    long = prompt(120)
+    assert drafts.draft({2: (long, 4)}) == {}  # catching up: 64 of its tokens, no drafts yet
+    assert drafts.cached[2] == long[:64] and drafts.cached[1] == []
+    assert drafts.draft({2: (long, 4)}) == {}  # the rest does not fit: no drafts, no error
+    check_drafts(drafts)
+
+
+def test_catch_up_is_n_batch_tokens_a_step_shortest_first() -> None:
+    model = same_model(CopyingEngine(4, 64))
+    drafts = DraftModel(FakeDraftContext(model, n_batch=16), FakeBatch(16))
+    long, short = prompt(40), prompt(10, offset=3)
+    assert list(drafts.draft({0: (long, 3), 1: (short, 3)})) == [1]  # short first; long gets the other 6
+    assert drafts.cached[0] == long[:6]
+    assert drafts.draft({0: (long, 3)}) == {} and drafts.cached[0] == long[:22]
+    assert drafts.draft({0: (long, 3)}) == {} and drafts.cached[0] == long[:38]  # 18 left: 16 more
+    [d1, d2, d3] = drafts.draft({0: (long, 3)})[0]  # the last 2 fit: now it drafts
+    history = list(long)
+    for token in (d1, d2, d3):  # greedy: each draft is the model's token after the ones before
+        assert token == model(history)
+        history.append(token)
     check_drafts(drafts)
 
 
 def test_a_failed_draft_decode_clears_the_cache_and_drafts_nothing() -> None:
     model = same_model(CopyingEngine(4, 64))
-    drafts = DraftModel(FakeDraftContext(model, n_batch=16), FakeBatch(16))
-    tokens = prompt(40)  # 40 tokens: three catch-up decodes of at most 16
+    drafts = DraftModel(FakeDraftContext(model, n_batch=64), FakeBatch(64))
+    tokens = prompt(40)
     out = drafts.draft({0: (tokens, 3)})
-    assert drafts.context.num_decodes == 3 + 2 and len(out[0]) == 3
-    history = list(tokens)
-    for token in out[0]:  # greedy: each draft is the model's token after the ones before
-        assert token == model(history)
-        history.append(token)
+    assert drafts.context.num_decodes == 3 and len(out[0]) == 3  # catch-up + d1, then d2, d3
     drafts.context.fail_next = True
     assert drafts.draft({0: (tokens + out[0], 3)}) == {} and drafts.num_failures == 1
     check_drafts(drafts)
