@@ -56,7 +56,8 @@ class WorkerMetrics:
     num_step_tokens: int = 0
     decode_ms: float = 0.0
     sample_ms: float = 0.0
-    schedule_ms: float = 0.0       # Python time outside llama_decode and sampling
+    schedule_ms: float = 0.0       # Python time outside llama_decode and sampling (and the draft model)
+    draft_ms: float = 0.0          # the draft model's decodes and argmax (speculative decoding)
 
 
 def describe_placement(placement: dict[str, Any], asked: object) -> str:
@@ -364,7 +365,10 @@ class ModelWorker:
 
     def _step(self) -> None:
         t0 = time.perf_counter()
+        draft_ms = self.drafts.draft_ms if self.drafts is not None else 0.0
         plan = self.scheduler.schedule()
+        if self.drafts is not None:  # (schedule() ran the draft model)
+            draft_ms = self.drafts.draft_ms - draft_ms
         try:
             result = self.engine.execute(plan)
         except NativeError as exc:
@@ -382,7 +386,8 @@ class ModelWorker:
         m.num_step_tokens += result.num_tokens
         m.decode_ms += result.decode_ms
         m.sample_ms += result.sample_ms
-        m.schedule_ms += (t1 - t0) * 1e3 - result.decode_ms - result.sample_ms
+        m.schedule_ms += (t1 - t0) * 1e3 - result.decode_ms - result.sample_ms - draft_ms
+        m.draft_ms += draft_ms
         if self._step_hooks:
             self._run_step_hooks(plan, dataclasses.replace(result, step_ms=(t1 - t0) * 1e3))
 

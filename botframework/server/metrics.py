@@ -41,6 +41,7 @@ _TIMES_MS = {
     "decode_ms": ("botframework_decode_seconds", "engine thread time in llama_decode"),
     "sample_ms": ("botframework_sample_seconds", "engine thread time sampling"),
     "schedule_ms": ("botframework_schedule_seconds", "engine thread time in Python: scheduling and publishing"),
+    "draft_ms": ("botframework_draft_seconds", "engine thread time in the draft model (models with one)"),
 }
 
 

@@ -77,3 +77,5 @@ def test_draft_model_server() -> None:
             assert drafted["usage"][key] == plain["usage"][key]
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
         assert "botframework_draft_accepted_tokens" in metrics
+        seconds = [line for line in metrics.splitlines() if line.startswith("botframework_draft_seconds_total{")]
+        assert seconds and float(seconds[0].split()[-1]) > 0
