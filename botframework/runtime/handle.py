@@ -182,8 +182,9 @@ class ModelHandle:
 
     def memory_bytes(self) -> int:
         """What this model holds in memory: its weights, and its KV cache when full (f16 K and V
-        for every cell of every layer), read from the GGUF's hyperparameters."""
-        return int(self.worker.model.size_bytes) + self.n_ctx * self.worker.kv_bytes_per_cell
+        for every cell of every layer), read from the GGUF's hyperparameters; the same for its
+        draft model, if it has one."""
+        return int(self.worker.model.size_bytes) + self.n_ctx * self.worker.kv_bytes_per_cell + self.worker.draft_bytes
 
     def end_all(self, error: BotframeworkError) -> int:
         """End every queued and running request with `error` (a drain's end); how many."""

@@ -115,6 +115,7 @@ class ModelWorker:
         config = config or WorkerConfig()
         self.config = config
         self.name = name or Path(model_path).stem
+        self.draft_bytes = 0  # a draft model's weights and KV cache
         decode_threads, batch_threads = default_threads()
         self.n_threads = config.n_threads or decode_threads
         self.n_threads_batch = config.n_threads_batch or config.n_threads or batch_threads
@@ -309,8 +310,10 @@ class ModelWorker:
         except BaseException:
             draft.close()
             raise
-        log.info("model %r: draft model %s (%d layers, %.0f MB)", self.name, path.name, draft.num_layers,
-                 draft.size_bytes / 1e6)
+        # its weights and, when full, its KV cache: counted in the model's memory (memory_bytes)
+        self.draft_bytes = int(draft.size_bytes) + context.n_ctx * kv_bytes_per_cell(draft.metadata())
+        log.info("model %r: draft model %s (%d layers, %.0f MB with its KV cache)", self.name, path.name,
+                 draft.num_layers, self.draft_bytes / 1e6)
         return DraftModel(context)
 
     # -- engine thread ----------------------------------------------------------------------

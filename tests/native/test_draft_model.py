@@ -154,6 +154,7 @@ def test_the_worker_drafts_with_its_draft_model(model_path: Path) -> None:
         assert usage is not None and usage.completion_tokens == 60 and usage.accepted_draft_tokens > 20
         assert worker.drafts is not None and worker.drafts.num_decodes > 0
         assert 0 < worker.metrics.draft_ms == pytest.approx(worker.drafts.draft_ms)
+        assert worker.draft_bytes > worker.model.size_bytes  # the same weights, and a KV cache
 
 
 def test_local_llm_takes_a_draft_model(model_path: Path) -> None:
