@@ -134,8 +134,9 @@ class ModelWorker:
                 n_ctx=n_ctx, n_batch=config.max_batch_tokens, n_ubatch=config.max_batch_tokens,
                 n_seq_max=self.num_slots, n_threads=self.n_threads, n_threads_batch=self.n_threads_batch,
                 flash_attn=config.flash_attn))
-            self.drafts = self._load_draft_model(config) \
-                if config.draft_model is not None and self.context.causal_attn else None
+            # (not for an embedding model, nor one that cannot draft: see can_draft)
+            self.drafts = self._load_draft_model(config) if config.draft_model is not None \
+                and self.context.causal_attn and not (self.model.is_recurrent or self.model.is_hybrid) else None
         except BaseException:
             self.model.close()
             raise
@@ -145,7 +146,9 @@ class ModelWorker:
         self.scheduler = Scheduler(
             SchedulerConfig(num_slots=self.num_slots, num_ctx=self.context.n_ctx,
                             max_batch_tokens=config.max_batch_tokens, max_waiting=config.max_waiting,
-                            prefix_cache_bytes=config.prefix_cache_bytes, speculative=config.speculative,
+                            prefix_cache_bytes=config.prefix_cache_bytes,
+                            speculative="none" if config.speculative == "model" and self.drafts is None
+                            else config.speculative,
                             draft_max=config.draft_max, can_draft=can_draft(self.model, self.name, config)),
             eog_tokens=self.model.eog_tokens,
             sessions=SessionStore(config.session_ram_bytes, config.session_disk_bytes, config.session_dir),

@@ -143,6 +143,11 @@ def test_a_draft_model_with_another_vocabulary_is_refused(model: Model, model_pa
         other.close()
     with pytest.raises(ModelLoadError, match=r"does not share .*vocabulary \(30522 tokens against the target's 49152"):
         ModelWorker(model_path, WorkerConfig(n_ctx=512, num_slots=1, draft_model=EMBEDDING_MODEL))
+    # an embedding model has nothing to draft: a server-wide draft model is not loaded for it
+    with ModelWorker(EMBEDDING_MODEL, WorkerConfig(n_ctx=512, num_slots=1, draft_model=model_path,
+                                                   speculative="model")) as worker:
+        assert worker.drafts is None and worker.scheduler.config.speculative == "none"
+        assert len(worker.embed(["a draft model is not needed here"])[0]) == 384
 
 
 def test_the_worker_drafts_with_its_draft_model(model_path: Path) -> None:
