@@ -170,9 +170,13 @@ class ModelHandle:
         return self.worker.call(lambda: scheduler.drop_session(session_id), timeout_s=CALL_TIMEOUT_S)
 
     def stats(self) -> dict[str, int]:
-        """The scheduler's counters and an audit of the KV cache against them (kv_audit)."""
+        """The scheduler's counters, an audit of the KV cache against them (kv_audit), and the
+        host RAM the stored sessions' states take (bounded by session_ram_bytes; a Responses
+        chain keeps one session per stored response)."""
         worker = self.worker
-        return worker.call(lambda: {**worker.scheduler.stats(), **kv_audit(worker)}, timeout_s=CALL_TIMEOUT_S)
+        return worker.call(lambda: {**worker.scheduler.stats(), **kv_audit(worker),
+                                    "stored_session_bytes": worker.scheduler.kv.sessions.ram_bytes()},
+                           timeout_s=CALL_TIMEOUT_S)
 
     def worker_metrics(self) -> dict[str, float]:
         m = self.worker.metrics

@@ -28,6 +28,10 @@ _GAUGES = {
     "num_uncached_kv_tokens": ("botframework_kv_uncached_tokens", "KV positions an idle slot holds past its "
                                "cached prefix: 0 unless cells leak"),
     "num_stored_sessions": ("botframework_stored_sessions", "sessions saved outside the KV cache"),
+    "stored_session_bytes": ("botframework_stored_session_bytes", "host RAM of the sessions saved outside the KV "
+                             "cache (at most session_ram_bytes; the rest spills to disk)"),
+    "stored_prefix_bytes": ("botframework_stored_prefix_bytes", "host RAM of idle prompt caches (at most "
+                            "prefix_cache_mb)"),
 }
 _COUNTERS = {
     "num_generated_tokens": ("botframework_generated_tokens", "tokens generated"),
