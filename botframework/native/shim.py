@@ -16,8 +16,8 @@ from botframework.errors import (
 )
 from botframework.native._lib import ffi, lib
 from botframework.native._owned import NativeHandle
-from botframework.native.jinja_guard import BUDGET_MARKER, TemplateRefused, guarded_source
 from botframework.native.devices import take_json as _take_json
+from botframework.native.jinja_guard import BUDGET_MARKER, TemplateRefused, guarded_source
 from botframework.native.jsontext import bracket_depth, bracket_levels
 from botframework.native.model import Model
 
