@@ -297,6 +297,7 @@ def test_tags_ps_show_version_root(run) -> None:
             (running,) = (await c.get("/api/ps")).json()["models"]
             assert running["model"] == "fake-model:latest" and running["context_length"] == 512
             assert running["expires_at"] > "2300"  # keep-alive -1: Ollama's far future
+            assert running["size_vram"] == 0  # nothing offloaded (n_gpu_layers "auto" is not a GPU)
             for key in ("name", "model", "modified_at"):
                 shown = (await c.post("/api/show", json={key if key != "modified_at" else "model": "fake-model"}))
                 assert shown.status_code == 200

@@ -446,10 +446,21 @@ async def ps(http: HTTPRequest) -> dict[str, Any]:
         name = display_name(info["id"])
         models.append({"name": name, "model": name, "size": info["memory_bytes"], "digest": digest(info["id"], path),
                        "details": details(handle, path), "expires_at": expires_at(info),
-                       "size_vram": info["memory_bytes"] if settings.n_gpu_layers else 0,
+                       "size_vram": _offloaded_bytes(info, handle),
                        "context_length": getattr(handle, "n_ctx", 0)})
     models.sort(key=lambda m: m["expires_at"], reverse=True)
     return {"models": models}
+
+
+def _offloaded_bytes(info: dict[str, Any], handle: Any) -> int:
+    """Ollama's size_vram: the share of the model's memory on GPUs / RPC servers, by layers
+    (registry.describe's placement; 0 with every layer on the CPU)."""
+    layers = (info.get("placement") or {}).get("n_gpu_layers", 0)
+    if layers == 0:
+        return 0
+    total = getattr(getattr(getattr(handle, "worker", None), "model", None), "num_layers", 0) + 1
+    share = 1.0 if layers < 0 or layers >= total else layers / total
+    return int(info["memory_bytes"] * share)
 
 
 # -- pull ---------------------------------------------------------------------------------------------
