@@ -10,7 +10,6 @@ import pytest
 from test_speculative import CopyingEngine, make_seq, outcome, prompt, run
 
 from botframework.config import WorkerConfig
-from botframework.runtime.worker import can_draft
 from botframework.scheduler.scheduler import Scheduler, SchedulerConfig
 
 
@@ -30,10 +29,13 @@ def test_no_drafts_when_the_model_cannot_drop_cells(asked: bool | None) -> None:
     assert outcome(plain) == outcome(drafted)
 
 
+@pytest.mark.native  # botframework.runtime.worker imports the compiled module
 @pytest.mark.parametrize(("recurrent", "hybrid", "speculative", "level"), [
     (True, False, "ngram", logging.WARNING), (False, True, "none", logging.INFO)])
 def test_worker_turns_drafting_off_with_a_log_line(caplog: pytest.LogCaptureFixture, recurrent: bool, hybrid: bool,
                                                    speculative: str, level: int) -> None:
+    from botframework.runtime.worker import can_draft
+
     model = SimpleNamespace(is_recurrent=recurrent, is_hybrid=hybrid)
     with caplog.at_level(logging.INFO, logger="botframework.runtime"):
         assert not can_draft(model, "m", WorkerConfig(speculative=speculative))  # type: ignore[arg-type]
@@ -42,7 +44,10 @@ def test_worker_turns_drafting_off_with_a_log_line(caplog: pytest.LogCaptureFixt
     assert ("recurrent" if recurrent else "hybrid") in record.getMessage()
 
 
+@pytest.mark.native
 def test_a_transformer_drafts(caplog: pytest.LogCaptureFixture) -> None:
+    from botframework.runtime.worker import can_draft
+
     model = SimpleNamespace(is_recurrent=False, is_hybrid=False)
     with caplog.at_level(logging.INFO, logger="botframework.runtime"):
         assert can_draft(model, "m", WorkerConfig(speculative="ngram"))  # type: ignore[arg-type]
