@@ -103,21 +103,28 @@ std::string template_caps_json(const common_chat_templates * tmpls) {
     return ojson{{"caps", caps}}.dump();
 }
 
-// The devices a model's offloaded layers go to: this build's GPUs, then one or more devices
-// per RPC server in `rpc_servers` ("host:port,host:port"). RPC servers are not added to
-// ggml's global registry: a model without them never offloads to them.
+// The devices a model's offloaded layers go to, in llama.cpp's own default order: one or more
+// devices per RPC server in `rpc_servers` ("host:port,host:port") first (fewest network
+// transfers), then this build's discrete GPUs, or its integrated ones when it has none
+// (llama_model_load's rule). RPC servers are not added to ggml's global registry: a model
+// without them never offloads to them, and gets llama.cpp's own choice (bf_model_load passes
+// no list then; this one is what placement reports).
 std::vector<ggml_backend_dev_t> model_devices(const char * rpc_servers) {
-    std::vector<ggml_backend_dev_t> devs;
+    std::vector<ggml_backend_dev_t> gpus, igpus;
     for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
         ggml_backend_dev_t dev = ggml_backend_dev_get(i);
         enum ggml_backend_dev_type type = ggml_backend_dev_type(dev);
-        if (type == GGML_BACKEND_DEVICE_TYPE_GPU || type == GGML_BACKEND_DEVICE_TYPE_IGPU) {
-            devs.push_back(dev);
+        if (type == GGML_BACKEND_DEVICE_TYPE_GPU) {
+            gpus.push_back(dev);
+        } else if (type == GGML_BACKEND_DEVICE_TYPE_IGPU) {
+            igpus.push_back(dev);
         }
     }
+    std::vector<ggml_backend_dev_t> local = gpus.empty() ? igpus : gpus;
     if (rpc_servers == nullptr || *rpc_servers == '\0') {
-        return devs;
+        return local;
     }
+    std::vector<ggml_backend_dev_t> devs;
     ggml_backend_reg_t rpc_reg = ggml_backend_reg_by_name("RPC");
     if (rpc_reg == nullptr) {
         throw std::runtime_error("this build has no RPC backend (reinstall with CMAKE_ARGS=\"-DGGML_RPC=ON\")");
@@ -142,6 +149,7 @@ std::vector<ggml_backend_dev_t> model_devices(const char * rpc_servers) {
             devs.push_back(ggml_backend_reg_dev_get(reg, i));
         }
     }
+    devs.insert(devs.end(), local.begin(), local.end());
     return devs;
 }
 
@@ -582,7 +590,8 @@ struct llama_model * bf_model_load(const char * path, struct llama_model_params 
         llama_model_params mparams = *params;
         std::vector<ggml_backend_dev_t> dev_list = devs;
         dev_list.push_back(nullptr);
-        mparams.devices = dev_list.data();
+        const bool has_rpc = rpc_servers != nullptr && *rpc_servers != '\0';
+        mparams.devices = has_rpc ? dev_list.data() : nullptr;  // without RPC: llama.cpp's own selection
         // fit's outputs: live until the load below has read them
         std::vector<float> tensor_split(llama_max_devices(), 0.0f);
         std::vector<llama_model_tensor_buft_override> overrides(llama_max_tensor_buft_overrides(), {nullptr, nullptr});
