@@ -159,7 +159,7 @@ class ModelWorker:
         self._embed_jobs: collections.deque[_EmbedJob] = collections.deque()  # engine thread only
         self.embed_piece_tokens = config.embed_piece_tokens
         self.embed_single_thread_tokens = config.embed_single_thread_tokens
-        self._embed_threads = 0  # the embedding context's threads now (0: as made)
+        self._embed_threads = (self.n_threads, self.n_threads_batch)  # the embedding context's, as made
         self.handoff_wait_s = config.handoff_wait_s
         self._commands: list[Callable[[], object]] = []
         self._step_hooks: list[StepHook] = []  # replaced, never changed in place: read without a lock
@@ -467,9 +467,10 @@ class ModelWorker:
                 batch.add_sequence(job.tokens, 0, seq_id, logits_last=True)
             batch.logits[:num_tokens] = 1  # every token is an output of a pooled embedding
             ctx.memory.clear()  # a model with a KV cache: each batch starts from empty sequences
-            threads = 1 if num_tokens <= self.embed_single_thread_tokens else self.n_threads_batch
-            if threads != self._embed_threads:
-                ctx.set_threads(threads, threads)
+            threads = (1, 1) if num_tokens <= self.embed_single_thread_tokens else (self.n_threads,
+                                                                                      self.n_threads_batch)
+            if threads != self._embed_threads:  # knob off (0): never, the context keeps what it was made with
+                ctx.set_threads(*threads)
                 self._embed_threads = threads
             ctx.decode(batch)
             vectors = [ctx.embeddings_seq(seq_id) for seq_id in range(len(jobs))]
