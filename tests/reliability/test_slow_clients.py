@@ -37,18 +37,25 @@ def _busy(url: str) -> int:
     return int(httpx.get(f"{url}/v1/stats", timeout=10).json()["num_busy_slots"])
 
 
-@pytest.mark.slow  # 45 s of waiting: the default run keeps the two below
-def test_a_slow_reader_is_dropped_and_its_sequence_freed(server: tuple[str, subprocess.Popen[bytes]]) -> None:
-    url, proc = server
+def _stalled_stream(url: str, max_tokens: int) -> socket.socket:
+    """A raw socket that asks for a long stream (big chunks: logprobs with 20 alternatives) and
+    reads none of it: a 4 KiB receive buffer, so the server's sends soon block."""
     u = urlparse(url)
-    body = json.dumps({"model": MODEL, "stream": True, "max_tokens": 4096, "ignore_eos": True, "logprobs": True,
+    body = json.dumps({"model": MODEL, "stream": True, "max_tokens": max_tokens, "ignore_eos": True, "logprobs": True,
                        "top_logprobs": 20, "messages": [{"role": "user", "content": "Write a very long story."}]})
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect((u.hostname, u.port))
+    s.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
+    return s
+
+
+@pytest.mark.slow  # 45 s of waiting: the default run keeps the two below
+def test_a_slow_reader_is_dropped_and_its_sequence_freed(server: tuple[str, subprocess.Popen[bytes]]) -> None:
+    url, proc = server
+    s = _stalled_stream(url, max_tokens=4096)
     try:
-        s.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                   f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
         assert s.recv(64).startswith(b"HTTP/1.1 200")
         deadline = time.monotonic() + 60
         while _busy(url) == 0:  # the stream has its slot
@@ -67,15 +74,8 @@ def test_a_slow_reader_is_dropped_and_its_sequence_freed(server: tuple[str, subp
 def test_a_slow_reader_does_not_stop_other_requests(server: tuple[str, subprocess.Popen[bytes]]) -> None:
     """Whatever happens to the stalled stream, the server goes on answering others."""
     url, proc = server
-    u = urlparse(url)
-    body = json.dumps({"model": MODEL, "stream": True, "max_tokens": 1024, "ignore_eos": True, "logprobs": True,
-                       "top_logprobs": 20, "messages": [{"role": "user", "content": "Write a very long story."}]})
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect((u.hostname, u.port))
+    s = _stalled_stream(url, max_tokens=1024)
     try:
-        s.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                   f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
         time.sleep(2)
         for _ in range(5):
             r = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
