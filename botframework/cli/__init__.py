@@ -118,11 +118,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     from botframework.cli.rpc import rpc_server_binary
     from botframework.config import default_threads
     from botframework.native import shim
-    from botframework.native.devices import devices, rpc_supported
+    from botframework.native.devices import devices, local_gpus, rpc_supported
 
     info = shim.build_info()
     info["devices"] = devices()
-    gpus = [d for d in info["devices"] if d["kind"] in ("gpu", "igpu")]
+    gpus = local_gpus()
     info["rpc"] = {"backend": rpc_supported(), "rpc_server": str(rpc_server_binary() or "")}
     info["n_gpu_layers_auto"] = (
         "as many layers as fit the free memory of " + ", ".join(d["name"] for d in gpus) + " (per model, logged "
