@@ -85,25 +85,6 @@ def _check_gguf_file(path: Path) -> None:
         raise ModelLoadError(f"not a model llama.cpp can load: {problem}: {path}")
 
 
-# llama.cpp's llm_arch_is_recurrent / llm_arch_is_hybrid (src/llama-arch.cpp), by GGUF
-# architecture name: the answer when the compiled module predates those two declarations
-_RECURRENT_ARCHS = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
-_HYBRID_ARCHS = frozenset({
-    "jamba", "falcon-h1", "plamo2", "granitehybrid", "lfm2", "lfm2moe", "nemotron_h", "nemotron_h_moe",
-    "qwen3next", "kimi-linear", "bailingmoe3", "kimi-k3", "glm5-next", "qwen35", "qwen35moe", "qwen4exp",
-    "deepseek4", "minimax-01"})
-
-
-def _arch_check(handle: Any, function: str, archs: frozenset[str]) -> bool:
-    """llama.cpp's own answer where the cffi module declares `function`, else by architecture name."""
-    native = getattr(lib(), function, None)
-    if native is not None:
-        return bool(native(handle))
-    buf = ffi.new("char[]", 128)
-    n = lib().llama_model_meta_val_str(handle, b"general.architecture", buf, 128)
-    return n > 0 and ffi.string(buf).decode("utf-8", "replace") in archs
-
-
 class Model(NativeHandle):
     """A loaded GGUF model. Thread-safe for reads (tokenize, metadata) once loaded.
 
@@ -169,8 +150,8 @@ class Model(NativeHandle):
         self.has_encoder: bool = bool(lib().llama_model_has_encoder(handle))
         # a recurrent (Mamba, RWKV) or hybrid (Jamba, Granite 4, LFM2...) model keeps a state per
         # sequence that cannot lose its last tokens: llama_memory_seq_rm refuses a partial removal
-        self.is_recurrent: bool = _arch_check(handle, "llama_model_is_recurrent", _RECURRENT_ARCHS)
-        self.is_hybrid: bool = _arch_check(handle, "llama_model_is_hybrid", _HYBRID_ARCHS)
+        self.is_recurrent: bool = bool(lib().llama_model_is_recurrent(handle))
+        self.is_hybrid: bool = bool(lib().llama_model_is_hybrid(handle))
         v = self._vocab
         self.special = SpecialTokens(
             bos=lib().llama_vocab_bos(v), eos=lib().llama_vocab_eos(v), eot=lib().llama_vocab_eot(v),
