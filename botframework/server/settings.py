@@ -209,8 +209,8 @@ class ServerSettings:
             base, n_ctx=int(table.get("n_ctx", base.n_ctx)), num_slots=table.get("parallel", base.num_slots),
             n_threads=table.get("threads", base.n_threads),
             n_threads_batch=table.get("threads_batch", base.n_threads_batch),
-            n_gpu_layers=parse_gpu_layers(table.get("n_gpu_layers", base.n_gpu_layers)),
-            rpc_servers=parse_rpc_servers(table.get("rpc", ())),
+            n_gpu_layers=table.get("n_gpu_layers", base.n_gpu_layers),  # WorkerConfig parses both
+            rpc_servers=table.get("rpc", ()),
             hugepages=bool(_coerce("hugepages", table.get("hugepages", base.hugepages))),
             prefix_cache_bytes=int(table.get("prefix_cache_mb", base.prefix_cache_bytes >> 20)) << 20)
         if table.get("kind") == "embedding":  # nothing to draft for
