@@ -22,6 +22,9 @@
 #if defined(__unix__) || defined(__APPLE__)
 #include <sys/mman.h>
 #endif
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <algorithm>
 #include <cerrno>
@@ -29,13 +32,136 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
+#include <new>
 #include <random>
 #include <sstream>
 #include <string>
 #include <vector>
 
 using ojson = nlohmann::ordered_json;
+
+// ---------------------------------------------------------------------------------------------
+// A memory budget for chat template renders.
+//
+// llama.cpp's Jinja engine evaluates 'x' * 1000000000 or range(1000000000) in one expression
+// with no limit: gigabytes, then the OOM killer takes the whole server. The Python guard
+// (jinja_guard.py) bounds loop steps and nesting but cannot see the size of one expression's
+// result, so the limit sits where the memory is taken: this module's operator new. It is
+// linked statically with llama.cpp's common library and its symbols are not exported
+// (--exclude-libs), so these definitions serve only code inside _bf_ffi, and they cost one
+// thread-local load per allocation. While a render_budget is alive on a thread, the bytes that
+// thread holds through operator new (net of what it frees) may not pass the budget's limit: the
+// allocation that would throws render_budget_exceeded (a std::bad_alloc whose message carries
+// the guard's marker, so Python reports it like the loop-step budget). Outside a render nothing
+// is counted.
+// ---------------------------------------------------------------------------------------------
+namespace {
+
+struct render_budget_state {
+    int64_t held = 0;   // bytes allocated minus bytes freed while the budget is active
+    int64_t limit = 0;
+    bool exceeded = false;  // once: later large allocations fail at once (a load renders ~30 times)
+};
+
+thread_local render_budget_state * t_render_budget = nullptr;
+constexpr size_t k_large_allocation = 1 << 20;
+
+class render_budget_exceeded : public std::bad_alloc {
+  public:
+    explicit render_budget_exceeded(int64_t limit) {
+        std::snprintf(msg_, sizeof(msg_), "chat template budget exceeded: the render needs more than %lld MiB",
+                      (long long) (limit >> 20));
+    }
+    const char * what() const noexcept override { return msg_; }
+
+  private:
+    char msg_[96];  // no allocation while the budget is spent
+};
+
+size_t usable_size(void * p) {
+#if defined(__GLIBC__)
+    return malloc_usable_size(p);
+#else
+    (void) p;
+    return 0;
+#endif
+}
+
+void * budgeted_alloc(size_t n) {
+    render_budget_state * budget = t_render_budget;
+    if (budget && (budget->held + (int64_t) n > budget->limit || (budget->exceeded && n >= k_large_allocation))) {
+        // small allocations go on: the unwinding (and llama.cpp's error message on the way
+        // out, built in handlers some of which are noexcept) must still be able to allocate
+        budget->exceeded = true;
+        throw render_budget_exceeded(budget->limit);
+    }
+    void * p = std::malloc(n ? n : 1);
+    if (!p) {
+        throw std::bad_alloc();
+    }
+    if (budget) {
+        budget->held += (int64_t) usable_size(p);
+    }
+    return p;
+}
+
+void budgeted_free(void * p) noexcept {
+    if (!p) {
+        return;
+    }
+    if (render_budget_state * budget = t_render_budget) {
+        budget->held -= (int64_t) usable_size(p);
+    }
+    std::free(p);
+}
+
+// Active for its lifetime on the constructing thread; renders do not nest.
+class render_budget {
+  public:
+    explicit render_budget(size_t input_bytes) {
+        state_.limit = k_base + (int64_t) input_bytes * k_per_input_byte;
+        t_render_budget = &state_;
+    }
+    ~render_budget() { t_render_budget = nullptr; }
+    render_budget(const render_budget &) = delete;
+    render_budget & operator=(const render_budget &) = delete;
+
+  private:
+    // what a render may hold at once: real templates over a long conversation hold a few
+    // copies of it (messages as JSON, as Jinja values, the prompt); a bomb asks for gigabytes
+    static constexpr int64_t k_base = 256LL << 20;
+    static constexpr int64_t k_per_input_byte = 32;
+    render_budget_state state_;
+};
+
+}  // namespace
+
+// Replaceable allocation functions (the aligned forms stay libstdc++'s: they pair among
+// themselves and templates never use them). Everything here is malloc/free, as libstdc++'s own.
+void * operator new(size_t n) { return budgeted_alloc(n); }
+void * operator new[](size_t n) { return budgeted_alloc(n); }
+void * operator new(size_t n, const std::nothrow_t &) noexcept {
+    try {
+        return budgeted_alloc(n);
+    } catch (...) {
+        return nullptr;
+    }
+}
+void * operator new[](size_t n, const std::nothrow_t &) noexcept {
+    try {
+        return budgeted_alloc(n);
+    } catch (...) {
+        return nullptr;
+    }
+}
+void operator delete(void * p) noexcept { budgeted_free(p); }
+void operator delete[](void * p) noexcept { budgeted_free(p); }
+void operator delete(void * p, size_t) noexcept { budgeted_free(p); }
+void operator delete[](void * p, size_t) noexcept { budgeted_free(p); }
+void operator delete(void * p, const std::nothrow_t &) noexcept { budgeted_free(p); }
+void operator delete[](void * p, const std::nothrow_t &) noexcept { budgeted_free(p); }
 
 #ifndef BF_COMPILER
 #define BF_COMPILER "unknown"
@@ -438,14 +564,17 @@ char * bf_chat_templates_new(const struct llama_model * model, const char * temp
             // common_chat_templates_init asserts (aborts the process) on a NULL model
             return error_json("chat templates need a model or a template override");
         }
-        auto holder = new bf_templates();
-        holder->tmpls = common_chat_templates_init(model, template_override ? template_override : "");
-        if (!holder->tmpls) {
-            delete holder;
-            return error_json("cannot load chat template");
+        auto holder = std::make_unique<bf_templates>();
+        {
+            // loading renders the template ~30 times (capability probes)
+            render_budget budget(template_override ? std::strlen(template_override) : 0);
+            holder->tmpls = common_chat_templates_init(model, template_override ? template_override : "");
+            if (!holder->tmpls) {
+                return error_json("cannot load chat template");
+            }
+            holder->caps_json = template_caps_json(holder->tmpls.get());
         }
-        holder->caps_json = template_caps_json(holder->tmpls.get());
-        *out_handle = holder;
+        *out_handle = holder.release();
         return nullptr;
     } catch (const std::exception & e) {
         return error_json(std::string("chat template: ") + e.what());
@@ -469,6 +598,7 @@ void bf_chat_templates_free(void * handle) {
 char * bf_chat_apply(void * handle, const char * inputs_json) {
     try {
         auto holder = static_cast<bf_templates *>(handle);
+        render_budget budget(std::strlen(inputs_json));  // ends before the catch below answers
         ojson in = ojson::parse(inputs_json);
         common_chat_templates_inputs inputs;
         inputs.messages = common_chat_msgs_parse_oaicompat(common_json::parse(in.value("messages", ojson::array()).dump()));

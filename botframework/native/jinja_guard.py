@@ -19,9 +19,10 @@ follows the lexer in vendor/llama.cpp/common/jinja/lexer.cpp, trim_blocks and ls
 on). Depth limits sit far below the depths that crash on an 8 MiB stack (about 5,000 nested
 parentheses, 10,000 nested ifs or chained operators, measured on the pinned llama.cpp).
 
-Not covered (needs a budget inside the native renderer): one expression that allocates a lot
-at once ('x' * 10**9, range(10**9)) is stopped only by the allocator (std::bad_alloc becomes
-a refusal); the output size of a render within the step budget is not capped.
+The third guard is native: one expression that allocates a lot at once ('x' * 1000000000,
+range(1000000000)) is stopped by the memory budget of the module's operator new during a render
+(native/bf_shim.cpp, render_budget: 256 MiB + 32 bytes per input byte held at once), whose
+message carries BUDGET_MARKER too; it also caps a render's output.
 """
 
 from __future__ import annotations

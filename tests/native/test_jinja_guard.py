@@ -5,13 +5,14 @@ vendored with llama.cpp, raw vs guarded, same prompt, grammar, format and capabi
 from __future__ import annotations
 
 import json
+import resource
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from botframework.errors import ModelLoadError
-from botframework.native import jinja_guard
+from botframework.errors import InvalidRequestError, ModelLoadError
+from botframework.native import Model, jinja_guard
 from botframework.native._lib import ffi, lib
 from botframework.native.shim import ChatTemplates
 
@@ -120,6 +121,43 @@ def test_a_template_nesting_too_deep_is_refused_before_llama_cpp(source: str, re
 def test_a_template_that_spends_its_budget_is_refused_at_load(source: str, reason: str) -> None:
     with pytest.raises(ModelLoadError, match=f"budget exceeded: .*{reason}"):
         ChatTemplates(None, source)
+
+
+@pytest.mark.parametrize("source", [
+    "{{ 'x' * 1000000000 }}",  # one expression: the loop-step budget never sees it
+    "{{ range(1000000000) | length }}",
+    "{% for i in range(1000000000) %}{% endfor %}",
+    "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+    # one std::string grown inside libstdc++ (why the module links it statically: CMakeLists.txt)
+    "{% set ns = namespace(s='x') %}{% for i in range(34) %}{% set ns.s = [ns.s, ns.s]|join %}{% endfor %}{{ ns.s|length }}",
+])
+def test_a_template_that_allocates_gigabytes_hits_the_memory_budget_at_load(source: str) -> None:
+    usage_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ModelLoadError, match="budget exceeded: the render needs more than 256 MiB"):
+        ChatTemplates(None, source)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - usage_before) / 1024
+    assert grown_mib < 600, f"peak RSS grew {grown_mib:.0f} MiB before the budget stopped the render"
+
+
+def test_a_bomb_set_off_by_a_request_is_that_request_s_400_and_the_templates_keep_working() -> None:
+    source = ("{% for m in messages %}{% if m.content == 'boom' %}{{ 'x' * 2000000000 }}{% endif %}"
+              "{{ m.role }}: {{ m.content }}\n{% endfor %}")
+    with ChatTemplates(None, source) as templates:
+        for _ in range(3):
+            with pytest.raises(InvalidRequestError, match="budget exceeded: the render needs more than 256 MiB"):
+                templates.apply({"messages": [{"role": "user", "content": "boom"}]})
+            fine = templates.apply({"messages": [{"role": "user", "content": "hi"}], "add_generation_prompt": True})
+            assert fine["prompt"] == "user: hi\n"
+
+
+def test_a_long_conversation_renders_within_the_memory_budget(model_path: Path) -> None:
+    # 40 MB of messages (ten times the server's body limit; LocalLLM has none) through a real
+    # template: held once or twice at a time (~50 MiB measured), far from 256 MiB + 32 x 40 MB
+    with Model(model_path) as model, ChatTemplates(model) as templates:
+        msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "a" * 20_000_000},
+                {"role": "assistant", "content": "b" * 10_000_000}, {"role": "user", "content": "c" * 10_000_000}]
+        prompt = templates.apply({"messages": msgs, "add_generation_prompt": True})["prompt"]
+        assert prompt.count("a") >= 20_000_000 and prompt.count("c") >= 10_000_000
 
 
 def test_the_budget_grows_with_the_messages() -> None:

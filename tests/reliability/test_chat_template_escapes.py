@@ -51,11 +51,17 @@ ESCAPES = {
     "unclosed block": "{% if messages %}x",
     "undefined filter": "{{ messages | no_such_filter }}",
 }
-BOMBS = {
-    "range(10**9)": "{% for i in range(10**9) %}x{% endfor %}",
-    "empty range(10**9) loop": "{% for i in range(10**9) %}{% endfor %}",
-    "string 10**9": "{{ 'x' * 10**9 }}",
-    "list 10**8": "{{ ([0] * 10**8) | length }}",
+BOMBS = {  # llama.cpp's Jinja has no ** operator: written out, these are what a bomb would be
+    "range(10**9) loop": "{% for i in range(1000000000) %}x{% endfor %}",
+    "empty range(10**9) loop": "{% for i in range(1000000000) %}{% endfor %}",
+    "range(10**9) in an expression": "{{ range(1000000000) | length }}",
+    "string 10**9": "{{ 'x' * 1000000000 }}",
+    "string 10**12": "{{ 'x' * 1000000000000 }}",
+    "string doubled 40 times": ("{% set ns = namespace(s='x') %}{% for i in range(40) %}"
+                                "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}"),
+    "string doubled by join 34 times": ("{% set ns = namespace(s='x') %}{% for i in range(34) %}"
+                                        "{% set ns.s = [ns.s, ns.s] | join %}{% endfor %}{{ ns.s | length }}"),
+    "joined range 10**8": "{{ range(100000000) | join(',') | length }}",
     "nested loops 10**4 x 10**4": "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
     "recursive macro": "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
     "10k-deep parentheses": "{{ " + "(" * 10_000 + "1" + ")" * 10_000 + " }}",
@@ -65,7 +71,10 @@ BOMBS = {
     "macro fan-out 2**40": "{% macro f(n) %}{% if n < 40 %}{{ f(n + 1) }}{{ f(n + 1) }}{% endif %}{% endmacro %}{{ f(0) }}",
 }
 # the deep ones are refused by botframework.native.jinja_guard before llama.cpp parses them, the
-# recursive macro and the loops hit its render budget (they segfaulted or hung the load before)
+# recursive macro and the loops hit its render budget (they segfaulted or hung the load before),
+# one expression that allocates gigabytes hits the memory budget of the module's operator new
+# (bf_shim.cpp; before it the 4 GiB limit below was what stopped them, and the OOM killer in a server)
+BOMB_REFUSALS = ("budget exceeded", "blocks nest", "tokens (at most")
 LEAKS = ("uid=", "root:x:", "__builtins__", "<class", "<built-in", "popen")
 
 
@@ -105,4 +114,6 @@ def test_a_template_cannot_leave_the_sandbox(model_path: Path, name: str) -> Non
 
 @pytest.mark.parametrize("name", sorted(BOMBS))
 def test_a_template_bomb_hits_a_budget(model_path: Path, name: str) -> None:
-    _assert_contained(name, render(model_path, BOMBS[name]))
+    result = render(model_path, BOMBS[name])
+    _assert_contained(name, result)
+    assert result["outcome"] == "refused" and any(r in result["message"] for r in BOMB_REFUSALS), result
