@@ -71,6 +71,8 @@ class ServerSettings:
     rpc_servers: tuple[str, ...] = ()          # `botframework rpc-server` host:port for the default model's layers
     hugepages: bool = True                     # weights and KV cache in 2 MiB pages (Linux THP)
     prefix_cache_mb: int = 1024                # host RAM for idle prompt caches (0: keep them in the KV cache)
+    session_ram_mb: int = 512                  # host RAM for stored chat sessions' states (the rest spills
+                                               # to sessions_dir when set, else the oldest are dropped)
     direct_stream: bool = True                 # running streams' chunks written by the engine thread (direct.py)
     draft: str = "none"                        # speculative decoding by default: "ngram" | "model" | "none"
     draft_max: int = 8                         # draft tokens per sequence and step, at most
@@ -92,6 +94,8 @@ class ServerSettings:
                 raise ValueError(f"{name} must be >= 1")
         if self.prefix_cache_mb < 0:
             raise ValueError("prefix_cache_mb must be >= 0")
+        if self.session_ram_mb < 0:
+            raise ValueError("session_ram_mb must be >= 0")
         if self.draft not in ("none", "ngram", "model") or self.draft_max < 1:
             raise ValueError("draft must be 'none', 'ngram' or 'model', and draft_max >= 1")
         if self.draft == "model" and not self.draft_model and not any(t.get("draft_model") for t in self.models):
@@ -127,6 +131,7 @@ class ServerSettings:
                             n_threads_batch=self.n_threads_batch, n_gpu_layers=self.n_gpu_layers,
                             rpc_servers=self.rpc_servers,
                             hugepages=self.hugepages, prefix_cache_bytes=self.prefix_cache_mb << 20,
+                            session_ram_bytes=self.session_ram_mb << 20,
                             max_waiting=self.max_queue, draft_max=self.draft_max, draft_model=self.draft_model,
                             # a model without a draft model (only some [[models]] tables name
                             # one) does not draft by default under draft "model"
@@ -193,7 +198,8 @@ class ServerSettings:
     def _entry(self, table: Mapping[str, Any]) -> ModelEntry:
         """One [[models]] table: name, aliases, source (or model / path), kind, load, keep_alive,
         sha256, chat_template, and how it runs (n_ctx, parallel, threads, threads_batch,
-        n_gpu_layers, hugepages, prefix_cache_mb, draft_model; the server's values where left out)."""
+        n_gpu_layers, hugepages, prefix_cache_mb, session_ram_mb, draft_model; the server's values where
+        left out)."""
         unknown = sorted(set(table) - _MODEL_KEYS)
         if unknown:
             raise ValueError(f"unknown key(s) in a [[models]] table: {', '.join(unknown)} "
@@ -212,7 +218,8 @@ class ServerSettings:
             n_gpu_layers=table.get("n_gpu_layers", base.n_gpu_layers),  # WorkerConfig parses both
             rpc_servers=table.get("rpc", ()),
             hugepages=bool(_coerce("hugepages", table.get("hugepages", base.hugepages))),
-            prefix_cache_bytes=int(table.get("prefix_cache_mb", base.prefix_cache_bytes >> 20)) << 20)
+            prefix_cache_bytes=int(table.get("prefix_cache_mb", base.prefix_cache_bytes >> 20)) << 20,
+            session_ram_bytes=int(table.get("session_ram_mb", base.session_ram_bytes >> 20)) << 20)
         if table.get("kind") == "embedding":  # nothing to draft for
             config = dataclasses.replace(config, draft_model=None, speculative="none")
         elif "draft_model" in table:
@@ -316,12 +323,12 @@ class ServerSettings:
 _MODEL_KEYS = {"name", "aliases", "source", "model", "path", "kind", "load", "keep_alive", "sha256", "chat_template",
                "url", "urls", "api_key", "remote_model", "timeout_s",
                "n_ctx", "parallel", "threads", "threads_batch", "n_gpu_layers", "hugepages", "prefix_cache_mb",
-               "rpc", "draft_model"}
+               "session_ram_mb", "rpc", "draft_model"}
 _BOOLS = {"pull_missing", "allow_non_loopback", "hugepages", "direct_stream", "trace_prompts"}
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _INTS = {"port", "max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_choices", "max_logit_bias",
          "max_embedding_inputs", "num_slots", "n_ctx", "n_threads", "n_threads_batch",
-         "prefix_cache_mb", "memory_budget_mb", "max_queue", "draft_max"}
+         "prefix_cache_mb", "session_ram_mb", "memory_budget_mb", "max_queue", "draft_max"}
 
 
 def _remote_spec(table: Mapping[str, Any]) -> RemoteSpec | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
 
 def test_16_clients_for_60_s_over_every_protocol_and_two_models(server: tuple[str, subprocess.Popen[bytes]]) -> None:
     url, proc = server
+    tasks_before = _asyncio_tasks(url)  # idle, the chat model loaded
     report = Load(url, CHAT_MODEL, EMBED_MODEL).run(LOAD_S, clients=16, seed=21)
     summary = report.summary()
     print(f"\nload: {summary}")
@@ -51,3 +53,14 @@ def test_16_clients_for_60_s_over_every_protocol_and_two_models(server: tuple[st
         assert idle["num_cells_used"] <= idle["num_cached_tokens"], (model, idle)
     assert proc.poll() is None
     assert httpx.get(f"{url}/health", timeout=10).json()["status"] == "ok"
+    tasks_after = _asyncio_tasks(url)
+    for _ in range(50):  # the last connections' tasks end as their sockets close
+        if tasks_after <= tasks_before:
+            break
+        time.sleep(0.1)
+        tasks_after = _asyncio_tasks(url)
+    assert tasks_after <= tasks_before, f"{tasks_after} asyncio tasks once idle, {tasks_before} before the load"
+
+
+def _asyncio_tasks(url: str) -> int:
+    return int(httpx.get(f"{url}/v1/stats", params={"model": CHAT_MODEL}, timeout=30).json()["asyncio_tasks"])

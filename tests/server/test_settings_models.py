@@ -152,3 +152,15 @@ timeout_s = 30
         config.write_text(f'[[models]]\nname = "big"\n{bad}\n')
         with pytest.raises(ValueError, match=message):
             ServerSettings.from_env({}, config=config)
+
+
+def test_the_session_store_size_from_the_environment_and_per_model(tmp_path: Path) -> None:
+    settings = ServerSettings.from_env({"BOTFRAMEWORK_SESSION_RAM_MB": "64"})
+    assert settings.worker_config().session_ram_bytes == 64 << 20
+    config = tmp_path / "bf.toml"
+    config.write_text('[server]\nsession_ram_mb = 128\n\n[[models]]\nname = "a"\nsource = "a.gguf"\n\n'
+                      '[[models]]\nname = "b"\nsource = "b.gguf"\nsession_ram_mb = 16\n')
+    a, b = ServerSettings.from_args(config=config).model_entries()
+    assert (a.config.session_ram_bytes, b.config.session_ram_bytes) == (128 << 20, 16 << 20)
+    with pytest.raises(ValueError, match="session_ram_mb must be >= 0"):
+        ServerSettings.from_env({"BOTFRAMEWORK_SESSION_RAM_MB": "-1"})

@@ -38,4 +38,7 @@ async def metrics(http: HTTPRequest) -> Response:
 @router.get("/v1/stats")
 async def stats(http: HTTPRequest, model: str | None = None) -> dict[str, Any]:
     runtime = await get_runtime(http, model)
-    return {"model": runtime.model_id, **await asyncio.to_thread(runtime.stats), **runtime.worker_metrics()}
+    return {"model": runtime.model_id, **await asyncio.to_thread(runtime.stats), **runtime.worker_metrics(),
+            # the server's, not the model's: tasks alive on the event loop (this request's among
+            # them); a soak checks they come back to their baseline when idle
+            "asyncio_tasks": len(asyncio.all_tasks())}
