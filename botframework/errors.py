@@ -10,8 +10,9 @@
     │   └── GrammarError           schema / grammar cannot be built or enforced
     │       └── UnsupportedSchemaError  keywords the grammar would not enforce (listed)
     ├── NativeError                a llama.cpp call failed (status.check maps return codes)
-    │   └── DecodeError            llama_decode returned an error
-    │       └── KVCacheFullError   no KV slot for the batch (rc == 1)
+    │   ├── DecodeError            llama_decode returned an error
+    │   │   └── KVCacheFullError   no KV slot for the batch (rc == 1)
+    │   └── StateRestoreError      a stored KV state would not load: retry   (HTTP 503)
     ├── OutputValidationError      finished constrained output fails its schema (HTTP 500)
     ├── BusyError                  admission queue full                      (HTTP 503)
     ├── CancelledError             the request was cancelled
@@ -31,7 +32,8 @@ __all__ = [
     "APIStatusError", "AuthenticationError", "ServerUnavailableError",
     "BotframeworkError", "BusyError", "CancelledError", "ClosedError", "ContextLengthExceededError", "DecodeError",
     "GrammarError", "InvalidRequestError", "KVCacheFullError", "ModelError", "ModelFetchError", "ModelLoadError",
-    "ModelNotFoundError", "NativeError", "OutputValidationError", "ShuttingDownError", "UnsupportedSchemaError",
+    "ModelNotFoundError", "NativeError", "OutputValidationError", "ShuttingDownError", "StateRestoreError",
+    "UnsupportedSchemaError",
 ]
 
 
@@ -111,6 +113,11 @@ class DecodeError(NativeError):
 
 class KVCacheFullError(DecodeError):
     """llama_decode found no KV cache slot for the batch (return code 1)."""
+
+
+class StateRestoreError(NativeError):
+    """llama.cpp refused a stored KV state (an evicted session's, a cached prompt's) when it was
+    brought back into a slot. The state is gone; the same request, retried, prefills afresh."""
 
 
 class BusyError(BotframeworkError):

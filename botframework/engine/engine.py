@@ -31,7 +31,7 @@ from botframework.engine.step import (
     StepPlan,
     StepResult,
 )
-from botframework.errors import BotframeworkError, InvalidRequestError
+from botframework.errors import BotframeworkError, InvalidRequestError, NativeError, StateRestoreError
 from botframework.native.batch import Batch
 from botframework.native.context import Context
 from botframework.native.logits import output_rows, outputs_view
@@ -80,6 +80,28 @@ class Engine:
         elif op.kind is KVOpKind.RESTORE:
             mem.seq_rm(op.seq_id, -1, -1)
             self.context.state_seq_set(op.seq_id, op.data)
+
+    def _apply_ops(self, ops: tuple[KVOp, ...]) -> dict[int, StateRestoreError]:
+        """Apply the plan's KV ops; the sequences whose stored state llama.cpp refused (a
+        RESTORE that failed, or a COPY from such a sequence), each with its error: their
+        requests end with it, the rest of the step goes on (the slot is emptied when the
+        request finishes with an error)."""
+        unrestored: dict[int, StateRestoreError] = {}
+        for op in ops:
+            if op.kind is KVOpKind.COPY and op.src_seq_id in unrestored:
+                unrestored[op.seq_id] = unrestored[op.src_seq_id]
+                continue
+            try:
+                self._apply(op)
+            except NativeError as exc:
+                if op.kind is not KVOpKind.RESTORE:
+                    raise
+                self.context.memory.seq_rm(op.seq_id, -1, -1)
+                log.warning("sequence %d: its stored state would not load (%s): its request ends", op.seq_id, exc)
+                unrestored[op.seq_id] = StateRestoreError(
+                    "the stored cache of this conversation could not be loaded back and was dropped; "
+                    "retry the request (its prompt is processed afresh)", op="llama_state_seq_set_data")
+        return unrestored
 
     def _new_sampler(self, item: PlanItem) -> BotframeworkError | None:
         """Build the request's sampler (and bind its logits processors) from its plan item; the
@@ -156,8 +178,7 @@ class Engine:
 
     def execute(self, plan: StepPlan) -> StepResult:
         saved = {seq_id: self.context.state_seq_get(seq_id) for seq_id in plan.save_states}
-        for op in plan.kv_ops:
-            self._apply(op)
+        unrestored = self._apply_ops(plan.kv_ops)
         for request_id in plan.release:
             self.release(request_id)
         batch = self.batch
@@ -166,6 +187,9 @@ class Engine:
         sampled: list[SampledToken] = []
         samplers = self._samplers
         for item in plan.items:
+            if unrestored and item.seq_id in unrestored:  # its cells are not there: the request ends
+                sampled.append(SampledToken(item.request_id, -1, error=unrestored[item.seq_id], built=False))
+                continue
             if item.request_id not in samplers:
                 error = self._new_sampler(item)
                 if error is not None:  # the request ends with it; its tokens stay out of the batch

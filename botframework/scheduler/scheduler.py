@@ -122,7 +122,8 @@ class Scheduler:
         self.eog_tokens = eog_tokens
         prefixes = PrefixStore(config.prefix_cache_bytes) if config.prefix_cache_bytes > 0 else None
         self.kv = KVSlots(config.num_slots, config.num_ctx, min_prefix_copy=config.min_prefix_copy,
-                          sessions=sessions or SessionStore(), prefixes=prefixes, clock=clock)
+                          sessions=sessions if sessions is not None else SessionStore(), prefixes=prefixes,
+                          clock=clock)  # (an empty store is falsy: `sessions or` dropped the configured one)
         self.waiting: list[Sequence] = []
         self.active: dict[str, Sequence] = {}           # request id -> PREFILLING/RUNNING
         self.clock = clock

@@ -65,7 +65,10 @@ class StateStore:
         if entry.data is not None:
             return entry.data, entry.tokens
         assert entry.path is not None
-        data = entry.path.read_bytes()
+        try:
+            data = entry.path.read_bytes()
+        except OSError:  # removed or unreadable since: the RESTORE fails, and only its request ends
+            data = b""
         entry.path.unlink(missing_ok=True)
         return data, entry.tokens
 

@@ -70,6 +70,9 @@ def to_api_error(exc: BaseException) -> APIError:
     if isinstance(exc, bf.ShuttingDownError):
         return APIError(503, message, type="service_unavailable", code="server_shutting_down",
                         headers={"Retry-After": "5"})
+    if isinstance(exc, bf.StateRestoreError):
+        return APIError(503, message, type="service_unavailable", code="state_restore_failed",
+                        headers={"Retry-After": "1"})
     if isinstance(exc, (bf.ClosedError, bf.ModelError, bf.KVCacheFullError)):
         return APIError(503, message, type="service_unavailable", code="model_unavailable",
                         headers={"Retry-After": "1"})

@@ -274,3 +274,31 @@ def test_engine_thread_survives_bad_requests_and_failed_steps(llm: LocalLLM) -> 
     llm.worker._post(boom)  # an unexpected error inside the engine thread is logged, not fatal
     assert llm.complete("Still alive?", max_tokens=3).usage.completion_tokens >= 1
     assert llm.worker._thread.is_alive()
+
+
+def test_a_stored_session_that_will_not_load_ends_only_its_request(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # every evicted session spills to disk at once (no RAM for them); one file is cut short
+    # there, as a full disk or another process would leave it: the turn that needs it gets a
+    # retryable error, the requests around it go on, and the retry prefills afresh
+    from botframework.config import WorkerConfig
+    from botframework.errors import StateRestoreError
+    from botframework.runtime.handle import load_model
+
+    config = WorkerConfig(n_ctx=2048, num_slots=1, session_ram_bytes=0, session_dir=tmp_path)
+    turn1 = [{"role": "user", "content": "Remember the number 42. Reply OK."}]
+    with LocalLLM.from_handle(load_model("smollm2-135m-instruct", config, pull_missing=True)) as small:
+        first = small.chat(turn1, max_tokens=12, temperature=0, session_id="s")
+        small.chat("Unrelated question: what is 2+2?", max_tokens=8, temperature=0, session_id="other")
+        spilled = list(tmp_path.rglob("*.kv"))
+        assert len(spilled) == 1, spilled
+        spilled[0].write_bytes(spilled[0].read_bytes()[:100])
+        turn2 = turn1 + [{"role": "assistant", "content": first.text}, {"role": "user", "content": "Which number?"}]
+        with pytest.raises(StateRestoreError, match="retry"):
+            small.chat(turn2, max_tokens=24, temperature=0, session_id="s")
+        again = small.chat(turn2, max_tokens=24, temperature=0, session_id="s")
+        assert again.usage.cached_tokens == 0 and again.text
+        stats = small.worker.stats()
+        assert stats["num_busy_slots"] == 0 and stats["num_running"] == 0
+    with LocalLLM("smollm2-135m-instruct", n_ctx=2048, num_slots=1) as fresh:  # the same turn, never evicted
+        fresh.chat(turn1, max_tokens=12, temperature=0, session_id="s")
+        assert fresh.chat(turn2, max_tokens=24, temperature=0).text == again.text

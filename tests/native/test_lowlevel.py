@@ -126,6 +126,37 @@ def test_state_save_and_restore_gives_the_same_continuation(model: Model, ctx: C
     assert continue_greedy(ctx, 3, first, len(tokens), 4) == before
 
 
+def test_a_state_that_will_not_load_ends_only_the_requests_on_its_sequence(model: Model, ctx: Context) -> None:
+    from botframework.engine import Engine, PlanItem, StepPlan
+    from botframework.engine.step import KVOp, KVOpKind
+    from botframework.errors import StateRestoreError
+    from botframework.native import SamplerSpec
+
+    tokens = model.tokenize("Once upon a time")
+    batch = Batch(64)
+    batch.add_sequence(tokens, 0, 1, logits_last=True)
+    ctx.decode(batch)
+    cut = ctx.state_seq_get(1)[:100]  # a truncated state: llama.cpp reads past its end
+    ctx.memory.clear()
+    greedy = SamplerSpec(temperature=0.0)
+    engine = Engine(model, ctx)
+    try:
+        plan = StepPlan(kv_ops=(KVOp(KVOpKind.RESTORE, 1, data=cut),
+                                KVOp(KVOpKind.COPY, 2, 0, len(tokens), src_seq_id=1)),  # shares the lost cells
+                        items=(PlanItem("fine", 0, tuple(tokens), 0, True, greedy),
+                               PlanItem("restored", 1, (tokens[-1],), len(tokens), True, greedy),
+                               PlanItem("copied", 2, (tokens[-1],), len(tokens), True, greedy)))
+        by_id = {s.request_id: s for s in engine.execute(plan).sampled}
+        assert by_id["fine"].error is None and by_id["fine"].token >= 0
+        for request_id in ("restored", "copied"):
+            assert isinstance(by_id[request_id].error, StateRestoreError), by_id[request_id]
+        assert ctx.memory.pos_max(1) == -1 and ctx.memory.pos_max(2) == -1
+        assert ctx.memory.pos_max(0) == len(tokens) - 1
+    finally:
+        engine.close()
+        ctx.memory.clear()
+
+
 # -- misuse: the documented exceptions ----------------------------------------------------
 
 def test_out_of_range_sequence_ids_raise(model: Model, ctx: Context) -> None:

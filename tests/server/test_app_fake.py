@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fake_runtime import FakeRuntime, serve_fake
 
-from botframework.errors import BusyError, ModelLoadError
+from botframework.errors import BusyError, ModelLoadError, StateRestoreError
 from botframework.server.settings import ServerSettings
 
 CHAT = "/v1/chat/completions"
@@ -218,6 +218,16 @@ def test_busy_is_503_with_retry_after(run) -> None:
             r = await c.post(CHAT, json=chat_body(stream=True))
             assert_error(r, 503)
             assert r.headers["retry-after"] == "2"
+    run(go())
+
+
+def test_a_stored_state_that_would_not_load_is_503_with_retry_after(run) -> None:
+    async def go() -> None:
+        error = StateRestoreError("the stored cache could not be loaded back; retry", op="llama_state_seq_set_data")
+        async with serve_fake(FakeRuntime(submit_error=error)) as c:
+            r = await c.post(CHAT, json=chat_body())
+            assert_error(r, 503, code="state_restore_failed")
+            assert r.headers["retry-after"] == "1"
     run(go())
 
 
