@@ -18,6 +18,7 @@ response starts (Starlette's streaming) copy the context, so lines they log carr
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -97,6 +98,15 @@ class _EchoId:
         await self._send(message)
 
 
+_ID_PREFIX = uuid.uuid4().hex[:12]  # this process's; a counter after it (uuid4 per request cost ~5 us)
+_ID_COUNTER = itertools.count(1)
+
+
+def _new_id() -> str:
+    """req- and 24 hex digits, unique within the process and across processes (random prefix)."""
+    return f"req-{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+
+
 class RequestIdMiddleware:
     """Pure ASGI: give each HTTP request an id for its log lines, and send it back."""
 
@@ -108,7 +118,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = _client_id(scope)
-        ids = RequestIds(given, from_client=True) if given else RequestIds(f"req-{uuid.uuid4().hex[:24]}")
+        ids = RequestIds(given, from_client=True) if given else RequestIds(_new_id())
         token = _CURRENT.set(ids)
         await self.app(scope, receive, _EchoId(send, ids))
         # not reset when the app raised: the server's "Exception in ASGI application" line,

@@ -400,3 +400,21 @@ def test_validation_errors_keep_their_params_and_codes(run) -> None:  # type: ig
                                                               "dimensions": 9}), 400,  # the fake's are 8 long
                          param="dimensions")
     run(go())
+
+
+def test_fastapi_telemetry_is_off_unless_a_provider_is_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry import trace
+
+    from botframework.server import app as app_module
+
+    assert app_module._telemetry_off_unless_configured() == {
+        "telemetry": {"tracing": False, "metrics": False, "logs": False}}
+
+    class TracerProvider:  # what an SDK (opentelemetry-instrument) would have set
+        pass
+
+    monkeypatch.setattr(trace, "get_tracer_provider", TracerProvider)
+    assert app_module._telemetry_off_unless_configured() == {}
+    monkeypatch.undo()
+    monkeypatch.setenv("FASTAPI_OTEL_AUTO_CONFIGURE", "true")
+    assert app_module._telemetry_off_unless_configured() == {}
