@@ -56,10 +56,16 @@ class Engine:
         self._samplers: dict[str, SamplerChain] = {}
         self._processors: dict[str, tuple[object, ...]] = {}  # request id -> bound logits processors
         self.num_sampler_failures = 0
+        self._unrestored: dict[int, StateRestoreError] = {}  # seq id -> why its cells are missing
 
     @property
     def num_samplers(self) -> int:
         return len(self._samplers)
+
+    def cells_cleared(self) -> None:
+        """Every sequence was emptied (llama_memory_clear after a failed step): none misses a
+        stored state any more."""
+        self._unrestored.clear()
 
     def close(self) -> None:
         for sampler in self._samplers.values():
@@ -84,9 +90,10 @@ class Engine:
     def _apply_ops(self, ops: tuple[KVOp, ...]) -> dict[int, StateRestoreError]:
         """Apply the plan's KV ops; the sequences whose stored state llama.cpp refused (a
         RESTORE that failed, or a COPY from such a sequence), each with its error: their
-        requests end with it, the rest of the step goes on (the slot is emptied when the
-        request finishes with an error)."""
-        unrestored: dict[int, StateRestoreError] = {}
+        requests end with it (in this step, or the next one that plans them: a prefill may
+        wait for room), the rest of the step goes on. A sequence is healthy again once it is
+        emptied (the REMOVE its failed request's release sends) or restored."""
+        unrestored = self._unrestored
         for op in ops:
             if op.kind is KVOpKind.COPY and op.src_seq_id in unrestored:
                 unrestored[op.seq_id] = unrestored[op.src_seq_id]
@@ -101,6 +108,10 @@ class Engine:
                 unrestored[op.seq_id] = StateRestoreError(
                     "the stored cache of this conversation could not be loaded back and was dropped; "
                     "retry the request (its prompt is processed afresh)", op="llama_state_seq_set_data")
+                continue
+            if unrestored and (op.kind is KVOpKind.RESTORE or (
+                    op.kind is KVOpKind.REMOVE and op.p0 <= 0 and op.p1 < 0)):
+                unrestored.pop(op.seq_id, None)
         return unrestored
 
     def _new_sampler(self, item: PlanItem) -> BotframeworkError | None:

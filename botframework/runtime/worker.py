@@ -408,6 +408,7 @@ class ModelWorker:
     def _recover(self, error: BotframeworkError) -> None:
         """A step failed as a whole: end its requests, drop every cell, keep serving."""
         self.context.memory.clear()
+        self.engine.cells_cleared()
         self.scheduler.reset_after_failure(error)
 
     def _embed_turn(self) -> None:

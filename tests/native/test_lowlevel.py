@@ -152,6 +152,15 @@ def test_a_state_that_will_not_load_ends_only_the_requests_on_its_sequence(model
             assert isinstance(by_id[request_id].error, StateRestoreError), by_id[request_id]
         assert ctx.memory.pos_max(1) == -1 and ctx.memory.pos_max(2) == -1
         assert ctx.memory.pos_max(0) == len(tokens) - 1
+        # a request planned for it a step later (its prefill waited for room) ends the same way
+        later = engine.execute(StepPlan(items=(PlanItem("later", 1, (tokens[-1],), len(tokens), True, greedy),)))
+        assert isinstance(later.sampled[0].error, StateRestoreError)
+        # once its failed request's release empties it (a REMOVE), the sequence serves again
+        for request_id in ("fine", "restored", "copied", "later"):
+            engine.release(request_id)
+        again = engine.execute(StepPlan(kv_ops=(KVOp(KVOpKind.REMOVE, 1), KVOp(KVOpKind.REMOVE, 2)),
+                                        items=(PlanItem("again", 1, tuple(tokens), 0, True, greedy),)))
+        assert again.sampled[0].error is None and again.sampled[0].token == by_id["fine"].token
     finally:
         engine.close()
         ctx.memory.clear()
