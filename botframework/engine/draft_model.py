@@ -28,23 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from botframework.engine.step import common_prefix_len
 from botframework.errors import BotframeworkError
 
 log = logging.getLogger("botframework.engine")
-
-
-def _common_prefix_len(a: list[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == list(b[:n]):
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[:mid] == list(b[:mid]):
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 class DraftModel:
@@ -94,7 +81,7 @@ class DraftModel:
     def _sync(self, seq_id: int, tokens: Sequence[int]) -> list[int]:
         """Cut seq_id's cells back to its common prefix with tokens; the tokens to decode."""
         cached = self.cached.setdefault(seq_id, [])
-        keep = min(_common_prefix_len(cached, tokens), len(tokens) - 1)  # the last one gives d1's logits
+        keep = min(common_prefix_len(cached, tokens), len(tokens) - 1)  # the last one gives d1's logits
         if keep < len(cached):
             self.context.memory.seq_rm(seq_id, keep, -1)
             del cached[keep:]

@@ -1,4 +1,5 @@
-"""Plain data between the scheduler and the engine: no native handles, no behaviour.
+"""Plain data between the scheduler and the engine: no native handles, no behaviour (but
+common_prefix_len, which both sides' KV bookkeeping runs on token lists).
 
     scheduler.schedule() -> StepPlan(kv_ops, items, release)
     engine.execute(plan) -> StepResult(sampled per item that asked, timings)
@@ -97,3 +98,20 @@ class StepResult:
     error: Exception | None = None
     processor_ms: float = 0.0  # logits processors (part of sample_ms)
     step_ms: float = 0.0       # the whole step on the worker (schedule, execute, update): for step hooks
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the common prefix: a binary search over slice comparisons (done in C; two
+    sequences of different types, a list and a tuple, are compared as lists)."""
+    if type(a) is not type(b):
+        a, b = list(a), list(b)
+    lo, hi = 0, min(len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    while lo < hi:  # a[:lo] == b[:lo] and a[:hi + 1] != b[:hi + 1]
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

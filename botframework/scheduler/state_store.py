@@ -17,6 +17,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from botframework.engine.step import common_prefix_len
+
+__all__ = ["StateStore", "common_prefix_len"]
+
 
 @dataclass
 class _Stored:
@@ -124,19 +128,3 @@ class StateStore:
             if entry.path is not None:
                 self._discard(key)
                 self.num_dropped += 1
-
-
-def common_prefix_len(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
-    """Length of the common prefix: a binary search over slice comparisons (done in C)."""
-    if type(a) is not type(b):
-        a, b = list(a), list(b)
-    lo, hi = 0, min(len(a), len(b))
-    if a[:hi] == b[:hi]:
-        return hi
-    while lo < hi:  # a[:lo] == b[:lo] and a[:hi + 1] != b[:hi + 1]
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
