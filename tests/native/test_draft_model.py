@@ -14,18 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_speculative_model import EDIT, OTHER, Outcome, assert_same_greedy, params
+from test_speculative_model import EDIT, OTHER, Outcome, add_requests, assert_same_greedy, params
 
 from botframework.config import WorkerConfig
 from botframework.engine import Engine
-from botframework.engine.detokenizer import IncrementalDetokenizer
 from botframework.engine.draft_model import DraftModel
 from botframework.errors import ModelLoadError
 from botframework.native import Context, ContextParams, Model
 from botframework.runtime.worker import ModelWorker, check_same_vocab
-from botframework.scheduler.output import FinishReason, RequestHandle
+from botframework.scheduler.output import FinishReason
 from botframework.scheduler.scheduler import Scheduler, SchedulerConfig
-from botframework.scheduler.sequence import Request, Sequence
+from botframework.scheduler.sequence import Request
 from botframework.specs import SamplingParams
 
 N_CTX = 2048
@@ -71,14 +70,7 @@ def generate(model: Model, context: Context, drafts: DraftModel | None,
     engine = Engine(model, context)
     s = Scheduler(SchedulerConfig(num_slots=4, num_ctx=N_CTX, speculative="model" if drafts else "none",
                                   prefix_cache_bytes=0), eog_tokens=model.eog_tokens, draft_source=drafts)
-    seqs = []
-    for i, (text, p, wants) in enumerate(requests):
-        tokens = model.tokenize(text, add_special=False, parse_special=True)
-        request = Request(f"r{i}", tuple(tokens), p, speculative=wants)
-        seq = Sequence(request, RequestHandle(request.request_id, lambda _id: None),
-                       IncrementalDetokenizer(model.token_to_piece, model.piece_text))
-        s.add(seq)
-        seqs.append(seq)
+    seqs = add_requests(s, model, requests)
     try:
         step = 0
         while s.has_work:

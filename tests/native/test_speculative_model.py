@@ -68,13 +68,9 @@ def context(model: Model) -> Iterator[Context]:
     ctx.close()
 
 
-def generate(model: Model, context: Context, requests: list[tuple[str, SamplingParams, bool | None]],
-             speculative: str) -> tuple[list[Outcome], Scheduler]:
-    """Run the requests together to the end on a fresh cache; each one's outcome."""
-    context.memory.clear()
-    engine = Engine(model, context)
-    s = Scheduler(SchedulerConfig(num_slots=4, num_ctx=context.n_ctx, speculative=speculative, prefix_cache_bytes=0),
-                  eog_tokens=model.eog_tokens)
+def add_requests(s: Scheduler, model: Model, requests: list[tuple[str, SamplingParams, bool | None]]
+                 ) -> list[Sequence]:
+    """Queue (prompt text, params, speculative) as requests r0, r1, ...; their sequences."""
     seqs = []
     for i, (text, params, wants) in enumerate(requests):
         tokens = model.tokenize(text, add_special=False, parse_special=True)
@@ -83,6 +79,17 @@ def generate(model: Model, context: Context, requests: list[tuple[str, SamplingP
                        IncrementalDetokenizer(model.token_to_piece, model.piece_text))
         s.add(seq)
         seqs.append(seq)
+    return seqs
+
+
+def generate(model: Model, context: Context, requests: list[tuple[str, SamplingParams, bool | None]],
+             speculative: str) -> tuple[list[Outcome], Scheduler]:
+    """Run the requests together to the end on a fresh cache; each one's outcome."""
+    context.memory.clear()
+    engine = Engine(model, context)
+    s = Scheduler(SchedulerConfig(num_slots=4, num_ctx=context.n_ctx, speculative=speculative, prefix_cache_bytes=0),
+                  eog_tokens=model.eog_tokens)
+    seqs = add_requests(s, model, requests)
     try:
         while s.has_work:
             plan = s.schedule()
