@@ -39,7 +39,7 @@ from botframework.server.generation import ReleaseLeases
 from botframework.server.limits import BodySizeLimit
 from botframework.server.logs import RequestIdMiddleware
 from botframework.server.metrics import ServerMetrics
-from botframework.server.protocol import EmbeddingRequest
+from botframework.server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from botframework.server.remote import RemoteRoutes
 from botframework.server.routes import (
     cancel,
@@ -101,16 +101,21 @@ def _telemetry_off_unless_configured() -> dict[str, Any]:
 
 class _App(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
-        # outside even Starlette's ServerErrorMiddleware: ExposeConnection needs uvicorn's own
-        # `send`; ReleaseLeases returns a request's models once its response is all sent
-        # FastRoutes, outermost: short JSON requests to its routes skip the rest (fastpath.py)
+        # ExposeConnection, outside even Starlette's ServerErrorMiddleware: it needs uvicorn's own
+        # `send` (direct streaming); StreamWriteTimeout, right inside it: drops a client that
+        # stops reading (write_timeout.py), on the short dispatch's streams too
+        # FastRoutes: plain JSON requests to the generation and embedding routes skip FastAPI's
+        # layers (fastpath.py; ~0.7 ms of a first token); ReleaseLeases returns the models of
+        # every other request once its response is all sent
         # DrainGate, outermost of all: a draining server refuses new work (drain.py); then,
         # when some models are remote, RemoteRoutes forwards their requests (remote.py)
-        # StreamWriteTimeout, right inside it: drops a client that stops reading (write_timeout.py)
-        inner = StreamWriteTimeout(ReleaseLeases(super().build_middleware_stack()),
-                                   self.state.settings.stream_write_timeout_s)
-        app: ASGIApp = FastRoutes(ExposeConnection(inner), self,
-                                  {"/v1/embeddings": (EmbeddingRequest, embeddings.embeddings)})
+        app: ASGIApp = ExposeConnection(StreamWriteTimeout(
+            FastRoutes(ReleaseLeases(super().build_middleware_stack()), self, {
+                "/v1/embeddings": (EmbeddingRequest, embeddings.embeddings),
+                "/v1/completions": (CompletionRequest, completions.completions),
+                "/v1/chat/completions": (ChatCompletionRequest, chat.chat_completions),
+            }),
+            self.state.settings.stream_write_timeout_s))
         remote = [name for entry in self.state.settings.model_entries() if entry.remote is not None
                   for name in entry.names]
         if remote:
