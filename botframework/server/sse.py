@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from typing import Any
 
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from botframework.runtime.stream import DeltaStream
 from botframework.scheduler.output import Delta, Usage
@@ -176,3 +177,42 @@ async def sse_choices(started: Started, streams: list[AsyncIterator[bytes]], sta
     finally:
         for _, deltas in started:
             await deltas.aclose()
+
+
+class EventStreamResponse(StreamingResponse):
+    """A StreamingResponse whose headers and first chunk go out in the route's own task.
+
+    The routes build it once their first delta is in, so its first chunk is ready: Starlette
+    (ASGI spec 2.3, uvicorn's) would first start a task group and a task for the stream and
+    send from that task a loop iteration later. Here the headers and the first chunk are sent
+    at once; the rest streams as Starlette does, listening for the client's disconnect."""
+
+    _started = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            iterator = self.body_iterator = aiter(self.body_iterator)
+            first: bytes | memoryview | None
+            try:
+                first = _as_bytes(await anext(iterator), self.charset)
+            except StopAsyncIteration:
+                first = None
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            self._started = True
+            await send({"type": "http.response.body", "body": first or b"", "more_body": first is not None})
+            if first is None:
+                if self.background is not None:
+                    await self.background()
+                return
+        await super().__call__(scope, receive, send)
+
+    async def stream_response(self, send: Send) -> None:
+        if not self._started:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            await send({"type": "http.response.body", "body": _as_bytes(chunk, self.charset), "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _as_bytes(chunk: str | bytes | memoryview, charset: str) -> bytes | memoryview:
+    return chunk.encode(charset) if isinstance(chunk, str) else chunk

@@ -36,7 +36,7 @@ from botframework.server.errors import to_api_error
 from botframework.server.generation import collect, openai_finish_reason, record, tokenizer_call
 from botframework.server.routes.chat import _logprob_entry
 from botframework.server.runtime import Runtime
-from botframework.server.sse import SSE_HEADERS, json_response, text_template
+from botframework.server.sse import SSE_HEADERS, EventStreamResponse, json_response, text_template
 
 NDJSON = "application/x-ndjson"
 
@@ -51,7 +51,7 @@ def error_line(exc: BaseException) -> bytes:
 
 
 def ndjson_response(lines: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(_guarded(lines), media_type=NDJSON, headers=SSE_HEADERS)
+    return EventStreamResponse(_guarded(lines), media_type=NDJSON, headers=SSE_HEADERS)
 
 
 async def _guarded(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

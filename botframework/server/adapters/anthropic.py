@@ -36,7 +36,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi import Request as HTTPRequest
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
 from botframework.chat.message import AssistantMessage
@@ -75,7 +75,7 @@ from botframework.server.generation import (
     tokenizer_call,
 )
 from botframework.server.runtime import Runtime
-from botframework.server.sse import SSE_HEADERS, json_response
+from botframework.server.sse import SSE_HEADERS, EventStreamResponse, json_response
 
 
 class AnthropicRoute(APIRoute):
@@ -122,7 +122,7 @@ async def messages(body: MessagesRequest, http: HTTPRequest) -> Response:
                             truncated_tokens=plan.rendered.truncated_tokens, param_names=PARAM_NAMES)
     first, deltas = await start(http, runtime, request)
     if body.stream:
-        return StreamingResponse(_events(http, runtime, plan, body, message_id, first, deltas),
+        return EventStreamResponse(_events(http, runtime, plan, body, message_id, first, deltas),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
     done = await collect(http, first, deltas)
     finish = openai_finish_reason(done.finish_reason)

@@ -39,7 +39,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi import Request as HTTPRequest
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import TypeAdapter
 
 from botframework.chat.plan import ChatPlan, check_message, finish_message
@@ -74,7 +74,7 @@ from botframework.server.generation import collect, get_runtime, record, start, 
 from botframework.server.routes.cancel import cancel as cancel_request
 from botframework.server.routes.sessions import delete_session
 from botframework.server.runtime import Runtime
-from botframework.server.sse import SSE_HEADERS, json_response, sse
+from botframework.server.sse import SSE_HEADERS, EventStreamResponse, json_response, sse
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -237,7 +237,7 @@ async def create_response(body: ResponsesRequest, http: HTTPRequest) -> Response
         events = _stream(http, runtime, plan, turn, store, first, deltas)
         # a stream that is never iterated (the client left at once) still ends its running entry
         weakref.finalize(events, store.end, response_id)
-        return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStreamResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
     final = None
     try:
         final = await _whole(http, runtime, plan, turn, first, deltas)

@@ -24,7 +24,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi import Request as HTTPRequest
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from botframework.chat.message import AssistantMessage, MessageDelta
 from botframework.chat.plan import ChatPlan, check_message, finish_message
@@ -47,6 +47,7 @@ from botframework.server.protocol import ChatCompletionRequest
 from botframework.server.runtime import Runtime
 from botframework.server.sse import (
     SSE_HEADERS,
+    EventStreamResponse,
     Started,
     StreamState,
     json_response,
@@ -83,7 +84,7 @@ async def chat_completions(body: ChatCompletionRequest, http: HTTPRequest) -> Re
     created = int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_stream(http, runtime, plan, request_id, created, started, include_usage,
+        return EventStreamResponse(_stream(http, runtime, plan, request_id, created, started, include_usage,
                                          body.logprobs),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
     choices = []

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 from fastapi import Request as HTTPRequest
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from botframework.errors import ShuttingDownError
 from botframework.runtime.stream import DeltaStream
@@ -34,6 +34,7 @@ from botframework.server.protocol import CompletionRequest
 from botframework.server.runtime import Runtime
 from botframework.server.sse import (
     SSE_HEADERS,
+    EventStreamResponse,
     Started,
     StreamState,
     json_response,
@@ -67,7 +68,7 @@ async def completions(body: CompletionRequest, http: HTTPRequest) -> Response:
     want_logprobs = body.logprobs is not None
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_stream(http, runtime, request_id, created, started, include_usage,
+        return EventStreamResponse(_stream(http, runtime, request_id, created, started, include_usage,
                                          want_logprobs),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
     collected = await collect_all(http, started)

@@ -35,7 +35,7 @@ from botframework.scheduler.output import Delta, FinishReason, Usage
 from botframework.server.auth import require_api_key
 from botframework.server.generation import get_runtime, new_id, record, start
 from botframework.server.protocol import INFILL_SAMPLERS, InfillChunk, InfillRequest
-from botframework.server.sse import SSE_HEADERS, sse, sse_error
+from botframework.server.sse import SSE_HEADERS, EventStreamResponse, sse, sse_error
 from botframework.server.validation import engine_request, generation_options
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -123,7 +123,7 @@ async def infill(body: InfillRequest, http: HTTPRequest) -> dict[str, Any] | Str
     limit_ms = body.t_max_predict_ms
     cutoff = Cutoff(n_indent=body.n_indent, max_predict_s=limit_ms / 1000 if limit_ms and limit_ms > 0 else None)
     if body.stream:
-        return StreamingResponse(_stream(http, first, deltas, cutoff, body.n_predict == 0),
+        return EventStreamResponse(_stream(http, first, deltas, cutoff, body.n_predict == 0),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
     text, finish, usage, timings = await _collect(http, first, deltas, cutoff, len(tokens))
     if body.n_predict == 0:
