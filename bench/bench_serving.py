@@ -204,6 +204,9 @@ def level(base: str, n: int, max_tokens: int) -> LevelResult:
     return LevelResult(n, total / wall, percentile(ttfts, 50), percentile(ttfts, 95), single)
 
 
+SETTLE_S = 0.05  # quiet before each server's run: the other's compute threads stop spinning (see bench)
+
+
 def percentile(values: list[float], p: float) -> float:
     values = sorted(values)
     k = (len(values) - 1) * p / 100
@@ -291,10 +294,11 @@ def bench_servers(servers: dict[str, str], levels: list[int], max_tokens: int, r
     server goes first, so drift in the machine's speed hits both alike. Medians are reported.
     `reference` (llama-bench tg) runs once per single-stream round, after both servers' runs,
     while both idle: its median, taken at the same times as theirs, is returned. So each server
-    follows the other in half the rounds and the reference in the other half: a server that
-    starts right after the other's stream pays ~5 ms more to its first token (the other's
-    threads are still winding down), and with the reference between the two (as it was until
-    session 7) only one of them ever did."""
+    follows the other in half the rounds and the reference in the other half. Each run starts
+    after SETTLE_S of quiet: a server that starts right after the other's stream pays for the
+    other's compute threads still spinning (llama-server's OpenMP workers spin ~5 ms after each
+    decode, ours ~50 us: only ours paid, up to ~5 ms of its first token in half the rounds;
+    with the reference between the two, as until session 7, only one of them ever did)."""
     results = {name: ServerResult(name) for name in servers}
     references: list[float] = []
     for base in servers.values():
@@ -304,6 +308,7 @@ def bench_servers(servers: dict[str, str], levels: list[int], max_tokens: int, r
         runs: dict[str, list[LevelResult]] = {name: [] for name in names}
         for r in range(rounds_for(n, rounds)):
             for name in (names if r % 2 == 0 else names[::-1]):
+                time.sleep(SETTLE_S)
                 runs[name].append(level(servers[name], n, max_tokens))
             if n == 1 and reference is not None:
                 references.append(reference())
@@ -313,6 +318,7 @@ def bench_servers(servers: dict[str, str], levels: list[int], max_tokens: int, r
     trips: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):  # alternating too: a round trip is ~10 ms, a busy neighbour shifts it by ms
         for name in (names if r % 2 == 0 else names[::-1]):
+            time.sleep(SETTLE_S)
             trips[name].append(asyncio.run(roundtrip(servers[name], repeats=20)))
     for name in names:
         results[name].cached_roundtrip_p50_ms = statistics.median(trips[name])
