@@ -83,6 +83,13 @@ def _comparable(status: int, content_type: str, text: str) -> tuple[int, Any]:
         return status, text
 
 
+def _deep(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
 GENERATION_CORPUS: list[tuple[str, str, dict[str, Any] | bytes, dict[str, str]]] = [
     ("completion", "/v1/completions", {"model": "fake-model", "prompt": "Say hi", "max_tokens": 5}, {**JSON, **KEY}),
     ("completion, streamed", "/v1/completions",
@@ -106,8 +113,12 @@ GENERATION_CORPUS: list[tuple[str, str, dict[str, Any] | bytes, dict[str, str]]]
      {**JSON, **KEY}),
     ("chat, not JSON", "/v1/chat/completions", b"{\"messages\": [", {**JSON, **KEY}),
     ("chat, too large", "/v1/chat/completions",
-     {"model": "fake-model", "messages": [{"role": "user", "content": "a" * 5000}]}, {**JSON, **KEY}),
+     {"model": "fake-model", "messages": [{"role": "user", "content": "a" * 20000}]}, {**JSON, **KEY}),
     ("completion, prompt too long", "/v1/completions", {"model": "fake-model", "prompt": "a" * 3000},
+     {**JSON, **KEY}),
+    ("chat, schema 601 levels deep", "/v1/chat/completions",  # past pydantic's JSON parser, not json.loads
+     {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}],
+      "response_format": {"type": "json_schema", "json_schema": {"name": "deep", "schema": _deep(300)}}},
      {**JSON, **KEY}),
     ("completion, negative max_tokens", "/v1/completions", {"model": "fake-model", "prompt": "a", "max_tokens": -1},
      {**JSON, **KEY}),
@@ -127,7 +138,7 @@ def test_generation_routes_answer_as_the_full_app(run: Callable[..., Any], monke
     monkeypatch.setattr(FastRoutes, "_handle", counted)
     async def answers(**settings: Any) -> list[tuple[int, Any]]:
         out = []
-        async with serve_fake(FakeRuntime(), api_keys=("k",), max_body_bytes=4096, **settings) as client:
+        async with serve_fake(FakeRuntime(), api_keys=("k",), max_body_bytes=16384, **settings) as client:
             for _name, path, body, headers in GENERATION_CORPUS:
                 content = body if isinstance(body, bytes) else json.dumps(body).encode()
                 response = await client.post(path, content=content, headers=headers)
@@ -149,6 +160,8 @@ def test_generation_routes_answer_as_the_full_app(run: Callable[..., Any], monke
     assert statuses["chat, no messages"] == statuses["chat, bad role"] == statuses["chat, bad temperature"] == 400
     assert statuses["chat, not JSON"] == statuses["completion, prompt too long"] == 400
     assert statuses["completion, negative max_tokens"] == 400
+    deep = short[[name for name, *_ in GENERATION_CORPUS].index("chat, schema 601 levels deep")]
+    assert deep[0] == 400 and "deep" in deep[1]["error"]["message"], deep
     streamed = short[1][1]
     text = "".join(event["choices"][0]["text"] for event in streamed[:-1] if event["choices"])
     assert streamed[-1] == "[DONE]" and text and "Hello from the fake model.".startswith(text)
