@@ -85,12 +85,18 @@ def usage_json(usage: Usage | None) -> dict[str, Any] | None:
     if usage.truncated_tokens:
         out["truncated_tokens"] = usage.truncated_tokens  # extension: dropped by overflow="truncate"
     if usage.draft_tokens:
-        # speculative drafts, in OpenAI's Predicted Outputs fields: only for a request that
-        # drafted, so every other response keeps its exact shape
-        out["completion_tokens_details"] = {
-            "accepted_prediction_tokens": usage.accepted_draft_tokens,
-            "rejected_prediction_tokens": usage.draft_tokens - usage.accepted_draft_tokens}
+        out["completion_tokens_details"] = prediction_details(usage)
     return out
+
+
+def prediction_details(usage: Usage | None) -> dict[str, int]:
+    """Speculative drafts in OpenAI's Predicted Outputs fields, for every protocol's usage:
+    draft tokens the model kept and those it rejected. Empty for a request that did not draft,
+    so every other response keeps its protocol's exact shape."""
+    if usage is None or not usage.draft_tokens:
+        return {}
+    return {"accepted_prediction_tokens": usage.accepted_draft_tokens,
+            "rejected_prediction_tokens": usage.draft_tokens - usage.accepted_draft_tokens}
 
 
 def total_usage(usages: list[Usage | None]) -> Usage | None:

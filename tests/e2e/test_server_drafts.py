@@ -79,3 +79,35 @@ def test_draft_model_server() -> None:
         assert "botframework_draft_accepted_tokens" in metrics
         seconds = [line for line in metrics.splitlines() if line.startswith("botframework_draft_seconds_total{")]
         assert seconds and float(seconds[0].split()[-1]) > 0
+
+
+def test_every_protocol_reports_drafts_with_draft_ngram() -> None:
+    """serve --draft ngram: Responses, Anthropic Messages and Ollama requests draft by default
+    and their usage carries the same two counts (extension fields, read here through the
+    official clients, Ollama's raw JSON); the OpenAI route's request that opts out reports none."""
+    import anthropic
+    import openai
+
+    pulled(DEFAULT_MODEL)
+    prompt = MESSAGES[0]["content"]
+    with served(["--model", DEFAULT_MODEL, "--parallel", "2", "--ctx-size", "2048", "--log-level", "warning",
+                 "--draft", "ngram"]) as (url, _proc):
+        with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120) as client:
+            response = client.responses.create(model=DEFAULT_MODEL, input=prompt, temperature=0, max_output_tokens=48)
+        details = response.usage.output_tokens_details.model_dump()  # type: ignore[union-attr]
+        with anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0, timeout=120) as claude:
+            message = claude.messages.create(model=DEFAULT_MODEL, max_tokens=48, extra_body={"temperature": 0},
+                                             messages=[{"role": "user", "content": prompt}])
+        usage = message.usage.model_dump()
+        # the ollama package drops fields it does not know (its models ignore extras): its raw JSON
+        answer = httpx.post(f"{url}/api/chat", timeout=120, json={
+            "model": DEFAULT_MODEL, "messages": [{"role": "user", "content": prompt}], "stream": False,
+            "options": {"temperature": 0, "num_predict": 48}})
+        answer.raise_for_status()
+        last = answer.json()
+        plain = chat(url, speculative=False)
+    for name, counts in (("responses", details), ("anthropic", usage), ("ollama", last)):
+        assert counts.get("accepted_prediction_tokens", 0) > 0, (name, counts)
+        assert counts["rejected_prediction_tokens"] >= 0, (name, counts)
+    assert response.usage.output_tokens == message.usage.output_tokens == last["eval_count"] == 48  # type: ignore[union-attr]
+    assert "completion_tokens_details" not in plain["usage"]

@@ -27,7 +27,7 @@ from botframework.chat.message import AssistantMessage, MessageDelta
 from botframework.errors import BusyError
 from botframework.scheduler.output import Usage
 from botframework.server.errors import to_api_error
-from botframework.server.sse import text_template
+from botframework.server.sse import prediction_details, text_template
 
 log = logging.getLogger("botframework.server")
 
@@ -97,7 +97,8 @@ def usage_json(usage: Usage | None, num_prompt_tokens: int = 0) -> dict[str, Any
         return {"input_tokens": num_prompt_tokens, "output_tokens": 0, "cache_creation_input_tokens": 0,
                 "cache_read_input_tokens": 0}
     return {"input_tokens": usage.prompt_tokens - usage.cached_tokens, "output_tokens": usage.completion_tokens,
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": usage.cached_tokens}
+            "cache_creation_input_tokens": 0, "cache_read_input_tokens": usage.cached_tokens,
+            **prediction_details(usage)}  # extension: speculative drafts, only when the request drafted
 
 
 def tool_input(arguments: str) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from botframework.server.errors import to_api_error
 from botframework.server.generation import collect, openai_finish_reason, record, tokenizer_call
 from botframework.server.routes.chat import _logprob_entry
 from botframework.server.runtime import Runtime
-from botframework.server.sse import SSE_HEADERS, EventStreamResponse, json_response, text_template
+from botframework.server.sse import SSE_HEADERS, EventStreamResponse, json_response, prediction_details, text_template
 
 NDJSON = "application/x-ndjson"
 
@@ -84,6 +84,7 @@ class Clock:
             "prompt_eval_duration": max(0, round((ttft_ms - timings.get("queue_ms", 0.0)) * 1e6)),
             "eval_count": usage.completion_tokens if usage else 0,
             "eval_duration": max(0, round((timings.get("total_ms", ttft_ms) - ttft_ms) * 1e6)),
+            **prediction_details(usage),  # extension: speculative drafts, only when the request drafted
         }
 
 

@@ -74,7 +74,7 @@ from botframework.server.generation import collect, get_runtime, record, start, 
 from botframework.server.routes.cancel import cancel as cancel_request
 from botframework.server.routes.sessions import delete_session
 from botframework.server.runtime import Runtime
-from botframework.server.sse import SSE_HEADERS, EventStreamResponse, json_response, sse
+from botframework.server.sse import SSE_HEADERS, EventStreamResponse, json_response, prediction_details, sse
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -154,7 +154,8 @@ class _Turn:
             "input_tokens": usage.prompt_tokens,
             "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": kept},
             "output_tokens": usage.completion_tokens,
-            "output_tokens_details": {"reasoning_tokens": min(reasoning_tokens, usage.completion_tokens)},
+            "output_tokens_details": {"reasoning_tokens": min(reasoning_tokens, usage.completion_tokens),
+                                      **prediction_details(usage)},  # extension: speculative drafts
             "total_tokens": usage.total_tokens}
         if usage.truncated_tokens:
             out["truncated_tokens"] = usage.truncated_tokens  # extension: dropped by truncation "auto"
