@@ -51,7 +51,7 @@ MAX_RETRY_WAIT_S = 30.0
 # LocalLLM's generation keywords -> the server's JSON names (logprobs is mapped per endpoint)
 _OPTIONS = {"max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty",
             "frequency_penalty", "seed", "stop", "logit_bias", "ignore_eos", "session_id", "priority",
-            "context_shift", "num_keep", "logprobs"}
+            "context_shift", "num_keep", "logprobs", "speculative"}
 _RENAMED = {"num_keep": "n_keep"}
 
 
@@ -183,9 +183,13 @@ def embeddings(data: Mapping[str, Any]) -> list[list[float]]:
 def usage_of(data: Mapping[str, Any] | None) -> Usage:
     data = data or {}
     details = data.get("prompt_tokens_details") or {}
+    drafts = data.get("completion_tokens_details") or {}  # a request that drafted (speculative decoding)
+    accepted = int(drafts.get("accepted_prediction_tokens", 0) or 0)
     return Usage(prompt_tokens=int(data.get("prompt_tokens", 0)),
                  completion_tokens=int(data.get("completion_tokens", 0)),
-                 cached_tokens=int(details.get("cached_tokens", 0) or 0))
+                 cached_tokens=int(details.get("cached_tokens", 0) or 0),
+                 draft_tokens=accepted + int(drafts.get("rejected_prediction_tokens", 0) or 0),
+                 accepted_draft_tokens=accepted)
 
 
 def _message(data: Mapping[str, Any]) -> AssistantMessage:

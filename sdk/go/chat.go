@@ -61,6 +61,9 @@ type ChatOptions struct {
 	Seed             *int64   // makes sampling reproducible
 	Stop             []string // stop before any of these strings
 	IgnoreEOS        bool     // keep generating past end-of-text tokens (benchmarks)
+	// Speculative asks for n-gram drafts (speculative decoding) for this request, or none;
+	// nil: the server's --draft. Usage's AcceptedPredictionTokens says how it went.
+	Speculative *bool
 
 	// Tools the model may call (chat only); their calls come back in Result.ToolCalls.
 	Tools []Tool
@@ -125,6 +128,10 @@ type Usage struct {
 	CompletionTokens int // tokens generated
 	TotalTokens      int // both
 	CachedTokens     int // prompt tokens the server did not compute again (prefix or session cache)
+	// Speculative decoding, for a request that drafted: draft tokens the model kept (they cost
+	// no decode step of their own) and draft tokens it rejected.
+	AcceptedPredictionTokens int
+	RejectedPredictionTokens int
 }
 
 // Result is a whole answer.
@@ -150,6 +157,10 @@ type usageJSON struct {
 	PromptTokensDetails *struct {
 		CachedTokens int `json:"cached_tokens"`
 	} `json:"prompt_tokens_details"`
+	CompletionTokensDetails *struct {
+		AcceptedPredictionTokens int `json:"accepted_prediction_tokens"`
+		RejectedPredictionTokens int `json:"rejected_prediction_tokens"`
+	} `json:"completion_tokens_details"`
 }
 
 func (u *usageJSON) usage() Usage {
@@ -159,6 +170,9 @@ func (u *usageJSON) usage() Usage {
 	out := Usage{PromptTokens: u.PromptTokens, CompletionTokens: u.CompletionTokens, TotalTokens: u.TotalTokens}
 	if u.PromptTokensDetails != nil {
 		out.CachedTokens = u.PromptTokensDetails.CachedTokens
+	}
+	if d := u.CompletionTokensDetails; d != nil {
+		out.AcceptedPredictionTokens, out.RejectedPredictionTokens = d.AcceptedPredictionTokens, d.RejectedPredictionTokens
 	}
 	return out
 }
@@ -177,6 +191,7 @@ type sampling struct {
 	Stop             []string `json:"stop,omitempty"`
 	IgnoreEOS        bool     `json:"ignore_eos,omitempty"`
 	SessionID        string   `json:"session_id,omitempty"`
+	Speculative      *bool    `json:"speculative,omitempty"`
 }
 
 type streamOptions struct {
@@ -206,7 +221,7 @@ type completionRequest struct {
 func (o *ChatOptions) sampling() sampling {
 	return sampling{MaxTokens: o.MaxTokens, Temperature: o.Temperature, TopP: o.TopP, TopK: o.TopK, MinP: o.MinP,
 		RepeatPenalty: o.RepeatPenalty, PresencePenalty: o.PresencePenalty, FrequencyPenalty: o.FrequencyPenalty,
-		Seed: o.Seed, Stop: o.Stop, IgnoreEOS: o.IgnoreEOS, SessionID: o.SessionID}
+		Seed: o.Seed, Stop: o.Stop, IgnoreEOS: o.IgnoreEOS, SessionID: o.SessionID, Speculative: o.Speculative}
 }
 
 func (c *Client) modelFor(opts *ChatOptions) string {

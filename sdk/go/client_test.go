@@ -99,7 +99,8 @@ func chatAnswer(text string) http.HandlerFunc {
 			"choices": []any{map[string]any{"index": 0, "message": map[string]any{"role": "assistant", "content": text},
 				"finish_reason": "stop"}},
 			"usage": map[string]any{"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5,
-				"prompt_tokens_details": map[string]any{"cached_tokens": 1}}})
+				"prompt_tokens_details":     map[string]any{"cached_tokens": 1},
+				"completion_tokens_details": map[string]any{"accepted_prediction_tokens": 1, "rejected_prediction_tokens": 4}}})
 	}
 }
 
@@ -232,16 +233,16 @@ func TestNewLoadsTheModelAndUsesItsID(t *testing.T) {
 		t.Fatalf("model id %q", c.Model())
 	}
 	res, err := c.Chat("hi", &ChatOptions{MaxTokens: 5, Temperature: Ptr(0.0), Seed: Ptr[int64](3), System: "be brief",
-		Extra: map[string]any{"overflow": "truncate", "max_tokens": 6}})
+		Speculative: Ptr(true), Extra: map[string]any{"overflow": "truncate", "max_tokens": 6}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Text != "hello" || res.Usage != (Usage{3, 2, 5, 1}) || res.ID != "chatcmpl-1" || res.FinishReason != "stop" {
+	if res.Text != "hello" || res.Usage != (Usage{3, 2, 5, 1, 1, 4}) || res.ID != "chatcmpl-1" || res.FinishReason != "stop" {
 		t.Fatalf("%+v", res)
 	}
 	body := f.calls("POST", "/v1/chat/completions")[0].Body
 	msgs := body["messages"].([]any)
-	if body["model"] != "My Model.Q4" || body["temperature"] != 0.0 || body["seed"] != 3.0 ||
+	if body["model"] != "My Model.Q4" || body["temperature"] != 0.0 || body["seed"] != 3.0 || body["speculative"] != true ||
 		body["overflow"] != "truncate" || body["max_tokens"] != 6.0 || len(msgs) != 2 ||
 		msgs[0].(map[string]any)["role"] != "system" {
 		t.Fatalf("request body %v", body)

@@ -170,6 +170,26 @@ func TestIntegrationChat(t *testing.T) {
 	}
 }
 
+func TestIntegrationSpeculative(t *testing.T) {
+	llm := server(t)
+	code := "def load_config(path):\n    with open(path) as f:\n        data = f.read()\n    config = {}\n" +
+		"    for line in data.splitlines():\n        key, value = line.split(\"=\", 1)\n" +
+		"        config[key.strip()] = value.strip()\n    return config\n"
+	prompt := "Repeat this code exactly:\n```python\n" + code + "```"
+	drafted, err := llm.Chat(prompt, &ChatOptions{MaxTokens: 48, Temperature: Ptr(0.0), Speculative: Ptr(true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := llm.Chat(prompt, &ChatOptions{MaxTokens: 48, Temperature: Ptr(0.0), Speculative: Ptr(false)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if drafted.Usage.AcceptedPredictionTokens <= 0 || plain.Usage.AcceptedPredictionTokens != 0 ||
+		plain.Usage.RejectedPredictionTokens != 0 {
+		t.Fatalf("drafted %+v, plain %+v", drafted.Usage, plain.Usage)
+	}
+}
+
 func TestIntegrationStream(t *testing.T) {
 	llm := server(t)
 	stream, err := llm.ChatStream("Count from one to five.", &ChatOptions{MaxTokens: 32})

@@ -153,6 +153,7 @@ def test_options_take_the_servers_names_and_unknown_ones_are_a_type_error() -> N
     assert "max_tokens" not in body and structured is None
     with pytest.raises(TypeError, match="temprature"):
         _base.chat_body("m", "hi", options={"temprature": 0})
+    assert _base.chat_body("m", "hi", options={"speculative": True})[0]["speculative"] is True
     schema = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}
     body, structured = _base.chat_body("m", "hi", schema=schema, options={})
     assert body["response_format"]["json_schema"]["schema"] == schema and structured is not None
@@ -168,3 +169,13 @@ def test_urls_and_model_specs(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) ->
     assert _base.model_spec("models/q.gguf") == str(tmp_path / "models" / "q.gguf")
     assert _base.model_spec("smollm2-135m-instruct") == "smollm2-135m-instruct"
     assert _base.load_path("/a b/q.gguf") == "/v1/models//a%20b/q.gguf/load"
+
+
+def test_usage_reads_cached_and_draft_tokens() -> None:
+    usage = _base.usage_of({"prompt_tokens": 9, "completion_tokens": 6, "prompt_tokens_details": {"cached_tokens": 4},
+                            "completion_tokens_details": {"accepted_prediction_tokens": 5,
+                                                          "rejected_prediction_tokens": 2}})
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) == (9, 6, 4)
+    assert (usage.draft_tokens, usage.accepted_draft_tokens) == (7, 5)  # LocalLLM's fields, the same meaning
+    plain = _base.usage_of({"prompt_tokens": 1, "completion_tokens": 1})
+    assert (plain.cached_tokens, plain.draft_tokens, plain.accepted_draft_tokens) == (0, 0, 0)

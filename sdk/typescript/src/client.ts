@@ -119,6 +119,7 @@ function samplingFields(options: SamplingOptions): Record<string, unknown> {
     stop: options.stop,
     logit_bias: options.logitBias,
     ignore_eos: options.ignoreEos,
+    speculative: options.speculative,
     priority: options.priority,
     context_shift: options.contextShift,
     n_keep: options.nKeep,

@@ -34,6 +34,7 @@ export type Starter = (signal: AbortSignal) => Promise<{ response: Response; cal
 export function usageOf(data: unknown): Usage {
   const u = isObject(data) ? data : {};
   const details = isObject(u["prompt_tokens_details"]) ? u["prompt_tokens_details"] : {};
+  const drafts = isObject(u["completion_tokens_details"]) ? u["completion_tokens_details"] : {};
   const num = (v: unknown) => (typeof v === "number" ? v : 0);
   const promptTokens = num(u["prompt_tokens"]);
   const completionTokens = num(u["completion_tokens"]);
@@ -42,6 +43,8 @@ export function usageOf(data: unknown): Usage {
     completionTokens,
     totalTokens: typeof u["total_tokens"] === "number" ? u["total_tokens"] : promptTokens + completionTokens,
     cachedTokens: num(details["cached_tokens"]),
+    acceptedPredictionTokens: num(drafts["accepted_prediction_tokens"]),
+    rejectedPredictionTokens: num(drafts["rejected_prediction_tokens"]),
   };
 }
 
@@ -282,7 +285,7 @@ export class ChatStream extends EventStream<ChatDelta> {
     const result: ChatResult = {
       text: this.text,
       finishReason: this.finishReason ?? "stop",
-      usage: this.usage ?? { promptTokens: 0, completionTokens: 0, totalTokens: 0, cachedTokens: 0 },
+      usage: this.usage ?? usageOf(undefined),
       toolCalls,
       id: this.id ?? "",
       model: this.model ?? "",
@@ -323,7 +326,7 @@ export class CompletionStream extends EventStream<CompletionDelta> {
     return {
       text: this.text,
       finishReason: this.finishReason ?? "stop",
-      usage: this.usage ?? { promptTokens: 0, completionTokens: 0, totalTokens: 0, cachedTokens: 0 },
+      usage: this.usage ?? usageOf(undefined),
       id: this.id ?? "",
       model: this.model ?? "",
     };

@@ -123,6 +123,9 @@ export interface SamplingOptions extends RequestOptions {
   logitBias?: Record<string, number>;
   /** Keep generating past end-of-generation tokens (benchmarks, tests). */
   ignoreEos?: boolean;
+  /** n-gram drafts (speculative decoding) for this request, or none; unset: the server's --draft.
+   * usage.acceptedPredictionTokens says how it went. */
+  speculative?: boolean;
   /** "interactive" (default), "completion" or "batch": who goes first when slots are scarce. */
   priority?: "interactive" | "completion" | "batch";
   /** At the context limit, drop old tokens and keep generating. */
@@ -173,6 +176,10 @@ export interface Usage {
   totalTokens: number;
   /** Prompt tokens the server found in its KV cache (not computed again). */
   cachedTokens: number;
+  /** Speculative decoding, for a request that drafted: draft tokens the model kept (no decode step of their own). */
+  acceptedPredictionTokens: number;
+  /** ...and draft tokens it rejected. */
+  rejectedPredictionTokens: number;
 }
 
 /** A tool call of an answer. */

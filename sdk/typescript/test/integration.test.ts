@@ -80,6 +80,18 @@ describe("against the shared server", () => {
     assert.deepEqual(res.message, { role: "assistant", content: res.text });
   });
 
+  it("speculative: drafts are counted in usage", async () => {
+    const code =
+      "def load_config(path):\n    with open(path) as f:\n        data = f.read()\n    config = {}\n" +
+      '    for line in data.splitlines():\n        key, value = line.split("=", 1)\n' +
+      "        config[key.strip()] = value.strip()\n    return config\n";
+    const prompt = "Repeat this code exactly:\n```python\n" + code + "```";
+    const drafted = await llm.chat(prompt, { maxTokens: 48, temperature: 0, speculative: true });
+    const plain = await llm.chat(prompt, { maxTokens: 48, temperature: 0, speculative: false });
+    assert.ok(drafted.usage.acceptedPredictionTokens > 0, JSON.stringify(drafted.usage));
+    assert.equal(plain.usage.acceptedPredictionTokens + plain.usage.rejectedPredictionTokens, 0);
+  });
+
   it("chat with messages and a system prompt", async () => {
     const res = await llm.chat(
       [

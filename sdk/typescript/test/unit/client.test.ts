@@ -11,7 +11,13 @@ const answer = (message: Record<string, unknown>, finish = "stop") => ({
   object: "chat.completion",
   model: "served",
   choices: [{ index: 0, message: { role: "assistant", ...message }, finish_reason: finish }],
-  usage: { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7, prompt_tokens_details: { cached_tokens: 4 } },
+  usage: {
+    prompt_tokens: 5,
+    completion_tokens: 2,
+    total_tokens: 7,
+    prompt_tokens_details: { cached_tokens: 4 },
+    completion_tokens_details: { accepted_prediction_tokens: 1, rejected_prediction_tokens: 3 },
+  },
 });
 
 describe("configuration", () => {
@@ -44,7 +50,7 @@ describe("Client with a fake server", () => {
     });
     const llm = await Client.connect({ model: "rel/x.gguf", baseURL: "http://h:1", fetch: fake.fetch, apiKey: "k" });
     assert.equal(llm.model, "served");
-    const res = await llm.chat("hi", { system: "be brief", maxTokens: 3, topK: 2, seed: 1, ignoreEos: true, extraBody: { min_p: 0.1 } });
+    const res = await llm.chat("hi", { system: "be brief", maxTokens: 3, topK: 2, seed: 1, ignoreEos: true, speculative: true, extraBody: { min_p: 0.1 } });
     assert.deepEqual(
       fake.requests.map((r) => `${r.method} ${r.url}`),
       ["GET http://h:1/health", `POST http://h:1${loadPath(resolve("rel/x.gguf"))}`, "POST http://h:1/v1/chat/completions"],
@@ -60,11 +66,19 @@ describe("Client with a fake server", () => {
       top_k: 2,
       seed: 1,
       ignore_eos: true,
+      speculative: true,
       min_p: 0.1,
     });
     assert.equal(res.text, "hello");
     assert.equal(res.id, "chatcmpl-9");
-    assert.deepEqual(res.usage, { promptTokens: 5, completionTokens: 2, totalTokens: 7, cachedTokens: 4 });
+    assert.deepEqual(res.usage, {
+      promptTokens: 5,
+      completionTokens: 2,
+      totalTokens: 7,
+      cachedTokens: 4,
+      acceptedPredictionTokens: 1,
+      rejectedPredictionTokens: 3,
+    });
     await llm.close();
   });
 

@@ -66,7 +66,14 @@ describe("ChatStream", () => {
       ["Grüße ", "🙂 from ", "日本", "", ""],
     );
     assert.equal(deltas[3]?.finishReason, "stop");
-    assert.deepEqual(deltas[4]?.usage, { promptTokens: 10, completionTokens: 4, totalTokens: 14, cachedTokens: 3 });
+    assert.deepEqual(deltas[4]?.usage, {
+      promptTokens: 10,
+      completionTokens: 4,
+      totalTokens: 14,
+      cachedTokens: 3,
+      acceptedPredictionTokens: 0,
+      rejectedPredictionTokens: 0,
+    });
     assert.equal(stream.id, "chatcmpl-1");
     assert.equal(stream.text, "Grüße 🙂 from 日本");
     assert.equal(stream.done, true);
