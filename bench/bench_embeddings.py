@@ -19,6 +19,8 @@ Both servers get the same threads and the same tokens per decode (512: ours pack
 many tokens of up to 256 inputs into one llama_decode; llama-server batches up to --parallel
 slots, default 256 too, into -b = -ub 512, which it needs for an embedding model). `--encoding base64` (the
 default) is what the openai package asks for; float sends JSON numbers both ways.
+Each pass starts after bench_serving's SETTLE_S (50 ms) of quiet: llama-server's OpenMP workers
+spin ~5 ms after its last decode, and a pass started at once paid for them.
 `--reference botframework` runs a second instance of ours in llama-server's place (an A/A
 run): how far from 1.0 two equal servers land on this machine.
 """
@@ -46,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_serving, build
 if importlib.util.find_spec("botframework") is None:
     sys.path.append(str(REPO_ROOT))
 
-from bench_serving import free_port, median_ci, running  # noqa: E402
+from bench_serving import SETTLE_S, free_port, median_ci, running  # noqa: E402
 from build_llama_tools import build_tools  # noqa: E402
 
 from botframework.config import default_threads  # noqa: E402
@@ -127,6 +129,7 @@ def bench(servers: dict[str, str], texts: list[str], rounds: int, encoding: str)
     for r in range(rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
             for result in results:
+                time.sleep(SETTLE_S)  # the other server's compute threads stop spinning first
                 result.rounds[name].append(run_mode(servers[name], result.mode, texts, encoding))
         line = ", ".join(f"{res.mode}: " + " / ".join(f"{res.rounds[n][-1]:.0f}" for n in names) for res in results)
         print(f"  round {r + 1}/{rounds} ({' / '.join(names)} inputs/s) {line}", flush=True)
