@@ -194,7 +194,10 @@ async def collect(http: HTTPRequest, first: Delta, deltas: DeltaStream) -> Colle
     """Gather a whole answer (runtime.stream's accumulator); if the client goes away
     meanwhile, cancel the request."""
     try:
-        out = await until_disconnected(http, collect_async(deltas, first))
+        if first.finish_reason is not None or first.error is not None:
+            out = await collect_async(deltas, first)  # already whole (max_tokens 1, an early stop): no wait
+        else:
+            out = await until_disconnected(http, collect_async(deltas, first))
     finally:
         await deltas.aclose()  # cancels the sequence if unfinished
     record(http, out.timings, out.usage)
