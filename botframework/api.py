@@ -105,7 +105,8 @@ class LocalLLM:
     Speculative decoding for requests that do not say: `draft` "ngram" (prompt lookup),
     "model" (the greedy tokens of `draft_model`, a smaller model with the same vocabulary:
     catalog name or .gguf path, loaded beside this one) or "none"; `draft_max` draft tokens per
-    step at most. Greedy output is the same with drafts as without.
+    step at most; `draft_by_cost` False drafts that many even where the measured step costs
+    say it does not pay. Greedy output is the same with drafts as without.
     """
 
     def __init__(self, model: str | os.PathLike[str] = DEFAULT_MODEL, *, n_ctx: int = 8192,
@@ -113,11 +114,13 @@ class LocalLLM:
                  n_threads_batch: int | None = None,
                  n_gpu_layers: int | str = "auto", pull: bool = True, chat_template: str | None = None,
                  flash_attn: str = "auto", hugepages: bool = True, rpc_servers: Sequence[str] = (),
-                 draft: str = "none", draft_model: str | os.PathLike[str] | None = None, draft_max: int = 8) -> None:
+                 draft: str = "none", draft_model: str | os.PathLike[str] | None = None, draft_max: int = 8,
+                 draft_by_cost: bool = True) -> None:
         config = WorkerConfig(n_ctx=n_ctx, num_slots=num_slots, n_threads=n_threads,
                               n_threads_batch=n_threads_batch, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn,
                               hugepages=hugepages, rpc_servers=tuple(rpc_servers), speculative=draft,
-                              draft_model=str(draft_model) if draft_model is not None else None, draft_max=draft_max)
+                              draft_model=str(draft_model) if draft_model is not None else None, draft_max=draft_max,
+                              draft_by_cost=draft_by_cost)
         self.handle = load_model(str(model), config, pull_missing=pull, progress=pull, chat_template=chat_template)
 
     @classmethod

@@ -166,6 +166,9 @@ class WorkerConfig:
     # speculative decoding for requests that do not say: "ngram" | "model" | "none" (SchedulerConfig)
     speculative: str = "none"
     draft_max: int = 8
+    # draft only what pays by measured step costs and acceptance (SchedulerConfig.draft_by_cost);
+    # False: always up to the drafter's own length
+    draft_by_cost: bool = True
     # a draft model's GGUF (same vocabulary, loaded by the same worker, its own context on the
     # engine thread): drafts for speculative="model", and for requests that ask when "none"
     draft_model: str | Path | None = None   # a GGUF path (load_model resolves a catalog name first)

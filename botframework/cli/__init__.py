@@ -67,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             stream_write_timeout_s=args.stream_write_timeout,
             sessions_dir=args.sessions_dir, processors=args.processor, trace_path=args.trace,
             trace_prompts=args.trace_prompts, draft=args.draft, draft_max=args.draft_max,
-            draft_model=args.draft_model)
+            draft_model=args.draft_model, draft_by_cost=args.draft_by_cost)
         settings.check_bind()
     except ValueError as exc:
         print(f"botframework: error: {exc}", file=sys.stderr)
@@ -230,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "tokens for the served model(s), in the same worker (a [[models]] table's draft_model "
                         "overrides it)")
     p.add_argument("--draft-max", type=int, metavar="N", help="draft tokens per sequence and step, at most (default 8)")
+    p.add_argument("--draft-always", dest="draft_by_cost", action="store_const", const=False,
+                   help="draft up to each drafter's own length even where it does not pay (by default only as "
+                        "many tokens as this machine's measured step costs and each sequence's acceptance "
+                        "make worth verifying)")
     p.add_argument("--models-dir", help="serve every .gguf file in this folder, each loaded on first use")
     p.add_argument("--memory-budget", type=int, metavar="MB",
                    help="memory for loaded models; the least recently used idle one unloads to make room "

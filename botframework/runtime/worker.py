@@ -149,7 +149,8 @@ class ModelWorker:
                             prefix_cache_bytes=config.prefix_cache_bytes,
                             speculative="none" if config.speculative == "model" and self.drafts is None
                             else config.speculative,
-                            draft_max=config.draft_max, can_draft=can_draft(self.model, self.name, config)),
+                            draft_max=config.draft_max, draft_by_cost=config.draft_by_cost,
+                            can_draft=can_draft(self.model, self.name, config)),
             eog_tokens=self.model.eog_tokens,
             sessions=SessionStore(config.session_ram_bytes, config.session_disk_bytes, config.session_dir),
             draft_source=self.drafts)

@@ -13,6 +13,12 @@
     update():    record(num_drafted, num_accepted) -> k grows on full acceptance, shrinks to
                  what was accepted + 1 on a rejection; a sequence whose drafts keep failing
                  pauses drafting for a number of steps that doubles each time (up to MAX_PAUSE)
+    the cost:    StepCost learns what a step of n tokens takes on this machine (every step's
+                 decode + sample time); profitable_drafts(acceptance, B, cost, limit) is the k
+                 that makes the most tokens per millisecond, 0 when no k beats not drafting.
+                 On 2 CPU cores a step of 2 tokens costs ~1.75 steps of 1 (SmolLM2-135M Q4_1:
+                 llama-bench pp1 180 t/s, pp2 206, pp4 295, pp8 390): a draft has to be
+                 accepted more often than ~70% before one more token is worth verifying.
 
 The n-gram index is incremental (a dict per n-gram size, one insert per new token and size), so a
 step costs a few dict look-ups per sequence however long its prompt is; the prompt is indexed
@@ -30,11 +36,95 @@ from typing import Protocol
 
 MAX_PAUSE = 64   # steps a sequence whose drafts fail skips drafting, at most
 MIN_ATTEMPTS = 8  # draft tokens tried before a low acceptance rate pauses drafting
+EXPLORE_EVERY = 16  # steps the costs keep a drafting sequence from drafting before it tries once more
+PRIOR_ACCEPTANCE = 0.8  # a new sequence's per-token acceptance estimate (worth PRIOR_WEIGHT observations)
+PRIOR_WEIGHT = 2.0
+ACCEPTANCE_DECAY = 0.9  # each verified proposal keeps this share of what the estimate knew
+
+
+class StepCost:
+    """Milliseconds a step of n tokens takes here: an average per token count (the recent
+    steps weigh most), read between the counts seen by straight lines. Unknown (None) until
+    steps of two different sizes have been seen. The first step of each size is not counted:
+    llama.cpp builds and allocates a graph for a new shape then (a first 2-token step took
+    18.8 ms against 7 ms for 1 token here, later ones ~10)."""
+
+    def __init__(self, smoothing: float = 0.2) -> None:
+        self.smoothing = smoothing
+        self._ms: dict[int, float] = {}
+        self._sizes: list[int] = []  # sorted keys of _ms
+        self._warm: set[int] = set()  # sizes seen once
+
+    def observe(self, num_tokens: int, ms: float) -> None:
+        if num_tokens <= 0 or ms <= 0:
+            return
+        n = _bucket(num_tokens)
+        if n not in self._warm:
+            self._warm.add(n)
+            return
+        old = self._ms.get(n)
+        if old is None:
+            self._ms[n] = ms
+            self._sizes = sorted(self._ms)
+        else:
+            self._ms[n] = old + self.smoothing * (ms - old)
+
+    def ms(self, num_tokens: int) -> float | None:
+        sizes = self._sizes
+        if len(sizes) < 2:
+            return None
+        n = _bucket(num_tokens)
+        known = self._ms.get(n)
+        if known is not None:
+            return known
+        # the two known sizes around n (or the two nearest on its side): a straight line
+        i = next((j for j, size in enumerate(sizes) if size > n), len(sizes))
+        lo, hi = (sizes[0], sizes[1]) if i == 0 else (sizes[-2], sizes[-1]) if i == len(sizes) else \
+            (sizes[i - 1], sizes[i])
+        slope = (self._ms[hi] - self._ms[lo]) / (hi - lo)
+        return max(1e-3, self._ms[lo] + slope * (n - lo))
+
+
+def _bucket(num_tokens: int) -> int:
+    """Exact up to 64 tokens (where drafts live), then 1/8 of a power of two."""
+    if num_tokens <= 64:
+        return num_tokens
+    step = 1 << (num_tokens.bit_length() - 4)
+    return (num_tokens // step) * step
+
+
+def profitable_drafts(acceptance: float, num_batch: int, cost: StepCost, limit: int) -> int:
+    """The number of draft tokens, up to limit, that makes this step yield the most tokens per
+    millisecond: a step of num_batch tokens (one per running sequence) yields num_batch; with
+    k drafts it costs a step of num_batch + k and yields, on average, acceptance + ... +
+    acceptance^k more (each draft token is kept only if those before it were). 0 when no k
+    beats none; `limit` as it is while the cost of steps is not known yet."""
+    base = cost.ms(num_batch)
+    if base is None or limit <= 0:
+        return max(0, limit)
+    best_k, best_rate = 0, num_batch / base
+    expected, power = 0.0, 1.0
+    for k in range(1, limit + 1):
+        power *= acceptance
+        expected += power
+        ms = cost.ms(num_batch + k)
+        if ms is not None and (num_batch + expected) / ms > best_rate:
+            best_k, best_rate = k, (num_batch + expected) / ms
+    return best_k
 
 
 class Drafter(Protocol):
     num_drafted: int
     num_accepted: int
+
+    @property
+    def acceptance(self) -> float:
+        """The estimated chance that a draft token is kept, given the ones before it were."""
+        ...
+
+    def explore(self, profitable: int, limit: int) -> int:
+        """The draft length to plan: what pays, now and then what fits (to measure again)."""
+        ...
 
     def propose(self, tokens: Sequence[int], limit: int) -> list[int]:
         """Up to `limit` draft tokens to follow `tokens` (prompt + output so far)."""
@@ -68,6 +158,29 @@ class _AdaptiveLength:
         self._recent_accepted = 0
         self.num_drafted = 0
         self.num_accepted = 0
+        # per-token acceptance (a draft token kept, given the ones before it were): accepted
+        # tokens / (accepted tokens + proposals cut by a rejection), recent ones weighing most
+        self._kept = PRIOR_ACCEPTANCE * PRIOR_WEIGHT
+        self._tried = PRIOR_WEIGHT
+        self.num_held_back = 0  # steps in a row the step costs allowed no draft (see explore)
+
+    @property
+    def acceptance(self) -> float:
+        return self._kept / self._tried
+
+    def explore(self, profitable: int, limit: int) -> int:
+        """The draft length to plan, given what pays (profitable) and what fits (limit): what
+        pays, except that every EXPLORE_EVERY-th step in a row where nothing would, the
+        drafter tries its own length once more, so that its acceptance and the cost of longer
+        steps are measured again (one bad measurement does not stop drafting for good)."""
+        if profitable > 0 or limit <= 0:
+            self.num_held_back = 0
+            return profitable
+        self.num_held_back += 1
+        if self.num_held_back < EXPLORE_EVERY:
+            return 0
+        self.num_held_back = 0
+        return limit
 
     def _take_turn(self) -> bool:
         """False (one step of a pause used up) when this step drafts nothing."""
@@ -80,6 +193,8 @@ class _AdaptiveLength:
         """The engine verified a proposal: num_accepted of num_drafted tokens matched."""
         self.num_drafted += num_drafted
         self.num_accepted += num_accepted
+        self._kept = self._kept * ACCEPTANCE_DECAY + num_accepted
+        self._tried = self._tried * ACCEPTANCE_DECAY + num_accepted + (num_accepted < num_drafted)
         self._recent_drafted += num_drafted
         self._recent_accepted += num_accepted
         if num_accepted == num_drafted:

@@ -32,7 +32,7 @@ from typing import Protocol
 
 from botframework.engine.step import PlanItem, StepPlan, StepResult
 from botframework.errors import BotframeworkError, BusyError, ContextLengthExceededError, GrammarError
-from botframework.scheduler.drafter import DraftSource, ModelDrafter, NgramDrafter
+from botframework.scheduler.drafter import DraftSource, ModelDrafter, NgramDrafter, StepCost, profitable_drafts
 from botframework.scheduler.kv_slots import KVSlots
 from botframework.scheduler.output import Delta, FinishReason, Usage
 from botframework.scheduler.prefix_store import PrefixStore
@@ -78,6 +78,10 @@ class SchedulerConfig:
     draft_max: int = 8
     ngram_max: int = 3
     ngram_min: int = 2
+    # Draft only as many tokens as pay, by this machine's measured step costs and each
+    # sequence's acceptance (drafter.profitable_drafts); False: always up to the drafter's own
+    # length (to study acceptance, or to test verification where drafting does not pay)
+    draft_by_cost: bool = True
     # False for a model whose memory cannot drop a sequence's last cells (recurrent and hybrid
     # models: llama_memory_seq_rm refuses a partial removal, so rejected drafts could not leave
     # the cache): nothing drafts then, whatever the request or `speculative` says
@@ -139,6 +143,7 @@ class Scheduler:
         self.num_generated_tokens = 0
         self.num_draft_tokens = 0            # draft tokens verified (speculative decoding)
         self.num_accepted_draft_tokens = 0   # ...and accepted
+        self.step_cost = StepCost()          # ms per step of n tokens here: how many drafts pay
 
     @property
     def slots(self) -> list[Slot]:
@@ -318,11 +323,18 @@ class Scheduler:
         return drafter.propose(seq.tokens, limit)
 
     def _draft_limit(self, seq: Sequence, budget: int, num_running: int) -> int:
-        if seq.num_discarded:
+        """What fits (see _drafts), and of that what pays: no more than the number of draft
+        tokens that makes the step yield the most tokens per millisecond at the sequence's
+        acceptance rate and this machine's step costs (drafter.profitable_drafts)."""
+        if seq.num_discarded or seq.drafter is None:
             return 0
-        return min(budget, seq.request.params.max_tokens - seq.num_generated - 1,
-                   self.config.num_ctx - 2 - seq.num_computed,
-                   self.config.num_ctx - self.kv.num_cells_used() - num_running)
+        limit = min(budget, seq.request.params.max_tokens - seq.num_generated - 1,
+                    self.config.num_ctx - 2 - seq.num_computed,
+                    self.config.num_ctx - self.kv.num_cells_used() - num_running)
+        if not self.config.draft_by_cost:
+            return limit
+        drafter = seq.drafter
+        return drafter.explore(profitable_drafts(drafter.acceptance, num_running, self.step_cost, limit), limit)
 
     def _model_drafts(self, source: DraftSource, running: list[Sequence], budget: int, num_running: int) -> None:
         """The draft model's tokens for every running sequence that drafts with it, in one pass
@@ -437,6 +449,7 @@ class Scheduler:
     # -- results ----------------------------------------------------------------------------
     def update(self, plan: StepPlan, result: StepResult) -> None:
         self.kv.complete_saves(result.saved_states)
+        self.step_cost.observe(result.num_tokens, result.decode_ms + result.sample_ms)
         now = self.clock()
         drafted = {item.request_id: item for item in plan.items if item.num_draft}
         consumed: dict[str, int] = {}  # drafted request id -> its tokens consumed so far

@@ -76,6 +76,8 @@ class ServerSettings:
     direct_stream: bool = True                 # running streams' chunks written by the engine thread (direct.py)
     draft: str = "none"                        # speculative decoding by default: "ngram" | "model" | "none"
     draft_max: int = 8                         # draft tokens per sequence and step, at most
+    draft_by_cost: bool = True                 # only as many drafts as pay (measured step costs and
+                                               # acceptance); False: always the drafter's own length
     draft_model: str | None = None             # a draft model (catalog name, .gguf path): every model's
                                                # unless its [[models]] table names its own draft_model
     log_level: str = "info"
@@ -133,6 +135,7 @@ class ServerSettings:
                             hugepages=self.hugepages, prefix_cache_bytes=self.prefix_cache_mb << 20,
                             session_ram_bytes=self.session_ram_mb << 20,
                             max_waiting=self.max_queue, draft_max=self.draft_max, draft_model=self.draft_model,
+                            draft_by_cost=self.draft_by_cost,
                             # a model without a draft model (only some [[models]] tables name
                             # one) does not draft by default under draft "model"
                             speculative="none" if self.draft == "model" and not self.draft_model else self.draft,
@@ -324,7 +327,7 @@ _MODEL_KEYS = {"name", "aliases", "source", "model", "path", "kind", "load", "ke
                "url", "urls", "api_key", "remote_model", "timeout_s",
                "n_ctx", "parallel", "threads", "threads_batch", "n_gpu_layers", "hugepages", "prefix_cache_mb",
                "session_ram_mb", "rpc", "draft_model"}
-_BOOLS = {"pull_missing", "allow_non_loopback", "hugepages", "direct_stream", "trace_prompts"}
+_BOOLS = {"pull_missing", "allow_non_loopback", "hugepages", "direct_stream", "trace_prompts", "draft_by_cost"}
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _INTS = {"port", "max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_choices", "max_logit_bias",
          "max_embedding_inputs", "num_slots", "n_ctx", "n_threads", "n_threads_batch",

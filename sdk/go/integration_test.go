@@ -37,7 +37,8 @@ func TestMain(m *testing.M) {
 		if sharedErr == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			shared, sharedErr = NewContext(ctx, testModel, WithServerCommand(serverBin), WithBaseURL(freePortURL()),
-				WithServerArgs("--parallel", "2", "--ctx-size", "8192"), WithServerOutput(&serverLog))
+				// --draft-always: a request that asks for drafts gets them, paying here or not (Speculative)
+				WithServerArgs("--parallel", "2", "--ctx-size", "8192", "--draft-always"), WithServerOutput(&serverLog))
 			cancel()
 		}
 	}

@@ -46,7 +46,8 @@ def streamed_usage(url: str, **extra: Any) -> dict[str, Any]:
 
 def test_drafted_and_accepted_in_usage() -> None:
     pulled(DEFAULT_MODEL)
-    with served(["--model", DEFAULT_MODEL, "--parallel", "2", "--ctx-size", "2048", "--log-level", "warning"]) \
+    with served(["--model", DEFAULT_MODEL, "--parallel", "2", "--ctx-size", "2048", "--log-level", "warning",
+                 "--draft-always"]) \
             as (url, _proc):
         plain = chat(url)
         drafted = chat(url, speculative=True)
@@ -66,7 +67,7 @@ def test_draft_model_server() -> None:
     """serve --draft model --draft-model SPEC: the catalog model drafting for itself, by default."""
     pulled(DEFAULT_MODEL)
     with served(["--model", DEFAULT_MODEL, "--parallel", "2", "--ctx-size", "2048", "--log-level", "warning",
-                 "--draft", "model", "--draft-model", DEFAULT_MODEL]) as (url, _proc):
+                 "--draft", "model", "--draft-model", DEFAULT_MODEL, "--draft-always"]) as (url, _proc):
         drafted = chat(url)
         plain = chat(url, speculative=False)
         details = drafted["usage"]["completion_tokens_details"]
@@ -91,7 +92,7 @@ def test_every_protocol_reports_drafts_with_draft_ngram() -> None:
     pulled(DEFAULT_MODEL)
     prompt = MESSAGES[0]["content"]
     with served(["--model", DEFAULT_MODEL, "--parallel", "2", "--ctx-size", "2048", "--log-level", "warning",
-                 "--draft", "ngram"]) as (url, _proc):
+                 "--draft", "ngram", "--draft-always"]) as (url, _proc):
         with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120) as client:
             response = client.responses.create(model=DEFAULT_MODEL, input=prompt, temperature=0, max_output_tokens=48)
         details = response.usage.output_tokens_details.model_dump()  # type: ignore[union-attr]

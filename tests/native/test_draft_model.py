@@ -69,7 +69,8 @@ def generate(model: Model, context: Context, drafts: DraftModel | None,
         drafts.reset()
     engine = Engine(model, context)
     s = Scheduler(SchedulerConfig(num_slots=4, num_ctx=N_CTX, speculative="model" if drafts else "none",
-                                  prefix_cache_bytes=0), eog_tokens=model.eog_tokens, draft_source=drafts)
+                                  prefix_cache_bytes=0, draft_by_cost=False),  # verification, paying or not
+                  eog_tokens=model.eog_tokens, draft_source=drafts)
     seqs = add_requests(s, model, requests)
     try:
         step = 0

@@ -12,6 +12,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from fake_engine import FakeEngine
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 
 from botframework.engine.detokenizer import IncrementalDetokenizer
 from botframework.engine.speculative import verify_drafts
-from botframework.scheduler.drafter import MAX_PAUSE, NgramDrafter
+from botframework.scheduler.drafter import MAX_PAUSE, NgramDrafter, StepCost, profitable_drafts
 from botframework.scheduler.output import Delta, FinishReason, RequestHandle
 from botframework.scheduler.scheduler import Scheduler, SchedulerConfig
 from botframework.scheduler.sequence import Request, Sequence
@@ -394,3 +395,99 @@ def test_random_workloads_same_output_with_drafts(requests: list, num_slots: int
         run(s, engine)
         outputs.append([(outcome(seq)[0], outcome(seq)[2]) for seq in seqs])
     assert outputs[0] == outputs[1]
+
+
+# -- what drafting costs and what it pays ---------------------------------------------------------
+# llama-bench pp1..pp16 of SmolLM2-135M Q4_1 on 2 cores: ms per step of n tokens
+PP_MS = {1: 5.57, 2: 9.7, 3: 11.2, 4: 13.6, 6: 16.5, 8: 20.5, 12: 28.2, 16: 35.6}
+
+
+def measured_cost() -> StepCost:
+    cost = StepCost()
+    for n, ms in [*PP_MS.items(), *PP_MS.items()]:  # the first step of a size is a warm-up, not counted
+        cost.observe(n, ms)
+    return cost
+
+
+def test_step_cost_is_unknown_until_two_sizes_then_read_between_them() -> None:
+    cost = StepCost(smoothing=0.5)
+    assert cost.ms(1) is None
+    cost.observe(1, 30.0)  # the first step of a size builds its graph: not counted
+    cost.observe(1, 6.0)
+    assert cost.ms(1) is None  # one size says nothing about another
+    cost.observe(61, 500.0)
+    assert cost.ms(1) is None
+    cost.observe(61, 126.0)
+    assert cost.ms(1) == 6.0 and cost.ms(31) == pytest.approx(66.0)  # between: a straight line
+    assert cost.ms(120) == pytest.approx(244.0)  # past the largest: the same line
+    cost.observe(1, 8.0)
+    assert cost.ms(1) == 7.0  # recent steps weigh most
+    cost.observe(0, 5.0)
+    cost.observe(3, 0.0)  # an empty step, or no time: ignored
+    assert cost.ms(3) == pytest.approx(7.0 + 2 * (126.0 - 7.0) / 60)
+
+
+def test_drafts_only_as_long_as_they_pay() -> None:
+    cost = measured_cost()
+    assert profitable_drafts(0.5, 1, cost, 8) == 0  # a second token costs 0.75 of a step
+    assert profitable_drafts(0.7, 1, cost, 8) == 2
+    assert profitable_drafts(0.95, 1, cost, 8) == 8  # a copied passage: the longest draft pays
+    assert profitable_drafts(0.95, 1, cost, 3) == 3  # never past what fits
+    assert profitable_drafts(0.95, 1, StepCost(), 5) == 5  # costs unknown yet: what fits
+    assert profitable_drafts(0.9, 1, cost, 0) == 0
+
+
+def test_acceptance_estimate_follows_the_recent_proposals() -> None:
+    d = NgramDrafter(draft_max=8)
+    assert d.acceptance == pytest.approx(0.8)  # the prior
+    for _ in range(20):
+        d.record(4, 0)  # every first draft token rejected
+    assert d.acceptance < 0.05
+    for _ in range(20):
+        d.record(4, 4)  # then whole drafts kept
+    assert d.acceptance > 0.95
+
+
+class DeviatingEngine(FakeEngine):
+    """A 'model' whose text repeats every 10 tokens with a slip every 4th: n-gram drafts are
+    found all the time, and about half their tokens are wrong."""
+
+    def next_token(self, history: list[int]) -> int:
+        n = len(history)
+        if n % 4 == 0:  # a slip every 4th token; the text repeats every 10: drafts copy slips to wrong places
+            return 40 + n % 7
+        return 1 + n % 10
+
+
+def test_a_scheduler_that_knows_its_step_costs_stops_drafting_what_does_not_pay() -> None:
+    """Drafts mostly wrong, on a machine where a second token costs most of a step: once the
+    scheduler has seen what steps cost and what the drafts earned, it plans few; without the
+    costs it keeps drafting (pausing only on total failures). The output is the same."""
+    results = []
+    for costs in (StepCost(), measured_cost()):
+        cfg = SchedulerConfig(num_slots=1, num_ctx=2048, max_batch_tokens=64, speculative="ngram")
+        s, engine = Scheduler(cfg, eog_tokens=frozenset()), DeviatingEngine(1, 64)
+        s.step_cost = costs
+        seq = make_seq(prompt(60), max_tokens=300)
+        s.add(seq)
+        run(s, engine)
+        results.append((outcome(seq), s.num_draft_tokens, s.num_accepted_draft_tokens))
+    (blind, blind_drafted, blind_kept), (costed, costed_drafted, costed_kept) = results
+    assert blind == costed  # greedy: the drafts change the speed, never the tokens
+    assert blind_kept < 0.6 * blind_drafted  # the drafts do not pay here...
+    assert costed_drafted < blind_drafted / 3  # ...and knowing the costs, the scheduler mostly stops
+
+
+def test_draft_by_cost_reaches_the_scheduler_from_the_command_line_env_and_config(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from botframework.server.settings import ServerSettings
+
+    assert ServerSettings().worker_config().draft_by_cost is True
+    assert ServerSettings().replace(draft_by_cost=False).worker_config().draft_by_cost is False  # --draft-always
+    assert ServerSettings().replace(draft_by_cost=None).worker_config().draft_by_cost is True  # flag not given
+    monkeypatch.setenv("BOTFRAMEWORK_DRAFT_BY_COST", "0")
+    assert ServerSettings.from_env().draft_by_cost is False
+    monkeypatch.delenv("BOTFRAMEWORK_DRAFT_BY_COST")
+    config = tmp_path / "server.toml"
+    config.write_text("draft_by_cost = false\n")
+    assert ServerSettings.from_env(config=config).draft_by_cost is False

@@ -104,7 +104,7 @@ let shared: Promise<TestServer> | undefined;
 
 /** The server most tests share (two slots), started on first use. */
 export function sharedServer(): Promise<TestServer> {
-  shared ??= startServer(["--parallel", "2"]);
+  shared ??= startServer(["--parallel", "2", "--draft-always"]); // a call that asks for drafts gets them
   return shared;
 }
 
