@@ -32,7 +32,14 @@ from typing import Protocol
 
 from botframework.engine.step import PlanItem, StepPlan, StepResult
 from botframework.errors import BotframeworkError, BusyError, ContextLengthExceededError, GrammarError
-from botframework.scheduler.drafter import DraftSource, ModelDrafter, NgramDrafter, StepCost, profitable_drafts
+from botframework.scheduler.drafter import (
+    Drafter,
+    DraftSource,
+    ModelDrafter,
+    NgramDrafter,
+    StepCost,
+    profitable_drafts,
+)
 from botframework.scheduler.kv_slots import KVSlots
 from botframework.scheduler.output import Delta, FinishReason, Usage
 from botframework.scheduler.prefix_store import PrefixStore
@@ -317,24 +324,29 @@ class Scheduler:
         drafter = seq.drafter
         if drafter is None:
             return []
-        limit = self._draft_limit(seq, budget, num_running)
-        if limit <= 0:
+        room = self._draft_room(seq, budget, num_running)
+        if room <= 0:
             return []
+        # a draft model's length was chosen when it drafted (_model_drafts): only cut to what fits now
+        limit = room if isinstance(drafter, ModelDrafter) else self._draft_length(drafter, room, num_running)
         return drafter.propose(seq.tokens, limit)
 
-    def _draft_limit(self, seq: Sequence, budget: int, num_running: int) -> int:
-        """What fits (see _drafts), and of that what pays: no more than the number of draft
-        tokens that makes the step yield the most tokens per millisecond at the sequence's
-        acceptance rate and this machine's step costs (drafter.profitable_drafts)."""
-        if seq.num_discarded or seq.drafter is None:
+    def _draft_room(self, seq: Sequence, budget: int, num_running: int) -> int:
+        """How many draft tokens fit (see _drafts)."""
+        if seq.num_discarded:
             return 0
-        limit = min(budget, seq.request.params.max_tokens - seq.num_generated - 1,
-                    self.config.num_ctx - 2 - seq.num_computed,
-                    self.config.num_ctx - self.kv.num_cells_used() - num_running)
+        return min(budget, seq.request.params.max_tokens - seq.num_generated - 1,
+                   self.config.num_ctx - 2 - seq.num_computed,
+                   self.config.num_ctx - self.kv.num_cells_used() - num_running)
+
+    def _draft_length(self, drafter: Drafter, room: int, num_running: int) -> int:
+        """Of what fits, what pays: no more than the number of draft tokens that makes the step
+        yield the most tokens per millisecond at the drafter's acceptance rate and this
+        machine's step costs (drafter.profitable_drafts). Decided once per sequence and step:
+        explore() counts the steps it held back."""
         if not self.config.draft_by_cost:
-            return limit
-        drafter = seq.drafter
-        return drafter.explore(profitable_drafts(drafter.acceptance, num_running, self.step_cost, limit), limit)
+            return room
+        return drafter.explore(profitable_drafts(drafter.acceptance, num_running, self.step_cost, room), room)
 
     def _model_drafts(self, source: DraftSource, running: list[Sequence], budget: int, num_running: int) -> None:
         """The draft model's tokens for every running sequence that drafts with it, in one pass
@@ -350,7 +362,7 @@ class Scheduler:
                 continue
             drafter.pending = []
             drafters.append((seq.seq_id, drafter))
-            k = drafter.reserve(self._draft_limit(seq, budget, num_running))
+            k = drafter.reserve(self._draft_length(drafter, self._draft_room(seq, budget, num_running), num_running))
             if k:
                 wanted[seq.seq_id] = (seq.tokens, k)
         if not wanted:

@@ -18,7 +18,7 @@ from test_speculative import CopyingEngine, check_cache, make_seq, outcome, prom
 
 from botframework.engine.draft_model import DraftModel
 from botframework.errors import KVCacheFullError
-from botframework.scheduler.drafter import ModelDrafter
+from botframework.scheduler.drafter import EXPLORE_EVERY, ModelDrafter
 from botframework.scheduler.scheduler import Scheduler, SchedulerConfig
 
 VOCAB = 1000
@@ -259,3 +259,18 @@ def test_sync_keeps_the_common_prefix() -> None:
     drafts.draft({0: ([*tokens, d1, 5], 1)})
     assert drafts.cached[0] == [*tokens, d1, 5] and drafts.context.num_decodes == decoded + 1
     check_drafts(drafts)
+
+
+def test_a_held_back_draft_model_still_explores_and_its_drafts_are_verified() -> None:
+    """Steps whose cost grows with every token (10 ms each: no draft can pay): the draft model
+    drafts only on the exploring steps (every EXPLORE_EVERY-th held back in a row), and what
+    it drafted then is verified in that step, not dropped by a second look at the costs."""
+    s, engine, drafts = make(same_model(CopyingEngine(1, 64)), num_slots=1)
+    assert drafts is not None
+    for n in [*range(1, 17), *range(1, 17)]:  # each size twice: the first is a warm-up, not counted
+        s.step_cost.observe(n, 10.0 * n)
+    seq = make_seq(prompt(), max_tokens=100)
+    s.add(seq)
+    run(s, engine, drafts)
+    assert s.num_draft_tokens > 0 and s.num_accepted_draft_tokens == s.num_draft_tokens
+    assert s.num_draft_tokens < 100 // EXPLORE_EVERY * 8 + 8  # only the exploring steps drafted
