@@ -84,8 +84,9 @@ def usage_json(usage: Usage | None) -> dict[str, Any] | None:
         "total_tokens": usage.total_tokens, "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}
     if usage.truncated_tokens:
         out["truncated_tokens"] = usage.truncated_tokens  # extension: dropped by overflow="truncate"
-    if usage.draft_tokens:
-        out["completion_tokens_details"] = prediction_details(usage)
+    drafts = prediction_details(usage)
+    if drafts:
+        out["completion_tokens_details"] = drafts
     return out
 
 
