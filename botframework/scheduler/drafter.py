@@ -31,6 +31,7 @@ rule exact (engine/speculative.py).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -78,9 +79,8 @@ class StepCost:
         if known is not None:
             return known
         # the two known sizes around n (or the two nearest on its side): a straight line
-        i = next((j for j, size in enumerate(sizes) if size > n), len(sizes))
-        lo, hi = (sizes[0], sizes[1]) if i == 0 else (sizes[-2], sizes[-1]) if i == len(sizes) else \
-            (sizes[i - 1], sizes[i])
+        i = min(max(bisect.bisect(sizes, n), 1), len(sizes) - 1)
+        lo, hi = sizes[i - 1], sizes[i]
         slope = (self._ms[hi] - self._ms[lo]) / (hi - lo)
         return max(1e-3, self._ms[lo] + slope * (n - lo))
 
