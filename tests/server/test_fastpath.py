@@ -40,20 +40,26 @@ CORPUS: list[tuple[str, bytes, dict[str, str]]] = [
 ]
 
 
-def test_the_short_dispatch_answers_as_the_full_app(run: Callable[..., Any]) -> None:
+def short_and_full(run: Callable[..., Any], requests: list[tuple[str, bytes, dict[str, str]]],
+                   max_body_bytes: int) -> tuple[list[tuple[int, Any]], list[tuple[int, Any]]]:
+    """Each (path, body, headers) POSTed to the app twice, on fresh fake runtimes: through the
+    short dispatch, then with CORS configured (FastRoutes steps aside: the full FastAPI stack).
+    The answers of each, comparable (_comparable)."""
     async def answers(**settings: Any) -> list[tuple[int, Any]]:
         out = []
-        async with serve_fake(FakeRuntime(), api_keys=("k",), max_body_bytes=4096, **settings) as client:
-            for _name, content, headers in CORPUS:
-                response = await client.post("/v1/embeddings", content=content, headers=headers)
-                try:
-                    out.append((response.status_code, response.json()))
-                except ValueError:
-                    out.append((response.status_code, response.text))
+        async with serve_fake(FakeRuntime(), api_keys=("k",), max_body_bytes=max_body_bytes, **settings) as client:
+            for path, content, headers in requests:
+                response = await client.post(path, content=content, headers=headers)
+                out.append(_comparable(response.status_code, response.headers.get("content-type", ""),
+                                       response.text))
         return out
 
-    short = run(answers())
-    full = run(answers(cors_origins=("http://example.test",)))
+    return run(answers()), run(answers(cors_origins=("http://example.test",)))
+
+
+def test_the_short_dispatch_answers_as_the_full_app(run: Callable[..., Any]) -> None:
+    short, full = short_and_full(run, [("/v1/embeddings", content, headers) for _, content, headers in CORPUS],
+                                 max_body_bytes=4096)
     for (name, _, _), a, b in zip(CORPUS, short, full, strict=True):
         assert a == b, name
     statuses = dict(zip([name for name, _, _ in CORPUS], [status for status, _ in short], strict=True))
@@ -136,20 +142,11 @@ def test_generation_routes_answer_as_the_full_app(run: Callable[..., Any], monke
         return await short_handle(self, request, *args)
 
     monkeypatch.setattr(FastRoutes, "_handle", counted)
-    async def answers(**settings: Any) -> list[tuple[int, Any]]:
-        out = []
-        async with serve_fake(FakeRuntime(), api_keys=("k",), max_body_bytes=16384, **settings) as client:
-            for _name, path, body, headers in GENERATION_CORPUS:
-                content = body if isinstance(body, bytes) else json.dumps(body).encode()
-                response = await client.post(path, content=content, headers=headers)
-                out.append(_comparable(response.status_code, response.headers.get("content-type", ""),
-                                       response.text))
-        return out
-
-    short = run(answers())
-    assert handled == [path for _, path, _, _ in GENERATION_CORPUS]  # every one took the short dispatch
-    full = run(answers(cors_origins=("http://example.test",)))
-    assert len(handled) == len(GENERATION_CORPUS)  # and none of these
+    requests = [(path, body if isinstance(body, bytes) else json.dumps(body).encode(), headers)
+                for _, path, body, headers in GENERATION_CORPUS]
+    short, full = short_and_full(run, requests, max_body_bytes=16384)
+    # every one took the short dispatch the first time, and none the second
+    assert handled == [path for _, path, _, _ in GENERATION_CORPUS]
     for (name, *_), a, b in zip(GENERATION_CORPUS, short, full, strict=True):
         assert a == b, name
     statuses = {name: status for (name, *_), (status, _) in zip(GENERATION_CORPUS, short, strict=True)}
