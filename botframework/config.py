@@ -38,6 +38,11 @@ def default_threads() -> tuple[int, int]:
 CELLS_PER_SLOT = 1024  # auto_slots: one slot per this many KV cells
 MIN_AUTO_SLOTS, MAX_AUTO_SLOTS = 2, 16
 CTX_STEP = 256         # fit_context rounds the context down to a multiple of this
+# The longest lone embedding input that ModelWorker.embed (the caller waits anyway) and a
+# server with no other request in flight compute on the caller's thread when the engine thread
+# is idle: a sentence-sized decode (all-MiniLM-L6-v2, 2 cores: ~2.7 ms for 19 tokens), not one
+# that holds the server's event loop for long.
+INLINE_EMBED_TOKENS = 64
 
 
 def auto_slots(n_ctx: int) -> int:

@@ -242,9 +242,9 @@ class ModelHandle:
         """One vector per text or token-id list (see ModelWorker.embed)."""
         return self.worker.embed(inputs)
 
-    def embed_submit(self, inputs: list[str] | list[list[int]]
+    def embed_submit(self, inputs: list[str] | list[list[int]], *, inline_tokens: int = 0
                      ) -> tuple[list[concurrent.futures.Future[np.ndarray]], int]:
-        return self.worker.embed_submit(inputs)
+        return self.worker.embed_submit(inputs, inline_tokens=inline_tokens)
 
     def close(self) -> None:
         self.templates.close()

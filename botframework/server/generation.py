@@ -16,9 +16,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import numpy as np
 from fastapi import Request as HTTPRequest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from botframework.config import INLINE_EMBED_TOKENS
 from botframework.errors import ModelLoadError
 from botframework.runtime.handle import CHOICE_SEP
 from botframework.runtime.registry import Registry
@@ -44,6 +46,25 @@ async def tokenizer_call(num_chars: int, fn: Callable[..., T], *args: Any, **kwa
     if num_chars <= INLINE_TOKENIZE_CHARS:
         return fn(*args, **kwargs)
     return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def embed_vectors(http: HTTPRequest, runtime: Runtime, inputs: list[str] | list[list[int]]
+                        ) -> tuple[list[np.ndarray], int]:
+    """The inputs' vectors and their number of tokens, for every embedding route: tokenized
+    here (tokenizer_call), computed on the model's engine thread, awaited as futures (one
+    wake-up of the loop, no worker thread in between). A lone input of a sentence's length
+    while no other request holds a model is computed on the loop itself when the engine is
+    idle (ModelWorker.embed_submit's inline_tokens): no thread hop there and back, and
+    nothing else is waiting for the loop meanwhile."""
+    alone = get_registry(http).num_in_flight <= 1
+    num_chars = sum(len(i) for i in inputs if isinstance(i, str))
+    futures, num_tokens = await tokenizer_call(num_chars, runtime.embed_submit, inputs,
+                                               inline_tokens=INLINE_EMBED_TOKENS if alone else 0)
+    if all(future.done() for future in futures):  # (wrap_future would still go round the loop once)
+        return [future.result() for future in futures], num_tokens
+    if len(futures) == 1:  # the common case, without gather's extra round through the loop
+        return [await asyncio.wrap_future(futures[0])], num_tokens
+    return list(await asyncio.gather(*(asyncio.wrap_future(future) for future in futures))), num_tokens
 
 
 LEASES = "botframework.leases"  # the ASGI scope's list of this request's model leases (released by ReleaseLeases)

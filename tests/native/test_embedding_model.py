@@ -255,3 +255,41 @@ def test_bad_inputs_are_invalid_requests(llm: object) -> None:
     with pytest.raises(InvalidRequestError, match="empty"):
         worker.embed([[]])
     assert len(worker.embed(["still serving"])[0]) == 384
+
+
+def test_a_lone_short_input_is_computed_on_the_callers_thread_when_the_engine_is_idle(llm: object) -> None:
+    """embed_submit(inline_tokens=N): done before it returns (no hop to the engine thread and
+    back) with the vector the engine thread computes; queued when the engine thread is busy or
+    the input is longer than N."""
+    import threading
+
+    from botframework import LocalLLM
+
+    assert isinstance(llm, LocalLLM)
+    worker = llm.worker
+    worker.embed(["the embedding context is made on the engine thread"])
+    sentence = SENTENCES[0]
+    inline, num_tokens = worker.embed_submit([sentence], inline_tokens=64)
+    assert inline[0].done() and num_tokens == len(llm.handle.tokenize(sentence, add_special=True))
+    queued, _ = worker.embed_submit([sentence])
+    assert _cosine(inline[0].result(), queued[0].result(timeout=30)) > 0.99999
+
+    long_one, _ = worker.embed_submit([sentence], inline_tokens=num_tokens - 1)
+    assert _cosine(long_one[0].result(timeout=30), queued[0].result()) > 0.99999
+
+    running, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # keeps the engine thread busy
+        running.set()
+        release.wait(30)
+
+    holder = threading.Thread(target=worker.call, args=(hold,))
+    holder.start()
+    try:
+        assert running.wait(30)
+        busy, _ = worker.embed_submit([sentence], inline_tokens=64)
+        assert not busy[0].done()  # queued behind the engine thread's work
+    finally:
+        release.set()
+        holder.join()
+    assert _cosine(busy[0].result(timeout=30), queued[0].result()) > 0.99999

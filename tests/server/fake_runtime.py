@@ -51,6 +51,7 @@ class FakeRuntime:
         self.seen_sessions: set[str] = set()
         self.chat_plans: list[tuple[list[dict[str, Any]], Any]] = []
         self.embedded: list[str] | list[list[int]] = []  # the last embed call's inputs
+        self.inline_tokens: int | None = None  # the last embed_submit's inline_tokens
 
     # tokens: 1 (BOS) + one per character, ids folded into the vocabulary
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = False) -> list[int]:
@@ -188,8 +189,9 @@ class FakeRuntime:
             vectors.append(vector / np.linalg.norm(vector))
         return vectors
 
-    def embed_submit(self, inputs: list[str] | list[list[int]]
+    def embed_submit(self, inputs: list[str] | list[list[int]], *, inline_tokens: int = 0
                      ) -> tuple[list[concurrent.futures.Future[np.ndarray]], int]:
+        self.inline_tokens = inline_tokens
         futures: list[concurrent.futures.Future[np.ndarray]] = []
         for vector in self.embed(inputs):
             future: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()

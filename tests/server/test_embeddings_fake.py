@@ -7,6 +7,7 @@ The real model over real sockets with the openai package is tests/e2e/test_serve
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 from fake_runtime import FakeRuntime, serve_fake
+
+from botframework.config import INLINE_EMBED_TOKENS
 
 URL = "/v1/embeddings"
 
@@ -111,4 +114,26 @@ def test_input_count_is_capped(run: Callable[..., object]) -> None:
             assert (await c.post(URL, json=body(input=["a"] * 3))).status_code == 200
             assert_error(await c.post(URL, json=body(input=["a"] * 4)), "input")
             assert_error(await c.post(URL, json=body(input=[[5]] * 4)), "input")
+    run(go())
+
+
+def test_a_lone_input_may_be_computed_inline_only_while_no_other_request_holds_a_model(
+        run: Callable[..., object]) -> None:
+    """Computing on the event loop is allowed (inline_tokens > 0) only when this request is the
+    one in flight: a chat answer being generated meanwhile keeps it on the engine thread."""
+    runtime = FakeRuntime(token_delay_s=0.02)
+
+    async def go() -> None:
+        async with serve_fake(runtime) as c:
+            assert (await c.post(URL, json=body(input="hello"))).status_code == 200
+            assert runtime.inline_tokens == INLINE_EMBED_TOKENS
+            chat = asyncio.create_task(c.post("/v1/chat/completions", json=body(
+                messages=[{"role": "user", "content": "hi"}])))
+            while not runtime.active:
+                await asyncio.sleep(0.005)
+            assert (await c.post("/api/embed", json=body(input="hello"))).status_code == 200  # Ollama's too
+            assert runtime.inline_tokens == 0
+            assert (await chat).status_code == 200
+            assert (await c.post(URL, json=body(input=["hello", "world"]))).status_code == 200
+            assert runtime.inline_tokens == INLINE_EMBED_TOKENS  # (the worker takes only a lone input)
     run(go())

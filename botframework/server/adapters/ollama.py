@@ -85,7 +85,7 @@ from botframework.server.adapters._ollama_protocol import (
 from botframework.server.adapters._ollama_stream import Answer, Clock, line, ndjson_response
 from botframework.server.auth import require_api_key
 from botframework.server.errors import APIError, to_api_error
-from botframework.server.generation import get_registry, get_runtime, new_id, start, tokenizer_call
+from botframework.server.generation import embed_vectors, get_registry, get_runtime, new_id, start, tokenizer_call
 from botframework.server.protocol import EmbeddingRequest
 from botframework.server.routes.embeddings import _shortened
 from botframework.server.runtime import Runtime
@@ -340,8 +340,7 @@ async def _vectors(http: HTTPRequest, model_id: str, keep_alive: float | None, t
     if not texts:
         return [], 0
     inputs = embedding_inputs(EmbeddingRequest(model=model_id, input=texts), http.app.state.settings, runtime)
-    futures, num_tokens = await tokenizer_call(sum(len(t) for t in texts), runtime.embed_submit, inputs)
-    return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))), num_tokens
+    return await embed_vectors(http, runtime, inputs)
 
 
 def _floats(vector: np.ndarray) -> list[float]:

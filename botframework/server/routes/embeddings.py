@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from typing import Any
 
@@ -19,7 +18,7 @@ from fastapi import Request as HTTPRequest
 
 from botframework.errors import InvalidRequestError
 from botframework.server.auth import require_api_key
-from botframework.server.generation import get_runtime, tokenizer_call
+from botframework.server.generation import embed_vectors, get_runtime
 from botframework.server.protocol import EmbeddingRequest
 from botframework.server.validation import embedding_inputs
 
@@ -29,15 +28,7 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 @router.post("/v1/embeddings", response_model=None)
 async def embeddings(body: EmbeddingRequest, http: HTTPRequest) -> Response:
     runtime = await get_runtime(http, body.model)
-    inputs = embedding_inputs(body, http.app.state.settings, runtime)
-    # tokenized here (on the loop when short: tokenizer_call), computed on the engine thread,
-    # awaited as futures: one wake-up of the loop per request, no worker thread in between
-    num_chars = sum(len(i) for i in inputs if isinstance(i, str))
-    futures, num_tokens = await tokenizer_call(num_chars, runtime.embed_submit, inputs)
-    if len(futures) == 1:  # the common case, without gather's extra round through the loop
-        vectors = [await asyncio.wrap_future(futures[0])]
-    else:
-        vectors = await asyncio.gather(*(asyncio.wrap_future(future) for future in futures))
+    vectors, num_tokens = await embed_vectors(http, runtime, embedding_inputs(body, http.app.state.settings, runtime))
     if body.dimensions is not None:
         vectors = [_shortened(v, body.dimensions) for v in vectors]
     data = []
