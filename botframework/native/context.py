@@ -21,6 +21,7 @@ from botframework.native._lib import ffi, lib
 from botframework.native._owned import NativeHandle
 from botframework.native._status import check_decode
 from botframework.native.batch import Batch
+from botframework.native.cores import CORES
 from botframework.native.kv_memory import KVMemory
 from botframework.native.model import Model
 
@@ -98,6 +99,7 @@ class Context(NativeHandle):
         self.n_ctx: int = lib().llama_n_ctx(handle)
         self.n_batch: int = lib().llama_n_batch(handle)
         self.n_ubatch: int = lib().llama_n_ubatch(handle)
+        self._threads = (params.n_threads, params.n_threads_batch)  # llama.cpp's for 1 token, for more
         self.n_seq_max: int = lib().llama_n_seq_max(handle)
         self._n_vocab = model.n_vocab
 
@@ -115,19 +117,23 @@ class Context(NativeHandle):
 
     def set_threads(self, n_threads: int, n_threads_batch: int) -> None:
         lib().llama_set_n_threads(self.handle, n_threads, n_threads_batch)
+        self._threads = (n_threads, n_threads_batch)
 
     def set_embeddings(self, enabled: bool) -> None:
         lib().llama_set_embeddings(self.handle, enabled)
 
     # -- compute ----------------------------------------------------------------------------
     def decode(self, batch: Batch) -> None:
-        """Run one llama_decode over the batch (the GIL is released while it runs)."""
+        """Run one llama_decode over the batch (the GIL is released while it runs), holding as
+        many of the process's cores as it runs threads (native/cores.py: another context's
+        decode that needs them waits meanwhile)."""
         handle = self.handle
         if batch.n_tokens == 0:
             return
         if batch.n_tokens > self.n_batch:
             raise InvalidRequestError(f"batch of {batch.n_tokens} tokens exceeds n_batch={self.n_batch}")
-        rc = lib().llama_decode(handle, batch.native())
+        with CORES.hold(max(self._threads) if batch.n_tokens > 1 else self._threads[0]):
+            rc = lib().llama_decode(handle, batch.native())
         if rc == -1:  # an invalid batch, refused before anything changed: a bad sequence id is ours
             batch.check_seq_ids(self.n_seq_max)
         check_decode(rc)

@@ -1,0 +1,73 @@
+"""The process's CPU cores as a budget that decodes take turns with.
+
+    Context.decode: with CORES.hold(threads of this decode): llama_decode
+
+Every thread that runs a decode has an OpenMP team of its own (ggml's CPU threads): each
+model's engine thread, and the event loop when it computes a short embedding itself. Two teams
+computing at once on more threads than there are cores stall each other at every barrier of
+their graphs: a thread waits, spinning, for one that is not running. libgomp guards against it
+only by spinning less once the process holds more OpenMP threads than CPUs, idle ones included,
+which made a lone chat model ~40% slower as soon as an embedding model had run beside it (on 2
+cores); with the spin that avoids that (OMP_WAIT_POLICY=active, native/_lib.py), two models
+decoding at once fell to ~40% of their combined tokens/s. So a decode takes as many cores as it
+runs threads (all of them at most) and waits while they are taken: on 2 cores two models'
+decodes alternate, each at full speed; on 16, two decodes of 8 threads run side by side.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (what libgomp counts as available)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class ComputeCores:
+    def __init__(self, total: int) -> None:
+        if total < 1:
+            raise ValueError("need at least one core")
+        self.total = total
+        self._free = total
+        self._cv = threading.Condition()
+        self._queue: collections.deque[object] = collections.deque()  # waiters, in order of arrival
+        self.num_waits = 0  # holds that had to wait for cores
+
+    @property
+    def free(self) -> int:
+        return self._free
+
+    @contextlib.contextmanager
+    def hold(self, threads: int) -> Iterator[None]:
+        """Take min(threads, total) cores for the block; while they are not free, or others
+        wait already, wait in line (first come, first served: a thread that decodes again
+        right after its decode does not overtake one that waits)."""
+        need = max(1, min(threads, self.total))
+        with self._cv:
+            if self._queue or self._free < need:
+                self.num_waits += 1
+                ticket = object()
+                self._queue.append(ticket)
+                while self._queue[0] is not ticket or self._free < need:
+                    self._cv.wait()
+                self._queue.popleft()
+                if self._queue:  # the next in line may fit beside this one
+                    self._cv.notify_all()
+            self._free -= need
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._free += need
+                self._cv.notify_all()
+
+
+CORES = ComputeCores(usable_cpus())

@@ -1,0 +1,90 @@
+"""ComputeCores (botframework/native/cores.py): decodes take turns with the process's cores."""
+
+from __future__ import annotations
+
+import threading
+
+from botframework.native.cores import ComputeCores
+
+
+def _holder(cores: ComputeCores, threads: int, log: list[str], name: str, started: threading.Event | None = None,
+            release: threading.Event | None = None) -> threading.Thread:
+    def run() -> None:
+        with cores.hold(threads):
+            log.append(f"{name}+")
+            if started is not None:
+                started.set()
+            if release is not None:
+                assert release.wait(10)
+            log.append(f"{name}-")
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _wait_for_waiters(cores: ComputeCores, count: int) -> None:
+    for _ in range(1000):
+        with cores._cv:
+            if len(cores._queue) >= count:
+                return
+        threading.Event().wait(0.005)
+    raise AssertionError(f"{count} waiters never queued")
+
+
+def test_a_decode_that_needs_every_core_waits_for_the_one_holding_them() -> None:
+    cores = ComputeCores(2)
+    log: list[str] = []
+    started, release = threading.Event(), threading.Event()
+    first = _holder(cores, 2, log, "a", started, release)
+    assert started.wait(10)
+    second = _holder(cores, 2, log, "b")
+    _wait_for_waiters(cores, 1)
+    assert log == ["a+"] and cores.free == 0 and cores.num_waits == 1
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert log == ["a+", "a-", "b+", "b-"] and cores.free == 2
+
+
+def test_decodes_whose_threads_fit_run_side_by_side_and_more_threads_than_cores_take_them_all() -> None:
+    cores = ComputeCores(4)
+    log: list[str] = []
+    a_in, b_in, release = threading.Event(), threading.Event(), threading.Event()
+    a = _holder(cores, 2, log, "a", a_in, release)
+    b = _holder(cores, 2, log, "b", b_in, release)
+    assert a_in.wait(10) and b_in.wait(10)  # both inside at once
+    assert cores.free == 0 and cores.num_waits == 0
+    release.set()
+    a.join(10)
+    b.join(10)
+    with cores.hold(64):  # capped at the 4 there are
+        assert cores.free == 0
+    assert cores.free == 4
+
+
+def test_waiters_are_served_in_order_of_arrival() -> None:
+    """A thread that comes back for the cores does not overtake one already waiting."""
+    cores = ComputeCores(2)
+    log: list[str] = []
+    started, release = threading.Event(), threading.Event()
+    first = _holder(cores, 2, log, "a", started, release)
+    assert started.wait(10)
+    waiters = []
+    for i, name in enumerate(("b", "c", "d")):
+        waiters.append(_holder(cores, 2, log, name))
+        _wait_for_waiters(cores, i + 1)
+    release.set()
+    for thread in (first, *waiters):
+        thread.join(10)
+    assert log == ["a+", "a-", "b+", "b-", "c+", "c-", "d+", "d-"]
+    assert cores.free == 2 and not cores._queue
+
+
+def test_the_cores_come_back_when_the_block_raises() -> None:
+    cores = ComputeCores(2)
+    try:
+        with cores.hold(2):
+            raise RuntimeError("llama_decode failed")
+    except RuntimeError:
+        pass
+    assert cores.free == 2
