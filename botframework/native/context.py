@@ -100,6 +100,8 @@ class Context(NativeHandle):
         self.n_batch: int = lib().llama_n_batch(handle)
         self.n_ubatch: int = lib().llama_n_ubatch(handle)
         self._threads = (params.n_threads, params.n_threads_batch)  # llama.cpp's for 1 token, for more
+        offloaded = int(model.placement.get("n_gpu_layers", 0) or 0)
+        self._on_device = offloaded < 0 or offloaded >= model.num_layers > 0  # every layer on a GPU
         self.n_seq_max: int = lib().llama_n_seq_max(handle)
         self._n_vocab = model.n_vocab
 
@@ -119,6 +121,14 @@ class Context(NativeHandle):
         lib().llama_set_n_threads(self.handle, n_threads, n_threads_batch)
         self._threads = (n_threads, n_threads_batch)
 
+    def cores_for(self, n_tokens: int) -> int:
+        """The cores a decode of n_tokens keeps busy: llama.cpp's threads for it (n_threads for
+        one token; for more, n_threads_batch, or n_threads for a last ubatch of one), or one
+        when every layer runs on a GPU."""
+        if self._on_device:
+            return 1
+        return max(self._threads) if n_tokens > 1 else self._threads[0]
+
     def set_embeddings(self, enabled: bool) -> None:
         lib().llama_set_embeddings(self.handle, enabled)
 
@@ -132,7 +142,7 @@ class Context(NativeHandle):
             return
         if batch.n_tokens > self.n_batch:
             raise InvalidRequestError(f"batch of {batch.n_tokens} tokens exceeds n_batch={self.n_batch}")
-        with CORES.hold(max(self._threads) if batch.n_tokens > 1 else self._threads[0]):
+        with CORES.hold(self.cores_for(batch.n_tokens)):
             rc = lib().llama_decode(handle, batch.native())
         if rc == -1:  # an invalid batch, refused before anything changed: a bad sequence id is ours
             batch.check_seq_ids(self.n_seq_max)

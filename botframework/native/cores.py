@@ -11,7 +11,8 @@ which made a lone chat model ~40% slower as soon as an embedding model had run b
 cores); with the spin that avoids that (OMP_WAIT_POLICY=active, native/_lib.py), two models
 decoding at once fell to ~40% of their combined tokens/s. So a decode takes as many cores as it
 runs threads (all of them at most) and waits while they are taken: on 2 cores two models'
-decodes alternate, each at full speed; on 16, two decodes of 8 threads run side by side.
+decodes alternate, each at full speed; on 16, two decodes of 8 threads run side by side. A
+model with every layer on a GPU takes one core (its CPU threads mostly wait for the device).
 """
 
 from __future__ import annotations
@@ -40,34 +41,57 @@ class ComputeCores:
         self._cv = threading.Condition()
         self._queue: collections.deque[object] = collections.deque()  # waiters, in order of arrival
         self.num_waits = 0  # holds that had to wait for cores
+        self._local = threading.local()  # .held: the cores this thread holds
 
     @property
     def free(self) -> int:
         return self._free
 
     @contextlib.contextmanager
-    def hold(self, threads: int) -> Iterator[None]:
-        """Take min(threads, total) cores for the block; while they are not free, or others
-        wait already, wait in line (first come, first served: a thread that decodes again
-        right after its decode does not overtake one that waits)."""
+    def hold(self, threads: int, *, wait: bool = True) -> Iterator[bool]:
+        """Take min(threads, total) cores for the block and yield True; while they are not
+        free, or others wait already, wait in line (first come, first served: a thread that
+        decodes again right after its decode does not overtake one that waits). wait=False:
+        yield False at once instead of waiting. A thread that holds cores already (an outer
+        hold) passes through."""
+        if getattr(self._local, "held", 0):
+            yield True
+            return
         need = max(1, min(threads, self.total))
-        with self._cv:
-            if self._queue or self._free < need:
-                self.num_waits += 1
-                ticket = object()
-                self._queue.append(ticket)
-                while self._queue[0] is not ticket or self._free < need:
-                    self._cv.wait()
-                self._queue.popleft()
-                if self._queue:  # the next in line may fit beside this one
-                    self._cv.notify_all()
-            self._free -= need
+        if not self._acquire(need, wait):
+            yield False
+            return
+        self._local.held = need
         try:
-            yield
+            yield True
         finally:
+            self._local.held = 0
             with self._cv:
                 self._free += need
                 self._cv.notify_all()
+
+    def _acquire(self, need: int, wait: bool) -> bool:
+        with self._cv:
+            if not self._queue and self._free >= need:
+                self._free -= need
+                return True
+            if not wait:
+                return False
+            self.num_waits += 1
+            ticket = object()
+            self._queue.append(ticket)
+            try:
+                while self._queue[0] is not ticket or self._free < need:
+                    self._cv.wait()
+            except BaseException:  # (an interrupt while waiting) the line must not stop at this ticket
+                self._queue.remove(ticket)
+                self._cv.notify_all()
+                raise
+            self._queue.popleft()
+            if self._queue:  # the next in line may fit beside this one
+                self._cv.notify_all()
+            self._free -= need
+            return True
 
 
 CORES = ComputeCores(usable_cpus())

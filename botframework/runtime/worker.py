@@ -46,6 +46,7 @@ from botframework.engine.step import StepPlan, StepResult
 from botframework.errors import BotframeworkError, ClosedError, InvalidRequestError, ModelLoadError, NativeError
 from botframework.native.batch import Batch
 from botframework.native.context import Context, ContextParams
+from botframework.native.cores import CORES
 from botframework.native.model import Model, ModelParams
 from botframework.scheduler.output import Delta, FinishReason, RequestHandle, batched
 from botframework.scheduler.scheduler import Scheduler, SchedulerConfig
@@ -296,18 +297,24 @@ class ModelWorker:
 
     def _embed_inline(self, job: _EmbedJob) -> bool:
         """Compute one input on the calling thread, if the engine thread is idle (waiting for
-        work, none queued) and the embedding context exists and batches whole inputs: the
-        engine thread waits on the lock held here meanwhile, as it would behind a command.
-        Saves the hop to the engine thread and back (two thread wake-ups, two hand-overs of
-        the GIL: ~0.2 ms of a ~3.5 ms one-sentence request on 2 cores). False: not done,
-        queue it."""
+        work, none queued), the cores are free at once (native/cores.py) and the embedding
+        context exists and batches whole inputs: the engine thread waits on the lock held
+        here meanwhile, as it would behind a command. Saves the hop to the engine thread and
+        back (two thread wake-ups, two hand-overs of the GIL: ~0.2 ms of a ~3.5 ms
+        one-sentence request on 2 cores). False: not done, queue it."""
         with self._cv:
             ctx = self._embed_context
             if (not self._idle or self._commands or self._embed_jobs or self._closing or ctx is None
                     or ctx.causal_attn):
                 return False
-            self._embed_jobs.append(job)
-            self._embed_turn()
+            # the cores now or not at all: never wait here behind another model's decode (the
+            # caller may be the event loop); the most the turn may use (see _embed_batch)
+            with CORES.hold(max(ctx.cores_for(len(job.tokens)), self.n_threads, self.n_threads_batch),
+                            wait=False) as held:
+                if not held:
+                    return False
+                self._embed_jobs.append(job)
+                self._embed_turn()
         return True
 
     def close(self) -> None:

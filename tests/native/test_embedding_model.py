@@ -267,7 +267,11 @@ def test_a_lone_short_input_is_computed_on_the_callers_thread_when_the_engine_is
 
     assert isinstance(llm, LocalLLM)
     worker = llm.worker
-    worker.embed(["the embedding context is made on the engine thread"])
+    worker.embed(["the embedding context is made", "on the engine thread"])
+    for _ in range(1000):  # its result is set before the engine thread is back waiting for work
+        if worker._idle:
+            break
+        threading.Event().wait(0.005)
     sentence = SENTENCES[0]
     inline, num_tokens = worker.embed_submit([sentence], inline_tokens=64)
     assert inline[0].done() and num_tokens == len(llm.handle.tokenize(sentence, add_special=True))

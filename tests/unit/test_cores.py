@@ -88,3 +88,53 @@ def test_the_cores_come_back_when_the_block_raises() -> None:
     except RuntimeError:
         pass
     assert cores.free == 2
+
+
+def test_without_waiting_a_hold_that_would_wait_yields_false_and_takes_nothing() -> None:
+    cores = ComputeCores(2)
+    log: list[str] = []
+    started, release = threading.Event(), threading.Event()
+    holder = _holder(cores, 1, log, "a", started, release)
+    assert started.wait(10)
+    with cores.hold(2, wait=False) as held:
+        assert held is False and cores.free == 1
+    with cores.hold(1, wait=False) as held:  # one is free
+        assert held is True and cores.free == 0
+    release.set()
+    holder.join(10)
+    assert cores.free == 2 and cores.num_waits == 0
+
+
+def test_a_thread_that_holds_cores_passes_through_an_inner_hold() -> None:
+    """An inline embedding holds the cores around its turn; the decode inside must not wait
+    for the cores its own thread holds."""
+    cores = ComputeCores(2)
+    with cores.hold(2) as outer:
+        with cores.hold(2) as inner:
+            assert outer and inner and cores.free == 0
+        assert cores.free == 0
+    assert cores.free == 2
+
+
+def test_a_waiter_interrupted_while_waiting_leaves_the_line() -> None:
+    cores = ComputeCores(2)
+    log: list[str] = []
+    started, release = threading.Event(), threading.Event()
+    holder = _holder(cores, 2, log, "a", started, release)
+    assert started.wait(10)
+
+    def interrupted(timeout: float | None = None) -> bool:
+        raise KeyboardInterrupt
+
+    cores._cv.wait = interrupted  # type: ignore[method-assign]
+    try:
+        with cores.hold(2):
+            raise AssertionError("got cores that were taken")
+    except KeyboardInterrupt:
+        pass
+    del cores._cv.wait
+    assert not cores._queue
+    release.set()
+    holder.join(10)
+    with cores.hold(2, wait=False) as held:  # the line did not stop at the interrupted ticket
+        assert held
