@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,7 +32,7 @@ class FakeRuntime:
                  json_reply: str = "{}",
                  n_ctx: int = 512, n_vocab: int = 1000, token_delay_s: float = 0.0,
                  submit_error: BotframeworkError | None = None, error_after: int | None = None,
-                 error_suffix: str = "") -> None:
+                 error_suffix: str = "", embed_delay_s: float = 0.0) -> None:
         self.model_id = model_id
         self.created = int(time.time())
         self.n_ctx = n_ctx
@@ -52,6 +53,7 @@ class FakeRuntime:
         self.chat_plans: list[tuple[list[dict[str, Any]], Any]] = []
         self.embedded: list[str] | list[list[int]] = []  # the last embed call's inputs
         self.inline_tokens: int | None = None  # the last embed_submit's inline_tokens
+        self.embed_delay_s = embed_delay_s  # > 0: embed_submit's futures complete later, on another thread
 
     # tokens: 1 (BOS) + one per character, ids folded into the vocabulary
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = False) -> list[int]:
@@ -195,7 +197,10 @@ class FakeRuntime:
         futures: list[concurrent.futures.Future[np.ndarray]] = []
         for vector in self.embed(inputs):
             future: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()
-            future.set_result(vector)
+            if self.embed_delay_s > 0:  # like the engine thread's: not done yet when submit returns
+                threading.Timer(self.embed_delay_s, future.set_result, (vector,)).start()
+            else:
+                future.set_result(vector)
             futures.append(future)
         num_tokens = sum(len(self.tokenize(i, add_special=True)) if isinstance(i, str) else len(i) for i in inputs)
         return futures, num_tokens

@@ -137,3 +137,18 @@ def test_a_lone_input_may_be_computed_inline_only_while_no_other_request_holds_a
             assert (await c.post(URL, json=body(input=["hello", "world"]))).status_code == 200
             assert runtime.inline_tokens == INLINE_EMBED_TOKENS  # (the worker takes only a lone input)
     run(go())
+
+
+def test_vectors_that_arrive_later_are_awaited_in_order(run: Callable[..., object]) -> None:
+    """The engine thread's futures are not done when embed_submit returns: one awaited alone,
+    several gathered, the same vectors in the same order as when they are done at once."""
+    now, later = FakeRuntime(), FakeRuntime(embed_delay_s=0.02)
+
+    async def go() -> None:
+        async with serve_fake(now) as a, serve_fake(later) as b:
+            for value in ("hello", ["hello", "world!", "third"]):
+                first, second = await a.post(URL, json=body(input=value)), await b.post(URL, json=body(input=value))
+                assert first.status_code == second.status_code == 200
+                for x, y in zip(vectors(first), vectors(second), strict=True):
+                    np.testing.assert_array_equal(x, y)
+    run(go())
