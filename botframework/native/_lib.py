@@ -32,8 +32,8 @@ from botframework.errors import BotframeworkError
 # beside the engine thread's decodes, are already more threads than 2 cores: at 100 spins
 # (~2 us) a thread sleeps at nearly every barrier inside a graph (33 context switches per
 # one-sentence embedding against 5; ~0.6 ms more per request here). At 1,000 it spins through
-# most of them. Spinning longer is safe only because two decodes never run on more threads than
-# there are cores at once (native/cores.py): two teams that did spun waiting for each other
+# most of them. Spinning longer is safe only because two token steps never run on more threads
+# than there are cores at once (native/cores.py): two teams that did spun waiting for each other
 # (two models decoding at once fell to ~40% of their tokens/s). Set OMP_WAIT_POLICY to override.
 DEFAULT_GOMP_SPINCOUNT = "3000"
 _set_env = {name: value for name, value in (("GOMP_SPINCOUNT", DEFAULT_GOMP_SPINCOUNT),

@@ -21,7 +21,7 @@ from botframework.native._lib import ffi, lib
 from botframework.native._owned import NativeHandle
 from botframework.native._status import check_decode
 from botframework.native.batch import Batch
-from botframework.native.cores import CORES
+from botframework.native.cores import CORES, TAKE_TURNS_TOKENS
 from botframework.native.kv_memory import KVMemory
 from botframework.native.model import Model
 
@@ -142,7 +142,10 @@ class Context(NativeHandle):
             return
         if batch.n_tokens > self.n_batch:
             raise InvalidRequestError(f"batch of {batch.n_tokens} tokens exceeds n_batch={self.n_batch}")
-        with CORES.hold(self.cores_for(batch.n_tokens)):
+        if batch.n_tokens <= TAKE_TURNS_TOKENS:
+            with CORES.hold(self.cores_for(batch.n_tokens)):
+                rc = lib().llama_decode(handle, batch.native())
+        else:  # a prompt step: shares the cores with the others' (see native/cores.py)
             rc = lib().llama_decode(handle, batch.native())
         if rc == -1:  # an invalid batch, refused before anything changed: a bad sequence id is ours
             batch.check_seq_ids(self.n_seq_max)

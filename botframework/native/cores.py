@@ -13,6 +13,13 @@ decoding at once fell to ~40% of their combined tokens/s. So a decode takes as m
 runs threads (all of them at most) and waits while they are taken: on 2 cores two models'
 decodes alternate, each at full speed; on 16, two decodes of 8 threads run side by side. A
 model with every layer on a GPU takes one core (its CPU threads mostly wait for the device).
+
+Only decodes of up to TAKE_TURNS_TOKENS tokens take turns (the token steps of running streams,
+drafts, a sentence to embed). A prompt step longer than that neither waits nor holds: had it
+taken its turn, another model's stream would get one token per prompt step (gaps of 0.7-3.4 s
+beside a 1,500-word prompt on 2 cores, SmolLM2 twice); sharing the cores, that stream's
+largest gap was 41-47 ms (its 300 tokens took 7.5-8.1 s against 3.5 s before any of this,
+when it was the prompt that slowed down instead).
 """
 
 from __future__ import annotations
@@ -95,3 +102,4 @@ class ComputeCores:
 
 
 CORES = ComputeCores(usable_cpus())
+TAKE_TURNS_TOKENS = 64  # decodes of at most this many tokens take turns; longer ones do not wait
