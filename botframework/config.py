@@ -17,15 +17,20 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from botframework.trace import TraceWriter
 
-__all__ = ["WorkerConfig", "auto_slots", "default_threads", "fit_context", "kv_bytes_per_cell"]
+__all__ = ["WorkerConfig", "auto_slots", "default_threads", "fit_context", "kv_bytes_per_cell", "usable_cpus"]
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: what libgomp counts as available)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def default_threads() -> tuple[int, int]:
     """(decode threads, prompt threads): physical cores for decode, all usable CPUs for prompt."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        usable = os.cpu_count() or 1
+    usable = usable_cpus()
     try:
         import psutil
 

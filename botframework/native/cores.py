@@ -26,17 +26,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import os
 import threading
 from collections.abc import Iterator
 
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (what libgomp counts as available)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+from botframework.config import usable_cpus
 
 
 class ComputeCores:
