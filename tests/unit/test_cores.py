@@ -22,6 +22,14 @@ def _holder(cores: ComputeCores, threads: int, log: list[str], name: str, starte
     return thread
 
 
+def _held_by_another(cores: ComputeCores, threads: int, log: list[str]) -> tuple[threading.Thread, threading.Event]:
+    """Thread "a" holding `threads` cores until the returned event is set."""
+    started, release = threading.Event(), threading.Event()
+    thread = _holder(cores, threads, log, "a", started, release)
+    assert started.wait(10)
+    return thread, release
+
+
 def _wait_for_waiters(cores: ComputeCores, count: int) -> None:
     for _ in range(1000):
         with cores._cv:
@@ -34,9 +42,7 @@ def _wait_for_waiters(cores: ComputeCores, count: int) -> None:
 def test_a_decode_that_needs_every_core_waits_for_the_one_holding_them() -> None:
     cores = ComputeCores(2)
     log: list[str] = []
-    started, release = threading.Event(), threading.Event()
-    first = _holder(cores, 2, log, "a", started, release)
-    assert started.wait(10)
+    first, release = _held_by_another(cores, 2, log)
     second = _holder(cores, 2, log, "b")
     _wait_for_waiters(cores, 1)
     assert log == ["a+"] and cores.free == 0 and cores.num_waits == 1
@@ -66,9 +72,7 @@ def test_waiters_are_served_in_order_of_arrival() -> None:
     """A thread that comes back for the cores does not overtake one already waiting."""
     cores = ComputeCores(2)
     log: list[str] = []
-    started, release = threading.Event(), threading.Event()
-    first = _holder(cores, 2, log, "a", started, release)
-    assert started.wait(10)
+    first, release = _held_by_another(cores, 2, log)
     waiters = []
     for i, name in enumerate(("b", "c", "d")):
         waiters.append(_holder(cores, 2, log, name))
@@ -93,9 +97,7 @@ def test_the_cores_come_back_when_the_block_raises() -> None:
 def test_without_waiting_a_hold_that_would_wait_yields_false_and_takes_nothing() -> None:
     cores = ComputeCores(2)
     log: list[str] = []
-    started, release = threading.Event(), threading.Event()
-    holder = _holder(cores, 1, log, "a", started, release)
-    assert started.wait(10)
+    holder, release = _held_by_another(cores, 1, log)
     with cores.hold(2, wait=False) as held:
         assert held is False and cores.free == 1
     with cores.hold(1, wait=False) as held:  # one is free
@@ -119,9 +121,7 @@ def test_a_thread_that_holds_cores_passes_through_an_inner_hold() -> None:
 def test_a_waiter_interrupted_while_waiting_leaves_the_line() -> None:
     cores = ComputeCores(2)
     log: list[str] = []
-    started, release = threading.Event(), threading.Event()
-    holder = _holder(cores, 2, log, "a", started, release)
-    assert started.wait(10)
+    holder, release = _held_by_another(cores, 2, log)
 
     def interrupted(timeout: float | None = None) -> bool:
         raise KeyboardInterrupt
