@@ -84,10 +84,11 @@ def step_costs(llm: LocalLLM, prompt: list[int], output: list[int], threads: int
 def ngram_lengths(prompt: list[int], output: list[int]) -> list[int]:
     """At each output position, how many of NgramDrafter's proposed tokens greedy decoding keeps."""
     lengths = []
+    # one drafter for the whole output: its index grows with the history (a new one at each
+    # position indexed the whole prompt again); nothing is recorded, so its length stays MAX_DRAFT
+    drafter = NgramDrafter(draft_max=MAX_DRAFT, draft_start=MAX_DRAFT)
     for i in range(len(output)):
-        drafter = NgramDrafter(draft_max=MAX_DRAFT, draft_start=MAX_DRAFT)
-        history = prompt + output[:i]
-        drafts = drafter.propose(history, MAX_DRAFT)
+        drafts = drafter.propose(prompt + output[:i], MAX_DRAFT)
         kept = 0
         while kept < len(drafts) and i + kept < len(output) and drafts[kept] == output[i + kept]:
             kept += 1
