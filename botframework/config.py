@@ -48,6 +48,11 @@ CTX_STEP = 256         # fit_context rounds the context down to a multiple of th
 # is idle: a sentence-sized decode (all-MiniLM-L6-v2, 2 cores: ~2.7 ms for 19 tokens), not one
 # that holds the server's event loop for long.
 INLINE_EMBED_TOKENS = 64
+# The longest prompt of a one-token answer (max_tokens 1: a label, a yes or no, a score) that a
+# server with no other request in flight runs on its event loop when the engine thread is idle:
+# the answer is one step, a decode of at most this many tokens (SmolLM2-135M, 2 cores: ~5 ms
+# for one, ~15 ms for 64), and the hop to the engine thread and back is ~0.2 ms of it.
+INLINE_STEP_TOKENS = 64
 
 
 def auto_slots(n_ctx: int) -> int:

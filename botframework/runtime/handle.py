@@ -139,13 +139,15 @@ class ModelHandle:
     def new_request_id(self) -> str:
         return self.worker.new_request_id()
 
-    def submit(self, request: Request, loop: asyncio.AbstractEventLoop | None = None) -> RequestHandle:
+    def submit(self, request: Request, loop: asyncio.AbstractEventLoop | None = None, *,
+               inline: bool = False) -> RequestHandle:
         """Queue a request: its deltas come through the handle (to `loop` when given, else to a
-        thread). An embedding model generates nothing: InvalidRequestError."""
+        thread). An embedding model generates nothing: InvalidRequestError. `inline`: see
+        ModelWorker.submit."""
         if self.kind == "embedding":
             raise InvalidRequestError(f"'{self.model_id}' is an embedding model: it answers embedding requests "
                                       "only", param="model", code="model_not_supported")
-        return self.worker.submit(request, loop)
+        return self.worker.submit(request, loop, inline=inline)
 
     def cancel(self, request_or_session_id: str) -> int:
         """Cancel a request by id (with the other choices of an n > 1 response), or every

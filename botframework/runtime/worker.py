@@ -33,6 +33,7 @@ import numpy as np
 
 from botframework.config import (
     INLINE_EMBED_TOKENS,
+    INLINE_STEP_TOKENS,
     WorkerConfig,
     auto_slots,
     default_threads,
@@ -189,8 +190,12 @@ class ModelWorker:
     def new_request_id(self) -> str:
         return f"req-{os.getpid()}-{next(self._ids)}"
 
-    def submit(self, request: Request, loop: asyncio.AbstractEventLoop | None = None) -> RequestHandle:
-        """Queue a request; errors (busy, context overflow) arrive as the handle's final Delta."""
+    def submit(self, request: Request, loop: asyncio.AbstractEventLoop | None = None, *,
+               inline: bool = False) -> RequestHandle:
+        """Queue a request; errors (busy, context overflow) arrive as the handle's final Delta.
+        `inline`: a request answered in one step (max_tokens 1, a prompt of at most
+        INLINE_STEP_TOKENS) runs that step on the calling thread if the engine thread is idle
+        (_step_inline); its deltas are queued on the handle when this returns."""
         # Token ids are checked here, on the caller's thread: an exception now (a 400 over
         # HTTP). The sampler is built by the engine from the request's first plan item; one
         # that cannot be built (invalid GBNF) is the handle's first delta, before any decode.
@@ -199,15 +204,42 @@ class ModelWorker:
             self.model.check_tokens(list(request.params.sampler.logit_bias), param="logit_bias")
         handle = RequestHandle(request.request_id, self.cancel, loop)
         seq = Sequence(request, handle, IncrementalDetokenizer(self.model.token_to_piece, self.model.piece_text))
-
-        def add() -> None:
-            try:
-                self.scheduler.add(seq)
-            except BotframeworkError as exc:
-                handle.publish(Delta(request.request_id, finish_reason=FinishReason.ERROR, error=exc))
-
-        self._post(add)
+        if inline and request.params.max_tokens == 1 and len(request.prompt_tokens) <= INLINE_STEP_TOKENS \
+                and self._step_inline(seq):
+            return handle
+        self._post(functools.partial(self._add, seq))
         return handle
+
+    def _add(self, seq: Sequence) -> None:
+        try:
+            self.scheduler.add(seq)
+        except BotframeworkError as exc:
+            seq.handle.publish(Delta(seq.request_id, finish_reason=FinishReason.ERROR, error=exc))
+
+    def _step_inline(self, seq: Sequence) -> bool:
+        """Add the request and run a step on the calling thread, if the engine thread is idle
+        (waiting for work, none queued), no step hook watches (they run on the engine thread)
+        and the cores are free at once: the engine thread waits on the lock held here
+        meanwhile, as it would behind a command. A one-token answer is then done without the
+        hop to the engine thread and back (two wake-ups, two hand-overs of the GIL). Should the
+        step not finish it (no slot free yet), the engine thread takes over. False: nothing
+        done, queue it."""
+        with self._cv:
+            if (not self._idle or self._commands or self._embed_jobs or self._closing or self._step_hooks
+                    or self.scheduler.has_work):
+                return False
+            # the cores now or not at all: never wait here behind another model's decode (the
+            # caller may be the event loop)
+            with CORES.hold(max(self.n_threads, self.n_threads_batch), wait=False) as held:
+                if not held:
+                    return False
+                self._add(seq)
+                if self.scheduler.has_work:
+                    # no hand-over wait: the consumer may be this thread's own event loop
+                    self._guarded_step(handoff=False)
+            if self.scheduler.has_work:
+                self._cv.notify()
+        return True
 
     def cancel(self, request_id: str) -> None:
         self._post(lambda: self.scheduler.cancel(request_id))
@@ -386,11 +418,7 @@ class ModelWorker:
                 if self._embed_jobs:
                     self._embed_turn()
                 if self.scheduler.has_work:
-                    try:
-                        self._step()
-                    except Exception as exc:  # unexpected: fail this step's requests, keep serving
-                        log.exception("engine step failed")
-                        self._recover(BotframeworkError(f"internal engine error: {exc}"))
+                    self._guarded_step()
         finally:
             self.scheduler.fail_all(ClosedError("the model was unloaded"))
             for seq in list(self.scheduler.waiting):
@@ -409,7 +437,16 @@ class ModelWorker:
             self.context.close()
             self.model.close()
 
-    def _step(self) -> None:
+    def _guarded_step(self, handoff: bool = True) -> None:
+        try:
+            self._step(handoff)
+        except Exception as exc:  # unexpected: fail this step's requests, keep serving
+            log.exception("engine step failed")
+            self._recover(BotframeworkError(f"internal engine error: {exc}"))
+
+    def _step(self, handoff: bool = True) -> None:
+        """schedule -> execute -> update. `handoff`: wait (up to handoff_wait_s) for the event
+        loops given a request's first or last delta to take it before the next decode."""
         t0 = time.perf_counter()
         draft_ms = self.drafts.draft_ms if self.drafts is not None else 0.0
         plan = self.scheduler.schedule()
@@ -422,7 +459,9 @@ class ModelWorker:
             return
         with batched() as waits:
             self.scheduler.update(plan, result)
-        if waits:  # a request's first or last token: its event loop sends it before the next decode
+        for request_id in self.scheduler.take_last_releases():  # (no step just for these)
+            self.engine.release(request_id)
+        if waits and handoff:  # a request's first or last token: its event loop sends it before the next decode
             deadline = time.perf_counter() + self.handoff_wait_s
             for handle in waits:
                 handle.wait_handled(max(0.0, deadline - time.perf_counter()))

@@ -204,6 +204,16 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.active or self.kv.has_ops or self._pending_release)
 
+    def take_last_releases(self) -> tuple[str, ...]:
+        """When releasing finished requests' samplers is all that is left to do: their ids, taken
+        out of the next plan, for the engine to free now (else ()). The engine thread then goes
+        idle at once, rather than running a step for them when the next request comes in."""
+        if self.waiting or self.active or self.kv.has_ops or not self._pending_release:
+            return ()
+        released = tuple(self._pending_release)
+        self._pending_release.clear()
+        return released
+
     # -- planning ---------------------------------------------------------------------------
     def schedule(self) -> StepPlan:
         now = self.clock()

@@ -130,8 +130,11 @@ def openai_finish_reason(reason: FinishReason | None) -> str:
 
 
 async def start(http: HTTPRequest, runtime: Runtime, request: Request) -> tuple[Delta, DeltaStream]:
-    """Submit and wait for the first delta, so that queue and context errors become HTTP errors."""
-    handle = runtime.submit(request, asyncio.get_running_loop())
+    """Submit and wait for the first delta, so that queue and context errors become HTTP errors.
+    While no other request holds a model, a one-token answer with a short prompt is computed on
+    the loop itself when the engine is idle (ModelWorker.submit's inline): nothing else is
+    waiting for the loop meanwhile."""
+    handle = runtime.submit(request, asyncio.get_running_loop(), inline=get_registry(http).num_in_flight <= 1)
     deltas = DeltaStream(handle)
     try:
         first = await until_disconnected(http, deltas.__anext__())

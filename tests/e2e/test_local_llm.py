@@ -302,3 +302,62 @@ def test_a_stored_session_that_will_not_load_ends_only_its_request(tmp_path) -> 
     with LocalLLM("smollm2-135m-instruct", n_ctx=2048, num_slots=1) as fresh:  # the same turn, never evicted
         fresh.chat(turn1, max_tokens=12, temperature=0, session_id="s")
         assert fresh.chat(turn2, max_tokens=24, temperature=0).text == again.text
+
+
+def test_a_one_token_answer_runs_on_the_callers_thread_when_the_engine_is_idle(llm: LocalLLM) -> None:
+    """submit(inline=True) of a max_tokens=1 request with a short prompt: its answer is on the
+    handle when submit returns (no hop to the engine thread and back), the same token the
+    engine thread samples, and its sampler is freed; queued instead while the engine thread is
+    busy, for a longer answer, or for a prompt past INLINE_STEP_TOKENS."""
+    from botframework.api import LIMITS, generation_options
+    from botframework.config import INLINE_STEP_TOKENS
+    from botframework.runtime.requests import build_request
+
+    worker = llm.worker
+
+    def request(prompt: str, max_tokens: int = 1):  # type: ignore[no-untyped-def]
+        return build_request(generation_options(max_tokens=max_tokens, temperature=0), llm.handle.tokenize(prompt, add_special=True),
+                             request_id=worker.new_request_id(), n_ctx=llm.handle.n_ctx, n_vocab=llm.handle.n_vocab,
+                             limits=LIMITS)
+
+    def idle() -> None:
+        for _ in range(1000):
+            if worker._idle and not worker.scheduler.has_work:
+                return
+            time.sleep(0.005)
+        raise AssertionError("the engine thread did not go idle")
+
+    def answer(handle) -> list[int]:  # type: ignore[no-untyped-def]
+        return [token for delta in handle for token in delta.token_ids]
+
+    prompt = "The capital of France is"
+    queued = answer(worker.submit(request(prompt)))
+    idle()
+    handle = worker.submit(request(prompt), inline=True)
+    assert handle.finished.is_set() and handle.finish_reason is not None
+    assert answer(handle) == queued and len(queued) == 1
+    assert worker.engine.num_samplers == 0  # released in its own step: nothing left for the engine thread
+    assert not worker.scheduler.has_work
+
+    idle()
+    longer = worker.submit(request(prompt, max_tokens=2), inline=True)
+    long_prompt = worker.submit(request(" ".join(["word"] * (INLINE_STEP_TOKENS + 1))), inline=True)
+    assert len(answer(longer)) == 2 and len(answer(long_prompt)) == 1
+
+    running, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # keeps the engine thread busy
+        running.set()
+        release.wait(30)
+
+    idle()
+    holder = threading.Thread(target=worker.call, args=(hold,))
+    holder.start()
+    try:
+        assert running.wait(30)
+        busy = worker.submit(request(prompt), inline=True)
+        assert not busy.finished.is_set()  # queued behind the engine thread's work
+    finally:
+        release.set()
+        holder.join()
+    assert answer(busy) == queued

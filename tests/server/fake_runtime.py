@@ -44,6 +44,7 @@ class FakeRuntime:
         self.error_after = error_after  # fail the request like a failed llama_decode after N tokens
         self.error_suffix = error_suffix  # ...only requests whose id ends with this (one choice of n)
         self.requests: list[Request] = []
+        self.inline: list[bool] = []  # submit's inline, per request
         self.active: dict[str, Request] = {}
         self.handles: dict[str, RequestHandle] = {}
         self.cancelled: list[str] = []
@@ -97,8 +98,9 @@ class FakeRuntime:
     def chat_capabilities(self) -> dict[str, Any]:
         return {"tool_format": "generic"}
 
-    def submit(self, request: Request, loop: asyncio.AbstractEventLoop) -> RequestHandle:
+    def submit(self, request: Request, loop: asyncio.AbstractEventLoop, *, inline: bool = False) -> RequestHandle:
         self.requests.append(request)
+        self.inline.append(inline)
         if request.session_id:
             self.seen_sessions.add(request.session_id)
         handle = RequestHandle(request.request_id, self._cancel, loop)

@@ -418,3 +418,29 @@ def test_fastapi_telemetry_is_off_unless_a_provider_is_configured(monkeypatch: p
     monkeypatch.undo()
     monkeypatch.setenv("FASTAPI_OTEL_AUTO_CONFIGURE", "true")
     assert app_module._telemetry_off_unless_configured() == {}
+
+
+def test_a_request_may_run_inline_only_while_no_other_request_holds_a_model(run: Any) -> None:
+    """submit(inline=True) (the worker then runs a one-token answer on the event loop when its
+    engine is idle) only when this request is the one in flight: while a chat answer is being
+    generated, another request goes to the engine thread; every generation route asks."""
+    runtime = FakeRuntime(token_delay_s=0.02)
+
+    async def go() -> None:
+        async with serve_fake(runtime) as c:
+            one = {"model": "fake-model", "max_tokens": 1}
+            assert (await c.post("/v1/completions", json={**one, "prompt": "hi"})).status_code == 200
+            assert (await c.post("/v1/chat/completions", json={
+                **one, "messages": [{"role": "user", "content": "hi"}]})).status_code == 200
+            assert runtime.inline == [True, True]
+            chat = asyncio.create_task(c.post("/v1/chat/completions", json={
+                "model": "fake-model", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}))
+            while not runtime.active:
+                await asyncio.sleep(0.005)
+            assert (await c.post("/v1/completions", json={**one, "prompt": "hi"})).status_code == 200
+            assert (await chat).status_code == 200
+            assert runtime.inline == [True, True, True, False]
+            assert (await c.post("/api/generate", json={
+                "model": "fake-model", "prompt": "hi", "stream": False, "options": {"num_predict": 1}})).status_code == 200
+            assert runtime.inline[-1] is True
+    run(go())

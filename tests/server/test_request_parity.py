@@ -27,9 +27,10 @@ class SyncFake(FakeRuntime):
     def new_request_id(self) -> str:
         return f"local-{len(self.requests)}"
 
-    def submit(self, request: Request, loop: asyncio.AbstractEventLoop | None = None) -> RequestHandle:
+    def submit(self, request: Request, loop: asyncio.AbstractEventLoop | None = None, *,
+               inline: bool = False) -> RequestHandle:
         if loop is not None:
-            return super().submit(request, loop)
+            return super().submit(request, loop, inline=inline)
         self.requests.append(request)
         handle = RequestHandle(request.request_id, lambda _: None)
         handle.publish(Delta(request.request_id, text="ok", token_ids=(7,), finish_reason=FinishReason.STOP,

@@ -458,3 +458,24 @@ def test_common_prefix_len_matches_a_plain_scan(a: list[int], b: list[int], as_t
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     assert common_prefix_len(tuple(a) if as_tuple else a, b) == n
+
+
+def test_the_last_finished_requests_are_released_without_a_step_of_their_own() -> None:
+    """take_last_releases: once freeing finished requests' samplers is all that is left, their
+    ids come out of the next plan (and has_work goes false); while anything else is left, ()."""
+    s, engine = scheduler_and_engine(num_slots=2, num_ctx=64)
+    short, longer = make_seq([1, 2, 3], max_tokens=1), make_seq([4, 5], max_tokens=3)
+    s.add(short)
+    s.add(longer)
+    plan = s.schedule()
+    s.update(plan, engine.execute(plan))  # `short` is done; `longer` goes on
+    assert short.handle.finished.is_set() and s.take_last_releases() == ()
+    plan = s.schedule()
+    assert plan.release == (short.request_id,)  # the next step frees it
+    s.update(plan, engine.execute(plan))
+    while s.active:
+        plan = s.schedule()
+        s.update(plan, engine.execute(plan))
+    assert s.has_work and s.take_last_releases() == (longer.request_id,)
+    assert not s.has_work and s.take_last_releases() == ()
+    assert s.schedule().release == ()
