@@ -3,6 +3,9 @@
     ours:   Model + Context(llama-bench's context settings) + Engine.execute(StepPlan)
               pp<P>: one P-token prefill in one step (random tokens, logits for the last)
               tg<N>: N single-token steps from an empty cache, greedy sampling included
+              tg<N> run: the same N tokens, the first by Engine.execute and the rest in one native
+                call (Engine.run_steps: decode, sample, decode... with no Python between steps,
+                as the scheduler runs whole answers), against the same llama-bench tg<N>
     theirs: llama-bench -m MODEL -p P -n N -t T -r R -o json   (built by build_llama_tools)
     -> table of tokens/s (mean ± stdev over R repetitions) and ours/llama-bench ratios
 
@@ -53,6 +56,7 @@ from build_llama_tools import build_tools
 
 from botframework.engine import Engine, PlanItem, StepPlan
 from botframework.native import Context, ContextParams, Model, SamplerSpec
+from botframework.native._lib import ffi
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 GREEDY = SamplerSpec(temperature=0.0)
@@ -136,10 +140,12 @@ def bench_ours_pp(model: Model, n_prompt: int, threads: int, reps: int, seed: in
                        statistics.fmean(d for _, d in samples), tuple(d for _, d in samples))
 
 
-def bench_ours_tg(model: Model, n_gen: int, threads: int, reps: int, seed: int) -> Measurement:
+def bench_ours_tg(model: Model, n_gen: int, threads: int, reps: int, seed: int, native_run: bool = False
+                  ) -> Measurement:
     # llama-bench starts from BOS when the model adds one, else from a random token.
     rng = np.random.default_rng(seed)
     first = model.special.bos if model.special.add_bos else int(rng.integers(0, model.n_vocab))
+    interrupt = ffi.new("int32_t[1]")  # (never set: the run goes on for n - 1 steps)
     with _context(model, n_gen, threads) as ctx:
         engine = Engine(model, ctx)
         try:
@@ -147,11 +153,16 @@ def bench_ours_tg(model: Model, n_gen: int, threads: int, reps: int, seed: int) 
                 ctx.memory.clear()
                 token, decode_ms = first, 0.0
                 t0 = time.perf_counter()
-                for pos in range(n):
+                for pos in range(1 if native_run else n):
                     item = PlanItem(request_id, 0, (token,), pos, sample=True, sampler=GREEDY)
                     result = engine.execute(StepPlan(items=(item,)))
                     token = result.sampled[0].token
                     decode_ms += result.decode_ms
+                if native_run and n > 1:  # decode_ms: the run's decodes and samples
+                    item = PlanItem(request_id, 0, (token,), 1, sample=True, sampler=GREEDY)
+                    steps = engine.run_steps(StepPlan(items=(item,)), n - 1, (False,), interrupt)
+                    assert steps.num_steps == n - 1
+                    decode_ms += steps.decode_ms
                 elapsed = time.perf_counter() - t0
                 engine.release(request_id)
                 return n / elapsed, n / (decode_ms / 1e3)
@@ -161,7 +172,7 @@ def bench_ours_tg(model: Model, n_gen: int, threads: int, reps: int, seed: int) 
         finally:
             engine.close()
     avg, std = _stats([s for s, _ in samples])
-    return Measurement(f"tg{n_gen}", "ours", avg, std, tuple(s for s, _ in samples),
+    return Measurement(f"tg{n_gen}" + (" run" if native_run else ""), "ours", avg, std, tuple(s for s, _ in samples),
                        statistics.fmean(d for _, d in samples), tuple(d for _, d in samples))
 
 
@@ -208,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         for round_index in range(args.rounds):
             seed = args.seed + round_index
             for m in (bench_ours_pp(model, args.n_prompt, args.threads, args.reps, seed),
-                      bench_ours_tg(model, args.n_gen, args.threads, args.reps, seed)):
+                      bench_ours_tg(model, args.n_gen, args.threads, args.reps, seed),
+                      bench_ours_tg(model, args.n_gen, args.threads, args.reps, seed, native_run=True)):
                 ours_parts.setdefault(m.test, []).append(m)
             theirs_round, info = bench_llama(tools["llama-bench"], model_path, args.n_prompt, args.n_gen,
                                              args.threads, args.reps)
@@ -218,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     by_test = {test: merge(parts) for test, parts in theirs_parts.items()}
     rows: list[dict[str, Any]] = []
     for mine in ours:
-        ref = by_test.get(mine.test)
+        ref = by_test.get(mine.test.removesuffix(" run"))
         rows.append({"test": mine.test, "ours": asdict(mine), "llama_bench": asdict(ref) if ref else None,
                      "ratio": mine.avg_ts / ref.avg_ts if ref else None,
                      "ratio_decode_only": (mine.decode_only_ts / ref.avg_ts
@@ -231,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {model_path.name}  threads {args.threads}  reps {args.reps} x rounds {args.rounds}  "
           f"(llama-bench: n_batch {info.get('n_batch')}, n_ubatch {info.get('n_ubatch')}, "
           f"flash_attn {_FA_NAMES.get(info.get('flash_attn'), info.get('flash_attn'))}, kv {info.get('type_k')})")
-    header = f"{'test':<8}{'ours t/s':>18}{'llama-bench t/s':>20}{'ours/ref':>10}{'decode-only t/s':>18}{'ratio':>8}"
+    header = f"{'test':<10}{'ours t/s':>18}{'llama-bench t/s':>20}{'ours/ref':>10}{'decode-only t/s':>18}{'ratio':>8}"
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -242,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = f"{row['ratio']:.3f}" if row["ratio"] else "n/a"
         decode = f"{ours_row['decode_only_ts']:.2f}" if ours_row["decode_only_ts"] else "n/a"
         ratio_d = f"{row['ratio_decode_only']:.3f}" if row["ratio_decode_only"] else "n/a"
-        print(f"{row['test']:<8}{ours_cell:>18}{ref_cell:>20}{ratio:>10}{decode:>18}{ratio_d:>8}")
+        print(f"{row['test']:<10}{ours_cell:>18}{ref_cell:>20}{ratio:>10}{decode:>18}{ratio_d:>8}")
     return 0
 
 

@@ -173,7 +173,7 @@ class LocalLLM:
         plan = self._plan_chat(messages, system, overflow, options, schema=schema, response_format=response_format,
                                grammar=grammar, tools=tools, tool_choice=tool_choice,
                                parallel_tool_calls=parallel_tool_calls)
-        result = _collect(self._stream_plan(plan, options))
+        result = _collect(self._stream_plan(plan, options, stream=False))
         message = finish_message(plan, result.text, result.finish_reason)
         if plan.structured is not None:
             if result.finish_reason != "stop":
@@ -238,13 +238,16 @@ class LocalLLM:
         return self.handle.plan_chat(_messages(messages, system), constraints,
                                      max_tokens=generation_options(**options).planned_max_tokens, overflow=policy)
 
-    def _stream_plan(self, plan: ChatPlan, options: dict[str, Any]) -> DeltaStream:
+    def _stream_plan(self, plan: ChatPlan, options: dict[str, Any], *, stream: bool = True) -> DeltaStream:
         return self._stream(plan.tokens, generation_options(**options), extra_stops=plan.rendered.additional_stops,
-                            grammar=plan.grammar, truncated_tokens=plan.rendered.truncated_tokens)
+                            grammar=plan.grammar, truncated_tokens=plan.rendered.truncated_tokens, stream=stream)
 
     # -- completion -------------------------------------------------------------------------
     def complete(self, prompt: str, **options: Any) -> CompletionResult:
-        return _collect(self.stream_complete_deltas(prompt, **options))
+        if not prompt:
+            raise InvalidRequestError("prompt must not be empty", param="prompt")
+        return _collect(self._stream(self.handle.tokenize(prompt, add_special=True), generation_options(**options),
+                                     stream=False))
 
     def stream_complete(self, prompt: str, **options: Any) -> Iterator[str]:
         deltas = self.stream_complete_deltas(prompt, **options)
@@ -295,11 +298,12 @@ class LocalLLM:
 
     # -- shared -----------------------------------------------------------------------------
     def _stream(self, tokens: list[int], options: GenerationOptions, *, extra_stops: tuple[str, ...] = (),
-                grammar: GrammarSpec | None = None, truncated_tokens: int = 0) -> DeltaStream:
+                grammar: GrammarSpec | None = None, truncated_tokens: int = 0, stream: bool = True) -> DeltaStream:
+        """Submit; `stream` False when the caller collects the whole answer (Request.stream)."""
         handle = self.handle
         request = build_request(options, tokens, request_id=handle.new_request_id(), n_ctx=handle.n_ctx,
                                 n_vocab=handle.n_vocab, limits=LIMITS, extra_stops=extra_stops, grammar=grammar,
-                                truncated_tokens=truncated_tokens, param_names=PARAM_NAMES)
+                                truncated_tokens=truncated_tokens, param_names=PARAM_NAMES, stream=stream)
         return DeltaStream(handle.submit(request))
 
 

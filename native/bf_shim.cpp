@@ -532,6 +532,56 @@ int32_t bf_sample(struct llama_context * ctx, int32_t idx, struct llama_sampler 
     return token;
 }
 
+int32_t bf_decode_run(struct llama_context * ctx, int32_t n_seqs, const int32_t * seq_ids, int32_t * tokens,
+                      int32_t * pos, struct llama_sampler ** pre, struct llama_sampler ** post, const int32_t * greedy,
+                      const int32_t * stop_on_eog, int32_t max_steps, const volatile int32_t * interrupt,
+                      llama_token_data * cand, int32_t n_vocab, int32_t * out, int32_t * status) {
+    *status = 0;
+    if (n_seqs <= 0 || max_steps <= 0) {
+        return 0;
+    }
+    const llama_vocab * vocab = llama_model_get_vocab(llama_get_model(ctx));
+    std::vector<llama_seq_id> ids(seq_ids, seq_ids + n_seqs);
+    std::vector<llama_seq_id *> id_ptrs(n_seqs);
+    std::vector<int32_t> n_seq_id(n_seqs, 1);
+    std::vector<int8_t> logits(n_seqs, 1);
+    for (int32_t i = 0; i < n_seqs; ++i) {
+        id_ptrs[i] = &ids[i];
+    }
+    llama_batch batch = {};
+    batch.n_tokens = n_seqs;
+    batch.token = tokens;  // each step decodes the tokens the step before sampled
+    batch.pos = pos;
+    batch.n_seq_id = n_seq_id.data();
+    batch.seq_id = id_ptrs.data();
+    batch.logits = logits.data();
+    int32_t steps = 0;
+    while (steps < max_steps) {
+        const int32_t rc = llama_decode(ctx, batch);
+        if (rc != 0) {
+            *status = rc;
+            return steps;
+        }
+        bool stop = false;
+        for (int32_t i = 0; i < n_seqs; ++i) {
+            const int32_t token = bf_sample(ctx, i, pre[i], post[i], greedy[i], cand, n_vocab);
+            if (token < 0) {  // (a sequence's samplers already took the tokens before it: the step is lost)
+                *status = token == -1 ? -1001 : -1002;
+                return steps;
+            }
+            out[steps * n_seqs + i] = token;
+            tokens[i] = token;
+            pos[i] += 1;
+            stop = stop || (stop_on_eog[i] && llama_vocab_is_eog(vocab, token));
+        }
+        steps += 1;
+        if (stop || *interrupt) {
+            break;
+        }
+    }
+    return steps;
+}
+
 int bf_madvise(void * addr, size_t length, int advice) {
 #if defined(__unix__) || defined(__APPLE__)
     return madvise(addr, length, advice) == 0 ? 0 : errno;

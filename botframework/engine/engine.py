@@ -11,6 +11,11 @@
                         at each of its positions until a sample differs from the draft,
                         engine/speculative.py)
     plan.release     -> free samplers (and processors) of finished requests
+
+run_steps(plan, k): a plan of running sequences only, each with its own token and a sampler
+that needs no Python (no grammar, no processors, no logprobs, no drafts): that step and up to
+k - 1 more in one native call (bf_decode_run), each step's sampled tokens decoded by the next;
+it ends early at an end-of-generation token or when another thread sets the interrupt flag.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -27,16 +33,20 @@ from botframework.engine.step import (
     KVOp,
     KVOpKind,
     PlanItem,
+    RunResult,
     SampledToken,
     StepPlan,
     StepResult,
 )
 from botframework.errors import BotframeworkError, InvalidRequestError, NativeError, StateRestoreError
+from botframework.native._lib import ffi, lib
+from botframework.native._status import check_decode
 from botframework.native.batch import Batch
 from botframework.native.context import Context
+from botframework.native.cores import CORES
 from botframework.native.logits import output_rows, outputs_view
 from botframework.native.model import Model
-from botframework.native.sampler import SamplerChain
+from botframework.native.sampler import SamplerChain, scratch_candidates
 from botframework.specs import SamplerSpec
 
 log = logging.getLogger("botframework.engine")
@@ -236,3 +246,40 @@ class Engine:
         return StepResult(sampled=tuple(sampled), num_tokens=batch.n_tokens,
                           decode_ms=(t1 - t0) * 1e3, sample_ms=(t2 - t1) * 1e3, saved_states=saved,
                           processor_ms=processor_ms)
+
+    def run_steps(self, plan: StepPlan, max_steps: int, stop_on_eog: tuple[bool, ...], interrupt: Any) -> RunResult:
+        """The plan's step and up to max_steps - 1 more, without Python between them (see the
+        module's docstring; the scheduler's run_length says which plans qualify). Sequence i
+        (plan.items[i]) stops the run after a step in which it sampled an end-of-generation
+        token if stop_on_eog[i]; `interrupt` (cffi int32_t[1]) nonzero ends it after the current
+        step. The cores are held for the whole run; another thread that waits for them sets
+        the flag (native/cores.py). A failed decode raises, as execute's does."""
+        if plan.save_states or plan.kv_ops:  # (Scheduler.run_length plans runs only without them)
+            raise InvalidRequestError("a run of steps cannot save states or change the cache first")
+        for request_id in plan.release:
+            self.release(request_id)
+        items = plan.items
+        n = len(items)
+        # (built at each request's first step; the scheduler plans runs only after it)
+        samplers = [self._samplers[item.request_id] for item in items]
+        seq_ids = ffi.new("int32_t[]", [item.seq_id for item in items])
+        tokens = ffi.new("int32_t[]", [item.tokens[0] for item in items])
+        pos = ffi.new("int32_t[]", [item.start_pos for item in items])
+        pre = ffi.new("struct llama_sampler *[]", [s.pre_arg for s in samplers])
+        post = ffi.new("struct llama_sampler *[]", [s.handle for s in samplers])
+        greedy = ffi.new("int32_t[]", [int(s.greedy) for s in samplers])
+        stops = ffi.new("int32_t[]", [int(stop) for stop in stop_on_eog])
+        out = ffi.new("int32_t[]", n * max_steps)
+        status = ffi.new("int32_t *")
+        n_vocab = self.model.n_vocab
+        _cand, data = scratch_candidates(n_vocab)
+        t0 = time.perf_counter()
+        with CORES.hold(self.context.cores_for(n), yield_flag=interrupt):
+            steps = lib().bf_decode_run(self.context.handle, n, seq_ids, tokens, pos, pre, post, greedy, stops,
+                                        max_steps, interrupt, data, n_vocab, out, status)
+        decode_ms = (time.perf_counter() - t0) * 1e3
+        if status[0] in (-1001, -1002):
+            raise NativeError("a sequence could not be sampled during a run of steps", op="bf_decode_run")
+        check_decode(status[0])
+        flat = ffi.unpack(out, n * steps)
+        return RunResult(tokens=tuple(tuple(flat[i::n]) for i in range(n)), num_steps=steps, decode_ms=decode_ms)

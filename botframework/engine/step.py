@@ -100,6 +100,16 @@ class StepResult:
     step_ms: float = 0.0       # the whole step on the worker (schedule, execute, update): for step hooks
 
 
+@dataclass(frozen=True)
+class RunResult:
+    """Engine.run_steps: the tokens each plan item's request sampled, step by step (the same
+    number for all), and the time the steps took."""
+
+    tokens: tuple[tuple[int, ...], ...]
+    num_steps: int
+    decode_ms: float  # the decodes and samples of every step (one native call)
+
+
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the common prefix: a binary search over slice comparisons (done in C; two
     sequences of different types, a list and a tuple, are compared as lists)."""

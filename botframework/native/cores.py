@@ -28,6 +28,7 @@ import collections
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 from botframework.config import usable_cpus
 
@@ -42,18 +43,21 @@ class ComputeCores:
         self._queue: collections.deque[object] = collections.deque()  # waiters, in order of arrival
         self.num_waits = 0  # holds that had to wait for cores
         self._local = threading.local()  # .held: the cores this thread holds
+        self._yield_flags: list[Any] = []  # of the holds running several steps (hold's yield_flag)
 
     @property
     def free(self) -> int:
         return self._free
 
     @contextlib.contextmanager
-    def hold(self, threads: int, *, wait: bool = True) -> Iterator[bool]:
+    def hold(self, threads: int, *, wait: bool = True, yield_flag: Any = None) -> Iterator[bool]:
         """Take min(threads, total) cores for the block and yield True; while they are not
         free, or others wait already, wait in line (first come, first served: a thread that
         decodes again right after its decode does not overtake one that waits). wait=False:
         yield False at once instead of waiting. A thread that holds cores already (an outer
-        hold) passes through."""
+        hold) passes through. `yield_flag` (an int array, e.g. cffi's int32_t[1]): a block that
+        runs several decodes (engine.run_steps) and ends early once flag[0] is nonzero; a
+        thread that starts waiting for cores meanwhile sets it."""
         if getattr(self._local, "held", 0):
             yield True
             return
@@ -62,11 +66,18 @@ class ComputeCores:
             yield False
             return
         self._local.held = need
+        if yield_flag is not None:
+            with self._cv:
+                self._yield_flags.append(yield_flag)
+                if self._queue:
+                    yield_flag[0] = 1
         try:
             yield True
         finally:
             self._local.held = 0
             with self._cv:
+                if yield_flag is not None:
+                    self._yield_flags.remove(yield_flag)
                 self._free += need
                 self._cv.notify_all()
 
@@ -80,6 +91,8 @@ class ComputeCores:
             self.num_waits += 1
             ticket = object()
             self._queue.append(ticket)
+            for flag in self._yield_flags:  # a run of several decodes ends after its current one
+                flag[0] = 1
             try:
                 while self._queue[0] is not ticket or self._free < need:
                     self._cv.wait()

@@ -137,6 +137,15 @@ class SamplerChain(NativeHandle):
     def has_grammar(self) -> bool:
         return self._grammar is not None
 
+    @property
+    def pre_arg(self) -> Any:
+        """bf_sample's `pre`: the logit-adjusting chain, or NULL when it is empty."""
+        return self._pre_arg
+
+    @property
+    def greedy(self) -> bool:
+        return bool(self._greedy)
+
     def sample(self, context: Any, batch_index: int) -> int:
         """Sample from output `batch_index` of the context's last decode, and accept it.
 
@@ -147,7 +156,7 @@ class SamplerChain(NativeHandle):
         L = lib()
         post = self.handle
         n = self._n_vocab
-        cand, data = _scratch_candidates(n)
+        cand, data = scratch_candidates(n)
         if self._grammar is None:  # the per-token path: one C call (native/bf_shim.h, bf_sample)
             token = L.bf_sample(context.handle, batch_index, self._pre_arg, post, self._greedy, data, n)
             if token == -1:
@@ -226,7 +235,7 @@ class SamplerChain(NativeHandle):
                 self.num_grammar_short += 1
                 return self._select(self._short_data, len(ids))
         self.num_grammar_full += 1
-        cand, data = _scratch_candidates(n)
+        cand, data = scratch_candidates(n)
         cand["id"] = self._ids
         cand["logit"] = logits
         cand["p"] = 0.0
@@ -282,7 +291,7 @@ class _Scratch(threading.local):
 _scratch = _Scratch()
 
 
-def _scratch_candidates(n_vocab: int) -> tuple[np.ndarray, Any]:
+def scratch_candidates(n_vocab: int) -> tuple[np.ndarray, Any]:
     """This thread's llama_token_data {int32 id; float logit; float p} per token, and a pointer
     to it. Every sample fills it before use and a thread runs one sample at a time, so the
     samplers of a thread share it: a request no longer allocates (and faults in) 590 KB."""

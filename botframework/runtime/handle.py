@@ -182,7 +182,8 @@ class ModelHandle:
 
     def worker_metrics(self) -> dict[str, float]:
         m = self.worker.metrics
-        return {"num_steps": m.num_steps, "num_step_tokens": m.num_step_tokens, "decode_ms": m.decode_ms,
+        return {"num_steps": m.num_steps, "num_step_tokens": m.num_step_tokens, "num_runs": m.num_runs,
+                "decode_ms": m.decode_ms,
                 "sample_ms": m.sample_ms, "schedule_ms": m.schedule_ms,
                 **({"draft_ms": m.draft_ms} if self.worker.drafts is not None else {})}
 

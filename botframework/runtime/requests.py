@@ -90,12 +90,13 @@ class RequestLimits:
 def build_request(options: GenerationOptions, tokens: Sequence[int], *, request_id: str, n_ctx: int,
                   n_vocab: int, limits: RequestLimits, extra_stops: tuple[str, ...] = (),
                   grammar: GrammarSpec | None = None, truncated_tokens: int = 0,
-                  param_names: Mapping[str, str] | None = None) -> Request:
+                  param_names: Mapping[str, str] | None = None, stream: bool = True) -> Request:
     """The scheduler Request for `options` over prompt `tokens`, every limit checked.
 
     `extra_stops`: the chat template's stop strings; `grammar`: the chat plan's constraint;
     `param_names`: the caller's name for a GenerationOptions field where it differs (the
-    server's chat calls the prompt "messages" and num_keep "n_keep"), used in errors."""
+    server's chat calls the prompt "messages" and num_keep "n_keep"), used in errors;
+    `stream` False: the caller awaits the whole answer (Request.stream)."""
     names = param_names or {}
 
     def name(option: str) -> str:
@@ -140,7 +141,7 @@ def build_request(options: GenerationOptions, tokens: Sequence[int], *, request_
         "num_logprobs": options.num_logprobs}, name)
     return Request(request_id, tuple(tokens), params, session_id=options.session_id, priority=options.priority,
                    truncated_tokens=truncated_tokens, context_shift=options.context_shift, num_keep=options.num_keep,
-                   logits_processors=processors, speculative=options.speculative)
+                   logits_processors=processors, speculative=options.speculative, stream=stream)
 
 
 def _check_stops(stop: str | Sequence[str], limits: RequestLimits, param: str) -> tuple[str, ...]:

@@ -43,8 +43,9 @@ from botframework.config import (
 from botframework.engine.detokenizer import IncrementalDetokenizer
 from botframework.engine.draft_model import DraftModel
 from botframework.engine.engine import Engine
-from botframework.engine.step import StepPlan, StepResult
+from botframework.engine.step import RunResult, StepPlan, StepResult
 from botframework.errors import BotframeworkError, ClosedError, InvalidRequestError, ModelLoadError, NativeError
+from botframework.native._lib import ffi
 from botframework.native.batch import Batch
 from botframework.native.context import Context, ContextParams
 from botframework.native.cores import CORES
@@ -63,6 +64,7 @@ StepHook = Callable[[StepPlan, StepResult], object]
 class WorkerMetrics:
     num_steps: int = 0
     num_step_tokens: int = 0
+    num_runs: int = 0              # native calls that ran several steps (Engine.run_steps); their steps count above
     decode_ms: float = 0.0
     sample_ms: float = 0.0
     schedule_ms: float = 0.0       # Python time outside llama_decode and sampling (and the draft model)
@@ -159,7 +161,7 @@ class ModelWorker:
                             speculative="none" if config.speculative == "model" and self.drafts is None
                             else config.speculative,
                             draft_max=config.draft_max, draft_by_cost=config.draft_by_cost,
-                            can_draft=can_draft(self.model, self.name, config)),
+                            can_draft=can_draft(self.model, self.name, config), run_steps=config.run_steps),
             eog_tokens=self.model.eog_tokens,
             sessions=SessionStore(config.session_ram_bytes, config.session_disk_bytes, config.session_dir),
             draft_source=self.drafts)
@@ -178,6 +180,9 @@ class ModelWorker:
         self._cv = threading.Condition()
         self._closing = False
         self._idle = False  # the engine thread waits for work (under self._cv)
+        # nonzero: a run of steps (Engine.run_steps) ends after its current one; set with every
+        # notify of self._cv (new work) and by a thread that waits for the cores
+        self._interrupt = ffi.new("int32_t[1]")
         self._ids = itertools.count()
         self._thread = threading.Thread(target=self._run, name=f"botframework-engine-{self.name}", daemon=True)
         self._thread.start()
@@ -238,6 +243,7 @@ class ModelWorker:
                     # no hand-over wait: the consumer may be this thread's own event loop
                     self._guarded_step(handoff=False)
             if self.scheduler.has_work:
+                self._interrupt[0] = 1
                 self._cv.notify()
         return True
 
@@ -354,6 +360,7 @@ class ModelWorker:
             if self._closing:
                 return
             self._closing = True
+            self._interrupt[0] = 1
             self._cv.notify()
         if threading.current_thread() is not self._thread:
             self._thread.join()
@@ -395,6 +402,7 @@ class ModelWorker:
             if self._closing:
                 raise ClosedError(f"model worker {self.name!r} is closed")
             self._commands.append(command)
+            self._interrupt[0] = 1
             self._cv.notify()
 
     def _run(self) -> None:
@@ -446,19 +454,31 @@ class ModelWorker:
 
     def _step(self, handoff: bool = True) -> None:
         """schedule -> execute -> update. `handoff`: wait (up to handoff_wait_s) for the event
-        loops given a request's first or last delta to take it before the next decode."""
+        loops given a request's first or last delta to take it before the next decode. A plan
+        the scheduler's run_length lets run (plain whole answers) goes on for several steps in
+        one native call (Engine.run_steps), unless step hooks watch every step."""
         t0 = time.perf_counter()
         draft_ms = self.drafts.draft_ms if self.drafts is not None else 0.0
         plan = self.scheduler.schedule()
         if self.drafts is not None:  # (schedule() ran the draft model)
             draft_ms = self.drafts.draft_ms - draft_ms
+        steps, stop_on_eog = (0, ()) if self._step_hooks else self.scheduler.run_length(plan)
+        if steps and not self._arm_interrupt():
+            steps = 0
+        result: StepResult | RunResult
         try:
-            result = self.engine.execute(plan)
+            if steps:
+                result = self.engine.run_steps(plan, steps, stop_on_eog, self._interrupt)
+            else:
+                result = self.engine.execute(plan)
         except NativeError as exc:
             self._recover(exc)
             return
         with batched() as waits:
-            self.scheduler.update(plan, result)
+            if isinstance(result, RunResult):
+                self.scheduler.update_run(plan, result)
+            else:
+                self.scheduler.update(plan, result)
         for request_id in self.scheduler.take_last_releases():  # (no step just for these)
             self.engine.release(request_id)
         if waits and handoff:  # a request's first or last token: its event loop sends it before the next decode
@@ -467,6 +487,13 @@ class ModelWorker:
                 handle.wait_handled(max(0.0, deadline - time.perf_counter()))
         t1 = time.perf_counter()
         m = self.metrics
+        if isinstance(result, RunResult):
+            m.num_steps += result.num_steps
+            m.num_step_tokens += result.num_steps * len(plan.items)
+            m.num_runs += 1
+            m.decode_ms += result.decode_ms
+            m.schedule_ms += (t1 - t0) * 1e3 - result.decode_ms
+            return
         m.num_steps += 1
         m.num_step_tokens += result.num_tokens
         m.decode_ms += result.decode_ms
@@ -475,6 +502,15 @@ class ModelWorker:
         m.draft_ms += draft_ms
         if self._step_hooks:
             self._run_step_hooks(plan, dataclasses.replace(result, step_ms=(t1 - t0) * 1e3))
+
+    def _arm_interrupt(self) -> bool:
+        """Before a run of steps: False if work came in meanwhile (it goes first), else the
+        interrupt flag is cleared (whatever comes in from now on sets it)."""
+        with self._cv:
+            if self._commands or self._embed_jobs or self._closing:
+                return False
+            self._interrupt[0] = 0
+            return True
 
     def _run_step_hooks(self, plan: StepPlan, result: StepResult) -> None:
         for hook in self._step_hooks:

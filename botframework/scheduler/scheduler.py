@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from botframework.engine.step import PlanItem, StepPlan, StepResult
+from botframework.engine.step import PlanItem, RunResult, StepPlan, StepResult
 from botframework.errors import BotframeworkError, BusyError, ContextLengthExceededError, GrammarError
 from botframework.scheduler.drafter import (
     Drafter,
@@ -89,6 +89,12 @@ class SchedulerConfig:
     # sequence's acceptance (drafter.profitable_drafts); False: always up to the drafter's own
     # length (to study acceptance, or to test verification where drafting does not pay)
     draft_by_cost: bool = True
+    # Steps the engine may run in one native call (Engine.run_steps) when every sequence in the
+    # batch is running and plain (no grammar, logit bias, logprobs, processors or drafts) and
+    # its answer is awaited whole (Request.stream False), nothing waits and no deadline is
+    # set: no Python between those decodes. 0 or 1: never. It ends early at an end of
+    # generation, a new request, a cancel, or another model wanting the cores.
+    run_steps: int = 16
     # False for a model whose memory cannot drop a sequence's last cells (recurrent and hybrid
     # models: llama_memory_seq_rm refuses a partial removal, so rejected drafts could not leave
     # the cache): nothing drafts then, whatever the request or `speculative` says
@@ -525,6 +531,84 @@ class Scheduler:
                 self._finish(seq, finish, text=text, token_ids=(token,), logprobs=logprobs)
         if drafted:
             self._settle_drafts(drafted, consumed, result)
+
+    def run_length(self, plan: StepPlan) -> tuple[int, tuple[bool, ...]]:
+        """How many steps the engine may run this plan for without Python between them
+        (Engine.run_steps; SchedulerConfig.run_steps says when), and for each item whether an
+        end-of-generation token ends it; (0, ()) when the plan does not qualify (nor does one
+        with KV operations: the step after a run that cut a finished answer's cells is plain).
+        Every step of a run fits: within each request's max_tokens and the context, into cells
+        free now."""
+        steps = self.config.run_steps
+        items = plan.items
+        if (steps < 2 or self.waiting or self._deadlines or plan.save_states or plan.kv_ops or not items
+                or len(items) != len(self.active)):
+            return 0, ()
+        num_ctx = self.config.num_ctx
+        stop_on_eog = []
+        for item in items:
+            seq = self.active.get(item.request_id)
+            # (a prompt whose last token is all that is left to compute is planned the same
+            # way as a decode token, before the request has a sampler: not from the first step)
+            if (seq is None or seq.status is not SequenceStatus.RUNNING or len(item.tokens) != 1 or item.num_draft
+                    or not seq.num_generated or item.num_logprobs is not None or item.processors
+                    or seq.drafter is not None or seq.request.stream or seq.num_discarded):
+                return 0, ()
+            params = seq.request.params
+            if params.sampler.grammar is not None or params.sampler.logit_bias:
+                return 0, ()
+            steps = min(steps, params.max_tokens - seq.num_generated, num_ctx - 1 - seq.num_computed)
+            stop_on_eog.append(not params.ignore_eos)
+        if steps < 2 or self.kv.num_cells_used() + len(items) * (steps - 1) > num_ctx:
+            return 0, ()
+        return steps, tuple(stop_on_eog)
+
+    def update_run(self, plan: StepPlan, run: RunResult) -> None:
+        """After Engine.run_steps: each request takes its tokens as update() would have, step
+        by step (end of generation, stop strings, max_tokens, the context), in one delta; one
+        that finished before the run's last step gives its later cells back (a REMOVE op)."""
+        if run.num_steps:
+            self.step_cost.observe(len(plan.items), run.decode_ms / run.num_steps)
+        num_ctx = self.config.num_ctx
+        eog = self.eog_tokens
+        for item, sampled in zip(plan.items, run.tokens, strict=True):
+            seq = self.active[item.request_id]  # (nothing ran between the run and this: all still active)
+            start = item.start_pos
+            seq.num_computed = start + len(sampled)  # the item's token and all but the last sampled
+            self.kv.extend(seq, start + 1, list(sampled[:-1]))
+            params = seq.request.params
+            stops, detokenizer = seq.stops, seq.detokenizer
+            texts: list[str] = []
+            finish: FinishReason | None = None
+            taken = 0
+            for token in sampled:
+                taken += 1
+                seq.tokens.append(token)
+                seq.num_generated += 1
+                if token in eog and not params.ignore_eos:
+                    finish = FinishReason.STOP
+                    break
+                texts.append(stops.feed(detokenizer.feed(token)))
+                if stops.stopped:
+                    finish = FinishReason.STOP
+                    break
+                if seq.num_generated >= params.max_tokens or (
+                        start + taken + 1 >= num_ctx and not seq.request.context_shift):
+                    finish = FinishReason.LENGTH
+                    break
+            self.num_generated_tokens += taken
+            text = "".join(texts)
+            if finish is None:
+                seq.handle.publish(Delta(seq.request_id, text=text, token_ids=tuple(sampled)))
+                continue
+            if not stops.stopped:
+                text += stops.feed(detokenizer.flush())
+                text += stops.flush()
+            seq.num_computed = start + taken
+            self._finish(seq, finish, text=text, token_ids=tuple(sampled[:taken]))
+            slot = self.slots[item.seq_id]
+            if slot.owner is None:
+                self.kv.truncate(slot, start + taken)  # the cells of the steps after its last token
 
     def _settle_drafts(self, drafted: dict[str, PlanItem], consumed: dict[str, int], result: StepResult) -> None:
         """After a step with drafts: count them, and cut each slot back to what it would hold

@@ -48,6 +48,9 @@ class Request:
     logits_processors: tuple[Any, ...] = ()
     # speculative decoding (n-gram drafts verified in the batch): None: the scheduler's default
     speculative: bool | None = None
+    # its deltas are read as they come (a stream); False (the whole answer is awaited): the
+    # engine may run several steps without Python between them (Scheduler.run_length)
+    stream: bool = True
 
     def __post_init__(self) -> None:
         if not self.prompt_tokens:

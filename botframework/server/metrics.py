@@ -38,6 +38,7 @@ _COUNTERS = {
     "num_prompt_tokens": ("botframework_prompt_tokens", "prompt tokens admitted"),
     "num_prefix_hit_tokens": ("botframework_prefix_cache_hit_tokens", "prompt tokens reused from the KV cache"),
     "num_steps": ("botframework_engine_steps", "engine steps (one llama_decode each)"),
+    "num_runs": ("botframework_engine_runs", "native calls that ran several engine steps for whole answers"),
     "num_draft_tokens": ("botframework_draft_tokens", "speculative draft tokens verified"),
     "num_accepted_draft_tokens": ("botframework_draft_accepted_tokens", "speculative draft tokens accepted"),
 }

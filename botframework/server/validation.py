@@ -69,7 +69,8 @@ def engine_request(body: GenerationBody, tokens: list[int], runtime: Runtime, se
         options = dataclasses.replace(options, logits_processors=logits_processors(names, settings))
     return build_request(options, tokens, request_id=request_id, n_ctx=runtime.n_ctx,
                          n_vocab=runtime.n_vocab, limits=settings.request_limits, extra_stops=extra_stops,
-                         grammar=grammar, truncated_tokens=truncated_tokens, param_names=param_names(body))
+                         grammar=grammar, truncated_tokens=truncated_tokens, param_names=param_names(body),
+                         stream=getattr(body, "stream", None) is not False)
 
 
 def logits_processors(names: list[str], settings: ServerSettings) -> tuple[Any, ...]:

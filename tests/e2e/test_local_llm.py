@@ -361,3 +361,84 @@ def test_a_one_token_answer_runs_on_the_callers_thread_when_the_engine_is_idle(l
         release.set()
         holder.join()
     assert answer(busy) == queued
+
+
+def test_whole_answers_run_several_steps_per_native_call_and_equal_the_streamed_ones(llm: LocalLLM) -> None:
+    """complete() (the whole answer awaited) runs its steady steps in native runs
+    (Engine.run_steps): the same tokens as stream_complete, which steps one token at a time:
+    greedy, seeded sampling, a stop string met inside a run, max_tokens; and four whole answers
+    batched in runs together, against the same four streamed (each time from an empty prefix
+    cache: a cached prompt can tip a greedy near-tie)."""
+    from botframework.api import generation_options
+    from botframework.runtime.stream import collect
+
+    worker = llm.worker
+
+    def streamed(prompt: str, **options: object) -> tuple[str, list[int]]:
+        worker.clear_prefix_cache()
+        text, tokens = [], []
+        for delta in llm.stream_complete_deltas(prompt, **options):
+            text.append(delta.text)
+            tokens.extend(delta.token_ids)
+        return "".join(text), tokens
+
+    runs = worker.metrics.num_runs
+    cases = [("Once upon a time", {"max_tokens": 80, "temperature": 0, "ignore_eos": True}),
+             ("Once upon a time", {"max_tokens": 60, "temperature": 0.9, "seed": 7, "ignore_eos": True}),
+             ("Count: 1, 2, 3,", {"max_tokens": 60, "temperature": 0, "stop": [" 12,"]})]
+    for prompt, options in cases:
+        worker.clear_prefix_cache()
+        whole = llm.complete(prompt, **options)
+        assert (whole.text, list(whole.token_ids)) == streamed(prompt, **options), (prompt, options)
+    assert whole.finish_reason == "stop" and whole.text.endswith("11,")
+    assert worker.metrics.num_runs > runs
+
+    def four(stream: bool) -> list[tuple[str, str | None]]:
+        """Four answers admitted in the same step (the engine thread held meanwhile)."""
+        worker.clear_prefix_cache()
+        running, release = threading.Event(), threading.Event()
+        holder = threading.Thread(target=worker.call, args=(lambda: (running.set(), release.wait(30)),))
+        holder.start()
+        assert running.wait(30)
+        try:
+            deltas = [llm._stream(llm.handle.tokenize(f"Story {i}:", add_special=True),
+                                  generation_options(max_tokens=40 + 5 * i, temperature=0, ignore_eos=True),
+                                  stream=stream) for i in range(4)]
+        finally:
+            release.set()
+            holder.join()
+        return [(c.text, c.finish_reason and c.finish_reason.value) for c in map(collect, deltas)]
+
+    runs = worker.metrics.num_runs
+    together = four(stream=False)
+    assert worker.metrics.num_runs > runs
+    assert together == four(stream=True)
+
+
+def test_a_run_of_steps_gives_way_to_a_new_request(llm: LocalLLM) -> None:
+    """A run ends after its current step when a request comes in: with runs allowed to go on
+    for 100,000 steps, a request sent while a 300-token whole answer runs gets its first token
+    before that answer ends."""
+    import dataclasses
+
+    from botframework.api import generation_options
+    from botframework.runtime.stream import collect
+
+    scheduler = llm.worker.scheduler
+    config = scheduler.config
+    scheduler.config = dataclasses.replace(config, run_steps=100_000)
+    try:
+        first = llm._stream(llm.handle.tokenize("Tell me a long story about the sea.", add_special=True),
+                            generation_options(max_tokens=300, temperature=0, ignore_eos=True), stream=False)
+        for _ in range(2000):  # its first token came from a plain step; a run follows
+            if first.handle._num_published:
+                break
+            time.sleep(0.005)
+        time.sleep(0.05)
+        second = iter(llm.stream_complete_deltas("Hello", max_tokens=2))
+        assert next(second).token_ids
+        assert not first.handle.finished.is_set()
+        assert collect(first).usage.completion_tokens == 300  # type: ignore[union-attr]
+        list(second)
+    finally:
+        scheduler.config = config

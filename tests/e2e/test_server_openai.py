@@ -281,7 +281,8 @@ def test_disconnect_during_prefill_and_while_queued_frees_everything(base_url: s
 
 def _metric(base_url: str, name: str) -> float:
     text = httpx.get(f"{base_url}/metrics", headers={"authorization": f"Bearer {API_KEY}"}, timeout=10).text
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))  # (with its labels)
 
 
 def _read_chunked(stream) -> Iterator[bytes]:  # type: ignore[no-untyped-def]
@@ -347,6 +348,19 @@ def test_streamed_tokens_go_out_from_the_engine_thread(base_url: str, client) ->
     # directly, but for one now and then that the engine published before the route re-armed
     # (a busy machine): at least half
     assert _metric(base_url, "botframework_sse_direct_chunks_total") - before >= (32 + len(chat)) // 2
+
+
+def test_whole_answers_run_several_steps_per_native_call(base_url: str, client) -> None:  # type: ignore[no-untyped-def]
+    """A non-streamed answer runs its steady steps in native runs (Engine.run_steps, counted in
+    /metrics); its text is the streamed answer's (both read the prompt from the prefix cache)."""
+    before = _metric(base_url, "botframework_engine_runs_total")
+    options = {"model": MODEL, "prompt": "Some animals that live in the sea:", "max_tokens": 48, "temperature": 0,
+               "extra_body": {"ignore_eos": True}}
+    client.completions.create(**options)
+    assert _metric(base_url, "botframework_engine_runs_total") > before
+    whole = client.completions.create(**options)
+    streamed = "".join(c.choices[0].text for c in client.completions.create(**options, stream=True) if c.choices)
+    assert streamed == whole.choices[0].text and whole.usage.completion_tokens == 48
 
 
 def test_a_slow_reader_gets_every_streamed_byte_in_order(base_url: str, client) -> None:  # type: ignore[no-untyped-def]

@@ -237,3 +237,59 @@ def test_everything_on_a_closed_context_raises_closed_error(model: Model) -> Non
     batch.close()
     with pytest.raises(ClosedError):
         batch.add_sequence([1], 0, 0, logits_last=True)
+
+
+def test_a_run_of_steps_decodes_as_steps_one_at_a_time_and_stops_where_told(model: Model, ctx: Context) -> None:
+    """Engine.run_steps (bf_decode_run): three sequences for 12 steps in one native call sample
+    what decoding them one step at a time does; a set interrupt flag ends a run after its
+    first step; an end-of-generation token ends it for a sequence that stops on one."""
+    from botframework.engine import Engine, PlanItem, StepPlan
+    from botframework.native._lib import ffi
+
+    greedy = SamplerSpec(temperature=0.0)
+    _batch, outputs, tokens = prefill(model, ctx)
+    firsts = [llama_greedy(ctx, index) for index in outputs]
+    expected = [continue_greedy(ctx, seq_id, firsts[seq_id], len(tokens[seq_id]), 12) for seq_id in range(3)]
+    for seq_id in range(3):  # back to the prompts
+        ctx.memory.seq_rm(seq_id, len(tokens[seq_id]), -1)
+
+    engine = Engine(model, ctx)
+    interrupt = ffi.new("int32_t[1]")
+    try:
+        def items(step: int, sampled: list[list[int]]) -> tuple[PlanItem, ...]:
+            return tuple(PlanItem(f"r{seq_id}", seq_id, ((firsts[seq_id], *sampled[seq_id])[step],),
+                                  len(tokens[seq_id]) + step, sample=True, sampler=greedy) for seq_id in range(3))
+
+        first = engine.execute(StepPlan(items=items(0, [[], [], []])))  # builds the samplers
+        sampled = [[s.token] for s in first.sampled]
+        run = engine.run_steps(StepPlan(items=items(1, sampled)), 11, (False, False, False), interrupt)
+        assert run.num_steps == 11 and run.decode_ms > 0
+        assert [s + list(t) for s, t in zip(sampled, run.tokens, strict=True)] == expected
+
+        for seq_id in range(3):
+            ctx.memory.seq_rm(seq_id, len(tokens[seq_id]) + 12, -1)
+        interrupt[0] = 1
+        more = engine.run_steps(StepPlan(items=tuple(
+            PlanItem(f"r{i}", i, (expected[i][-1],), len(tokens[i]) + 12, sample=True) for i in range(3))),
+            50, (False, False, False), interrupt)
+        assert more.num_steps == 1 and all(len(t) == 1 for t in more.tokens)
+    finally:
+        engine.close()
+
+    ctx.memory.clear()
+    eos = model.special.eos
+    assert eos in model.eog_tokens
+    engine = Engine(model, ctx)
+    forced = SamplerSpec(temperature=0.0, logit_bias={eos: 100.0})  # the end of generation, every time
+    try:
+        prompt = model.tokenize("Hello")
+        for seq_id, stop_on_eog, steps in ((0, True, 1), (1, False, 5)):
+            first = engine.execute(StepPlan(items=(PlanItem(f"e{seq_id}", seq_id, tuple(prompt), 0, sample=True,
+                                                            sampler=forced),)))
+            assert first.sampled[0].token == eos
+            interrupt[0] = 0
+            run = engine.run_steps(StepPlan(items=(PlanItem(f"e{seq_id}", seq_id, (eos,), len(prompt), sample=True),)),
+                                   5, (stop_on_eog,), interrupt)
+            assert run.num_steps == steps and run.tokens == ((eos,) * steps,)
+    finally:
+        engine.close()

@@ -159,10 +159,10 @@ def test_samplers_of_one_thread_share_a_candidate_buffer_and_still_agree(model: 
     """A request no longer allocates its own 49,152 candidates: the samplers of a thread share one
     buffer (another thread has its own). Two non-greedy samplers, one with a pre chain, sampling
     in turn from the same outputs must each still match llama.cpp's chain built like it."""
-    a = sampler_module._scratch_candidates(model.n_vocab)
-    assert sampler_module._scratch_candidates(model.n_vocab)[0] is a[0]
+    a = sampler_module.scratch_candidates(model.n_vocab)
+    assert sampler_module.scratch_candidates(model.n_vocab)[0] is a[0]
     other: list[Any] = []
-    thread = threading.Thread(target=lambda: other.append(sampler_module._scratch_candidates(model.n_vocab)))
+    thread = threading.Thread(target=lambda: other.append(sampler_module.scratch_candidates(model.n_vocab)))
     thread.start()
     thread.join()
     assert other[0][0] is not a[0]

@@ -7,7 +7,7 @@ sequence's cells, copies from cells that do not exist, batches over the token bu
 from __future__ import annotations
 
 from botframework.engine.speculative import verify_drafts
-from botframework.engine.step import KVOpKind, SampledToken, StepPlan, StepResult
+from botframework.engine.step import KVOpKind, RunResult, SampledToken, StepPlan, StepResult
 
 
 class FakeEngine:
@@ -86,3 +86,24 @@ class FakeEngine:
                     sampled.append(SampledToken(item.request_id, token))
         return StepResult(sampled=tuple(sampled), num_tokens=plan.num_tokens, decode_ms=0.0, sample_ms=0.0,
                           saved_states=saved)
+
+    def run_steps(self, plan: StepPlan, max_steps: int, stop_on_eog: tuple[bool, ...],
+                  interrupt_after: int | None = None) -> RunResult:
+        """Engine.run_steps: the plan's step and more, each item's sampled token decoded by the
+        next step; ends after a step where an item with stop_on_eog sampled the eog token, after
+        `interrupt_after` steps (another thread's interrupt), or after max_steps."""
+        first = self.execute(plan)
+        tokens: dict[str, list[int]] = {s.request_id: [s.token] for s in first.sampled}
+        assert len(tokens) == len(plan.items) and all(s.error is None for s in first.sampled)
+        steps = 1
+        limit = max_steps if interrupt_after is None else min(max_steps, interrupt_after)
+        while steps < limit and not any(stop and tokens[item.request_id][-1] == self.eog
+                                        for item, stop in zip(plan.items, stop_on_eog, strict=True)):
+            for item in plan.items:
+                cells = self.cells[item.seq_id]
+                cells[len(cells)] = tokens[item.request_id][-1]
+                self.num_decoded += 1
+                tokens[item.request_id].append(self.next_token([cells[p] for p in range(len(cells))]))
+            steps += 1
+        return RunResult(tokens=tuple(tuple(tokens[item.request_id]) for item in plan.items), num_steps=steps,
+                         decode_ms=float(steps))

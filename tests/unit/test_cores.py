@@ -138,3 +138,49 @@ def test_a_waiter_interrupted_while_waiting_leaves_the_line() -> None:
     holder.join(10)
     with cores.hold(2, wait=False) as held:  # the line did not stop at the interrupted ticket
         assert held
+
+
+def test_a_run_of_decodes_is_told_to_end_when_another_thread_waits_for_its_cores() -> None:
+    """hold(yield_flag=...): the flag is set when a thread starts waiting for cores (and at once
+    when one waits already); the run gives the cores up and the waiter gets them."""
+    cores = ComputeCores(2)
+    flag = [0]
+    log: list[str] = []
+    in_run, gave_up = threading.Event(), threading.Event()
+
+    def run() -> None:
+        with cores.hold(2, yield_flag=flag):
+            in_run.set()
+            for _ in range(2000):  # the native run's loop: a decode, then a look at the flag
+                if flag[0]:
+                    break
+                threading.Event().wait(0.005)
+            log.append(f"run ended, flag {flag[0]}")
+        gave_up.set()
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    assert in_run.wait(10) and flag == [0]
+    with cores.hold(1):
+        log.append("waiter in")
+    runner.join(10)
+    assert log == ["run ended, flag 1", "waiter in"] and gave_up.is_set()
+    assert not cores._yield_flags and cores.free == 2
+
+    log.clear()
+    first, release = _held_by_another(cores, 2, log)  # a run that gets the cores with a waiter behind it
+    late_flag = [0]
+    late_run = threading.Thread(target=lambda: _hold_and_log(cores, late_flag, log))
+    late_run.start()
+    _wait_for_waiters(cores, 1)
+    behind = _holder(cores, 1, log, "w")
+    _wait_for_waiters(cores, 2)
+    release.set()
+    for thread in (first, late_run, behind):
+        thread.join(10)
+    assert log == ["a+", "a-", "run flag 1", "w+", "w-"]
+
+
+def _hold_and_log(cores: ComputeCores, flag: list[int], log: list[str]) -> None:
+    with cores.hold(2, yield_flag=flag):
+        log.append(f"run flag {flag[0]}")

@@ -479,3 +479,87 @@ def test_the_last_finished_requests_are_released_without_a_step_of_their_own() -
     assert s.has_work and s.take_last_releases() == (longer.request_id,)
     assert not s.has_work and s.take_last_releases() == ()
     assert s.schedule().release == ()
+
+
+def _text_seq(prompt: list[int], max_tokens: int, stop: tuple[str, ...] = (), ignore_eos: bool = False,
+              stream: bool = False) -> Sequence:
+    """A request whose tokens read as letters (token t -> chr(97 + t % 26)), for stop strings."""
+    request = Request(f"r{next(_ids)}", tuple(prompt), SamplingParams(max_tokens=max_tokens, stop=stop,
+                                                                      ignore_eos=ignore_eos), stream=stream)
+    return Sequence(request, RequestHandle(request.request_id, lambda _id: None),
+                    IncrementalDetokenizer(lambda t: chr(97 + t % 26).encode()))
+
+
+def _answers(runs: bool, interrupt_every: int | None = None) -> list[tuple[object, ...]]:
+    """Each request's deltas (text, tokens, finish, usage) and the cache at the end, stepping
+    plainly or with runs of steps wherever the scheduler allows them."""
+    s, engine = scheduler_and_engine(eog=frozenset({7}), num_slots=4, num_ctx=512, max_batch_tokens=64,
+                                     run_steps=8 if runs else 0)
+    engine = FakeEngine(4, 64, vocab=20, eog=7)
+    seqs = [_text_seq([4, 5], 33, stop=("dc",)), _text_seq([6], 50, ignore_eos=True),
+            _text_seq([2, 9, 4, 4], 25, stop=("kr", "zz")), _text_seq([3, 3], 60, ignore_eos=True, stop=("shq",))]
+    late = _text_seq([1, 2, 3], 40, stop=("ikr",))
+    for seq in seqs:
+        s.add(seq)
+    steps = num_runs = 0
+    while s.has_work:
+        plan = s.schedule()
+        length, stop_on_eog = s.run_length(plan)
+        if length:
+            assert runs
+            num_runs += 1
+            s.update_run(plan, engine.run_steps(plan, length, stop_on_eog, interrupt_every))
+        else:
+            s.update(plan, engine.execute(plan))
+        if not s.kv.has_ops:  # (cells a run computed past a finish leave with the next plan)
+            check_invariants(s, engine)
+        steps += 1
+        if steps == 3:
+            s.add(late)  # joins while the others run (one of them finishes first: it waits)
+    assert (num_runs > 0) == runs
+    out: list[tuple[object, ...]] = []
+    for seq in [*seqs, late]:
+        deltas = list(seq.handle)
+        out.append(("".join(d.text for d in deltas), tuple(t for d in deltas for t in d.token_ids),
+                    deltas[-1].finish_reason, deltas[-1].usage, tuple(seq.tokens)))
+    return [*out, tuple(tuple(v) for v in engine.kv.values())]
+
+
+def test_runs_of_steps_answer_exactly_as_single_steps() -> None:
+    """update_run after Engine.run_steps (here the fake's): the same text, tokens, finish reasons
+    (end of generation, stop strings inside a run, max_tokens), usage and cache contents as
+    stepping one token at a time, also when runs are cut short by an interrupt."""
+    plain = _answers(runs=False)
+    assert {answer[2] for answer in plain[:-1]} >= {FinishReason.STOP, FinishReason.LENGTH}
+    assert _answers(runs=True) == plain
+    assert _answers(runs=True, interrupt_every=3) == plain
+
+
+def test_runs_only_for_plain_whole_answers_that_fit() -> None:
+    """run_length: 0 while a request streams, has a grammar, logit bias or logprobs, while
+    anything waits or has a deadline; otherwise bounded by max_tokens and the context."""
+    from botframework.specs import GrammarSpec, SamplerSpec
+
+    def length(*seqs: Sequence, num_ctx: int = 512) -> int:
+        s, engine = scheduler_and_engine(num_slots=4, num_ctx=num_ctx, max_batch_tokens=64, run_steps=16)
+        for seq in seqs:
+            s.add(seq)
+        for _ in range(2):  # prefill, then the first decode step
+            plan = s.schedule()
+            s.update(plan, engine.execute(plan))
+        return s.run_length(s.schedule())[0]
+
+    def with_params(seq: Sequence, **changes: object) -> Sequence:
+        import dataclasses
+        request = dataclasses.replace(seq.request, params=dataclasses.replace(seq.request.params, **changes))
+        return Sequence(request, seq.handle, seq.detokenizer)
+
+    assert length(_text_seq([1, 2], 100)) == 16
+    assert length(_text_seq([1, 2], 100), _text_seq([3], 100)) == 16
+    assert length(_text_seq([1, 2], 10)) == 10 - 2  # two tokens sampled before the run
+    assert length(_text_seq([1, 2], 100), num_ctx=12) == 12 - 1 - 4
+    assert length(_text_seq([1, 2], 100, stream=True)) == 0
+    assert length(_text_seq([1, 2], 100), _text_seq([3], 100, stream=True)) == 0
+    assert length(with_params(_text_seq([1, 2], 100), num_logprobs=0)) == 0
+    assert length(with_params(_text_seq([1, 2], 100), sampler=SamplerSpec(logit_bias={3: 1.0}))) == 0
+    assert length(with_params(_text_seq([1, 2], 100), sampler=SamplerSpec(grammar=GrammarSpec('root ::= "a"+')))) == 0
