@@ -444,3 +444,29 @@ def test_a_request_may_run_inline_only_while_no_other_request_holds_a_model(run:
                 "model": "fake-model", "prompt": "hi", "stream": False, "options": {"num_predict": 1}})).status_code == 200
             assert runtime.inline[-1] is True
     run(go())
+
+
+def test_every_protocol_says_whether_its_answer_is_awaited_whole(run: Any) -> None:
+    """Request.stream is False exactly when the response is not streamed (the engine may then
+    run several steps per native call): OpenAI chat, completions and infill, Anthropic
+    messages, OpenAI responses, Ollama generate and chat."""
+    runtime = FakeRuntime()
+    hi = [{"role": "user", "content": "hi"}]
+    routes: list[tuple[str, dict[str, Any], str]] = [
+        ("/v1/chat/completions", {"model": "fake-model", "messages": hi, "max_tokens": 4}, "stream"),
+        ("/v1/completions", {"model": "fake-model", "prompt": "hi", "max_tokens": 4}, "stream"),
+        ("/infill", {"model": "fake-model", "input_prefix": "a", "input_suffix": "b", "n_predict": 4}, "stream"),
+        ("/v1/messages", {"model": "fake-model", "messages": hi, "max_tokens": 4}, "stream"),
+        ("/v1/responses", {"model": "fake-model", "input": "hi", "max_output_tokens": 16}, "stream"),
+        ("/api/generate", {"model": "fake-model", "prompt": "hi", "options": {"num_predict": 4}}, "stream"),
+        ("/api/chat", {"model": "fake-model", "messages": hi, "options": {"num_predict": 4}}, "stream"),
+    ]
+
+    async def go() -> None:
+        async with serve_fake(runtime) as c:
+            for path, body, key in routes:
+                for streamed in (False, True):
+                    response = await c.post(path, json={**body, key: streamed})
+                    assert response.status_code == 200, (path, streamed, response.text)
+                    assert runtime.requests[-1].stream is streamed, (path, streamed)
+    run(go())

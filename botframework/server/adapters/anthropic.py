@@ -119,7 +119,8 @@ async def messages(body: MessagesRequest, http: HTTPRequest) -> Response:
     request = build_request(options, plan.tokens, request_id=message_id, n_ctx=runtime.n_ctx,
                             n_vocab=runtime.n_vocab, limits=http.app.state.settings.request_limits,
                             extra_stops=plan.rendered.additional_stops, grammar=plan.grammar,
-                            truncated_tokens=plan.rendered.truncated_tokens, param_names=PARAM_NAMES)
+                            truncated_tokens=plan.rendered.truncated_tokens, param_names=PARAM_NAMES,
+                            stream=bool(body.stream))
     first, deltas = await start(http, runtime, request)
     if body.stream:
         return EventStreamResponse(_events(http, runtime, plan, body, message_id, first, deltas),

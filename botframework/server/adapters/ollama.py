@@ -225,7 +225,7 @@ async def _run(http: HTTPRequest, answer: Answer, generation: GenerationOptions,
     request = build_request(generation, plan.tokens, request_id=new_id("ollama"), n_ctx=runtime.n_ctx,
                             n_vocab=runtime.n_vocab, limits=settings.request_limits,
                             extra_stops=plan.rendered.additional_stops, grammar=plan.grammar,
-                            truncated_tokens=plan.rendered.truncated_tokens, param_names=PARAM_NAMES)
+                            truncated_tokens=plan.rendered.truncated_tokens, param_names=PARAM_NAMES, stream=stream)
     first, deltas = await start(http, runtime, request)
     return answer.stream(first, deltas) if stream else await answer.whole(first, deltas)
 

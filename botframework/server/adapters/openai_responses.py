@@ -226,7 +226,8 @@ async def create_response(body: ResponsesRequest, http: HTTPRequest) -> Response
         request = build_request(options, plan.tokens, request_id=response_id, n_ctx=runtime.n_ctx,
                                 n_vocab=runtime.n_vocab, limits=http.app.state.settings.request_limits,
                                 extra_stops=plan.rendered.additional_stops, grammar=plan.grammar,
-                                truncated_tokens=plan.rendered.truncated_tokens, param_names=OPTION_NAMES)
+                                truncated_tokens=plan.rendered.truncated_tokens, param_names=OPTION_NAMES,
+                                stream=bool(body.stream))
     turn = _Turn(response_id, body, runtime.model_id, request, conversation, session_id)
     store.start(response_id, Running(turn.snapshot("in_progress"), session_id, store=body.stored))
     try:
