@@ -185,8 +185,9 @@ int32_t bf_sample(struct llama_context * ctx, int32_t idx, struct llama_sampler 
                   struct llama_sampler * post, int greedy, llama_token_data * cand, int32_t n_vocab);
 int32_t bf_decode_run(struct llama_context * ctx, int32_t n_seqs, const int32_t * seq_ids, int32_t * tokens,
                       int32_t * pos, struct llama_sampler ** pre, struct llama_sampler ** post, const int32_t * greedy,
-                      const int32_t * stop_on_eog, int32_t max_steps, const volatile int32_t * interrupt,
-                      llama_token_data * cand, int32_t n_vocab, int32_t * out, int32_t * status);
+                      const int32_t * stop_on_eog, const uint8_t * stop_bytes, int32_t max_steps,
+                      const volatile int32_t * interrupt, llama_token_data * cand, int32_t n_vocab, int32_t * out,
+                      int32_t * status);
 int32_t bf_fill_candidates(struct llama_context * ctx, int32_t idx, struct llama_sampler * pre,
                            llama_token_data * cand, int32_t n_vocab, float * adjusted);
 char * bf_json_schema_to_grammar(const char * schema_json);

@@ -532,21 +532,55 @@ int32_t bf_sample(struct llama_context * ctx, int32_t idx, struct llama_sampler 
     return token;
 }
 
+// Whether the text of `token` (control tokens' text included) has a byte whose bit is set in
+// the 256-bit `bits`: the token may complete a stop string ending in that byte. A piece too
+// long for the buffer counts as a yes.
+static bool bf_piece_has_byte(const llama_vocab * vocab, llama_token token, const uint8_t * bits) {
+    char piece[256];
+    const int32_t n = llama_token_to_piece(vocab, token, piece, sizeof(piece), 0, true);
+    if (n < 0) {
+        return true;
+    }
+    for (int32_t k = 0; k < n; ++k) {
+        const uint8_t b = (uint8_t) piece[k];
+        if (bits[b >> 3] & (1u << (b & 7))) {
+            return true;
+        }
+    }
+    return false;
+}
+
 int32_t bf_decode_run(struct llama_context * ctx, int32_t n_seqs, const int32_t * seq_ids, int32_t * tokens,
                       int32_t * pos, struct llama_sampler ** pre, struct llama_sampler ** post, const int32_t * greedy,
-                      const int32_t * stop_on_eog, int32_t max_steps, const volatile int32_t * interrupt,
-                      llama_token_data * cand, int32_t n_vocab, int32_t * out, int32_t * status) {
+                      const int32_t * stop_on_eog, const uint8_t * stop_bytes, int32_t max_steps,
+                      const volatile int32_t * interrupt, llama_token_data * cand, int32_t n_vocab, int32_t * out,
+                      int32_t * status) {
     *status = 0;
     if (n_seqs <= 0 || max_steps <= 0) {
         return 0;
     }
     const llama_vocab * vocab = llama_model_get_vocab(llama_get_model(ctx));
-    std::vector<llama_seq_id> ids(seq_ids, seq_ids + n_seqs);
-    std::vector<llama_seq_id *> id_ptrs(n_seqs);
-    std::vector<int32_t> n_seq_id(n_seqs, 1);
-    std::vector<int8_t> logits(n_seqs, 1);
+    std::vector<llama_seq_id> ids;
+    std::vector<llama_seq_id *> id_ptrs;
+    std::vector<int32_t> n_seq_id;
+    std::vector<int8_t> logits;
+    std::vector<bool> has_stops(n_seqs > 0 ? n_seqs : 0, false);
+    try {
+        ids.assign(seq_ids, seq_ids + n_seqs);
+        id_ptrs.resize(n_seqs);
+        n_seq_id.assign(n_seqs, 1);
+        logits.assign(n_seqs, 1);
+    } catch (...) {  // (out of memory: nothing ran)
+        *status = -1003;
+        return 0;
+    }
     for (int32_t i = 0; i < n_seqs; ++i) {
         id_ptrs[i] = &ids[i];
+        if (stop_bytes != nullptr) {
+            for (int32_t k = 0; k < 32 && !has_stops[i]; ++k) {
+                has_stops[i] = stop_bytes[i * 32 + k] != 0;
+            }
+        }
     }
     llama_batch batch = {};
     batch.n_tokens = n_seqs;
@@ -572,7 +606,8 @@ int32_t bf_decode_run(struct llama_context * ctx, int32_t n_seqs, const int32_t 
             out[steps * n_seqs + i] = token;
             tokens[i] = token;
             pos[i] += 1;
-            stop = stop || (stop_on_eog[i] && llama_vocab_is_eog(vocab, token));
+            stop = stop || (stop_on_eog[i] && llama_vocab_is_eog(vocab, token)) ||
+                   (has_stops[i] && bf_piece_has_byte(vocab, token, stop_bytes + i * 32));
         }
         steps += 1;
         if (stop || *interrupt) {

@@ -45,15 +45,19 @@ int32_t bf_sample(struct llama_context * ctx, int32_t idx, struct llama_sampler 
  * on), samples its next token as bf_sample does (pre[i] may be NULL, post[i], greedy[i]) into
  * out[step * n_seqs + i], and decodes that token in the next step; tokens[] and pos[] end up
  * at the last sampled tokens and their positions. Stops after a step in which a sequence with
- * stop_on_eog[i] sampled an end-of-generation token, or once *interrupt is nonzero (another
- * thread wants the engine or the cores), or after max_steps. Returns the steps done; *status
- * is 0, or llama_decode's nonzero result, or -1001 / -1002 (bf_sample's -1 / -2) for the step
- * that failed (not counted; a failed sampling step has advanced the samplers of the
- * sequences before it). The engine's steady path for plain sequences (engine.run_steps). */
+ * stop_on_eog[i] sampled an end-of-generation token, or in which sequence i sampled a token
+ * whose text has a byte set in its 256-bit map stop_bytes[i * 32 .. i * 32 + 31] (stop_bytes
+ * may be NULL; an empty map: none; the last bytes of the request's stop strings: the caller
+ * looks for them), or once *interrupt is nonzero (another thread wants the engine or the
+ * cores), or after max_steps. Returns the steps done; *status is 0, or llama_decode's nonzero
+ * result, or -1001 / -1002 (bf_sample's -1 / -2) for the step that failed (not counted; a
+ * failed sampling step has advanced the samplers of the sequences before it), or -1003 (no
+ * memory, nothing ran). The engine's steady path for plain sequences (engine.run_steps). */
 int32_t bf_decode_run(struct llama_context * ctx, int32_t n_seqs, const int32_t * seq_ids, int32_t * tokens,
                       int32_t * pos, struct llama_sampler ** pre, struct llama_sampler ** post, const int32_t * greedy,
-                      const int32_t * stop_on_eog, int32_t max_steps, const volatile int32_t * interrupt,
-                      llama_token_data * cand, int32_t n_vocab, int32_t * out, int32_t * status);
+                      const int32_t * stop_on_eog, const uint8_t * stop_bytes, int32_t max_steps,
+                      const volatile int32_t * interrupt, llama_token_data * cand, int32_t n_vocab, int32_t * out,
+                      int32_t * status);
 
 /* The candidates for a sampler that needs them outside C (a grammar): `cand` gets every
  * token's id and logit from output `idx` (p = 0), then `pre` (may be NULL) adjusts the logits

@@ -124,6 +124,10 @@ class Engine:
                 unrestored.pop(op.seq_id, None)
         return unrestored
 
+    def apply_ops(self, ops: tuple[KVOp, ...]) -> None:
+        """KV ops outside a step (the worker's, right after one; see _apply_ops)."""
+        self._apply_ops(ops)
+
     def _new_sampler(self, item: PlanItem) -> BotframeworkError | None:
         """Build the request's sampler (and bind its logits processors) from its plan item; the
         error if it cannot be built."""
@@ -247,13 +251,16 @@ class Engine:
                           decode_ms=(t1 - t0) * 1e3, sample_ms=(t2 - t1) * 1e3, saved_states=saved,
                           processor_ms=processor_ms)
 
-    def run_steps(self, plan: StepPlan, max_steps: int, stop_on_eog: tuple[bool, ...], interrupt: Any) -> RunResult:
+    def run_steps(self, plan: StepPlan, max_steps: int, stop_on_eog: tuple[bool, ...], interrupt: Any,
+                  stop_bytes: bytes = b"") -> RunResult:
         """The plan's step and up to max_steps - 1 more, without Python between them (see the
         module's docstring; the scheduler's run_length says which plans qualify). Sequence i
         (plan.items[i]) stops the run after a step in which it sampled an end-of-generation
-        token if stop_on_eog[i]; `interrupt` (cffi int32_t[1]) nonzero ends it after the current
-        step. The cores are held for the whole run; another thread that waits for them sets
-        the flag (native/cores.py). A failed decode raises, as execute's does."""
+        token if stop_on_eog[i], or a token whose text has a byte in its 256-bit map
+        stop_bytes[32 i: 32 i + 32] (b"": no maps; the last bytes of its stop strings: such a
+        token may complete one); `interrupt` (cffi int32_t[1]) nonzero ends it after the
+        current step. The cores are held for the whole run; another thread that waits for them
+        sets the flag (native/cores.py). A failed decode raises, as execute's does."""
         if plan.save_states or plan.kv_ops:  # (Scheduler.run_length plans runs only without them)
             raise InvalidRequestError("a run of steps cannot save states or change the cache first")
         for request_id in plan.release:
@@ -271,15 +278,19 @@ class Engine:
         stops = ffi.new("int32_t[]", [int(stop) for stop in stop_on_eog])
         out = ffi.new("int32_t[]", n * max_steps)
         status = ffi.new("int32_t *")
+        if stop_bytes and len(stop_bytes) != 32 * n:
+            raise InvalidRequestError(f"stop_bytes: 32 bytes per item, not {len(stop_bytes)} for {n}")
+        stop_map = ffi.from_buffer("uint8_t[]", stop_bytes) if stop_bytes else ffi.NULL
         n_vocab = self.model.n_vocab
         _cand, data = scratch_candidates(n_vocab)
         t0 = time.perf_counter()
         with CORES.hold(self.context.cores_for(n), yield_flag=interrupt):
             steps = lib().bf_decode_run(self.context.handle, n, seq_ids, tokens, pos, pre, post, greedy, stops,
-                                        max_steps, interrupt, data, n_vocab, out, status)
+                                        stop_map, max_steps, interrupt, data, n_vocab, out, status)
         decode_ms = (time.perf_counter() - t0) * 1e3
-        if status[0] in (-1001, -1002):
-            raise NativeError("a sequence could not be sampled during a run of steps", op="bf_decode_run")
+        if status[0] in (-1001, -1002, -1003):
+            raise NativeError("a sequence could not be sampled during a run of steps" if status[0] != -1003
+                              else "out of memory for a run of steps", op="bf_decode_run")
         check_decode(status[0])
         flat = ffi.unpack(out, n * steps)
         return RunResult(tokens=tuple(tuple(flat[i::n]) for i in range(n)), num_steps=steps, decode_ms=decode_ms)

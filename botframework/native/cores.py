@@ -77,7 +77,7 @@ class ComputeCores:
             self._local.held = 0
             with self._cv:
                 if yield_flag is not None:
-                    self._yield_flags.remove(yield_flag)
+                    self._yield_flags = [flag for flag in self._yield_flags if flag is not yield_flag]
                 self._free += need
                 self._cv.notify_all()
 

@@ -223,28 +223,31 @@ class ModelWorker:
 
     def _step_inline(self, seq: Sequence) -> bool:
         """Add the request and run a step on the calling thread, if the engine thread is idle
-        (waiting for work, none queued), no step hook watches (they run on the engine thread)
-        and the cores are free at once: the engine thread waits on the lock held here
-        meanwhile, as it would behind a command. A one-token answer is then done without the
-        hop to the engine thread and back (two wake-ups, two hand-overs of the GIL). Should the
-        step not finish it (no slot free yet), the engine thread takes over. False: nothing
-        done, queue it."""
+        (waiting for work, none queued), no step hook watches (they run on the engine thread),
+        admitting it costs only its own prefill (Scheduler.admits_cheaply: nothing to restore,
+        evict or move to RAM, no grammar) and the cores are free at once: the engine thread
+        waits on the lock held here meanwhile, as it would behind a command. A one-token answer
+        is then done without the hop to the engine thread and back (two wake-ups, two
+        hand-overs of the GIL). Should the step not finish it, the engine thread takes over.
+        False: nothing done, queue it."""
         with self._cv:
             if (not self._idle or self._commands or self._embed_jobs or self._closing or self._step_hooks
-                    or self.scheduler.has_work):
+                    or self.scheduler.has_work or not self.scheduler.admits_cheaply(seq)):
                 return False
             # the cores now or not at all: never wait here behind another model's decode (the
             # caller may be the event loop)
             with CORES.hold(max(self.n_threads, self.n_threads_batch), wait=False) as held:
                 if not held:
                     return False
-                self._add(seq)
-                if self.scheduler.has_work:
-                    # no hand-over wait: the consumer may be this thread's own event loop
-                    self._guarded_step(handoff=False)
-            if self.scheduler.has_work:
-                self._interrupt[0] = 1
-                self._cv.notify()
+                try:
+                    self._add(seq)
+                    if self.scheduler.has_work:
+                        # no hand-over wait: the consumer may be this thread's own event loop
+                        self._guarded_step(handoff=False)
+                finally:
+                    if self.scheduler.has_work:  # (whatever happened) the engine thread goes on
+                        self._interrupt[0] = 1
+                        self._cv.notify()
         return True
 
     def cancel(self, request_id: str) -> None:
@@ -462,13 +465,13 @@ class ModelWorker:
         plan = self.scheduler.schedule()
         if self.drafts is not None:  # (schedule() ran the draft model)
             draft_ms = self.drafts.draft_ms - draft_ms
-        steps, stop_on_eog = (0, ()) if self._step_hooks else self.scheduler.run_length(plan)
+        steps, stop_on_eog, stop_bytes = (0, (), b"") if self._step_hooks else self.scheduler.run_length(plan)
         if steps and not self._arm_interrupt():
             steps = 0
         result: StepResult | RunResult
         try:
             if steps:
-                result = self.engine.run_steps(plan, steps, stop_on_eog, self._interrupt)
+                result = self.engine.run_steps(plan, steps, stop_on_eog, self._interrupt, stop_bytes)
             else:
                 result = self.engine.execute(plan)
         except NativeError as exc:
@@ -479,6 +482,12 @@ class ModelWorker:
                 self.scheduler.update_run(plan, result)
             else:
                 self.scheduler.update(plan, result)
+        kv = self.scheduler.kv
+        if kv.has_ops and not kv.num_pending_saves:
+            # now, not first thing in the next plan: cells computed past a finish (a run's, a
+            # draft's) must be gone before that plan may save the slot's state (an idle
+            # prefix moved to RAM, a session evicted: the engine saves before its KV ops)
+            self.engine.apply_ops(kv.take_ops()[0])
         for request_id in self.scheduler.take_last_releases():  # (no step just for these)
             self.engine.release(request_id)
         if waits and handoff:  # a request's first or last token: its event loop sends it before the next decode

@@ -92,8 +92,10 @@ class SchedulerConfig:
     # Steps the engine may run in one native call (Engine.run_steps) when every sequence in the
     # batch is running and plain (no grammar, logit bias, logprobs, processors or drafts) and
     # its answer is awaited whole (Request.stream False), nothing waits and no deadline is
-    # set: no Python between those decodes. 0 or 1: never. It ends early at an end of
-    # generation, a new request, a cancel, or another model wanting the cores.
+    # set: no Python between those decodes. 0 or 1: never. It ends early after a step that
+    # samples an end of generation or a token that may complete a stop string (one with the
+    # stop string's last byte), and at a new request, a cancel, or another model wanting the
+    # cores.
     run_steps: int = 16
     # False for a model whose memory cannot drop a sequence's last cells (recurrent and hybrid
     # models: llama_memory_seq_rm refuses a partial removal, so rejected drafts could not leave
@@ -209,6 +211,24 @@ class Scheduler:
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.active or self.kv.has_ops or self._pending_release)
+
+    def admits_cheaply(self, seq: Sequence) -> bool:
+        """Whether admitting `seq` now costs no more than its own prefill: no session state to
+        restore or evict, no stored prefix to bring back, no idle cache to move to RAM, a free
+        slot, no grammar to compile or processors to bind. What a step on an event loop may do
+        (ModelWorker._step_inline)."""
+        request = seq.request
+        if request.session_id is not None or request.params.sampler.grammar is not None or request.logits_processors:
+            return False
+        kv = self.kv
+        if not any(slot.free for slot in kv.slots):
+            return False
+        if kv.prefixes is not None:
+            if any(slot.free and len(slot.cached) >= self.config.min_offload_tokens for slot in kv.slots):
+                return False
+            if kv.prefixes.longest_prefix(seq.tokens[: seq.num_prefill])[1] >= self.config.min_prefix_copy:
+                return False
+        return True
 
     def take_last_releases(self) -> tuple[str, ...]:
         """When releasing finished requests' samplers is all that is left to do: their ids, taken
@@ -532,36 +552,43 @@ class Scheduler:
         if drafted:
             self._settle_drafts(drafted, consumed, result)
 
-    def run_length(self, plan: StepPlan) -> tuple[int, tuple[bool, ...]]:
+    def run_length(self, plan: StepPlan) -> tuple[int, tuple[bool, ...], bytes]:
         """How many steps the engine may run this plan for without Python between them
-        (Engine.run_steps; SchedulerConfig.run_steps says when), and for each item whether an
-        end-of-generation token ends it; (0, ()) when the plan does not qualify (nor does one
-        with KV operations: the step after a run that cut a finished answer's cells is plain).
-        Every step of a run fits: within each request's max_tokens and the context, into cells
-        free now."""
+        (Engine.run_steps; SchedulerConfig.run_steps says when); for each item whether an
+        end-of-generation token ends the run; and the 256-bit maps of the last bytes of each
+        item's stop strings (b"" when none has any): a token with such a byte may complete a
+        stop string, and the run ends after its step. (0, (), b"") when the plan does not
+        qualify: nor does one with KV operations, nor any on a model whose cache cannot drop a
+        sequence's last cells (can_draft False: the cells a run computes past a finish must
+        go). Every step of a run fits: within each request's max_tokens and the context, into
+        cells free now."""
         steps = self.config.run_steps
         items = plan.items
         if (steps < 2 or self.waiting or self._deadlines or plan.save_states or plan.kv_ops or not items
-                or len(items) != len(self.active)):
-            return 0, ()
+                or len(items) != len(self.active) or not self.config.can_draft):
+            return 0, (), b""
         num_ctx = self.config.num_ctx
         stop_on_eog = []
-        for item in items:
+        stop_maps = bytearray(32 * len(items))
+        for i, item in enumerate(items):
             seq = self.active.get(item.request_id)
             # (a prompt whose last token is all that is left to compute is planned the same
             # way as a decode token, before the request has a sampler: not from the first step)
             if (seq is None or seq.status is not SequenceStatus.RUNNING or len(item.tokens) != 1 or item.num_draft
                     or not seq.num_generated or item.num_logprobs is not None or item.processors
                     or seq.drafter is not None or seq.request.stream or seq.num_discarded):
-                return 0, ()
+                return 0, (), b""
             params = seq.request.params
             if params.sampler.grammar is not None or params.sampler.logit_bias:
-                return 0, ()
+                return 0, (), b""
             steps = min(steps, params.max_tokens - seq.num_generated, num_ctx - 1 - seq.num_computed)
             stop_on_eog.append(not params.ignore_eos)
+            for stop in filter(None, params.stop):
+                last = stop.encode()[-1]
+                stop_maps[32 * i + (last >> 3)] |= 1 << (last & 7)
         if steps < 2 or self.kv.num_cells_used() + len(items) * (steps - 1) > num_ctx:
-            return 0, ()
-        return steps, tuple(stop_on_eog)
+            return 0, (), b""
+        return steps, tuple(stop_on_eog), bytes(stop_maps) if any(stop_maps) else b""
 
     def update_run(self, plan: StepPlan, run: RunResult) -> None:
         """After Engine.run_steps: each request takes its tokens as update() would have, step

@@ -273,6 +273,19 @@ def test_a_run_of_steps_decodes_as_steps_one_at_a_time_and_stops_where_told(mode
             PlanItem(f"r{i}", i, (expected[i][-1],), len(tokens[i]) + 12, sample=True) for i in range(3))),
             50, (False, False, False), interrupt)
         assert more.num_steps == 1 and all(len(t) == 1 for t in more.tokens)
+
+        # a map of stop bytes for sequence 1: the run ends after the first step whose token's
+        # text has that byte (here the last byte of its 6th run token's text)
+        for seq_id in range(3):
+            ctx.memory.seq_rm(seq_id, len(tokens[seq_id]) + 1, -1)
+        pieces = [model.token_to_piece(t, special=True) for t in run.tokens[1]]
+        byte = next(piece[-1] for piece in pieces[5:] if piece)
+        end = next(j for j, piece in enumerate(pieces) if byte in piece)
+        maps = bytearray(96)
+        maps[32 + (byte >> 3)] |= 1 << (byte & 7)
+        interrupt[0] = 0
+        cut = engine.run_steps(StepPlan(items=items(1, sampled)), 11, (False, False, False), interrupt, bytes(maps))
+        assert cut.num_steps == end + 1 and [list(t) for t in cut.tokens] == [list(t[:end + 1]) for t in run.tokens]
     finally:
         engine.close()
 

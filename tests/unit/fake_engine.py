@@ -6,8 +6,10 @@ sequence's cells, copies from cells that do not exist, batches over the token bu
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from botframework.engine.speculative import verify_drafts
-from botframework.engine.step import KVOpKind, RunResult, SampledToken, StepPlan, StepResult
+from botframework.engine.step import KVOpKind, PlanItem, RunResult, SampledToken, StepPlan, StepResult
 
 
 class FakeEngine:
@@ -19,6 +21,7 @@ class FakeEngine:
         self.num_decoded = 0
         self.samplers: set[str] = set()
         self.bad_samplers: dict[str, Exception] = {}  # request id -> the error building its sampler raises
+        self.piece: Callable[[int], bytes] | None = None  # a token's text, for run_steps' stop bytes
 
     @property
     def kv(self) -> dict[int, list[int]]:
@@ -88,17 +91,27 @@ class FakeEngine:
                           saved_states=saved)
 
     def run_steps(self, plan: StepPlan, max_steps: int, stop_on_eog: tuple[bool, ...],
-                  interrupt_after: int | None = None) -> RunResult:
+                  interrupt_after: int | None = None, stop_bytes: bytes = b"") -> RunResult:
         """Engine.run_steps: the plan's step and more, each item's sampled token decoded by the
-        next step; ends after a step where an item with stop_on_eog sampled the eog token, after
+        next; ends after a step where an item with stop_on_eog sampled the eog token, or one
+        whose piece (self.piece, when set) has a byte in the item's map in stop_bytes, after
         `interrupt_after` steps (another thread's interrupt), or after max_steps."""
         first = self.execute(plan)
         tokens: dict[str, list[int]] = {s.request_id: [s.token] for s in first.sampled}
         assert len(tokens) == len(plan.items) and all(s.error is None for s in first.sampled)
         steps = 1
         limit = max_steps if interrupt_after is None else min(max_steps, interrupt_after)
-        while steps < limit and not any(stop and tokens[item.request_id][-1] == self.eog
-                                        for item, stop in zip(plan.items, stop_on_eog, strict=True)):
+
+        def ends(i: int, item: PlanItem, stop: bool) -> bool:
+            token = tokens[item.request_id][-1]
+            if stop and token == self.eog:
+                return True
+            bits = stop_bytes[32 * i: 32 * i + 32]
+            return bool(bits) and self.piece is not None and any(
+                bits[b >> 3] & (1 << (b & 7)) for b in self.piece(token))
+
+        while steps < limit and not any(ends(i, item, stop)
+                                        for i, (item, stop) in enumerate(zip(plan.items, stop_on_eog, strict=True))):
             for item in plan.items:
                 cells = self.cells[item.seq_id]
                 cells[len(cells)] = tokens[item.request_id][-1]

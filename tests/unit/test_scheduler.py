@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import time
 
 import pytest
 from fake_engine import FakeEngine
@@ -10,6 +12,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from botframework.engine.detokenizer import IncrementalDetokenizer
+from botframework.engine.step import StepPlan
 from botframework.errors import BusyError, ContextLengthExceededError
 from botframework.scheduler.output import FinishReason, RequestHandle
 from botframework.scheduler.scheduler import Scheduler, SchedulerConfig
@@ -490,12 +493,16 @@ def _text_seq(prompt: list[int], max_tokens: int, stop: tuple[str, ...] = (), ig
                     IncrementalDetokenizer(lambda t: chr(97 + t % 26).encode()))
 
 
-def _answers(runs: bool, interrupt_every: int | None = None) -> list[tuple[object, ...]]:
+def _answers(runs: bool, interrupt_every: int | None = None, stop_bytes: bool = True
+             ) -> tuple[list[tuple[object, ...]], int]:
     """Each request's deltas (text, tokens, finish, usage) and the cache at the end, stepping
-    plainly or with runs of steps wherever the scheduler allows them."""
+    plainly or with runs of steps wherever the scheduler allows them (as the worker does: the
+    KV ops a step leaves, cells cut past a finish, applied right after it); and the tokens
+    the engine decoded."""
     s, engine = scheduler_and_engine(eog=frozenset({7}), num_slots=4, num_ctx=512, max_batch_tokens=64,
                                      run_steps=8 if runs else 0)
     engine = FakeEngine(4, 64, vocab=20, eog=7)
+    engine.piece = lambda t: chr(97 + t % 26).encode()  # as the requests' detokenizer reads them
     seqs = [_text_seq([4, 5], 33, stop=("dc",)), _text_seq([6], 50, ignore_eos=True),
             _text_seq([2, 9, 4, 4], 25, stop=("kr", "zz")), _text_seq([3, 3], 60, ignore_eos=True, stop=("shq",))]
     late = _text_seq([1, 2, 3], 40, stop=("ikr",))
@@ -504,15 +511,17 @@ def _answers(runs: bool, interrupt_every: int | None = None) -> list[tuple[objec
     steps = num_runs = 0
     while s.has_work:
         plan = s.schedule()
-        length, stop_on_eog = s.run_length(plan)
+        length, stop_on_eog, stop_maps = s.run_length(plan)
         if length:
             assert runs
             num_runs += 1
-            s.update_run(plan, engine.run_steps(plan, length, stop_on_eog, interrupt_every))
+            s.update_run(plan, engine.run_steps(plan, length, stop_on_eog, interrupt_every,
+                                                stop_maps if stop_bytes else b""))
         else:
             s.update(plan, engine.execute(plan))
-        if not s.kv.has_ops:  # (cells a run computed past a finish leave with the next plan)
-            check_invariants(s, engine)
+        if s.kv.has_ops and not s.kv.num_pending_saves:
+            engine.execute(StepPlan(items=(), kv_ops=s.kv.take_ops()[0]))
+        check_invariants(s, engine)
         steps += 1
         if steps == 3:
             s.add(late)  # joins while the others run (one of them finishes first: it waits)
@@ -522,17 +531,22 @@ def _answers(runs: bool, interrupt_every: int | None = None) -> list[tuple[objec
         deltas = list(seq.handle)
         out.append(("".join(d.text for d in deltas), tuple(t for d in deltas for t in d.token_ids),
                     deltas[-1].finish_reason, deltas[-1].usage, tuple(seq.tokens)))
-    return [*out, tuple(tuple(v) for v in engine.kv.values())]
+    return [*out, tuple(tuple(v) for v in engine.kv.values())], engine.num_decoded
 
 
 def test_runs_of_steps_answer_exactly_as_single_steps() -> None:
     """update_run after Engine.run_steps (here the fake's): the same text, tokens, finish reasons
     (end of generation, stop strings inside a run, max_tokens), usage and cache contents as
-    stepping one token at a time, also when runs are cut short by an interrupt."""
-    plain = _answers(runs=False)
+    stepping one token at a time, also when runs are cut short by an interrupt, and without
+    the stop bytes that end a run where a stop string may be complete (then more tokens are
+    decoded past a finish and cut)."""
+    plain, decoded = _answers(runs=False)
     assert {answer[2] for answer in plain[:-1]} >= {FinishReason.STOP, FinishReason.LENGTH}
-    assert _answers(runs=True) == plain
-    assert _answers(runs=True, interrupt_every=3) == plain
+    assert _answers(runs=True)[0] == plain
+    assert _answers(runs=True, interrupt_every=3)[0] == plain
+    blind, decoded_blind = _answers(runs=True, stop_bytes=False)
+    assert blind == plain
+    assert decoded_blind > _answers(runs=True)[1] >= decoded  # the stop bytes spare steps past a stop
 
 
 def test_runs_only_for_plain_whole_answers_that_fit() -> None:
@@ -550,7 +564,6 @@ def test_runs_only_for_plain_whole_answers_that_fit() -> None:
         return s.run_length(s.schedule())[0]
 
     def with_params(seq: Sequence, **changes: object) -> Sequence:
-        import dataclasses
         request = dataclasses.replace(seq.request, params=dataclasses.replace(seq.request.params, **changes))
         return Sequence(request, seq.handle, seq.detokenizer)
 
@@ -558,8 +571,66 @@ def test_runs_only_for_plain_whole_answers_that_fit() -> None:
     assert length(_text_seq([1, 2], 100), _text_seq([3], 100)) == 16
     assert length(_text_seq([1, 2], 10)) == 10 - 2  # two tokens sampled before the run
     assert length(_text_seq([1, 2], 100), num_ctx=12) == 12 - 1 - 4
+    # a request that waits for a slot; a deadline; a model whose cache cannot drop last cells
+    assert length(*(_text_seq([i + 1], 100) for i in range(5))) == 0
+    deadline = _text_seq([1, 2], 100)
+    deadline.request = dataclasses.replace(deadline.request, deadline=time.monotonic() + 3600)
+    assert length(deadline) == 0
+
+    s, engine = scheduler_and_engine(num_slots=2, num_ctx=64, run_steps=16, can_draft=False)
+    s.add(_text_seq([1, 2], 100))
+    for _ in range(2):
+        plan = s.schedule()
+        s.update(plan, engine.execute(plan))
+    assert s.run_length(s.schedule()) == (0, (), b"")
+
+    s, engine = scheduler_and_engine(num_slots=2, num_ctx=64, run_steps=16)
+    s.add(_text_seq([1, 2], 100, stop=("ab", "", "é")))
+    s.add(_text_seq([3], 100))
+    for _ in range(2):
+        plan = s.schedule()
+        s.update(plan, engine.execute(plan))
+    steps, stop_on_eog, maps = s.run_length(s.schedule())
+    assert steps == 16 and stop_on_eog == (True, True) and len(maps) == 64
+    set_bits = {b for b in range(256) if maps[b >> 3] & (1 << (b & 7))}
+    assert set_bits == {ord("b"), "é".encode()[-1]} and not any(maps[32:])
     assert length(_text_seq([1, 2], 100, stream=True)) == 0
     assert length(_text_seq([1, 2], 100), _text_seq([3], 100, stream=True)) == 0
     assert length(with_params(_text_seq([1, 2], 100), num_logprobs=0)) == 0
     assert length(with_params(_text_seq([1, 2], 100), sampler=SamplerSpec(logit_bias={3: 1.0}))) == 0
     assert length(with_params(_text_seq([1, 2], 100), sampler=SamplerSpec(grammar=GrammarSpec('root ::= "a"+')))) == 0
+
+
+def test_an_admission_is_cheap_only_when_it_is_just_the_prompt() -> None:
+    """admits_cheaply (what an inline step on an event loop may do): not for a session, a
+    grammar, processors, without a free slot, with an idle cache that admitting would move to
+    RAM, or a stored prefix it would bring back."""
+    from botframework.specs import GrammarSpec, SamplerSpec
+
+    s, engine = scheduler_and_engine(num_slots=2, num_ctx=1024, max_batch_tokens=512, min_offload_tokens=32)
+    assert s.admits_cheaply(_text_seq([1, 2], 1))
+    assert not s.admits_cheaply(make_seq([1, 2], session_id="s"))
+    grammar = _text_seq([1, 2], 1)
+    grammar.request = dataclasses.replace(grammar.request, params=dataclasses.replace(
+        grammar.request.params, sampler=SamplerSpec(grammar=GrammarSpec('root ::= "a"'))))
+    assert not s.admits_cheaply(grammar)
+    processors = _text_seq([1, 2], 1)
+    processors.request = dataclasses.replace(processors.request, logits_processors=(lambda logits, h: None,))
+    assert not s.admits_cheaply(processors)
+
+    long_prompt = list(range(1, 41))
+    s.add(_text_seq(long_prompt, 1))  # leaves an idle cache of 40 tokens (>= min_offload_tokens)
+    run(s, engine)
+    assert not s.admits_cheaply(_text_seq([7, 8], 1))  # admitting would move that cache to RAM
+    s.add(_text_seq([7, 8], 1))
+    run(s, engine)  # ...which it did
+    assert s.kv.prefixes is not None and s.kv.prefixes.longest_prefix(long_prompt)[1] == 40
+    assert s.admits_cheaply(_text_seq([9, 9], 1))
+    assert not s.admits_cheaply(_text_seq([*long_prompt[:20], 5], 1))  # would bring it back
+
+    busy = [make_seq([i + 1], max_tokens=50) for i in range(2)]
+    for seq in busy:
+        s.add(seq)
+    plan = s.schedule()
+    s.update(plan, engine.execute(plan))
+    assert not s.admits_cheaply(_text_seq([9, 9], 1))  # no free slot
