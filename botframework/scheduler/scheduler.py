@@ -526,24 +526,7 @@ class Scheduler:
             token = sampled.token
             if seq.first_token_at is None:
                 seq.first_token_at = now
-            seq.tokens.append(token)
-            seq.num_generated += 1
-            self.num_generated_tokens += 1
-            params = seq.request.params
-            finish: FinishReason | None = None
-            text = ""
-            if token in self.eog_tokens and not params.ignore_eos:
-                finish = FinishReason.STOP
-            else:
-                text = seq.stops.feed(seq.detokenizer.feed(token))
-                if seq.stops.stopped:
-                    finish = FinishReason.STOP
-                elif seq.num_generated >= params.max_tokens or (
-                        seq.num_computed + 1 >= self.config.num_ctx and not seq.request.context_shift):
-                    finish = FinishReason.LENGTH
-            if finish is not None and not seq.stops.stopped:
-                text += seq.stops.feed(seq.detokenizer.flush())
-                text += seq.stops.flush()
+            text, finish = self._take_token(seq, token)
             logprobs = ((token, sampled.logprob, sampled.top_logprobs),) if sampled.logprob is not None else ()
             if finish is None:
                 seq.handle.publish(Delta(seq.request_id, text=text, token_ids=(token,), logprobs=logprobs))
@@ -551,6 +534,31 @@ class Scheduler:
                 self._finish(seq, finish, text=text, token_ids=(token,), logprobs=logprobs)
         if drafted:
             self._settle_drafts(drafted, consumed, result)
+
+    def _take_token(self, seq: Sequence, token: int) -> tuple[str, FinishReason | None]:
+        """A sampled token joins its sequence (seq.num_computed: the cells before it): the text
+        it adds (the detokenizer's and the stop strings' held text too, when it ends the answer)
+        and why the answer ends with it, if it does: end of generation, a stop string,
+        max_tokens or the context. update() and update_run() both take tokens through it."""
+        seq.tokens.append(token)
+        seq.num_generated += 1
+        self.num_generated_tokens += 1
+        params = seq.request.params
+        stops = seq.stops
+        if token in self.eog_tokens and not params.ignore_eos:
+            finish: FinishReason | None = FinishReason.STOP
+            text = ""
+        else:
+            text = stops.feed(seq.detokenizer.feed(token))
+            if stops.stopped:
+                return text, FinishReason.STOP
+            if seq.num_generated >= params.max_tokens or (
+                    seq.num_computed + 1 >= self.config.num_ctx and not seq.request.context_shift):
+                finish = FinishReason.LENGTH
+            else:
+                return text, None
+        text += stops.feed(seq.detokenizer.flush())
+        return text + stops.flush(), finish
 
     def run_length(self, plan: StepPlan) -> tuple[int, tuple[bool, ...], bytes]:
         """How many steps the engine may run this plan for without Python between them
@@ -596,42 +604,25 @@ class Scheduler:
         that finished before the run's last step gives its later cells back (a REMOVE op)."""
         if run.num_steps:
             self.step_cost.observe(len(plan.items), run.decode_ms / run.num_steps)
-        num_ctx = self.config.num_ctx
-        eog = self.eog_tokens
         for item, sampled in zip(plan.items, run.tokens, strict=True):
             seq = self.active[item.request_id]  # (nothing ran between the run and this: all still active)
             start = item.start_pos
             seq.num_computed = start + len(sampled)  # the item's token and all but the last sampled
             self.kv.extend(seq, start + 1, list(sampled[:-1]))
-            params = seq.request.params
-            stops, detokenizer = seq.stops, seq.detokenizer
             texts: list[str] = []
             finish: FinishReason | None = None
             taken = 0
             for token in sampled:
                 taken += 1
-                seq.tokens.append(token)
-                seq.num_generated += 1
-                if token in eog and not params.ignore_eos:
-                    finish = FinishReason.STOP
+                seq.num_computed = start + taken  # (as after the step that sampled it)
+                text, finish = self._take_token(seq, token)
+                texts.append(text)
+                if finish is not None:
                     break
-                texts.append(stops.feed(detokenizer.feed(token)))
-                if stops.stopped:
-                    finish = FinishReason.STOP
-                    break
-                if seq.num_generated >= params.max_tokens or (
-                        start + taken + 1 >= num_ctx and not seq.request.context_shift):
-                    finish = FinishReason.LENGTH
-                    break
-            self.num_generated_tokens += taken
             text = "".join(texts)
             if finish is None:
                 seq.handle.publish(Delta(seq.request_id, text=text, token_ids=tuple(sampled)))
                 continue
-            if not stops.stopped:
-                text += stops.feed(detokenizer.flush())
-                text += stops.flush()
-            seq.num_computed = start + taken
             self._finish(seq, finish, text=text, token_ids=tuple(sampled[:taken]))
             slot = self.slots[item.seq_id]
             if slot.owner is None:
