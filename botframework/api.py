@@ -244,10 +244,7 @@ class LocalLLM:
 
     # -- completion -------------------------------------------------------------------------
     def complete(self, prompt: str, **options: Any) -> CompletionResult:
-        if not prompt:
-            raise InvalidRequestError("prompt must not be empty", param="prompt")
-        return _collect(self._stream(self.handle.tokenize(prompt, add_special=True), generation_options(**options),
-                                     stream=False))
+        return _collect(self._complete_deltas(prompt, options, stream=False))
 
     def stream_complete(self, prompt: str, **options: Any) -> Iterator[str]:
         deltas = self.stream_complete_deltas(prompt, **options)
@@ -259,9 +256,13 @@ class LocalLLM:
             deltas.close()  # a consumer that stops early cancels the request
 
     def stream_complete_deltas(self, prompt: str, **options: Any) -> DeltaStream:
+        return self._complete_deltas(prompt, options, stream=True)
+
+    def _complete_deltas(self, prompt: str, options: dict[str, Any], *, stream: bool) -> DeltaStream:
         if not prompt:
             raise InvalidRequestError("prompt must not be empty", param="prompt")
-        return self._stream(self.handle.tokenize(prompt, add_special=True), generation_options(**options))
+        return self._stream(self.handle.tokenize(prompt, add_special=True), generation_options(**options),
+                            stream=stream)
 
     # -- embeddings -------------------------------------------------------------------------
     def embed(self, texts: str | Sequence[str]) -> list[list[float]]:
