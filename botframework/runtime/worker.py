@@ -231,8 +231,8 @@ class ModelWorker:
         hand-overs of the GIL). Should the step not finish it, the engine thread takes over.
         False: nothing done, queue it."""
         with self._cv:
-            if (not self._idle or self._commands or self._embed_jobs or self._closing or self._step_hooks
-                    or self.scheduler.has_work or not self.scheduler.admits_cheaply(seq)):
+            if (not self._engine_idle() or self._step_hooks or self.scheduler.has_work
+                    or not self.scheduler.admits_cheaply(seq)):
                 return False
             # the cores now or not at all: never wait here behind another model's decode (the
             # caller may be the event loop)
@@ -246,8 +246,7 @@ class ModelWorker:
                         self._guarded_step(handoff=False)
                 finally:
                     if self.scheduler.has_work:  # (whatever happened) the engine thread goes on
-                        self._interrupt[0] = 1
-                        self._cv.notify()
+                        self._wake()
         return True
 
     def cancel(self, request_id: str) -> None:
@@ -345,8 +344,7 @@ class ModelWorker:
         one-sentence request on 2 cores). False: not done, queue it."""
         with self._cv:
             ctx = self._embed_context
-            if (not self._idle or self._commands or self._embed_jobs or self._closing or ctx is None
-                    or ctx.causal_attn):
+            if not self._engine_idle() or ctx is None or ctx.causal_attn:
                 return False
             # the cores now or not at all: never wait here behind another model's decode (the
             # caller may be the event loop); the most the turn may use (see _embed_batch)
@@ -363,8 +361,7 @@ class ModelWorker:
             if self._closing:
                 return
             self._closing = True
-            self._interrupt[0] = 1
-            self._cv.notify()
+            self._wake()
         if threading.current_thread() is not self._thread:
             self._thread.join()
 
@@ -405,8 +402,18 @@ class ModelWorker:
             if self._closing:
                 raise ClosedError(f"model worker {self.name!r} is closed")
             self._commands.append(command)
-            self._interrupt[0] = 1
-            self._cv.notify()
+            self._wake()
+
+    def _wake(self) -> None:
+        """(self._cv held) New work for the engine thread: it wakes, and a run of steps under
+        way ends after its current one."""
+        self._interrupt[0] = 1
+        self._cv.notify()
+
+    def _engine_idle(self) -> bool:
+        """(self._cv held) The engine thread waits for work and none is queued: the caller may
+        do a turn of its work on its own thread, holding the lock meanwhile."""
+        return self._idle and not (self._commands or self._embed_jobs or self._closing)
 
     def _run(self) -> None:
         try:
