@@ -183,11 +183,31 @@ int bf_selftest_quantized(char * report, size_t report_size);
 int bf_madvise(void * addr, size_t length, int advice);
 int32_t bf_sample(struct llama_context * ctx, int32_t idx, struct llama_sampler * pre,
                   struct llama_sampler * post, int greedy, llama_token_data * cand, int32_t n_vocab);
+/* A stream whose running text a run of steps sends to the client itself (bf_decode_run). */
+typedef struct bf_run_stream {
+    int32_t fd;             /* the client's socket: non-blocking sends; -1: not sent here */
+    const char * head;      /* a chunk is head + the text as a JSON string (quoted) + tail ... */
+    int32_t head_len;
+    const char * tail;
+    int32_t tail_len;       /* ... framed as an HTTP/1.1 chunk */
+    int32_t rstrip;         /* trailing whitespace waits for the text that follows it */
+    int32_t budget;         /* at most the first `budget` tokens of the run are sent */
+    char * pending;         /* in/out: the whitespace held (rstrip) */
+    int32_t pending_len;
+    int32_t pending_cap;
+    int32_t n_sent;         /* out: the run's first n_sent tokens were taken (sent, or held) */
+    int32_t error;          /* out: 0; EAGAIN: the socket took nothing of the next chunk (not
+                               taken); another errno: a taken token's send failed */
+    char * rest;            /* out: the end of the last taken chunk, which the socket did not take */
+    int32_t rest_len;
+    int32_t rest_cap;
+} bf_run_stream;
+
 int32_t bf_decode_run(struct llama_context * ctx, int32_t n_seqs, const int32_t * seq_ids, int32_t * tokens,
                       int32_t * pos, struct llama_sampler ** pre, struct llama_sampler ** post, const int32_t * greedy,
                       const int32_t * stop_on_eog, const uint8_t * stop_bytes, int32_t max_steps,
                       const volatile int32_t * interrupt, llama_token_data * cand, int32_t n_vocab, int32_t * out,
-                      int32_t * status);
+                      bf_run_stream * streams, int32_t * status);
 int32_t bf_fill_candidates(struct llama_context * ctx, int32_t idx, struct llama_sampler * pre,
                            llama_token_data * cand, int32_t n_vocab, float * adjusted);
 char * bf_json_schema_to_grammar(const char * schema_json);

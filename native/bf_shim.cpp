@@ -21,6 +21,7 @@
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <sys/mman.h>
+#include <sys/socket.h>
 #endif
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -550,11 +551,107 @@ static bool bf_piece_has_byte(const llama_vocab * vocab, llama_token token, cons
     return false;
 }
 
+// Python's str.isspace() for an ASCII byte: what str.rstrip() strips
+static bool bf_is_space(unsigned char c) {
+    return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f);
+}
+
+// JSON string body of ASCII text, as Python's json.encoder.encode_basestring writes it
+static void bf_json_escape(std::string & out, const char * text, size_t n) {
+    static const char hex[] = "0123456789abcdef";
+    for (size_t k = 0; k < n; ++k) {
+        const unsigned char c = (unsigned char) text[k];
+        switch (c) {
+            case '"': out += "\\\""; break;
+            case '\\': out += "\\\\"; break;
+            case '\n': out += "\\n"; break;
+            case '\r': out += "\\r"; break;
+            case '\t': out += "\\t"; break;
+            case '\b': out += "\\b"; break;
+            case '\f': out += "\\f"; break;
+            default:
+                if (c < 0x20) {
+                    out += "\\u00";
+                    out += hex[c >> 4];
+                    out += hex[c & 15];
+                } else {
+                    out += (char) c;
+                }
+        }
+    }
+}
+
+enum bf_stream_result { BF_STREAM_TAKEN, BF_STREAM_TAKEN_STOP, BF_STREAM_NOT_TAKEN };
+
+// One token's ASCII piece of a natively streamed sequence: its chunk (head, the text as a JSON
+// string, tail), framed as an HTTP/1.1 chunk, in one non-blocking send. With rstrip, trailing
+// whitespace waits in s.pending for text that follows it (a token of whitespace only sends
+// nothing). TAKEN: sent whole (or held); TAKEN_STOP: taken, but the stream sends no more in this
+// run: the socket took part of the chunk (its end is in s.rest) or the send failed (s.error);
+// NOT_TAKEN: the socket took nothing (s.error EAGAIN), or the held whitespace would not fit.
+static bf_stream_result bf_stream_send(bf_run_stream & s, const char * piece, int32_t n) {
+#if defined(__unix__) || defined(__APPLE__)
+    try {
+        std::string text(s.pending, (size_t) s.pending_len);
+        text.append(piece, (size_t) n);
+        size_t end = text.size();
+        if (s.rstrip) {
+            while (end > 0 && bf_is_space((unsigned char) text[end - 1])) {
+                --end;
+            }
+        }
+        if (text.size() - end > (size_t) s.pending_cap) {
+            return BF_STREAM_NOT_TAKEN;
+        }
+        if (end > 0) {
+            std::string body(s.head, (size_t) s.head_len);
+            body += '"';
+            bf_json_escape(body, text.data(), end);
+            body += '"';
+            body.append(s.tail, (size_t) s.tail_len);
+            char size_line[24];
+            const int k = std::snprintf(size_line, sizeof(size_line), "%zx\r\n", body.size());
+            std::string frame(size_line, (size_t) k);
+            frame += body;
+            frame += "\r\n";
+            ssize_t sent;
+            do {
+                sent = send(s.fd, frame.data(), frame.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+            } while (sent < 0 && errno == EINTR);
+            if (sent <= 0) {
+                const int err = sent == 0 || errno == EWOULDBLOCK ? EAGAIN : errno;
+                s.error = err;
+                if (err == EAGAIN) {
+                    return BF_STREAM_NOT_TAKEN;
+                }
+            } else if ((size_t) sent < frame.size()) {
+                const size_t rest = frame.size() - (size_t) sent;
+                if (rest > (size_t) s.rest_cap) {  // (the caller sizes rest for the longest chunk)
+                    s.error = EMSGSIZE;
+                } else {
+                    std::memcpy(s.rest, frame.data() + sent, rest);
+                    s.rest_len = (int32_t) rest;
+                }
+            }
+        }
+        std::memcpy(s.pending, text.data() + end, text.size() - end);
+        s.pending_len = (int32_t) (text.size() - end);
+        s.n_sent += 1;
+        return s.error != 0 || s.rest_len != 0 ? BF_STREAM_TAKEN_STOP : BF_STREAM_TAKEN;
+    } catch (...) {
+        return BF_STREAM_NOT_TAKEN;
+    }
+#else
+    (void) s; (void) piece; (void) n;
+    return BF_STREAM_NOT_TAKEN;
+#endif
+}
+
 int32_t bf_decode_run(struct llama_context * ctx, int32_t n_seqs, const int32_t * seq_ids, int32_t * tokens,
                       int32_t * pos, struct llama_sampler ** pre, struct llama_sampler ** post, const int32_t * greedy,
                       const int32_t * stop_on_eog, const uint8_t * stop_bytes, int32_t max_steps,
                       const volatile int32_t * interrupt, llama_token_data * cand, int32_t n_vocab, int32_t * out,
-                      int32_t * status) {
+                      bf_run_stream * streams, int32_t * status) {
     *status = 0;
     if (n_seqs <= 0 || max_steps <= 0) {
         return 0;
@@ -608,6 +705,23 @@ int32_t bf_decode_run(struct llama_context * ctx, int32_t n_seqs, const int32_t 
             pos[i] += 1;
             stop = stop || (stop_on_eog[i] && llama_vocab_is_eog(vocab, token)) ||
                    (has_stops[i] && bf_piece_has_byte(vocab, token, stop_bytes + i * 32));
+            if (streams != nullptr && streams[i].fd >= 0 && streams[i].n_sent == steps) {
+                // sent only while every token before it was: the plain text of an ASCII piece
+                // with no byte in the map, within the budget, not an end of generation
+                bf_run_stream & s = streams[i];
+                char piece[256];
+                int32_t n = steps < s.budget && !llama_vocab_is_eog(vocab, token)
+                    ? llama_token_to_piece(vocab, token, piece, sizeof(piece), 0, false) : -1;
+                for (int32_t k = 0; k < n; ++k) {
+                    const uint8_t b = (uint8_t) piece[k];
+                    if (b >= 0x80 || (stop_bytes != nullptr && (stop_bytes[i * 32 + (b >> 3)] & (1u << (b & 7))))) {
+                        n = -1;
+                    }
+                }
+                if (n < 0 || bf_stream_send(s, piece, n) != BF_STREAM_TAKEN) {
+                    stop = true;  // the rest of its text goes the usual way, now
+                }
+            }
         }
         steps += 1;
         if (stop || *interrupt) {

@@ -40,6 +40,26 @@ int bf_madvise(void * addr, size_t length, int advice);
 int32_t bf_sample(struct llama_context * ctx, int32_t idx, struct llama_sampler * pre,
                   struct llama_sampler * post, int greedy, llama_token_data * cand, int32_t n_vocab);
 
+/* A stream whose running text a run of steps sends to the client itself (bf_decode_run). */
+typedef struct bf_run_stream {
+    int32_t fd;             /* the client's socket: non-blocking sends; -1: not sent here */
+    const char * head;      /* a chunk is head + the text as a JSON string (quoted) + tail ... */
+    int32_t head_len;
+    const char * tail;
+    int32_t tail_len;       /* ... framed as an HTTP/1.1 chunk */
+    int32_t rstrip;         /* trailing whitespace waits for the text that follows it */
+    int32_t budget;         /* at most the first `budget` tokens of the run are sent */
+    char * pending;         /* in/out: the whitespace held (rstrip) */
+    int32_t pending_len;
+    int32_t pending_cap;
+    int32_t n_sent;         /* out: the run's first n_sent tokens were taken (sent, or held) */
+    int32_t error;          /* out: 0; EAGAIN: the socket took nothing of the next chunk (not
+                               taken); another errno: a taken token's send failed */
+    char * rest;            /* out: the end of the last taken chunk, which the socket did not take */
+    int32_t rest_len;
+    int32_t rest_cap;
+} bf_run_stream;
+
 /* Up to max_steps decode steps of n_seqs running sequences, one token each per step, with no
  * return to the caller in between: sequence i decodes tokens[i] at pos[i] (seq_ids[i], logits
  * on), samples its next token as bf_sample does (pre[i] may be NULL, post[i], greedy[i]) into
@@ -52,12 +72,17 @@ int32_t bf_sample(struct llama_context * ctx, int32_t idx, struct llama_sampler 
  * cores), or after max_steps. Returns the steps done; *status is 0, or llama_decode's nonzero
  * result, or -1001 / -1002 (bf_sample's -1 / -2) for the step that failed (not counted; a
  * failed sampling step has advanced the samplers of the sequences before it), or -1003 (no
- * memory, nothing ran). The engine's steady path for plain sequences (engine.run_steps). */
+ * memory, nothing ran). The engine's steady path for plain sequences (engine.run_steps).
+ * streams (NULL, or one per sequence; fd -1: none): sequence i's tokens are sent to its client
+ * as they are sampled, each one's chunk in one non-blocking send, while every token before it
+ * in the run was taken: a token that is not plain ASCII text, has a byte in its map, is an end
+ * of generation or past the budget, or that the socket does not take whole, ends the run after
+ * its step, and the caller sends the rest of the text its own way. */
 int32_t bf_decode_run(struct llama_context * ctx, int32_t n_seqs, const int32_t * seq_ids, int32_t * tokens,
                       int32_t * pos, struct llama_sampler ** pre, struct llama_sampler ** post, const int32_t * greedy,
                       const int32_t * stop_on_eog, const uint8_t * stop_bytes, int32_t max_steps,
                       const volatile int32_t * interrupt, llama_token_data * cand, int32_t n_vocab, int32_t * out,
-                      int32_t * status);
+                      bf_run_stream * streams, int32_t * status);
 
 /* The candidates for a sampler that needs them outside C (a grammar): `cand` gets every
  * token's id and logit from output `idx` (p = 0), then `pre` (may be NULL) adjusts the logits

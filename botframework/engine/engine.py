@@ -16,6 +16,8 @@ run_steps(plan, k): a plan of running sequences only, each with its own token an
 that needs no Python (no grammar, no processors, no logprobs, no drafts): that step and up to
 k - 1 more in one native call (bf_decode_run), each step's sampled tokens decoded by the next;
 it ends early at an end-of-generation token or when another thread sets the interrupt flag.
+A streamed request's text may go to its client from that call too (NativeStream: the server's
+direct stream, server/direct.py), token by token, while it is plain ASCII text.
 """
 
 from __future__ import annotations
@@ -30,13 +32,16 @@ import numpy as np
 from botframework.engine.logits import LogitsProcessorError, bind_processors, run_processors
 from botframework.engine.speculative import verify_drafts
 from botframework.engine.step import (
+    PENDING_CAP,
     KVOp,
     KVOpKind,
+    NativeStream,
     PlanItem,
     RunResult,
     SampledToken,
     StepPlan,
     StepResult,
+    StreamSent,
 )
 from botframework.errors import BotframeworkError, InvalidRequestError, NativeError, StateRestoreError
 from botframework.native._lib import ffi, lib
@@ -51,6 +56,7 @@ from botframework.specs import SamplerSpec
 
 log = logging.getLogger("botframework.engine")
 _GREEDY = SamplerSpec(temperature=0.0)  # a hand-built PlanItem without a sampler: argmax
+_PIECE_MAX = 256    # bf_decode_run sends pieces up to this long
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -252,7 +258,7 @@ class Engine:
                           processor_ms=processor_ms)
 
     def run_steps(self, plan: StepPlan, max_steps: int, stop_on_eog: tuple[bool, ...], interrupt: Any,
-                  stop_bytes: bytes = b"") -> RunResult:
+                  stop_bytes: bytes = b"", streams: tuple[NativeStream | None, ...] = ()) -> RunResult:
         """The plan's step and up to max_steps - 1 more, without Python between them (see the
         module's docstring; the scheduler's run_length says which plans qualify). Sequence i
         (plan.items[i]) stops the run after a step in which it sampled an end-of-generation
@@ -260,7 +266,11 @@ class Engine:
         stop_bytes[32 i: 32 i + 32] (b"": no maps; the last bytes of its stop strings: such a
         token may complete one); `interrupt` (cffi int32_t[1]) nonzero ends it after the
         current step. The cores are held for the whole run; another thread that waits for them
-        sets the flag (native/cores.py). A failed decode raises, as execute's does."""
+        sets the flag (native/cores.py). A failed decode raises, as execute's does.
+        `streams` (() or one per item): item i's tokens are sent to its client by the run
+        (NativeStream) while each is plain ASCII text with no byte in its map, not an end of
+        generation and within its budget, and the socket takes the chunk whole; the first
+        that is not ends the run after its step (RunResult.sent: what was taken)."""
         if plan.save_states or plan.kv_ops:  # (Scheduler.run_length plans runs only without them)
             raise InvalidRequestError("a run of steps cannot save states or change the cache first")
         for request_id in plan.release:
@@ -281,16 +291,54 @@ class Engine:
         if stop_bytes and len(stop_bytes) != 32 * n:
             raise InvalidRequestError(f"stop_bytes: 32 bytes per item, not {len(stop_bytes)} for {n}")
         stop_map = ffi.from_buffer("uint8_t[]", stop_bytes) if stop_bytes else ffi.NULL
+        if streams and len(streams) != n:
+            raise InvalidRequestError(f"streams: one per item, not {len(streams)} for {n}")
+        native_streams, keep = _native_streams(streams)
         n_vocab = self.model.n_vocab
         _cand, data = scratch_candidates(n_vocab)
         t0 = time.perf_counter()
         with CORES.hold(self.context.cores_for(n), yield_flag=interrupt):
             steps = lib().bf_decode_run(self.context.handle, n, seq_ids, tokens, pos, pre, post, greedy, stops,
-                                        stop_map, max_steps, interrupt, data, n_vocab, out, status)
+                                        stop_map, max_steps, interrupt, data, n_vocab, out, native_streams, status)
         decode_ms = (time.perf_counter() - t0) * 1e3
         if status[0] in (-1001, -1002, -1003):
             raise NativeError("a sequence could not be sampled during a run of steps" if status[0] != -1003
                               else "out of memory for a run of steps", op="bf_decode_run")
         check_decode(status[0])
         flat = ffi.unpack(out, n * steps)
-        return RunResult(tokens=tuple(tuple(flat[i::n]) for i in range(n)), num_steps=steps, decode_ms=decode_ms)
+        sent = tuple(None if stream is None else StreamSent(
+            native_streams[i].n_sent, native_streams[i].error,
+            ffi.unpack(native_streams[i].rest, native_streams[i].rest_len)) for i, stream in enumerate(streams))
+        del keep
+        return RunResult(tokens=tuple(tuple(flat[i::n]) for i in range(n)), num_steps=steps, decode_ms=decode_ms,
+                         sent=sent)
+
+
+def _native_streams(streams: tuple[NativeStream | None, ...]) -> tuple[Any, list[Any]]:
+    """bf_run_stream[] for bf_decode_run (ffi.NULL for none), and the buffers it points to
+    (kept alive by the caller until the call returns)."""
+    if not any(streams):
+        return ffi.NULL, []
+    native = ffi.new("bf_run_stream[]", len(streams))
+    keep: list[Any] = []
+    for s, stream in zip(native, streams, strict=True):
+        if stream is None:
+            s.fd = -1
+            continue
+        pending = stream.pending.encode("ascii")
+        if len(pending) > PENDING_CAP:
+            raise InvalidRequestError(f"a native stream holds at most {PENDING_CAP} bytes of whitespace")
+        rest_cap = len(stream.head) + len(stream.tail) + 6 * (PENDING_CAP + _PIECE_MAX) + 64
+        buffers = (ffi.new("char[]", stream.head or b"\0"), ffi.new("char[]", stream.tail or b"\0"),
+                   ffi.new("char[]", PENDING_CAP), ffi.new("char[]", rest_cap))
+        keep.append(buffers)
+        ffi.memmove(buffers[2], pending, len(pending))
+        s.fd = stream.fd
+        s.head, s.head_len = buffers[0], len(stream.head)
+        s.tail, s.tail_len = buffers[1], len(stream.tail)
+        s.rstrip = int(stream.rstrip)
+        s.budget = stream.budget
+        s.pending, s.pending_len, s.pending_cap = buffers[2], len(pending), PENDING_CAP
+        s.n_sent = s.error = s.rest_len = 0
+        s.rest, s.rest_cap = buffers[3], rest_cap
+    return native, keep

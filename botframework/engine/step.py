@@ -100,6 +100,36 @@ class StepResult:
     step_ms: float = 0.0       # the whole step on the worker (schedule, execute, update): for step hooks
 
 
+PENDING_CAP = 1024  # the most whitespace a NativeStream holds back (the caller sends it otherwise)
+
+
+@dataclass(frozen=True)
+class NativeStream:
+    """A streamed request whose text a run of steps sends to its client itself
+    (Engine.run_steps, bf_decode_run's bf_run_stream): each taken token's chunk is head + the
+    text's JSON string + tail, framed as an HTTP/1.1 chunk, in one non-blocking send on `fd`."""
+
+    fd: int
+    head: bytes       # up to the text's JSON string (its opening quote excluded)
+    tail: bytes       # after it (its closing quote excluded)
+    rstrip: bool      # trailing whitespace waits for the text after it (a chat's content)
+    pending: str      # the whitespace waiting now (ASCII)
+    budget: int       # the run's first `budget` tokens may be sent, no more (a finish goes the usual way)
+
+
+@dataclass(frozen=True)
+class StreamSent:
+    """What a run sent of a NativeStream: its first num_sent tokens were taken (their text
+    is the client's, or held as whitespace); `rest`, the end of the last taken chunk that the
+    socket did not take (the caller writes it before anything else); `error` 0, EAGAIN (the
+    socket took nothing of the next chunk: that token was not taken), or the errno of a failed
+    send (the client is gone)."""
+
+    num_sent: int
+    error: int = 0
+    rest: bytes = b""
+
+
 @dataclass(frozen=True)
 class RunResult:
     """Engine.run_steps: the tokens each plan item's request sampled, step by step (the same
@@ -108,6 +138,7 @@ class RunResult:
     tokens: tuple[tuple[int, ...], ...]
     num_steps: int
     decode_ms: float  # the decodes and samples of every step (one native call)
+    sent: tuple[StreamSent | None, ...] = ()  # per item, given NativeStreams: what the run sent itself
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:

@@ -306,3 +306,138 @@ def test_a_run_of_steps_decodes_as_steps_one_at_a_time_and_stops_where_told(mode
             assert run.num_steps == steps and run.tokens == ((eos,) * steps,)
     finally:
         engine.close()
+
+
+def _chunks(model: Model, tokens: tuple[int, ...], head: bytes, tail: bytes, *, rstrip: bool = False,
+            pending: str = "") -> list[bytes]:
+    """What a native stream sends for these tokens, written the way server/direct.py frames a
+    chunk (head + json's encode_basestring of the text + tail, as an HTTP/1.1 chunk)."""
+    from json.encoder import encode_basestring  # type: ignore[attr-defined]
+
+    frames = []
+    for token in tokens:
+        text = pending + model.token_to_piece(token).decode("ascii")
+        body_text = text.rstrip() if rstrip else text
+        pending = text[len(body_text):]
+        if body_text:
+            body = head + encode_basestring(body_text).encode() + tail
+            frames.append(b"%x\r\n%b\r\n" % (len(body), body))
+    return frames
+
+
+def test_a_run_sends_a_streamed_sequences_chunks_to_its_socket(model: Model, ctx: Context) -> None:
+    """bf_decode_run with a bf_run_stream: each ASCII token's chunk goes to the socket as it is
+    sampled, byte for byte what the server's direct stream writes, held whitespace included;
+    the run ends after the first token it does not send (one past the budget, one with a byte
+    in the map, one the socket does not take) and says how far it got; a chunk the socket took
+    only part of comes back as `rest`; a closed peer is the send's errno."""
+    import errno
+    import socket
+    import time
+
+    from botframework.engine import Engine, PlanItem, StepPlan
+    from botframework.engine.step import NativeStream
+    from botframework.native._lib import ffi
+
+    greedy = SamplerSpec(temperature=0.0)
+    _batch, outputs, tokens = prefill(model, ctx)
+    firsts = [llama_greedy(ctx, index) for index in outputs]
+    engine = Engine(model, ctx)
+    interrupt = ffi.new("int32_t[1]")
+    head, tail = b'data: {"text":', b'}\n\n'
+    ours, client = socket.socketpair()
+    try:
+        def items() -> tuple[PlanItem, ...]:
+            return tuple(PlanItem(f"r{i}", i, (firsts[i],), len(tokens[i]), sample=True, sampler=greedy)
+                         for i in range(3))
+
+        def run(stream: NativeStream, steps: int = 12, maps: bytes = b"") -> tuple[tuple[int, ...], object, bytes]:
+            for i in range(3):
+                ctx.memory.seq_rm(i, len(tokens[i]), -1)
+            result = engine.run_steps(StepPlan(items=items()), steps, (False,) * 3, interrupt, maps,
+                                      (None, stream, None))
+            client.setblocking(False)
+            got = b""
+            while True:
+                try:
+                    got += client.recv(1 << 20)
+                except BlockingIOError:
+                    break
+            return result.tokens[1], result.sent[1], got
+
+        engine.execute(StepPlan(items=items()))  # builds the samplers
+        whole, sent, got = run(NativeStream(ours.fileno(), head, tail, False, "", 12))
+        assert all(model.token_to_piece(t).isascii() for t in whole[:5])
+        taken = sent.num_sent  # type: ignore[attr-defined]
+        assert taken >= 5 and sent.error == 0 and sent.rest == b""  # type: ignore[attr-defined]
+        assert len(whole) == (12 if taken == 12 else taken + 1)  # (a token it did not send ended the run)
+        assert got == b"".join(_chunks(model, whole[:taken], head, tail))
+
+        # the budget: 3 tokens sent, the run ends after the 4th
+        part, sent, got = run(NativeStream(ours.fileno(), head, tail, False, "", 3))
+        assert part == whole[:4] and sent.num_sent == 3  # type: ignore[attr-defined]
+        assert got == b"".join(_chunks(model, whole[:3], head, tail))
+
+        # trailing whitespace waits for the text after it; what was held before the run goes first
+        _, sent, got = run(NativeStream(ours.fileno(), head, tail, True, " \n", 5))
+        assert got == b"".join(_chunks(model, whole[:5], head, tail, rstrip=True, pending=" \n"))
+
+        # a byte in the map: that token is not sent, and the run ends after its step
+        byte = model.token_to_piece(whole[2])[0]
+        maps = bytearray(96)
+        maps[32 + (byte >> 3)] |= 1 << (byte & 7)
+        first = next(j for j, t in enumerate(whole) if byte in model.token_to_piece(t))
+        part, sent, got = run(NativeStream(ours.fileno(), head, tail, False, "", 12), maps=bytes(maps))
+        assert sent.num_sent == first and part == whole[:first + 1]  # type: ignore[attr-defined]
+
+        # a full socket: nothing of the first chunk is taken (EAGAIN), the run ends after one step
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        ours.setblocking(False)
+        try:
+            while True:
+                ours.send(b"x" * 4096)
+        except BlockingIOError:
+            pass
+        part, sent, _ = run(NativeStream(ours.fileno(), head, tail, False, "", 12))
+        assert sent.num_sent == 0 and sent.error == errno.EAGAIN and len(part) == 1  # type: ignore[attr-defined]
+
+        # a closed peer: the first chunk is taken, its send's errno says the client is gone
+        gone, peer = socket.socketpair()
+        peer.close()
+        try:
+            _, sent, _ = run(NativeStream(gone.fileno(), head, tail, False, "", 12))
+        finally:
+            gone.close()
+        assert sent.num_sent == 1 and sent.error in (errno.EPIPE, errno.ECONNRESET)  # type: ignore[attr-defined]
+
+        # part of a chunk taken (a TCP connection with a little room): its end comes back
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            sender = socket.create_connection(server.getsockname())
+            receiver, _ = server.accept()
+        with sender, receiver:
+            sender.setblocking(False)
+            receiver.setblocking(False)
+            big = b"h" * 200_000
+            for _attempt in range(200):
+                try:
+                    while True:
+                        sender.send(b"x" * 65536)
+                except BlockingIOError:
+                    pass
+                try:
+                    receiver.recv(100_000)
+                except BlockingIOError:
+                    pass
+                time.sleep(0.002)
+                _, sent, _ = run(NativeStream(sender.fileno(), big, tail, False, "", 12), steps=2)
+                if sent.rest:  # type: ignore[attr-defined]
+                    break
+            else:
+                pytest.fail("the socket never took part of a chunk")
+            assert sent.num_sent == 1 and sent.error == 0  # type: ignore[attr-defined]
+            assert 0 < len(sent.rest) < len(big)  # type: ignore[attr-defined]
+            assert sent.rest.endswith(tail + b"\r\n")  # type: ignore[attr-defined]
+    finally:
+        ours.close()
+        client.close()
+        engine.close()
