@@ -178,7 +178,8 @@ class WorkerConfig:
     embed_single_thread_tokens: int = 0
     # at most, for event loops to send a request's first or last token (RequestHandle.wait_handled)
     handoff_wait_s: float = 0.003
-    # steps run in one native call for plain whole answers (SchedulerConfig.run_steps); 0: never
+    # steps run in one native call for plain whole answers, and streams a native sink sends
+    # (SchedulerConfig.run_steps); 0: never
     run_steps: int = 16
     # speculative decoding for requests that do not say: "ngram" | "model" | "none" (SchedulerConfig)
     speculative: str = "none"

@@ -47,6 +47,11 @@ class IncrementalDetokenizer:
         ready, self._pending = self._pending[:cut], self._pending[cut:]
         return ready.decode("utf-8", "replace")
 
+    @property
+    def idle(self) -> bool:
+        """No bytes wait for the rest of a character: the next token's text is its own piece's."""
+        return not self._pending
+
     def flush(self) -> str:
         """At the end of generation: whatever is left (invalid bytes become U+FFFD)."""
         ready, self._pending = self._pending, b""

@@ -47,6 +47,11 @@ class StopMatcher:
         self._held = buf[len(buf) - hold:] if hold else ""
         return buf[: len(buf) - hold]
 
+    @property
+    def holding(self) -> bool:
+        """Text is held back (it may be the start of a stop string)."""
+        return bool(self._held)
+
     def flush(self) -> str:
         """At the end of generation, release held text that never became a stop."""
         held, self._held = self._held, ""

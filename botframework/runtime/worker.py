@@ -43,7 +43,7 @@ from botframework.config import (
 from botframework.engine.detokenizer import IncrementalDetokenizer
 from botframework.engine.draft_model import DraftModel
 from botframework.engine.engine import Engine
-from botframework.engine.step import RunResult, StepPlan, StepResult
+from botframework.engine.step import NativeStream, RunResult, StepPlan, StepResult
 from botframework.errors import BotframeworkError, ClosedError, InvalidRequestError, ModelLoadError, NativeError
 from botframework.native._lib import ffi
 from botframework.native.batch import Batch
@@ -455,6 +455,27 @@ class ModelWorker:
             self.context.close()
             self.model.close()
 
+    def _begin_streams(self, plan: StepPlan) -> tuple[list[RequestHandle], tuple[NativeStream | None, ...]] | None:
+        """For a run (Scheduler.run_length): each streamed request's NativeStream (its
+        handle's begin_native; end_native after the run), None for the others; ([], ()) when
+        none streams; None when one cannot be sent natively now (no run then: its tokens would
+        wait for the run's end)."""
+        handles: list[RequestHandle] = []
+        streams: list[NativeStream | None] = []
+        for item in plan.items:
+            seq = self.scheduler.active[item.request_id]
+            if not seq.request.stream:
+                streams.append(None)
+                continue
+            params = seq.handle.begin_native()
+            if params is None:
+                for handle in handles:
+                    handle.end_native()
+                return None
+            handles.append(seq.handle)
+            streams.append(NativeStream(*params, budget=self.scheduler.send_budget(item)))
+        return handles, tuple(streams) if handles else ()
+
     def _guarded_step(self, handoff: bool = True) -> None:
         try:
             self._step(handoff)
@@ -465,25 +486,35 @@ class ModelWorker:
     def _step(self, handoff: bool = True) -> None:
         """schedule -> execute -> update. `handoff`: wait (up to handoff_wait_s) for the event
         loops given a request's first or last delta to take it before the next decode. A plan
-        the scheduler's run_length lets run (plain whole answers) goes on for several steps in
-        one native call (Engine.run_steps), unless step hooks watch every step."""
+        the scheduler's run_length lets run (plain whole answers, natively sent streams) goes
+        on for several steps in one native call (Engine.run_steps), unless step hooks watch
+        every step."""
         t0 = time.perf_counter()
         draft_ms = self.drafts.draft_ms if self.drafts is not None else 0.0
         plan = self.scheduler.schedule()
         if self.drafts is not None:  # (schedule() ran the draft model)
             draft_ms = self.drafts.draft_ms - draft_ms
         steps, stop_on_eog, stop_bytes = (0, (), b"") if self._step_hooks else self.scheduler.run_length(plan)
-        if steps and not self._arm_interrupt():
-            steps = 0
+        streams: tuple[NativeStream | None, ...] = ()
+        handles: list[RequestHandle] = []
+        if steps:
+            begun = self._begin_streams(plan)
+            if begun is None or not self._arm_interrupt():
+                steps = 0
+            else:
+                handles, streams = begun
         result: StepResult | RunResult
         try:
             if steps:
-                result = self.engine.run_steps(plan, steps, stop_on_eog, self._interrupt, stop_bytes)
+                result = self.engine.run_steps(plan, steps, stop_on_eog, self._interrupt, stop_bytes, streams)
             else:
                 result = self.engine.execute(plan)
         except NativeError as exc:
             self._recover(exc)
             return
+        finally:
+            for handle in handles:
+                handle.end_native()
         with batched() as waits:
             if isinstance(result, RunResult):
                 self.scheduler.update_run(plan, result)

@@ -15,7 +15,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from botframework.errors import BotframeworkError
 
@@ -119,6 +119,21 @@ class DirectSink(Protocol):
 
     def take(self, delta: Delta) -> Taken: ...  # never given the last delta of a request
 
+    # A sink whose chunks native code can write (a run of steps, engine/step.py's NativeStream)
+    # has these too:
+    #   begin_native() -> (fd, head, tail, rstrip, pending) | None: the socket stays open
+    #     until end_native(), even if the sink is closed meanwhile
+    #   took_natively(delta, sent: StreamSent) -> Taken: the delta's text went out natively
+    #   end_native()
+
+
+class NativeSink(DirectSink, Protocol):
+    def begin_native(self) -> tuple[int, bytes, bytes, bool, str] | None: ...
+
+    def took_natively(self, delta: Delta, sent: Any) -> Taken: ...
+
+    def end_native(self) -> None: ...
+
 
 class RequestHandle:
     """Stream of Delta for one request; iterate it (sync or async), or cancel it.
@@ -143,6 +158,7 @@ class RequestHandle:
         self._handled = threading.Event()        # the asyncio consumer is done with that delta
         self._lock = threading.Lock()            # publish vs. attach_direct / detach_direct
         self._direct: DirectSink | None = None
+        self._native: NativeSink | None = None   # the sink a run of steps writes for (begin_native)
 
     # called on the engine thread
     def publish(self, delta: Delta) -> None:
@@ -196,6 +212,38 @@ class RequestHandle:
         """After this returns, the sink is not called again (until attached again)."""
         with self._lock:
             self._direct = None
+
+    # -- a run of steps that writes the stream's chunks itself (engine/step.py's NativeStream) --
+    def native_ready(self) -> bool:
+        """Engine thread: an attached sink that native code can write for (read without the
+        lock: begin_native decides)."""
+        return hasattr(self._direct, "begin_native")
+
+    def begin_native(self) -> tuple[int, bytes, bytes, bool, str] | None:
+        """Engine thread, before a run: the attached sink's (fd, head, tail, rstrip, pending)
+        (see NativeSink), or None (no such sink, or it cannot now). end_native() after the run."""
+        with self._lock:
+            native = cast(NativeSink, self._direct) if self.native_ready() else None
+            params = native.begin_native() if native is not None else None
+            if params is not None:
+                self._native = native
+            return params
+
+    def publish_native(self, delta: Delta, sent: Any) -> None:
+        """Engine thread, after a run (and its end_native): `delta`'s text is what the run sent
+        itself (StreamSent `sent`); the sink, still attached, accounts for it (detached: the
+        stream was closed meanwhile, and it is dropped)."""
+        with self._lock:
+            direct = cast(NativeSink, self._direct) if self.native_ready() else None
+            if direct is not None and direct.took_natively(delta, sent) is not Taken.YES:
+                self._direct = None
+
+    def end_native(self) -> None:
+        """Engine thread: the run that begin_native was for is over (the sink may close its socket)."""
+        with self._lock:
+            native, self._native = self._native, None
+        if native is not None:
+            native.end_native()
 
     def cancel(self) -> None:
         if not self.finished.is_set():

@@ -91,8 +91,9 @@ class SchedulerConfig:
     draft_by_cost: bool = True
     # Steps the engine may run in one native call (Engine.run_steps) when every sequence in the
     # batch is running and plain (no grammar, logit bias, logprobs, processors or drafts) and
-    # its answer is awaited whole (Request.stream False), nothing waits and no deadline is
-    # set: no Python between those decodes. 0 or 1: never. It ends early after a step that
+    # its answer is awaited whole (Request.stream False) or streamed by a native sink (the
+    # run sends its chunks), nothing waits and no deadline is set: no Python between those
+    # decodes. 0 or 1: never. It ends early after a step that
     # samples an end of generation or a token that may complete a stop string (one with the
     # stop string's last byte), and at a new request, a cancel, or another model wanting the
     # cores.
@@ -569,7 +570,13 @@ class Scheduler:
         qualify: nor does one with KV operations, nor any on a model whose cache cannot drop a
         sequence's last cells (can_draft False: the cells a run computes past a finish must
         go). Every step of a run fits: within each request's max_tokens and the context, into
-        cells free now."""
+        cells free now.
+        A streamed request qualifies only when the run can send its text itself (its handle
+        has a native sink, engine/step.py's NativeStream), nothing of its text is held (bytes
+        of a character, the start of a stop string), and its map also has the first bytes of
+        its stop strings: a token with one (or with a non-ASCII byte: the run checks) ends the
+        run, and its text goes the usual way (what the run sent is exactly what update() would
+        have)."""
         steps = self.config.run_steps
         items = plan.items
         if (steps < 2 or self.waiting or self._deadlines or plan.save_states or plan.kv_ops or not items
@@ -584,7 +591,10 @@ class Scheduler:
             # way as a decode token, before the request has a sampler: not from the first step)
             if (seq is None or seq.status is not SequenceStatus.RUNNING or len(item.tokens) != 1 or item.num_draft
                     or not seq.num_generated or item.num_logprobs is not None or item.processors
-                    or seq.drafter is not None or seq.request.stream or seq.num_discarded):
+                    or seq.drafter is not None or seq.num_discarded):
+                return 0, (), b""
+            stream = seq.request.stream
+            if stream and not (seq.handle.native_ready() and seq.detokenizer.idle and not seq.stops.holding):
                 return 0, (), b""
             params = seq.request.params
             if params.sampler.grammar is not None or params.sampler.logit_bias:
@@ -592,19 +602,28 @@ class Scheduler:
             steps = min(steps, params.max_tokens - seq.num_generated, num_ctx - 1 - seq.num_computed)
             stop_on_eog.append(not params.ignore_eos)
             for stop in filter(None, params.stop):
-                last = stop.encode()[-1]
-                stop_maps[32 * i + (last >> 3)] |= 1 << (last & 7)
+                encoded = stop.encode()
+                for byte in (encoded[0], encoded[-1]) if stream else (encoded[-1],):
+                    stop_maps[32 * i + (byte >> 3)] |= 1 << (byte & 7)
         if steps < 2 or self.kv.num_cells_used() + len(items) * (steps - 1) > num_ctx:
             return 0, (), b""
         return steps, tuple(stop_on_eog), bytes(stop_maps) if any(stop_maps) else b""
 
+    def send_budget(self, item: PlanItem) -> int:
+        """How many of a run's first tokens a NativeStream may send for this item: those that
+        cannot end its answer by max_tokens or the context (the last delta goes the usual way)."""
+        seq = self.active[item.request_id]
+        return max(0, min(seq.request.params.max_tokens - seq.num_generated - 1,
+                          self.config.num_ctx - 2 - item.start_pos))
+
     def update_run(self, plan: StepPlan, run: RunResult) -> None:
         """After Engine.run_steps: each request takes its tokens as update() would have, step
         by step (end of generation, stop strings, max_tokens, the context), in one delta; one
-        that finished before the run's last step gives its later cells back (a REMOVE op)."""
+        that finished before the run's last step gives its later cells back (a REMOVE op). The
+        text a run sent itself (run.sent) goes to the handle's sink as already sent."""
         if run.num_steps:
             self.step_cost.observe(len(plan.items), run.decode_ms / run.num_steps)
-        for item, sampled in zip(plan.items, run.tokens, strict=True):
+        for i, (item, sampled) in enumerate(zip(plan.items, run.tokens, strict=True)):
             seq = self.active[item.request_id]  # (nothing ran between the run and this: all still active)
             start = item.start_pos
             seq.num_computed = start + len(sampled)  # the item's token and all but the last sampled
@@ -619,11 +638,17 @@ class Scheduler:
                 texts.append(text)
                 if finish is not None:
                     break
-            text = "".join(texts)
+            sent = run.sent[i] if run.sent else None
+            num_sent = min(sent.num_sent, taken) if sent is not None else 0
+            if num_sent:
+                seq.handle.publish_native(Delta(seq.request_id, text="".join(texts[:num_sent]),
+                                                token_ids=tuple(sampled[:num_sent])), sent)
+            text = "".join(texts[num_sent:])
             if finish is None:
-                seq.handle.publish(Delta(seq.request_id, text=text, token_ids=tuple(sampled)))
+                if num_sent < len(sampled):
+                    seq.handle.publish(Delta(seq.request_id, text=text, token_ids=tuple(sampled[num_sent:])))
                 continue
-            self._finish(seq, finish, text=text, token_ids=tuple(sampled[:taken]))
+            self._finish(seq, finish, text=text, token_ids=tuple(sampled[num_sent:taken]))
             slot = self.slots[item.seq_id]
             if slot.owner is None:
                 self.kv.truncate(slot, start + taken)  # the cells of the steps after its last token

@@ -9,7 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from botframework.engine.speculative import verify_drafts
-from botframework.engine.step import KVOpKind, PlanItem, RunResult, SampledToken, StepPlan, StepResult
+from botframework.engine.step import (
+    KVOpKind,
+    NativeStream,
+    PlanItem,
+    RunResult,
+    SampledToken,
+    StepPlan,
+    StepResult,
+    StreamSent,
+)
 
 
 class FakeEngine:
@@ -22,6 +31,7 @@ class FakeEngine:
         self.samplers: set[str] = set()
         self.bad_samplers: dict[str, Exception] = {}  # request id -> the error building its sampler raises
         self.piece: Callable[[int], bytes] | None = None  # a token's text, for run_steps' stop bytes
+        self.sent_text: dict[str, str] = {}  # request id -> the text run_steps' NativeStreams "sent"
 
     @property
     def kv(self) -> dict[int, list[int]]:
@@ -91,27 +101,43 @@ class FakeEngine:
                           saved_states=saved)
 
     def run_steps(self, plan: StepPlan, max_steps: int, stop_on_eog: tuple[bool, ...],
-                  interrupt_after: int | None = None, stop_bytes: bytes = b"") -> RunResult:
+                  interrupt_after: int | None = None, stop_bytes: bytes = b"",
+                  streams: tuple[NativeStream | None, ...] = ()) -> RunResult:
         """Engine.run_steps: the plan's step and more, each item's sampled token decoded by the
         next; ends after a step where an item with stop_on_eog sampled the eog token, or one
         whose piece (self.piece, when set) has a byte in the item's map in stop_bytes, after
-        `interrupt_after` steps (another thread's interrupt), or after max_steps."""
+        `interrupt_after` steps (another thread's interrupt), or after max_steps. A NativeStream
+        "sends" (RunResult.sent, nothing written) the tokens bf_decode_run would: while each
+        before it was, within the budget, not the eog token, an ASCII piece with no byte in the
+        map; one that is not ends the run after its step."""
         first = self.execute(plan)
         tokens: dict[str, list[int]] = {s.request_id: [s.token] for s in first.sampled}
         assert len(tokens) == len(plan.items) and all(s.error is None for s in first.sampled)
         steps = 1
         limit = max_steps if interrupt_after is None else min(max_steps, interrupt_after)
 
+        sent = [0 if stream is not None else -1 for stream in streams] or [-1] * len(plan.items)
+
         def ends(i: int, item: PlanItem, stop: bool) -> bool:
             token = tokens[item.request_id][-1]
+            bits = stop_bytes[32 * i: 32 * i + 32]
+            stream = streams[i] if streams else None
+            if stream is not None and sent[i] == steps - 1:
+                piece = self.piece(token) if self.piece is not None else b""
+                if sent[i] < stream.budget and token != self.eog and all(
+                        b < 0x80 and not (bits and bits[b >> 3] & (1 << (b & 7))) for b in piece):
+                    sent[i] += 1
+                    self.sent_text[item.request_id] = self.sent_text.get(item.request_id, "") + piece.decode()
+                else:
+                    return True
             if stop and token == self.eog:
                 return True
-            bits = stop_bytes[32 * i: 32 * i + 32]
             return bool(bits) and self.piece is not None and any(
                 bits[b >> 3] & (1 << (b & 7)) for b in self.piece(token))
 
-        while steps < limit and not any(ends(i, item, stop)
-                                        for i, (item, stop) in enumerate(zip(plan.items, stop_on_eog, strict=True))):
+        # (a list: every item's token of each step is checked, the last step's too)
+        while not any([ends(i, item, stop) for i, (item, stop) in enumerate(zip(plan.items, stop_on_eog, strict=True))]
+                      ) and steps < limit:
             for item in plan.items:
                 cells = self.cells[item.seq_id]
                 cells[len(cells)] = tokens[item.request_id][-1]
@@ -119,4 +145,5 @@ class FakeEngine:
                 tokens[item.request_id].append(self.next_token([cells[p] for p in range(len(cells))]))
             steps += 1
         return RunResult(tokens=tuple(tuple(tokens[item.request_id]) for item in plan.items), num_steps=steps,
-                         decode_ms=float(steps))
+                         decode_ms=float(steps),
+                         sent=tuple(None if n < 0 else StreamSent(n) for n in sent) if streams else ())

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from botframework.engine.detokenizer import IncrementalDetokenizer
-from botframework.engine.step import StepPlan
+from botframework.engine.step import NativeStream, StepPlan, StreamSent
 from botframework.errors import BusyError, ContextLengthExceededError
-from botframework.scheduler.output import FinishReason, RequestHandle
+from botframework.scheduler.output import Delta, FinishReason, RequestHandle, Taken
 from botframework.scheduler.scheduler import Scheduler, SchedulerConfig
 from botframework.scheduler.sequence import Priority, Request, Sequence, SequenceStatus
 from botframework.specs import SamplingParams
@@ -484,28 +484,68 @@ def test_the_last_finished_requests_are_released_without_a_step_of_their_own() -
     assert s.schedule().release == ()
 
 
+def _letters(token: int) -> bytes:
+    """A token's piece in these tests: a letter (t -> chr(97 + t % 26)), but 19 is "é"."""
+    return "é".encode() if token == 19 else chr(97 + token % 26).encode()
+
+
 def _text_seq(prompt: list[int], max_tokens: int, stop: tuple[str, ...] = (), ignore_eos: bool = False,
               stream: bool = False) -> Sequence:
-    """A request whose tokens read as letters (token t -> chr(97 + t % 26)), for stop strings."""
+    """A request whose tokens read as letters (_letters), for stop strings."""
     request = Request(f"r{next(_ids)}", tuple(prompt), SamplingParams(max_tokens=max_tokens, stop=stop,
                                                                       ignore_eos=ignore_eos), stream=stream)
-    return Sequence(request, RequestHandle(request.request_id, lambda _id: None),
-                    IncrementalDetokenizer(lambda t: chr(97 + t % 26).encode()))
+    return Sequence(request, RequestHandle(request.request_id, lambda _id: None), IncrementalDetokenizer(_letters))
 
 
-def _answers(runs: bool, interrupt_every: int | None = None, stop_bytes: bool = True
+class _Sink:
+    """A server's direct stream (server/direct.py) to the scheduler: takes every delta it is
+    given, and the text that a run sent natively (NativeSink)."""
+
+    def __init__(self) -> None:
+        self.deltas: list[Delta] = []
+        self.native_text = ""  # what the scheduler says the runs sent
+        self.num_native = 0
+        self.open_runs = 0
+
+    def take(self, delta: Delta) -> Taken:
+        self.deltas.append(delta)
+        return Taken.YES
+
+    def begin_native(self) -> tuple[int, bytes, bytes, bool, str]:
+        self.open_runs += 1
+        return -1, b"", b"", False, ""
+
+    def took_natively(self, delta: Delta, sent: StreamSent) -> Taken:
+        assert sent.num_sent == len(delta.token_ids) and self.open_runs == 0  # (after end_native)
+        self.deltas.append(delta)
+        self.native_text += delta.text
+        self.num_native += sent.num_sent
+        return Taken.YES
+
+    def end_native(self) -> None:
+        self.open_runs -= 1
+
+
+def _answers(runs: bool, interrupt_every: int | None = None, stop_bytes: bool = True, stream: bool = False
              ) -> tuple[list[tuple[object, ...]], int]:
     """Each request's deltas (text, tokens, finish, usage) and the cache at the end, stepping
     plainly or with runs of steps wherever the scheduler allows them (as the worker does: the
     KV ops a step leaves, cells cut past a finish, applied right after it); and the tokens
-    the engine decoded."""
+    the engine decoded. `stream`: every request streams to a _Sink (what it took, then what
+    the consumer got)."""
     s, engine = scheduler_and_engine(eog=frozenset({7}), num_slots=4, num_ctx=512, max_batch_tokens=64,
                                      run_steps=8 if runs else 0)
     engine = FakeEngine(4, 64, vocab=20, eog=7)
-    engine.piece = lambda t: chr(97 + t % 26).encode()  # as the requests' detokenizer reads them
-    seqs = [_text_seq([4, 5], 33, stop=("dc",)), _text_seq([6], 50, ignore_eos=True),
-            _text_seq([2, 9, 4, 4], 25, stop=("kr", "zz")), _text_seq([3, 3], 60, ignore_eos=True, stop=("shq",))]
-    late = _text_seq([1, 2, 3], 40, stop=("ikr",))
+    engine.piece = _letters  # as the requests' detokenizer reads them
+    seqs = [_text_seq([4, 5], 33, stop=("dc",), stream=stream), _text_seq([6], 50, ignore_eos=True, stream=stream),
+            _text_seq([2, 9, 4, 4], 25, stop=("kr", "zz"), stream=stream),
+            _text_seq([3, 3], 60, ignore_eos=True, stop=("shq",), stream=stream)]
+    late = _text_seq([1, 2, 3], 40, stop=("ikr",), stream=stream)
+    sinks = {}
+    for seq in [*seqs, late]:
+        sinks[seq.request_id] = _Sink()
+        if stream:
+            assert seq.handle.attach_direct(sinks[seq.request_id])
     for seq in seqs:
         s.add(seq)
     steps = num_runs = 0
@@ -515,8 +555,14 @@ def _answers(runs: bool, interrupt_every: int | None = None, stop_bytes: bool = 
         if length:
             assert runs
             num_runs += 1
-            s.update_run(plan, engine.run_steps(plan, length, stop_on_eog, interrupt_every,
-                                                stop_maps if stop_bytes else b""))
+            handles = [s.active[item.request_id].handle for item in plan.items] if stream else []
+            streams = tuple(NativeStream(*h.begin_native(), budget=s.send_budget(item))  # type: ignore[misc]
+                            for item, h in zip(plan.items, handles, strict=True)) if stream else ()
+            run = engine.run_steps(plan, length, stop_on_eog, interrupt_every, stop_maps if stop_bytes else b"",
+                                   streams)
+            for handle in handles:
+                handle.end_native()
+            s.update_run(plan, run)
         else:
             s.update(plan, engine.execute(plan))
         if s.kv.has_ops and not s.kv.num_pending_saves:
@@ -526,9 +572,12 @@ def _answers(runs: bool, interrupt_every: int | None = None, stop_bytes: bool = 
         if steps == 3:
             s.add(late)  # joins while the others run (one of them finishes first: it waits)
     assert (num_runs > 0) == runs
+    assert (sum(sink.num_native for sink in sinks.values()) > 0) == (runs and stream)
+    for request_id, sink in sinks.items():  # the runs sent what the scheduler accounts for
+        assert sink.native_text == engine.sent_text.get(request_id, "")
     out: list[tuple[object, ...]] = []
     for seq in [*seqs, late]:
-        deltas = list(seq.handle)
+        deltas = sinks[seq.request_id].deltas + list(seq.handle)
         out.append(("".join(d.text for d in deltas), tuple(t for d in deltas for t in d.token_ids),
                     deltas[-1].finish_reason, deltas[-1].usage, tuple(seq.tokens)))
     return [*out, tuple(tuple(v) for v in engine.kv.values())], engine.num_decoded
@@ -547,6 +596,16 @@ def test_runs_of_steps_answer_exactly_as_single_steps() -> None:
     blind, decoded_blind = _answers(runs=True, stop_bytes=False)
     assert blind == plain
     assert decoded_blind > _answers(runs=True)[1] >= decoded  # the stop bytes spare steps past a stop
+
+
+def test_runs_that_send_streams_themselves_answer_exactly_as_single_steps() -> None:
+    """Streamed requests with a native sink run too (NativeStream): what the runs sent plus
+    what went the usual way is, delta for delta in total, what single steps give (stop strings,
+    a non-ASCII token, max_tokens, the end of generation), also with interrupts."""
+    plain, _ = _answers(runs=False)
+    assert _answers(runs=False, stream=True)[0] == plain
+    assert _answers(runs=True, stream=True)[0] == plain
+    assert _answers(runs=True, stream=True, interrupt_every=3)[0] == plain
 
 
 def test_runs_only_for_plain_whole_answers_that_fit() -> None:
@@ -634,3 +693,32 @@ def test_an_admission_is_cheap_only_when_it_is_just_the_prompt() -> None:
     plan = s.schedule()
     s.update(plan, engine.execute(plan))
     assert not s.admits_cheaply(_text_seq([9, 9], 1))  # no free slot
+
+
+def test_a_stream_runs_only_with_a_native_sink_and_nothing_held() -> None:
+    """run_length for a streamed request: only while its handle has a native sink, its
+    detokenizer holds no bytes of a character and its stop strings hold no text; its map has
+    the first and last bytes of its stop strings. send_budget: the tokens before a finish by
+    max_tokens."""
+    def scheduled(seq: Sequence, sink: bool = True) -> tuple[Scheduler, StepPlan]:
+        s, engine = scheduler_and_engine(num_slots=2, num_ctx=512, run_steps=16)
+        if sink:
+            assert seq.handle.attach_direct(_Sink())
+        s.add(seq)
+        for _ in range(2):
+            plan = s.schedule()
+            s.update(plan, engine.execute(plan))
+        return s, s.schedule()
+
+    s, plan = scheduled(_text_seq([1, 2], 100, stream=True), sink=False)
+    assert s.run_length(plan)[0] == 0
+    s, plan = scheduled(_text_seq([1, 2], 100, stop=("xy",), stream=True))
+    steps, _, maps = s.run_length(plan)
+    assert steps == 16 and {b for b in range(256) if maps[b >> 3] & (1 << (b & 7))} == {ord("x"), ord("y")}
+    assert s.send_budget(plan.items[0]) == 100 - 2 - 1
+    seq = s.active[plan.items[0].request_id]
+    seq.detokenizer._pending = "é".encode()[:1]  # the first byte of a character waits
+    assert s.run_length(plan)[0] == 0
+    seq.detokenizer._pending = b""
+    seq.stops.feed("x")  # the start of "xy" is held
+    assert seq.stops.holding and s.run_length(plan)[0] == 0
