@@ -66,6 +66,16 @@ class MessageStreamer:
         self._next_parse = start + spent * PARSE_SPACING if costly else 0.0
         return self._diff(message, final=False)
 
+    def plain_pending(self) -> str | None:
+        """The whitespace held back, when all that feed(text) does now is send (held +
+        text).rstrip() as content (a plain parser, no parse spacing in effect, no reasoning or
+        tool call so far): a server's native stream sends the same (server/direct.py); None
+        otherwise."""
+        if not self.parser.plain or self._next_parse or self._reasoning or self._calls \
+                or not self.text.startswith(self._content):
+            return None
+        return self.text[len(self._content):]
+
     def finish(self) -> tuple[list[MessageDelta], AssistantMessage]:
         """The last deltas and the whole message (with the ids that were streamed)."""
         message = self.parser.parse(self.text, partial=False)

@@ -24,19 +24,31 @@ The socket is a dup: if the client goes away and uvicorn closes its own descript
 still names the same (dead) connection, never a new one that reused the number. A send to a
 dead connection fails; the chunk is dropped, and the disconnect reaches the route as usual
 (Starlette's listen_for_disconnect) and cancels the request.
+
+Native: when the route's formatter has native() (sse.DirectText, a chat's plain content), a
+run of steps on the engine thread sends the chunks itself, from C, between its decodes
+(engine/step.py's NativeStream: head + JSON string + tail, ASCII text only):
+    begin_native (engine thread, before the run): the dup's fd, kept open until end_native
+      even if the stream closes meanwhile (close() leaves it to end_native)
+    took_natively (after the run): the route's formatter is fed the sent text, so its state
+      (a chat's held whitespace) is as if the chunks had gone through take(); the end of a
+      chunk the socket took only part of goes to uvicorn's transport, as in take()
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request as HTTPRequest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from botframework.engine.step import StreamSent
 from botframework.scheduler.output import Delta, RequestHandle, Taken
 
 CYCLE = "botframework.response_cycle"  # scope key: uvicorn's response cycle of this request
@@ -71,9 +83,14 @@ class DirectSSE:
         self._handle = handle
         self._loop = loop
         self._format = format
+        self._native_format: Callable[[], tuple[bytes, bytes, bool, str] | None] | None = getattr(
+            format, "native", None)
         self._sock: socket.socket | None = None
         self._closed = False
+        self._fd_lock = threading.Lock()  # close() vs. a run that sends on the socket
+        self._native_busy = False         # a run of steps may be sending on it (begin_native)
         self.chunks = 0     # written by the engine thread
+        self.native_tokens = 0  # tokens whose text a run of steps sent itself
         self.handed_back = 0  # sends that did not complete: their rest went to the transport
 
     @classmethod
@@ -134,15 +151,50 @@ class DirectSSE:
             pass
         return Taken.YES_DETACH
 
+    def begin_native(self) -> tuple[int, bytes, bytes, bool, str] | None:
+        """Engine thread, the handle's lock held: (fd, head, tail, rstrip, pending) for a run
+        that sends this stream's chunks itself, or None (the formatter cannot now)."""
+        params = self._native_format() if self._native_format is not None else None
+        if params is None:
+            return None
+        with self._fd_lock:
+            if self._closed or self._sock is None:
+                return None
+            self._native_busy = True
+            return (self._sock.fileno(), *params)
+
+    def took_natively(self, delta: Delta, sent: StreamSent) -> Taken:
+        """Engine thread, the handle's lock held: a run sent `delta`'s text itself."""
+        self._format(delta.text)  # (bytes already sent: only the route's state matters)
+        self.native_tokens += sent.num_sent
+        if sent.rest:
+            self.handed_back += 1
+            try:  # the rest after what is in the kernel, and before anything the route sends next
+                self._loop.call_soon_threadsafe(self._transport.write, sent.rest)
+            except RuntimeError:  # the loop is closed: the server is going away
+                pass
+            return Taken.YES_DETACH
+        return Taken.YES_DETACH if sent.error not in (0, errno.EAGAIN) else Taken.YES
+
+    def end_native(self) -> None:
+        """Engine thread: the run is over; the socket closes now if the stream closed meanwhile."""
+        with self._fd_lock:
+            self._native_busy = False
+            if self._closed and self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
     def close(self) -> None:
         """Event loop, when the stream ends (or is closed): the engine thread writes no more."""
         if self._closed:
             return
-        self._closed = True
         self._handle.detach_direct()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        with self._fd_lock:
+            self._closed = True
+            if self._sock is not None and not self._native_busy:  # (else end_native closes it)
+                self._sock.close()
+                self._sock = None
         if self._metrics is not None:
             self._metrics.direct_chunks.inc(self.chunks)
+            self._metrics.direct_native_tokens.inc(self.native_tokens)
             self._metrics.direct_handed_back.inc(self.handed_back)

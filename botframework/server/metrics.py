@@ -95,6 +95,9 @@ class ServerMetrics:
         self.direct_chunks = Counter("botframework_sse_direct_chunks",
                                      "streamed chunks the engine thread wrote to the client's socket",
                                      registry=self.registry)
+        self.direct_native_tokens = Counter("botframework_sse_direct_native_tokens",
+                                            "streamed tokens whose chunks a native run of steps wrote to the "
+                                            "client's socket itself", registry=self.registry)
         self.direct_handed_back = Counter("botframework_sse_direct_handed_back",
                                           "direct writes the socket did not take whole: finished by the event loop",
                                           registry=self.registry)

@@ -67,13 +67,38 @@ def text_template(make: Callable[[str], bytes]) -> Callable[[str], bytes]:
     parts = make(_MARK).split(mark)
     if len(parts) != 2:
         return make
-    head, tail = parts
-
-    def fast(text: str) -> bytes:
-        return head + encode_basestring(text).encode() + tail
-
-    probe = 'a "q" \\ \n\t\u00e9 \U0001f642 </s> \u2028'
+    fast = TextTemplate(*parts)
+    probe = 'a "q" \\ \n\t\u00e9 \U0001f642 </s> \u2028 \x01\x1f\x7f'
     return fast if fast(probe) == make(probe) else make
+
+
+class TextTemplate:
+    """A chunk's bytes for a text: head + the text as a JSON string + tail (text_template).
+    Native code writes the same bytes for ASCII text (engine/step.py's NativeStream)."""
+
+    def __init__(self, head: bytes, tail: bytes) -> None:
+        self.head = head
+        self.tail = tail
+
+    def __call__(self, text: str) -> bytes:
+        return self.head + encode_basestring(text).encode() + self.tail
+
+
+class DirectText:
+    """A direct stream's formatter (server/direct.py) for text that goes out as it comes (a
+    completion's): each text delta's chunk, b"" for none. A run of steps may write the chunks
+    itself (native()) when the chunk is a TextTemplate."""
+
+    def __init__(self, chunk: Callable[[str], bytes]) -> None:
+        self.chunk = text_template(chunk)
+
+    def __call__(self, text: str) -> bytes:
+        return self.chunk(text) if text else b""
+
+    def native(self) -> tuple[bytes, bytes, bool, str] | None:
+        """(head, tail, rstrip, the whitespace held) for a NativeStream, or None."""
+        chunk = self.chunk
+        return (chunk.head, chunk.tail, False, "") if isinstance(chunk, TextTemplate) else None
 
 
 def usage_json(usage: Usage | None) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ a client that disconnects mid-stream frees its KV slot.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import socket
@@ -326,9 +327,16 @@ def _raw_stream(base_url: str, path: str, body: dict, *, rcvbuf: int = 0, wait_s
 
 
 def test_streamed_tokens_go_out_from_the_engine_thread(base_url: str, client) -> None:  # type: ignore[no-untyped-def]
-    """server/direct.py: a running stream's chunks are written by the engine thread; the client
-    sees the same events, in order, as the non-streamed answer."""
-    before = _metric(base_url, "botframework_sse_direct_chunks_total")
+    """server/direct.py: a running stream's chunks are written by the engine thread, most of
+    them by its native runs of steps; the client sees the same events, in order, as the
+    non-streamed answer."""
+    def direct() -> float:
+        return _metric(base_url, "botframework_sse_direct_chunks_total") + native()
+
+    def native() -> float:
+        return _metric(base_url, "botframework_sse_direct_native_tokens_total")
+
+    before, native_before = direct(), native()
     prompt = "The three primary colours are"
     whole = client.completions.create(model=MODEL, prompt=prompt, max_tokens=32, temperature=0, extra_body={
         "ignore_eos": True})
@@ -340,6 +348,7 @@ def test_streamed_tokens_go_out_from_the_engine_thread(base_url: str, client) ->
                                                "usage"]] * (len(events) - 1)
     assert len({e["id"] for e in events}) == 1 and events[-1]["usage"]["completion_tokens"] == 32
     assert events[-2]["choices"][0]["finish_reason"] == "length"
+    assert native() > native_before  # (its steady tokens went out from runs of steps)
     chat = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=24, temperature=0,
                                                stream=True))
     whole_chat = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=24, temperature=0)
@@ -347,7 +356,53 @@ def test_streamed_tokens_go_out_from_the_engine_thread(base_url: str, client) ->
     # the first token goes out with the headers and the last with finish_reason; those between
     # directly, but for one now and then that the engine published before the route re-armed
     # (a busy machine): at least half
-    assert _metric(base_url, "botframework_sse_direct_chunks_total") - before >= (32 + len(chat)) // 2
+    assert direct() - before >= (32 + len(chat)) // 2
+
+
+def test_native_runs_stream_what_single_steps_stream(base_url: str, client) -> None:  # type: ignore[no-untyped-def]
+    """Streams whose steady tokens a native run of steps sends to the socket itself: the same
+    text as the whole answer (each read from the prefix cache, warmed first): a chat, a stop
+    string met mid-answer, text with non-ASCII characters (each of those goes the usual way),
+    a chat's whitespace held back; and four streams at once, each complete and well framed."""
+    def native() -> float:
+        return _metric(base_url, "botframework_sse_direct_native_tokens_total")
+
+    cases = [("/v1/chat/completions", {"messages": [{"role": "user", "content": "Write a Python function that "
+                                                                                 "adds two numbers."}],
+                                       "max_tokens": 96}),
+             ("/v1/completions", {"prompt": "Count: 1, 2, 3,", "max_tokens": 60, "stop": ["11"]}),
+             ("/v1/completions", {"prompt": "French words: café, crème, brûlée, naïve, résumé, déjà vu,",
+                                  "max_tokens": 48, "ignore_eos": True})]
+    for path, options in cases:
+        body = {"model": MODEL, "temperature": 0, **options}
+        _raw_stream(base_url, path, {**body, "stream": True})  # the prompt into the prefix cache
+        whole = httpx.post(f"{base_url}{path}", json=body, headers={"authorization": f"Bearer {API_KEY}"},
+                           timeout=60).json()["choices"][0]
+        before = native()
+        events = _raw_stream(base_url, path, {**body, "stream": True})
+        pieces = [(e["choices"][0].get("delta") or {}).get("content") or e["choices"][0].get("text") or ""
+                  for e in events if e["choices"]]
+        assert "".join(pieces) == (whole["message"]["content"] if "message" in whole else whole["text"]), path
+        _eventually(lambda b=before: native() > b, f"{path} {options}")  # (counted as the route closes the stream)
+    assert whole["text"].isascii() is False and whole["finish_reason"] == "length"
+
+    before = native()
+    body = {"model": MODEL, "max_tokens": 40, "temperature": 0, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        streams = list(pool.map(lambda i: _raw_stream(base_url, "/v1/completions", {**body, "prompt": f"Story {i}:"}),
+                                range(4)))
+    for events in streams:
+        assert events[-1]["usage"]["completion_tokens"] == 40 and len({e["id"] for e in events}) == 1
+        assert len("".join(e["choices"][0]["text"] for e in events if e["choices"])) >= 20
+    _eventually(lambda b=before: native() > b, "four streams")
+
+
+def _eventually(check, what: str, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
 
 
 def test_whole_answers_run_several_steps_per_native_call(base_url: str, client) -> None:  # type: ignore[no-untyped-def]

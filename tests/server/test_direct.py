@@ -289,3 +289,88 @@ def test_direct_and_usual_streams_send_the_same_chunks() -> None:
     assert all(len(b) > 20 for b in usual)  # one chunk an event: role, a token each, finish, [usage], [DONE]
     assert num_usual == 0
     assert num_direct > 0.8 * sum(len(b) for b in direct)
+
+
+def test_a_native_run_keeps_the_socket_until_it_ends_and_hands_its_rest_to_the_transport() -> None:
+    """begin_native (a run of steps sends this stream's chunks itself): the dup's fd and the
+    chunk's template; a stream closed during the run keeps that fd open until end_native (a
+    reused descriptor number must never get the run's chunks). After a run: a chunk's end the
+    socket did not take goes to the transport and the sink lets go; EAGAIN keeps it attached."""
+    import errno
+    import os
+
+    from botframework.engine.step import StreamSent
+    from botframework.server.sse import DirectText
+
+    ours, theirs = socket.socketpair()
+    loop = asyncio.new_event_loop()
+    base = {"id": "cmpl-1", "object": "text_completion"}
+    chunk = DirectText(lambda text: sse_choice(base, {"index": 0, "text": text}, False))
+
+    async def main() -> None:
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+        cycle = SimpleNamespace(transport=transport, response_started=True, response_complete=False,
+                                chunked_encoding=True)
+        handle = RequestHandle("r", lambda _id: None, loop)
+        direct = DirectSSE(cycle, handle, loop, chunk)
+        direct.arm()
+        assert handle.native_ready()
+        params = handle.begin_native()
+        assert params is not None
+        fd, head, tail, rstrip, pending = params
+        assert fd != ours.fileno() and not rstrip and pending == ""
+        assert head + b'"hi"' + tail == chunk("hi")
+        direct.close()  # the stream ends while the run is under way
+        os.fstat(fd)  # still open
+        handle.publish_native(Delta("r", text="hi", token_ids=(1,)), StreamSent(1))  # dropped: detached
+        handle.end_native()
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+        handle = RequestHandle("r2", lambda _id: None, loop)
+        direct = DirectSSE(cycle, handle, loop, chunk)
+        direct.arm()
+        assert handle.begin_native() is not None
+        handle.end_native()
+        handle.publish_native(Delta("r2", text="a", token_ids=(1,)), StreamSent(1, errno.EAGAIN))
+        assert handle.native_ready() and direct.native_tokens == 1  # the next chunk goes the usual way
+        handle.publish_native(Delta("r2", text="bc", token_ids=(2, 3)), StreamSent(2, 0, b"end of it"))
+        assert not handle.native_ready() and direct.native_tokens == 3 and direct.handed_back == 1
+        await asyncio.sleep(0.05)
+        direct.close()
+        transport.close()
+
+    try:
+        loop.run_until_complete(main())
+        theirs.settimeout(5)
+        assert theirs.recv(100) == b"end of it"
+    finally:
+        loop.close()
+        ours.close()
+        theirs.close()
+
+
+def test_a_chat_stream_is_sent_natively_only_while_its_content_is_plain() -> None:
+    """The chat route's direct formatter: native() gives the content chunk's template and the
+    whitespace its streamer holds back, only for a plain parser with nothing else streamed."""
+    from botframework.chat.parse import OutputMode, OutputParser
+    from botframework.chat.stream import MessageStreamer
+    from botframework.server.routes.chat import _DirectMessage
+
+    def chunk(delta: dict[str, Any]) -> bytes:
+        return sse_choice({"id": "c"}, {"index": 0, "delta": delta}, False)
+
+    streamer = MessageStreamer(OutputParser(OutputMode.TEXT))
+    direct = _DirectMessage(streamer, chunk)
+    params = direct.native()
+    assert params is not None and params[2:] == (True, "")
+    head, tail = params[:2]
+    assert direct("Hello \n ") == head + b'"Hello"' + tail
+    assert direct.native() == (head, tail, True, " \n ")  # held until text follows
+    assert direct("x") == head + b'" \\n x"' + tail
+    assert streamer.plain_pending() == ""
+    thinking = MessageStreamer(OutputParser(OutputMode.TEXT, params={"supports_thinking": True}))
+    assert _DirectMessage(thinking, chunk).native() is None
+    assert streamer.plain_pending() is not None
+    streamer._next_parse = 1.0  # parses spaced out: a delta may be held whole
+    assert direct.native() is None

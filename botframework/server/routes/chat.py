@@ -29,6 +29,7 @@ from fastapi.responses import Response
 from botframework.chat.message import AssistantMessage, MessageDelta
 from botframework.chat.plan import ChatPlan, check_message, finish_message
 from botframework.chat.stream import MessageStreamer
+from botframework.engine.step import PENDING_CAP
 from botframework.errors import BotframeworkError, ShuttingDownError
 from botframework.runtime.stream import DeltaStream
 from botframework.scheduler.output import Delta
@@ -50,6 +51,7 @@ from botframework.server.sse import (
     EventStreamResponse,
     Started,
     StreamState,
+    TextTemplate,
     json_response,
     sse_choice,
     sse_choices,
@@ -114,6 +116,34 @@ def _delta_json(piece: MessageDelta) -> dict[str, Any]:
     return {"content": piece.content}
 
 
+class _DirectMessage:
+    """The only choice's chunks for its text deltas on the engine thread (server/direct.py):
+    what its MessageStreamer makes of them. A run of steps may send the content itself
+    (native()) while all the streamer does is hold trailing whitespace back
+    (MessageStreamer.plain_pending), with the same bytes."""
+
+    def __init__(self, streamer: MessageStreamer, chunk: Callable[[dict[str, Any]], bytes]) -> None:
+        self.streamer = streamer
+        self.chunk = chunk
+        self.content_chunk = text_template(lambda text: chunk({"content": text}))
+
+    def __call__(self, text: str) -> bytes:
+        return b"".join(self._piece_chunk(piece) for piece in self.streamer.feed(text))
+
+    def _piece_chunk(self, piece: MessageDelta) -> bytes:
+        body = _delta_json(piece)
+        return self.content_chunk(piece.content) if "content" in body else self.chunk(body)  # type: ignore[arg-type]
+
+    def native(self) -> tuple[bytes, bytes, bool, str] | None:
+        """(head, tail, rstrip, the whitespace held) for a NativeStream, or None."""
+        pending = self.streamer.plain_pending()
+        chunk = self.content_chunk
+        if pending is None or not pending.isascii() or len(pending) > PENDING_CAP \
+                or not isinstance(chunk, TextTemplate):
+            return None
+        return chunk.head, chunk.tail, True, pending
+
+
 def _stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, request_id: str, created: int,
             started: Started, include_usage: bool, want_logprobs: bool) -> AsyncIterator[bytes]:
     base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": runtime.model_id,
@@ -138,13 +168,7 @@ async def _choice_stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, ba
                           include_usage)
 
     def direct_format() -> Callable[[str], bytes]:
-        content_chunk = text_template(lambda text: chunk({"content": text}))
-
-        def piece_chunk(piece: MessageDelta) -> bytes:
-            body = _delta_json(piece)
-            return content_chunk(piece.content) if "content" in body else chunk(body)
-
-        return lambda text: b"".join(piece_chunk(p) for p in streamer.feed(text))
+        return _DirectMessage(streamer, chunk)
 
     # not with a parser (it would run on the engine thread) nor logprobs (every delta has some)
     if single and plan.parser.plain and not want_logprobs:

@@ -34,13 +34,13 @@ from botframework.server.protocol import CompletionRequest
 from botframework.server.runtime import Runtime
 from botframework.server.sse import (
     SSE_HEADERS,
+    DirectText,
     EventStreamResponse,
     Started,
     StreamState,
     json_response,
     sse_choice,
     sse_choices,
-    text_template,
     total_usage,
     usage_json,
 )
@@ -104,8 +104,7 @@ async def _choice_stream(http: HTTPRequest, runtime: Runtime, base: dict[str, An
                           include_usage)
 
     def direct_format() -> Callable[[str], bytes]:
-        text_chunk = text_template(chunk)
-        return lambda text: text_chunk(text) if text else b""
+        return DirectText(chunk)
 
     if single and not want_logprobs:  # with logprobs, every delta would be declined
         DirectSSE.attach(http, deltas, direct_format)
