@@ -208,6 +208,9 @@ int32_t bf_decode_run(struct llama_context * ctx, int32_t n_seqs, const int32_t 
                       const int32_t * stop_on_eog, const uint8_t * stop_bytes, int32_t max_steps,
                       const volatile int32_t * interrupt, llama_token_data * cand, int32_t n_vocab, int32_t * out,
                       bf_run_stream * streams, int32_t * status);
+int32_t bf_stream_format(const char * head, int32_t head_len, const char * tail, int32_t tail_len,
+                         const char * pending, int32_t pending_len, int32_t rstrip, const char * piece, int32_t n,
+                         char * out, int32_t cap, int32_t * held);
 int32_t bf_fill_candidates(struct llama_context * ctx, int32_t idx, struct llama_sampler * pre,
                            llama_token_data * cand, int32_t n_vocab, float * adjusted);
 char * bf_json_schema_to_grammar(const char * schema_json);

@@ -583,37 +583,76 @@ static void bf_json_escape(std::string & out, const char * text, size_t n) {
 
 enum bf_stream_result { BF_STREAM_TAKEN, BF_STREAM_TAKEN_STOP, BF_STREAM_NOT_TAKEN };
 
-// One token's ASCII piece of a natively streamed sequence: its chunk (head, the text as a JSON
-// string, tail), framed as an HTTP/1.1 chunk, in one non-blocking send. With rstrip, trailing
-// whitespace waits in s.pending for text that follows it (a token of whitespace only sends
-// nothing). TAKEN: sent whole (or held); TAKEN_STOP: taken, but the stream sends no more in this
-// run: the socket took part of the chunk (its end is in s.rest) or the send failed (s.error);
-// NOT_TAKEN: the socket took nothing (s.error EAGAIN), or the held whitespace would not fit.
+// The chunk for held whitespace + an ASCII piece: `text` gets pending + piece, `end` the length
+// of its part that goes out now (with rstrip, trailing whitespace waits), `frame` that part as
+// head + JSON string + tail framed as an HTTP/1.1 chunk ("" when nothing goes out). Throws
+// only std::bad_alloc.
+static void bf_stream_frame(const char * head, size_t head_len, const char * tail, size_t tail_len,
+                            const char * pending, size_t pending_len, int32_t rstrip, const char * piece, size_t n,
+                            std::string & text, size_t & end, std::string & frame) {
+    text.assign(pending, pending_len);
+    text.append(piece, n);
+    end = text.size();
+    if (rstrip) {
+        while (end > 0 && bf_is_space((unsigned char) text[end - 1])) {
+            --end;
+        }
+    }
+    frame.clear();
+    if (end == 0) {
+        return;
+    }
+    std::string body(head, head_len);
+    body += '"';
+    bf_json_escape(body, text.data(), end);
+    body += '"';
+    body.append(tail, tail_len);
+    char size_line[24];
+    const int k = std::snprintf(size_line, sizeof(size_line), "%zx\r\n", body.size());
+    frame.assign(size_line, (size_t) k);
+    frame += body;
+    frame += "\r\n";
+}
+
+int32_t bf_stream_format(const char * head, int32_t head_len, const char * tail, int32_t tail_len,
+                         const char * pending, int32_t pending_len, int32_t rstrip, const char * piece, int32_t n,
+                         char * out, int32_t cap, int32_t * held) {
+    try {
+        std::string text, frame;
+        size_t end = 0;
+        bf_stream_frame(head, (size_t) head_len, tail, (size_t) tail_len, pending, (size_t) pending_len, rstrip,
+                        piece, (size_t) n, text, end, frame);
+        if (frame.size() > (size_t) cap) {
+            return -1;
+        }
+        std::memcpy(out, frame.data(), frame.size());
+        *held = (int32_t) (text.size() - end);
+        return (int32_t) frame.size();
+    } catch (...) {
+        return -1;
+    }
+}
+
+#if (defined(__unix__) || defined(__APPLE__)) && !defined(MSG_NOSIGNAL)
+#define MSG_NOSIGNAL 0  // (SIGPIPE is ignored by Python anyway)
+#endif
+
+// One token's ASCII piece of a natively streamed sequence: its chunk (bf_stream_frame) in one
+// non-blocking send. TAKEN: sent whole (or held as whitespace); TAKEN_STOP: taken, but the
+// stream sends no more in this run: the socket took part of the chunk (its end is in s.rest)
+// or the send failed (s.error); NOT_TAKEN: the socket took nothing (s.error EAGAIN), or the
+// held whitespace or the chunk's end would not fit the caller's buffers (nothing sent).
 static bf_stream_result bf_stream_send(bf_run_stream & s, const char * piece, int32_t n) {
 #if defined(__unix__) || defined(__APPLE__)
     try {
-        std::string text(s.pending, (size_t) s.pending_len);
-        text.append(piece, (size_t) n);
-        size_t end = text.size();
-        if (s.rstrip) {
-            while (end > 0 && bf_is_space((unsigned char) text[end - 1])) {
-                --end;
-            }
-        }
-        if (text.size() - end > (size_t) s.pending_cap) {
+        std::string text, frame;
+        size_t end = 0;
+        bf_stream_frame(s.head, (size_t) s.head_len, s.tail, (size_t) s.tail_len, s.pending, (size_t) s.pending_len,
+                        s.rstrip, piece, (size_t) n, text, end, frame);
+        if (text.size() - end > (size_t) s.pending_cap || frame.size() > (size_t) s.rest_cap) {
             return BF_STREAM_NOT_TAKEN;
         }
-        if (end > 0) {
-            std::string body(s.head, (size_t) s.head_len);
-            body += '"';
-            bf_json_escape(body, text.data(), end);
-            body += '"';
-            body.append(s.tail, (size_t) s.tail_len);
-            char size_line[24];
-            const int k = std::snprintf(size_line, sizeof(size_line), "%zx\r\n", body.size());
-            std::string frame(size_line, (size_t) k);
-            frame += body;
-            frame += "\r\n";
+        if (!frame.empty()) {
             ssize_t sent;
             do {
                 sent = send(s.fd, frame.data(), frame.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -625,13 +664,9 @@ static bf_stream_result bf_stream_send(bf_run_stream & s, const char * piece, in
                     return BF_STREAM_NOT_TAKEN;
                 }
             } else if ((size_t) sent < frame.size()) {
-                const size_t rest = frame.size() - (size_t) sent;
-                if (rest > (size_t) s.rest_cap) {  // (the caller sizes rest for the longest chunk)
-                    s.error = EMSGSIZE;
-                } else {
-                    std::memcpy(s.rest, frame.data() + sent, rest);
-                    s.rest_len = (int32_t) rest;
-                }
+                const size_t rest = frame.size() - (size_t) sent;  // (fits: checked above)
+                std::memcpy(s.rest, frame.data() + sent, rest);
+                s.rest_len = (int32_t) rest;
             }
         }
         std::memcpy(s.pending, text.data() + end, text.size() - end);

@@ -84,6 +84,14 @@ int32_t bf_decode_run(struct llama_context * ctx, int32_t n_seqs, const int32_t 
                       const volatile int32_t * interrupt, llama_token_data * cand, int32_t n_vocab, int32_t * out,
                       bf_run_stream * streams, int32_t * status);
 
+/* The chunk a run of steps sends for held whitespace `pending` + an ASCII `piece` (the frame
+ * bf_decode_run's streams send: head + the text as a JSON string + tail, as an HTTP/1.1 chunk;
+ * with rstrip, trailing whitespace is held): its length in `out` (0: nothing goes out now),
+ * *held the length of the whitespace held after it; -1 when it does not fit `cap`. For tests. */
+int32_t bf_stream_format(const char * head, int32_t head_len, const char * tail, int32_t tail_len,
+                         const char * pending, int32_t pending_len, int32_t rstrip, const char * piece, int32_t n,
+                         char * out, int32_t cap, int32_t * held);
+
 /* The candidates for a sampler that needs them outside C (a grammar): `cand` gets every
  * token's id and logit from output `idx` (p = 0), then `pre` (may be NULL) adjusts the logits
  * in place; `adjusted` (may be NULL) gets a copy of the adjusted logits. Returns 0, or -1 if

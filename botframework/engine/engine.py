@@ -301,15 +301,19 @@ class Engine:
             steps = lib().bf_decode_run(self.context.handle, n, seq_ids, tokens, pos, pre, post, greedy, stops,
                                         stop_map, max_steps, interrupt, data, n_vocab, out, native_streams, status)
         decode_ms = (time.perf_counter() - t0) * 1e3
-        if status[0] in (-1001, -1002, -1003):
-            raise NativeError("a sequence could not be sampled during a run of steps" if status[0] != -1003
-                              else "out of memory for a run of steps", op="bf_decode_run")
-        check_decode(status[0])
-        flat = ffi.unpack(out, n * steps)
         sent = tuple(None if stream is None else StreamSent(
             native_streams[i].n_sent, native_streams[i].error,
             ffi.unpack(native_streams[i].rest, native_streams[i].rest_len)) for i, stream in enumerate(streams))
         del keep
+        try:
+            if status[0] in (-1001, -1002, -1003):
+                raise NativeError("a sequence could not be sampled during a run of steps" if status[0] != -1003
+                                  else "out of memory for a run of steps", op="bf_decode_run")
+            check_decode(status[0])
+        except NativeError as exc:
+            exc.sent = sent  # type: ignore[attr-defined]  # (what the streams sent before it failed)
+            raise
+        flat = ffi.unpack(out, n * steps)
         return RunResult(tokens=tuple(tuple(flat[i::n]) for i in range(n)), num_steps=steps, decode_ms=decode_ms,
                          sent=sent)
 

@@ -462,18 +462,21 @@ class ModelWorker:
         wait for the run's end)."""
         handles: list[RequestHandle] = []
         streams: list[NativeStream | None] = []
-        for item in plan.items:
-            seq = self.scheduler.active[item.request_id]
-            if not seq.request.stream:
-                streams.append(None)
-                continue
-            params = seq.handle.begin_native()
-            if params is None:
-                for handle in handles:
-                    handle.end_native()
-                return None
-            handles.append(seq.handle)
-            streams.append(NativeStream(*params, budget=self.scheduler.send_budget(item)))
+        try:
+            for item in plan.items:
+                seq = self.scheduler.active[item.request_id]
+                if not seq.request.stream:
+                    streams.append(None)
+                    continue
+                params = seq.handle.begin_native()
+                if params is None:
+                    _end_streams(handles)
+                    return None
+                handles.append(seq.handle)
+                streams.append(NativeStream(*params, budget=self.scheduler.send_budget(item)))
+        except BaseException:
+            _end_streams(handles)
+            raise
         return handles, tuple(streams) if handles else ()
 
     def _guarded_step(self, handoff: bool = True) -> None:
@@ -497,12 +500,14 @@ class ModelWorker:
         steps, stop_on_eog, stop_bytes = (0, (), b"") if self._step_hooks else self.scheduler.run_length(plan)
         streams: tuple[NativeStream | None, ...] = ()
         handles: list[RequestHandle] = []
-        if steps:
+        if steps and self._arm_interrupt():
             begun = self._begin_streams(plan)
-            if begun is None or not self._arm_interrupt():
+            if begun is None:
                 steps = 0
             else:
                 handles, streams = begun
+        else:
+            steps = 0
         result: StepResult | RunResult
         try:
             if steps:
@@ -510,11 +515,15 @@ class ModelWorker:
             else:
                 result = self.engine.execute(plan)
         except NativeError as exc:
+            # a chunk a stream's socket took only in part must be finished before the error event
+            for item, sent in zip(plan.items, getattr(exc, "sent", ()), strict=False):
+                if sent is not None and sent.rest:
+                    self.scheduler.active[item.request_id].handle.publish_native(
+                        Delta(item.request_id), sent)
             self._recover(exc)
             return
         finally:
-            for handle in handles:
-                handle.end_native()
+            _end_streams(handles)
         with batched() as waits:
             if isinstance(result, RunResult):
                 self.scheduler.update_run(plan, result)
@@ -672,6 +681,15 @@ class ModelWorker:
         meta = self.model.metadata()
         arch = meta.get("general.architecture", "")
         return _GGUF_POOLING.get(meta.get(f"{arch}.pooling_type", ""), "mean")
+
+
+def _end_streams(handles: list[RequestHandle]) -> None:
+    """end_native on each handle a run began (each one's socket may close now), whatever the others do."""
+    for handle in handles:
+        try:
+            handle.end_native()
+        except Exception:  # noqa: BLE001 - (a close that fails): the others still end
+            log.exception("ending a native stream failed")
 
 
 def _normalized(vector: np.ndarray) -> np.ndarray:

@@ -120,7 +120,7 @@ class DirectSink(Protocol):
     def take(self, delta: Delta) -> Taken: ...  # never given the last delta of a request
 
     # A sink whose chunks native code can write (a run of steps, engine/step.py's NativeStream)
-    # has these too:
+    # has `sends_natively` True and these too:
     #   begin_native() -> (fd, head, tail, rstrip, pending) | None: the socket stays open
     #     until end_native(), even if the sink is closed meanwhile
     #   took_natively(delta, sent: StreamSent) -> Taken: the delta's text went out natively
@@ -128,6 +128,8 @@ class DirectSink(Protocol):
 
 
 class NativeSink(DirectSink, Protocol):
+    sends_natively: bool
+
     def begin_native(self) -> tuple[int, bytes, bytes, bool, str] | None: ...
 
     def took_natively(self, delta: Delta, sent: Any) -> Taken: ...
@@ -217,7 +219,7 @@ class RequestHandle:
     def native_ready(self) -> bool:
         """Engine thread: an attached sink that native code can write for (read without the
         lock: begin_native decides)."""
-        return hasattr(self._direct, "begin_native")
+        return bool(getattr(self._direct, "sends_natively", False))
 
     def begin_native(self) -> tuple[int, bytes, bytes, bool, str] | None:
         """Engine thread, before a run: the attached sink's (fd, head, tail, rstrip, pending)

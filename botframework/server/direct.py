@@ -85,6 +85,7 @@ class DirectSSE:
         self._format = format
         self._native_format: Callable[[], tuple[bytes, bytes, bool, str] | None] | None = getattr(
             format, "native", None)
+        self.sends_natively = self._native_format is not None  # (RequestHandle.native_ready)
         self._sock: socket.socket | None = None
         self._closed = False
         self._fd_lock = threading.Lock()  # close() vs. a run that sends on the socket

@@ -446,3 +446,65 @@ def test_a_run_of_steps_gives_way_to_a_new_request(llm: LocalLLM) -> None:
         list(second)
     finally:
         scheduler.config = config
+
+
+def test_a_stream_a_run_begins_natively_is_always_ended(llm: LocalLLM) -> None:
+    """The worker begins a streamed request's native sink only for a run it then makes, and
+    ends every one it began, also when work arriving between plan and run stops the run from
+    starting: none is left open (a server's socket would never close). The text
+    (what the sink took, then the last delta) is the whole answer's."""
+    import itertools
+
+    from botframework.api import generation_options
+    from botframework.scheduler.output import Taken
+
+    class Sink:  # fd -1: the run sends nothing itself; it only begins and ends the sink
+        sends_natively = True
+
+        def __init__(self) -> None:
+            self.texts: list[str] = []
+            self.begun = self.open = 0
+
+        def take(self, delta):  # type: ignore[no-untyped-def]
+            self.texts.append(delta.text)
+            return Taken.YES
+
+        def begin_native(self) -> tuple[int, bytes, bytes, bool, str]:
+            self.begun += 1
+            self.open += 1
+            return -1, b"", b"", False, ""
+
+        def took_natively(self, delta, sent):  # type: ignore[no-untyped-def]
+            raise AssertionError("fd -1 sends nothing")
+
+        def end_native(self) -> None:
+            self.open -= 1
+
+    worker = llm.worker
+    options = {"max_tokens": 120, "temperature": 0, "ignore_eos": True}
+    worker.clear_prefix_cache()
+    whole = llm.complete("The history of the bicycle", **options).text
+    worker.clear_prefix_cache()
+    sink = Sink()
+    running, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=worker.call, args=(lambda: (running.set(), release.wait(30)),))
+    holder.start()
+    assert running.wait(30)
+    try:
+        deltas = llm._stream(llm.handle.tokenize("The history of the bicycle", add_special=True),
+                             generation_options(**options))
+        assert deltas.handle.attach_direct(sink)
+    finally:
+        release.set()
+        holder.join()
+
+    # every other plan, work comes in just before the run would start (a request, a cancel, a
+    # command): no run then
+    arm, calls = worker._arm_interrupt, itertools.count()
+    worker._arm_interrupt = lambda: next(calls) % 2 == 0 and arm()  # type: ignore[method-assign]
+    try:
+        rest = [delta.text for delta in deltas]
+    finally:
+        del worker._arm_interrupt
+    assert sink.begun > 0 and sink.open == 0
+    assert "".join(sink.texts + rest) == whole

@@ -501,6 +501,8 @@ class _Sink:
     """A server's direct stream (server/direct.py) to the scheduler: takes every delta it is
     given, and the text that a run sent natively (NativeSink)."""
 
+    sends_natively = True
+
     def __init__(self) -> None:
         self.deltas: list[Delta] = []
         self.native_text = ""  # what the scheduler says the runs sent
