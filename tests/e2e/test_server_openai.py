@@ -359,7 +359,7 @@ def test_streamed_tokens_go_out_from_the_engine_thread(base_url: str, client) ->
     assert direct() - before >= (32 + len(chat)) // 2
 
 
-def test_native_runs_stream_what_single_steps_stream(base_url: str, client) -> None:  # type: ignore[no-untyped-def]
+def test_native_runs_stream_the_text_of_the_whole_answer(base_url: str, client) -> None:  # type: ignore[no-untyped-def]
     """Streams whose steady tokens a native run of steps sends to the socket itself: the same
     text as the whole answer (each read from the prefix cache, warmed first): a chat, a stop
     string met mid-answer, text with non-ASCII characters (each of those goes the usual way),
