@@ -119,20 +119,18 @@ class DirectSink(Protocol):
 
     def take(self, delta: Delta) -> Taken: ...  # never given the last delta of a request
 
-    # A sink whose chunks native code can write (a run of steps, engine/step.py's NativeStream)
-    # has `sends_natively` True and these too:
-    #   begin_native() -> (fd, head, tail, rstrip, pending) | None: the socket stays open
-    #     until end_native(), even if the sink is closed meanwhile
-    #   took_natively(delta, sent: StreamSent) -> Taken: the delta's text went out natively
-    #   end_native()
-
 
 class NativeSink(DirectSink, Protocol):
+    """A sink whose chunks native code can write (a run of steps, engine/step.py's
+    NativeStream): sends_natively True."""
+
     sends_natively: bool
 
+    # (fd, head, tail, rstrip, pending) | None; the socket stays open until end_native(), even
+    # if the sink is closed meanwhile
     def begin_native(self) -> tuple[int, bytes, bytes, bool, str] | None: ...
 
-    def took_natively(self, delta: Delta, sent: Any) -> Taken: ...
+    def took_natively(self, delta: Delta, sent: Any) -> Taken: ...  # delta's text went out natively
 
     def end_native(self) -> None: ...
 

@@ -145,9 +145,14 @@ class DirectSSE:
         if sent == len(frame):
             self.chunks += 1
             return Taken.YES
+        return self._hand_back(frame[sent:])
+
+    def _hand_back(self, rest: bytes) -> Taken:
+        """The end of a chunk the socket took only in part: to uvicorn's transport, after what
+        is in the kernel and before anything the route sends next; the sink lets go."""
         self.handed_back += 1
-        try:  # the rest after what is in the kernel, and before anything the route sends next
-            self._loop.call_soon_threadsafe(self._transport.write, frame[sent:])
+        try:
+            self._loop.call_soon_threadsafe(self._transport.write, rest)
         except RuntimeError:  # the loop is closed: the server is going away
             pass
         return Taken.YES_DETACH
@@ -169,12 +174,7 @@ class DirectSSE:
         self._format(delta.text)  # (bytes already sent: only the route's state matters)
         self.native_tokens += sent.num_sent
         if sent.rest:
-            self.handed_back += 1
-            try:  # the rest after what is in the kernel, and before anything the route sends next
-                self._loop.call_soon_threadsafe(self._transport.write, sent.rest)
-            except RuntimeError:  # the loop is closed: the server is going away
-                pass
-            return Taken.YES_DETACH
+            return self._hand_back(sent.rest)
         return Taken.YES_DETACH if sent.error not in (0, errno.EAGAIN) else Taken.YES
 
     def end_native(self) -> None:
