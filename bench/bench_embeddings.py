@@ -15,9 +15,10 @@ Usage: python bench/bench_embeddings.py [--rounds 7] [--threads T] [--sentences 
                                         [--encoding base64|float] [--parallel 256] [--json FILE]
                                         [--reference llama-server|botframework]
 
-Both servers get the same threads and the same tokens per decode (512: ours packs up to that
-many tokens of up to 256 inputs into one llama_decode; llama-server batches up to --parallel
-slots, default 256 too, into -b = -ub 512, which it needs for an embedding model). `--encoding base64` (the
+Both servers get the same threads. Tokens per decode: ours packs up to 256 tokens of up to 256
+inputs into one llama_decode (WorkerConfig.embed_batch_tokens; one longer input decodes alone,
+up to the model's 512); llama-server batches up to --parallel slots, default 256 too, into
+-b = -ub 512, which it needs for an embedding model's longest input (its pack is its ubatch). `--encoding base64` (the
 default) is what the openai package asks for; float sends JSON numbers both ways.
 Each pass starts after bench_serving's SETTLE_S (50 ms) of quiet: llama-server's OpenMP workers
 spin ~5 ms after its last decode, and a pass started at once paid for them.

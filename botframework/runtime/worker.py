@@ -170,6 +170,7 @@ class ModelWorker:
         self._embed_batch_buffer: Batch | None = None  # one batch of n_ubatch tokens, reused
         self._embed_jobs: collections.deque[_EmbedJob] = collections.deque()  # engine thread only
         self.embed_piece_tokens = config.embed_piece_tokens
+        self.embed_batch_tokens = max(1, config.embed_batch_tokens)
         self.embed_single_thread_tokens = config.embed_single_thread_tokens
         self._embed_threads = (self.n_threads, self.n_threads_batch)  # the embedding context's, as made
         self.handoff_wait_s = config.handoff_wait_s
@@ -619,12 +620,14 @@ class ModelWorker:
             job.result.set_result(_normalized(job.total / len(job.tokens)))
 
     def _embed_batch(self, ctx: Context) -> None:
-        """Whole inputs, one sequence each, in one llama_decode (one ubatch: llama.cpp needs a
-        non-causal batch in a single ubatch, so the budget is n_ubatch)."""
+        """Whole inputs, one sequence each, in one llama_decode: as many as fit
+        embed_batch_tokens, or the first alone when it is longer (up to n_ubatch: llama.cpp
+        needs a non-causal batch in a single ubatch)."""
         jobs: list[_EmbedJob] = []
         num_tokens = 0
+        budget = min(self.embed_batch_tokens, ctx.n_ubatch)
         for job in self._embed_jobs:
-            if len(jobs) == ctx.n_seq_max or num_tokens + len(job.tokens) > ctx.n_ubatch:
+            if len(jobs) == ctx.n_seq_max or (jobs and num_tokens + len(job.tokens) > budget):
                 break
             jobs.append(job)
             num_tokens += len(job.tokens)
@@ -701,9 +704,8 @@ def _normalized(vector: np.ndarray) -> np.ndarray:
 # llama_pooling_type values as the GGUF stores them (bert.pooling_type = 1 is mean)
 _GGUF_POOLING = {"1": "mean", "2": "cls", "3": "last"}
 _EMBED_MAX_TOKENS = 8192     # the longest embedding input, whatever the model's training context
-# A non-causal model's tokens per embedding decode, unless one input needs more. Without a KV
-# cache llama.cpp masks attention over the whole batch, so its cost grows with the square of
-# this: on all-MiniLM-L6-v2 (2 cores) 512 and 1024 tie, 2048 is ~15% slower, 4096 ~25%.
+# A non-causal model's embedding context: at least this many tokens per decode (the packs of
+# WorkerConfig.embed_batch_tokens fit; one input may need more, up to the model's context)
 _EMBED_BATCH_TOKENS = 512
 _EMBED_MAX_SEQS = 256        # inputs per embedding decode: llama.cpp's LLAMA_MAX_SEQ
 

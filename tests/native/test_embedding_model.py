@@ -242,6 +242,32 @@ def test_many_inputs_share_a_decode(llm: object) -> None:
         assert _cosine(worker.embed([texts[i]])[0], vectors[i]) > 0.99999
 
 
+def test_inputs_are_packed_up_to_the_batch_budget_and_a_longer_one_decodes_alone(
+        llm: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from botframework import LocalLLM
+
+    assert isinstance(llm, LocalLLM)
+    worker = llm.worker
+    texts = [f"short sentence {i} on topic {i % 5}" for i in range(24)]
+    long_text = " ".join(f"word{i}" for i in range(150))
+    inputs = [*texts[:12], long_text, *texts[12:]]
+    alone = {text: worker.embed([text])[0] for text in (texts[0], long_text, texts[-1])}
+    ctx = worker._embed_context
+    assert ctx is not None
+    sizes: list[int] = []
+    decode = ctx.decode
+    monkeypatch.setattr(ctx, "decode", lambda batch: (sizes.append(batch.n_tokens), decode(batch))[1])
+    monkeypatch.setattr(worker, "embed_batch_tokens", 64)
+    vectors = worker.embed(inputs)
+    num_long = len(llm.handle.tokenize(long_text, add_special=True))
+    assert num_long > 64 and sorted(sizes)[-1] == num_long and sorted(sizes)[-2] <= 64, sizes
+    assert sum(sizes) == sum(len(llm.handle.tokenize(t, add_special=True)) for t in inputs)
+    assert len(sizes) < len(inputs) // 2  # packed: several inputs per decode
+    for text, vector in zip(inputs, vectors, strict=True):
+        if text in alone:
+            assert _cosine(alone[text], vector) > 0.99999, text
+
+
 def test_bad_inputs_are_invalid_requests(llm: object) -> None:
     from botframework import LocalLLM
     from botframework.errors import InvalidRequestError
