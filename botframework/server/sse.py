@@ -22,6 +22,7 @@ from typing import Any
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from botframework.engine.step import PENDING_CAP
 from botframework.runtime.stream import DeltaStream
 from botframework.scheduler.output import Delta, Usage
 from botframework.server.errors import error_body, to_api_error
@@ -99,6 +100,18 @@ class DirectText:
         """(head, tail, rstrip, the whitespace held) for a NativeStream, or None."""
         chunk = self.chunk
         return (chunk.head, chunk.tail, False, "") if isinstance(chunk, TextTemplate) else None
+
+
+def native_content(pending: str | None, template: Callable[[str], bytes] | None
+                   ) -> tuple[bytes, bytes, bool, str] | None:
+    """A NativeStream's (head, tail, rstrip, the whitespace held) for a message's content, whose
+    streamer holds trailing whitespace back: `pending` is that whitespace
+    (MessageStreamer.plain_pending(), None while the streamer does more than that) and
+    `template` the content chunk's formatter. None when a run cannot send it: the streamer
+    parses, the held text is not ASCII or too long, or the chunk is no TextTemplate."""
+    if pending is None or not pending.isascii() or len(pending) > PENDING_CAP or not isinstance(template, TextTemplate):
+        return None
+    return template.head, template.tail, True, pending
 
 
 def usage_json(usage: Usage | None) -> dict[str, Any] | None:

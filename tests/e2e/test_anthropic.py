@@ -70,6 +70,31 @@ def test_create_and_stream_give_the_same_message(client: Any) -> None:
     assert counted.input_tokens == total
 
 
+def native_tokens(url: str) -> float:
+    """Tokens whose text a native run of steps sent to the client's socket itself."""
+    text = httpx.get(f"{url}/metrics", headers={"x-api-key": API_KEY}, timeout=10).text
+    name = "botframework_sse_direct_native_tokens_total"
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
+
+
+def test_a_stream_a_native_run_sends_gives_the_created_text(server: str, client: Any) -> None:
+    """A longer answer streamed alone: its steady tokens go out from native runs of steps as
+    content_block_delta events, and the client reads the same text as create's."""
+    messages = [{"role": "user", "content": "Write a Python function that adds two numbers."}]
+    created = client.messages.create(model=MODEL, max_tokens=96, messages=messages, extra_body=GREEDY)
+    before = native_tokens(server)
+    with client.messages.stream(model=MODEL, max_tokens=96, messages=messages, extra_body=GREEDY) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == created.content[0].text and dumped(final.content) == dumped(created.content)
+    assert final.stop_reason == created.stop_reason
+    deadline = time.monotonic() + 10  # counted as the route closes the stream
+    while native_tokens(server) <= before:
+        assert time.monotonic() < deadline, "no token was sent natively"
+        time.sleep(0.05)
+
+
 def test_a_forced_tool_call_and_its_result(client: Any) -> None:
     ask = {"role": "user", "content": "What is the weather in Paris?"}
     called = client.messages.create(model=MODEL, max_tokens=100, tools=[WEATHER], messages=[ask],

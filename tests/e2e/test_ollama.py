@@ -74,6 +74,31 @@ def test_generate_whole_equals_streamed(client: Any) -> None:
     assert parts[-1].done and parts[-1].eval_count == whole.eval_count
 
 
+def native_tokens(base_url: str) -> float:
+    """Tokens whose text a native run of steps sent to the client's socket itself."""
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    name = "botframework_sse_direct_native_tokens_total"
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
+
+
+def test_streams_a_native_run_sends_give_the_whole_text(client: Any, base_url: str) -> None:
+    """Longer answers streamed alone (chat and generate): their steady tokens go out from
+    native runs of steps as NDJSON lines, and the client reads the same text as the whole
+    answer's, each line a well-formed chunk."""
+    options = {"temperature": 0, "num_predict": 96}
+    messages = [{"role": "user", "content": "Write a Python function that adds two numbers."}]
+    for call, kwargs, text_of in (
+            (client.chat, {"messages": messages}, lambda r: r.message.content),
+            (client.generate, {"prompt": "Here is a Python function that adds two numbers:"}, lambda r: r.response)):
+        whole = call(model=CHAT_MODEL, options=options, **kwargs)
+        before = native_tokens(base_url)
+        parts = list(call(model=CHAT_MODEL, options=options, stream=True, **kwargs))
+        assert "".join(text_of(p) for p in parts) == text_of(whole)
+        assert all(p.model == CHAT_MODEL and p.created_at and not p.done for p in parts[:-1]) and parts[-1].done
+        wait_for("a token sent natively", lambda b=before: native_tokens(base_url) > b)
+
+
 def test_embed_and_the_older_embeddings(client: Any) -> None:
     texts = ["The cat sat on the mat.", "A cat is sitting on a mat.", "Quarterly revenue grew by 8 percent."]
     got = np.asarray(client.embed(model=EMBED_MODEL, input=texts).embeddings, dtype=np.float32)

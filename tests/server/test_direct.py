@@ -373,3 +373,48 @@ def test_a_chat_stream_is_sent_natively_only_while_its_content_is_plain() -> Non
     assert _DirectMessage(thinking, chunk).native() is None
     streamer._next_parse = 1.0  # parses spaced out: a delta may be held whole
     assert direct.native() is None
+
+
+def test_an_anthropic_stream_is_sent_natively_while_a_text_block_is_open() -> None:
+    """The Messages stream's direct formatter: no native run before its text block opens (the
+    block's start goes the usual way); then the block's content_block_delta template, the
+    same bytes as the formatter's, and the whitespace the streamer holds back."""
+    from botframework.chat.parse import OutputMode, OutputParser
+    from botframework.chat.stream import MessageStreamer
+    from botframework.server.adapters._anthropic_render import ContentBlocks
+    from botframework.server.adapters.anthropic import _DirectBlocks
+
+    direct = _DirectBlocks(MessageStreamer(OutputParser(OutputMode.TEXT)), ContentBlocks())
+    assert direct.native() is None
+    opened = direct("Hello \n")
+    assert b"event: content_block_start" in opened and b'"text_delta","text":"Hello"' in opened
+    params = direct.native()
+    assert params is not None and params[2:] == (True, " \n")
+    head, tail = params[:2]
+    assert direct("x") == head + b'" \\nx"' + tail
+    assert json.loads((head + b'"y"' + tail).split(b"data: ", 1)[1]) == {
+        "type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "y"}}
+    direct.streamer._next_parse = 1.0  # parses spaced out: a delta may be held whole
+    assert direct.native() is None
+
+
+def test_an_ollama_stream_is_sent_natively_with_the_runs_timestamp() -> None:
+    """Ollama's direct formatter: native() gives the content line's template with the run's
+    created_at; the lines it makes are the formatter's, timestamps aside."""
+    from botframework.chat.parse import OutputMode, OutputParser
+    from botframework.chat.stream import MessageStreamer
+    from botframework.server.adapters._ollama_stream import Answer, Clock, _DirectLines
+
+    for chat in (True, False):
+        answer = Answer(None, None, None, "m:latest", Clock(0), chat)  # type: ignore[arg-type]
+        direct = _DirectLines(answer, MessageStreamer(OutputParser(OutputMode.TEXT)))
+        params = direct.native()
+        assert params is not None and params[2:] == (True, "")
+        head, tail = params[:2]
+        native = json.loads(head + b'"a \\"b\\""' + tail)
+        usual = json.loads(direct('a "b"'))
+        assert native.pop("created_at") and usual.pop("created_at")
+        assert native == usual == {"model": "m:latest", "done": False,
+                                   **({"message": {"role": "assistant", "content": 'a "b"'}} if chat
+                                      else {"response": 'a "b"'})}
+        assert direct("  ") == b"" and direct.native()[3] == "  "  # type: ignore[index]

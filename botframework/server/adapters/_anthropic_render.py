@@ -168,6 +168,11 @@ class ContentBlocks:
                 out.append(text_event(piece.content))
         return b"".join(out)
 
+    def open_text(self) -> Callable[[str], bytes] | None:
+        """The open text block's delta event for a text (a sse.TextTemplate when it could be
+        split), or None when no text block is open."""
+        return self._text_event if self._open == "text" else None
+
     def close(self) -> bytes:
         """The last block's stop (and the ping, if no block ever opened)."""
         out = self._stop()

@@ -36,7 +36,14 @@ from botframework.server.errors import to_api_error
 from botframework.server.generation import collect, openai_finish_reason, record, tokenizer_call
 from botframework.server.routes.chat import _logprob_entry
 from botframework.server.runtime import Runtime
-from botframework.server.sse import SSE_HEADERS, EventStreamResponse, json_response, prediction_details, text_template
+from botframework.server.sse import (
+    SSE_HEADERS,
+    EventStreamResponse,
+    json_response,
+    native_content,
+    prediction_details,
+    text_template,
+)
 
 NDJSON = "application/x-ndjson"
 
@@ -116,8 +123,8 @@ class Answer:
                                      for i, call in enumerate(calls)]
         return {"message": message}
 
-    def chunk(self, fragment: dict[str, Any], *, done: bool = False) -> dict[str, Any]:
-        return {"model": self.model, "created_at": timestamp(), **fragment, "done": done}
+    def chunk(self, fragment: dict[str, Any], *, done: bool = False, created_at: str | None = None) -> dict[str, Any]:
+        return {"model": self.model, "created_at": created_at or timestamp(), **fragment, "done": done}
 
     def _piece(self, piece: MessageDelta, logprobs: list[dict[str, Any]] | None = None) -> bytes:
         out = self.chunk(self.fragment(piece.content, piece.reasoning_content))
@@ -150,14 +157,9 @@ class Answer:
 
     async def _lines(self, first: Delta, deltas: DeltaStream) -> AsyncIterator[bytes]:
         streamer = MessageStreamer(self.plan.parser)
-
-        def direct_format() -> Callable[[str], bytes]:
-            content_line = text_template(lambda text: line(self.chunk(self.fragment(text))))
-            return lambda text: b"".join(content_line(piece.content) for piece in streamer.feed(text))
-
         # the running text may go out from the engine thread (server/direct.py), as on /v1
         if self.plan.parser.plain and not self.want_logprobs:
-            DirectSSE.attach(self.http, deltas, direct_format)
+            DirectSSE.attach(self.http, deltas, lambda: _DirectLines(self, streamer))
         try:
             delta: Delta | None = first
             while delta is not None:
@@ -191,3 +193,27 @@ class Answer:
                 delta = await anext(deltas, None)
         finally:
             await deltas.aclose()  # cancels the sequence if it is still running
+
+
+class _DirectLines:
+    """An answer's content lines for its text deltas on the engine thread (server/direct.py).
+    A run of steps may send them itself (native()) while all the streamer does is hold
+    trailing whitespace back: the same lines, except that those a run sends share the
+    created_at of the run's start (a run is at most WorkerConfig.run_steps tokens) where
+    lines sent one by one each take their own."""
+
+    def __init__(self, answer: Answer, streamer: MessageStreamer) -> None:
+        self.answer = answer
+        self.streamer = streamer
+        self.content_line: Callable[[str], bytes] = lambda text: line(answer.chunk(answer.fragment(text)))
+
+    def __call__(self, text: str) -> bytes:
+        return b"".join(self.content_line(piece.content) for piece in self.streamer.feed(text))
+
+    def native(self) -> tuple[bytes, bytes, bool, str] | None:
+        pending = self.streamer.plain_pending()
+        if pending is None:
+            return None
+        answer, created_at = self.answer, timestamp()
+        return native_content(pending, text_template(
+            lambda text: line(answer.chunk(answer.fragment(text), created_at=created_at))))

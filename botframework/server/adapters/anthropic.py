@@ -75,7 +75,7 @@ from botframework.server.generation import (
     tokenizer_call,
 )
 from botframework.server.runtime import Runtime
-from botframework.server.sse import SSE_HEADERS, EventStreamResponse, json_response
+from botframework.server.sse import SSE_HEADERS, EventStreamResponse, json_response, native_content
 
 
 class AnthropicRoute(APIRoute):
@@ -162,6 +162,22 @@ async def _stop_reason(runtime: Runtime, stops: Sequence[str] | None, finish: st
     return "end_turn", None
 
 
+class _DirectBlocks:
+    """The stream's events for its text deltas on the engine thread (server/direct.py). A run of
+    steps may send the text itself (native()) while a text block is open and all the streamer
+    does is hold trailing whitespace back: the same content_block_delta events."""
+
+    def __init__(self, streamer: MessageStreamer, blocks: ContentBlocks) -> None:
+        self.streamer = streamer
+        self.blocks = blocks
+
+    def __call__(self, text: str) -> bytes:
+        return self.blocks.feed(self.streamer.feed(text))
+
+    def native(self) -> tuple[bytes, bytes, bool, str] | None:
+        return native_content(self.streamer.plain_pending(), self.blocks.open_text())
+
+
 async def _events(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, body: MessagesRequest, message_id: str,
                   first: Delta, deltas: DeltaStream) -> AsyncIterator[bytes]:
     """The stream's events (see the module docstring); closing it cancels the request."""
@@ -171,7 +187,7 @@ async def _events(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, body: Mes
     # the engine thread may send plain text itself; not with stop_sequences (their check needs
     # every token id) nor with a parser (it would run on the engine thread)
     if plan.parser.plain and not body.stop_sequences:
-        DirectSSE.attach(http, deltas, lambda: lambda text: blocks.feed(streamer.feed(text)))
+        DirectSSE.attach(http, deltas, lambda: _DirectBlocks(streamer, blocks))
     try:
         yield event("message_start", {"type": "message_start", "message": message_json(
             message_id, runtime.model_id, [], None, None, usage_json(None, len(plan.tokens)))})

@@ -29,7 +29,6 @@ from fastapi.responses import Response
 from botframework.chat.message import AssistantMessage, MessageDelta
 from botframework.chat.plan import ChatPlan, check_message, finish_message
 from botframework.chat.stream import MessageStreamer
-from botframework.engine.step import PENDING_CAP
 from botframework.errors import BotframeworkError, ShuttingDownError
 from botframework.runtime.stream import DeltaStream
 from botframework.scheduler.output import Delta
@@ -51,8 +50,8 @@ from botframework.server.sse import (
     EventStreamResponse,
     Started,
     StreamState,
-    TextTemplate,
     json_response,
+    native_content,
     sse_choice,
     sse_choices,
     text_template,
@@ -136,12 +135,7 @@ class _DirectMessage:
 
     def native(self) -> tuple[bytes, bytes, bool, str] | None:
         """(head, tail, rstrip, the whitespace held) for a NativeStream, or None."""
-        pending = self.streamer.plain_pending()
-        chunk = self.content_chunk
-        if pending is None or not pending.isascii() or len(pending) > PENDING_CAP \
-                or not isinstance(chunk, TextTemplate):
-            return None
-        return chunk.head, chunk.tail, True, pending
+        return native_content(self.streamer.plain_pending(), self.content_chunk)
 
 
 def _stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, request_id: str, created: int,
