@@ -35,6 +35,7 @@ from botframework.errors import BotframeworkError
 # most of them. Spinning longer is safe only because two token steps never run on more threads
 # than there are cores at once (native/cores.py): two teams that did spun waiting for each other
 # (two models decoding at once fell to ~40% of their tokens/s). Set OMP_WAIT_POLICY to override.
+# Throttling stops once no more than one thread holds a team: native/omp.py lets idle ones go.
 DEFAULT_GOMP_SPINCOUNT = "3000"
 _set_env = {name: value for name, value in (("GOMP_SPINCOUNT", DEFAULT_GOMP_SPINCOUNT),
                                              ("OMP_WAIT_POLICY", "active")) if name not in os.environ}

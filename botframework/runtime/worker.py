@@ -50,6 +50,7 @@ from botframework.native.batch import Batch
 from botframework.native.context import Context, ContextParams
 from botframework.native.cores import CORES
 from botframework.native.model import Model, ModelParams
+from botframework.native.omp import release_compute_threads
 from botframework.scheduler.output import Delta, FinishReason, RequestHandle, batched
 from botframework.scheduler.scheduler import Scheduler, SchedulerConfig
 from botframework.scheduler.sequence import Request, Sequence
@@ -181,6 +182,7 @@ class ModelWorker:
         self._cv = threading.Condition()
         self._closing = False
         self._idle = False  # the engine thread waits for work (under self._cv)
+        self._inline_loops: set[asyncio.AbstractEventLoop] = set()  # (under self._cv) see _note_inline_pool
         # nonzero: a run of steps (Engine.run_steps) ends after its current one; set with every
         # notify of self._cv (new work) and by a thread that waits for the cores
         self._interrupt = ffi.new("int32_t[1]")
@@ -245,6 +247,7 @@ class ModelWorker:
                     if self.scheduler.has_work:
                         # no hand-over wait: the consumer may be this thread's own event loop
                         self._guarded_step(handoff=False)
+                        self._note_inline_pool()
                 finally:
                     if self.scheduler.has_work:  # (whatever happened) the engine thread goes on
                         self._wake()
@@ -355,7 +358,29 @@ class ModelWorker:
                     return False
                 self._embed_jobs.append(job)
                 self._embed_turn()
+                self._note_inline_pool()
         return True
+
+    def _note_inline_pool(self) -> None:
+        """(self._cv held) The calling thread has just computed an inline turn, so libgomp keeps
+        a pool of OpenMP workers for it: when the engine thread next has work, that pool goes
+        (on the thread's event loop, at its next turn), so that the engine thread's decodes are
+        not throttled by it (native/omp.py). A thread without a running event loop keeps its
+        pool until it ends."""
+        try:
+            self._inline_loops.add(asyncio.get_running_loop())
+        except RuntimeError:
+            pass
+
+    def _release_inline_pools(self) -> None:
+        """(self._cv held, engine thread) Each event loop that computed inline turns frees its
+        thread's OpenMP pool at its next turn; a thread computing inline again starts a new one."""
+        loops, self._inline_loops = self._inline_loops, set()
+        for loop in loops:
+            try:
+                loop.call_soon_threadsafe(release_compute_threads)
+            except RuntimeError:  # that loop is closed
+                pass
 
     def close(self) -> None:
         with self._cv:
@@ -423,8 +448,13 @@ class ModelWorker:
                     while (not self._commands and not self.scheduler.has_work and not self._embed_jobs
                            and not self._closing):
                         self._idle = True  # (read under the lock by _embed_inline)
-                        self._cv.wait()
+                        if not self._cv.wait(_RELEASE_THREADS_AFTER_S) and not self._commands \
+                                and not self.scheduler.has_work and not self._embed_jobs and not self._closing:
+                            release_compute_threads()  # idle a while: its OpenMP pool goes (native/omp.py)
+                            self._cv.wait()
                     self._idle = False
+                    if self._inline_loops:  # their threads' OpenMP pools would throttle ours (native/omp.py)
+                        self._release_inline_pools()
                     commands, self._commands = self._commands, []
                     closing = self._closing
                 for command in commands:
@@ -703,6 +733,7 @@ def _normalized(vector: np.ndarray) -> np.ndarray:
 
 # llama_pooling_type values as the GGUF stores them (bert.pooling_type = 1 is mean)
 _GGUF_POOLING = {"1": "mean", "2": "cls", "3": "last"}
+_RELEASE_THREADS_AFTER_S = 0.005  # an idle engine thread lets its OpenMP workers go after this
 _EMBED_MAX_TOKENS = 8192     # the longest embedding input, whatever the model's training context
 # A non-causal model's embedding context: at least this many tokens per decode (the packs of
 # WorkerConfig.embed_batch_tokens fit; one input may need more, up to the model's context)

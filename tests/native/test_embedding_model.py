@@ -323,3 +323,63 @@ def test_a_lone_short_input_is_computed_on_the_callers_thread_when_the_engine_is
         release.set()
         holder.join()
     assert _cosine(busy[0].result(timeout=30), queued[0].result()) > 0.99999
+
+
+def test_threads_that_stop_computing_let_their_openmp_workers_go(llm: object) -> None:
+    """libgomp keeps OpenMP workers for every thread that ran a decode, and throttles every
+    barrier's spin while it manages more threads than CPUs (native/omp.py). An idle engine
+    thread lets its workers go; so does an event loop that computed an inline turn, once the
+    engine thread has work again. Seen in the process's OS threads."""
+    import asyncio
+    import os
+    import threading
+    import time
+
+    from botframework import LocalLLM
+    from botframework.native.omp import release_compute_threads
+
+    assert isinstance(llm, LocalLLM)
+    worker = llm.worker
+    if not release_compute_threads():  # (this thread's own pool, from inputs embedded inline before)
+        pytest.skip("llama.cpp built without OpenMP")
+    n_threads = worker._embed_threads[1]
+    if n_threads < 2:
+        pytest.skip("one compute thread: no OpenMP workers")
+
+    def os_threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    def settle(expected: int) -> int:
+        deadline = time.monotonic() + 10
+        while os_threads() != expected:
+            assert time.monotonic() < deadline, (os_threads(), expected)
+            time.sleep(0.01)
+        return expected
+
+    texts = [f"sentence number {i} about topic {i % 7}" for i in range(256)]
+    worker.embed(texts[:8])  # the embedding context exists
+    time.sleep(0.2)
+    idle = os_threads()
+    seen: list[int] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=lambda: [seen.append(os_threads()) or time.sleep(0.001)
+                                               for _ in iter(stop.is_set, True)])
+    watcher.start()
+    try:
+        worker.embed(texts)  # many inputs: decoded on the engine thread
+    finally:
+        stop.set()
+        watcher.join()
+    assert max(seen) >= idle + 1 + n_threads - 1  # its workers (and the watcher) while it computed
+    settle(idle)  # idle again: they are gone
+
+    async def inline_then_engine() -> None:
+        inline, _ = worker.embed_submit([texts[0]], inline_tokens=64)
+        assert inline[0].done()  # computed on this thread: its own pool now
+        await asyncio.sleep(0.1)
+        assert os_threads() == idle + n_threads - 1
+        queued, _ = worker.embed_submit(texts)  # the engine thread's work: this loop lets its pool go
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in queued))
+
+    asyncio.run(inline_then_engine())
+    settle(idle)

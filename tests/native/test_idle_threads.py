@@ -1,4 +1,5 @@
-"""Idle compute threads sleep: after a request, the process burns (almost) no CPU.
+"""Idle compute threads sleep: after a request, the process burns (almost) no CPU, and an
+engine thread idle for 5 ms lets its OpenMP workers go altogether (native/omp.py).
 
 ggml's CPU threads wait with OpenMP, which spins GOMP_SPINCOUNT times before it sleeps
 (libgomp's default 300,000: ~5 ms a thread here, after every request, and through every gap
@@ -53,9 +54,11 @@ def test_idle_compute_threads_sleep_and_the_setting_stays_in_the_process() -> No
     assert ours["leaked"] is None  # a llama-server started from this process gets libgomp's default
     spinning = _probe("300000")  # libgomp's own default, set explicitly: it is honoured
     assert spinning["leaked"] == "300000"
-    # 300 ms idle after a request: ~0.1 ms of CPU, against ~10 ms with libgomp's default
+    # 300 ms idle after a request: ~0.3 ms of CPU. With libgomp's default spin as well: the
+    # engine thread, idle for 5 ms, lets its OpenMP workers go (native/omp.py) and their spin
+    # with them (~10 ms of CPU before it did)
     assert float(ours["idle_cpu_ms"]) < 3.0, ours  # type: ignore[arg-type]
-    assert float(spinning["idle_cpu_ms"]) > 4 * float(ours["idle_cpu_ms"]), (ours, spinning)  # type: ignore[arg-type]
+    assert float(spinning["idle_cpu_ms"]) < 3.0, spinning  # type: ignore[arg-type]
 
 
 DISPLAY = """
