@@ -103,6 +103,11 @@ def test_a_second_turn_reuses_the_first_turn_s_kv_state(client: Any, model: str)
 
 
 def test_a_function_call_round_trip(client: Any, model: str) -> None:
+    # the prompt into the prefix cache first: `asked` and the stream below then both read it from
+    # there (a prompt prefilled whole and one read from the cache can differ in the last bits of
+    # a logit, enough to flip a greedy near-tie on some CPUs: on AVX512/AMX here, a space)
+    client.responses.create(model=model, input="What is the weather in Paris?", tools=[WEATHER],
+                            tool_choice="required", max_output_tokens=64, temperature=0)
     asked = client.responses.create(model=model, input="What is the weather in Paris?", tools=[WEATHER],
                                     tool_choice="required", max_output_tokens=64, temperature=0)
     [call] = [item for item in asked.output if item.type == "function_call"]
