@@ -113,12 +113,13 @@ class LocalLLM:
                  num_slots: int | None = None, n_threads: int | None = None,
                  n_threads_batch: int | None = None,
                  n_gpu_layers: int | str = "auto", pull: bool = True, chat_template: str | None = None,
-                 flash_attn: str = "auto", hugepages: bool = True, rpc_servers: Sequence[str] = (),
+                 flash_attn: str = "auto", hugepages: bool = True, repack: bool = True,
+                 rpc_servers: Sequence[str] = (),
                  draft: str = "none", draft_model: str | os.PathLike[str] | None = None, draft_max: int = 8,
                  draft_by_cost: bool = True) -> None:
         config = WorkerConfig(n_ctx=n_ctx, num_slots=num_slots, n_threads=n_threads,
                               n_threads_batch=n_threads_batch, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn,
-                              hugepages=hugepages, rpc_servers=tuple(rpc_servers), speculative=draft,
+                              hugepages=hugepages, repack=repack, rpc_servers=tuple(rpc_servers), speculative=draft,
                               draft_model=str(draft_model) if draft_model is not None else None, draft_max=draft_max,
                               draft_by_cost=draft_by_cost)
         self.handle = load_model(str(model), config, pull_missing=pull, progress=pull, chat_template=chat_template)

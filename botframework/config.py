@@ -171,6 +171,7 @@ class WorkerConfig:
     prefix_cache_bytes: int = 1 << 30      # idle prompt caches in host RAM (SchedulerConfig)
     flash_attn: str = "auto"
     hugepages: bool = True                 # weights and KV cache in 2 MiB pages (ModelParams)
+    repack: bool = True                    # weights in the CPU's own layouts where it has kernels (ModelParams)
     embed_piece_tokens: int = 128          # a causal model's embedding input: tokens per engine-loop turn
     # a model whose tokens attend both ways: inputs packed into one embedding decode up to this
     # many tokens (a longer input still decodes alone, up to the model's context). llama.cpp

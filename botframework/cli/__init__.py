@@ -40,6 +40,9 @@ def _add_model_args(parser: argparse.ArgumentParser, *, defaults: bool = True) -
     parser.add_argument("--no-hugepages", dest="hugepages", action="store_false", default=None,
                         help="mmap the model file instead of copying it into 2 MiB pages (default: huge pages "
                              "where the kernel offers them; ~7%% faster decoding)")
+    parser.add_argument("--no-repack", dest="repack", action="store_false", default=None,
+                        help="keep the weights in the GGUF's layout, not the CPU's own where it has kernels "
+                             "(AMX, AVX512, ARM): the same rounding as an RPC server or another machine")
 
 
 def _gpu_layers(value: str) -> int | str:
@@ -59,7 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = ServerSettings.from_env(config=args.config).replace(
             host=args.host, port=args.port, model=args.model, n_ctx=args.ctx_size, num_slots=args.parallel,
             n_threads=args.threads, n_threads_batch=args.threads_batch, n_gpu_layers=args.n_gpu_layers,
-            rpc_servers=args.rpc, hugepages=args.hugepages,
+            rpc_servers=args.rpc, hugepages=args.hugepages, repack=args.repack,
             api_keys=tuple(args.api_key or ()) or None, cors_origins=tuple(args.cors_origin or ()) or None,
             allow_non_loopback=args.allow_non_loopback, direct_stream=args.direct_stream,
             models_dir=args.models_dir, memory_budget_mb=args.memory_budget, keep_alive_s=args.keep_alive,
@@ -172,7 +175,8 @@ def _llm(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     return LocalLLM(args.model, n_ctx=args.ctx_size, num_slots=args.parallel, n_threads=args.threads,
                     n_threads_batch=args.threads_batch, n_gpu_layers=args.n_gpu_layers,
-                    hugepages=args.hugepages is not False, rpc_servers=parse_rpc_servers(args.rpc))
+                    hugepages=args.hugepages is not False, repack=args.repack is not False,
+                    rpc_servers=parse_rpc_servers(args.rpc))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

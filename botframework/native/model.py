@@ -39,11 +39,17 @@ class ModelParams:
     instead of being mmap'd (see botframework.native._hugepages: +7% decode here); the model's
     contexts put their KV cache in huge pages too. Off, or where the kernel has no THP, or
     with layers on a GPU: llama.cpp's mmap, shared with other processes.
+
+    repack: weights on the CPU in the CPU's own layouts where it has kernels for them (llama.cpp's
+    extra buffer types: AMX, AVX2/AVX512 or ARM repacks; llama-server's --no-repack turns them
+    off). Those kernels round differently from the plain ones an RPC server or another machine
+    runs, so greedy output can differ from theirs after a few tokens; off, it matches them.
     """
 
     n_gpu_layers: GpuLayers = 0
     vocab_only: bool = False
     hugepages: bool = True
+    repack: bool = True
     rpc_servers: tuple[str, ...] = ()
     fit_n_ctx: int = 4096
     fit_n_seq: int = 1
@@ -114,6 +120,7 @@ class Model(NativeHandle):
             layers = 0  # nothing to offload to: no fit to measure
         native_params.n_gpu_layers = 0 if layers == "auto" else layers
         native_params.vocab_only = params.vocab_only
+        native_params.use_extra_bufts = params.repack
         self.hugepages = params.hugepages and layers == 0 and not params.vocab_only and available()
         if self.hugepages:
             native_params.load_mode = lib().LLAMA_LOAD_MODE_NONE

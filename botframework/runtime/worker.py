@@ -132,7 +132,8 @@ class ModelWorker:
         self.n_threads = config.n_threads or decode_threads
         self.n_threads_batch = config.n_threads_batch or config.n_threads or batch_threads
         self.model = Model(model_path, ModelParams(
-            n_gpu_layers=config.n_gpu_layers, hugepages=config.hugepages, rpc_servers=config.rpc_servers,
+            n_gpu_layers=config.n_gpu_layers, hugepages=config.hugepages, repack=config.repack,
+            rpc_servers=config.rpc_servers,
             fit_n_ctx=config.n_ctx or 4096, fit_n_seq=config.num_slots or 1))
         try:
             n_ctx = min(config.n_ctx, self.model.n_ctx_train) if config.n_ctx else self.model.n_ctx_train
@@ -402,8 +403,8 @@ class ModelWorker:
         ModelLoadError unless it shares the target's vocabulary and can drop draft cells."""
         path = Path(config.draft_model)  # type: ignore[arg-type]
         draft = Model(path, ModelParams(n_gpu_layers=config.n_gpu_layers, hugepages=config.hugepages,
-                                        rpc_servers=config.rpc_servers, fit_n_ctx=self.context.n_ctx,
-                                        fit_n_seq=self.num_slots))
+                                        repack=config.repack, rpc_servers=config.rpc_servers,
+                                        fit_n_ctx=self.context.n_ctx, fit_n_seq=self.num_slots))
         try:
             check_same_vocab(self.model, draft, self.name, path)
             if draft.is_recurrent or draft.is_hybrid:

@@ -70,6 +70,7 @@ class ServerSettings:
     n_gpu_layers: int | str = "auto"          # "auto": as many layers as fit the GPUs' / RPC servers' free memory
     rpc_servers: tuple[str, ...] = ()          # `botframework rpc-server` host:port for the default model's layers
     hugepages: bool = True                     # weights and KV cache in 2 MiB pages (Linux THP)
+    repack: bool = True                        # weights in the CPU's own layouts where it has kernels
     prefix_cache_mb: int = 1024                # host RAM for idle prompt caches (0: keep them in the KV cache)
     session_ram_mb: int = 512                  # host RAM for stored chat sessions' states (the rest spills
                                                # to sessions_dir when set, else the oldest are dropped)
@@ -132,7 +133,7 @@ class ServerSettings:
                             n_threads=self.n_threads,
                             n_threads_batch=self.n_threads_batch, n_gpu_layers=self.n_gpu_layers,
                             rpc_servers=self.rpc_servers,
-                            hugepages=self.hugepages, prefix_cache_bytes=self.prefix_cache_mb << 20,
+                            hugepages=self.hugepages, repack=self.repack, prefix_cache_bytes=self.prefix_cache_mb << 20,
                             session_ram_bytes=self.session_ram_mb << 20,
                             max_waiting=self.max_queue, draft_max=self.draft_max, draft_model=self.draft_model,
                             draft_by_cost=self.draft_by_cost,
@@ -201,7 +202,7 @@ class ServerSettings:
     def _entry(self, table: Mapping[str, Any]) -> ModelEntry:
         """One [[models]] table: name, aliases, source (or model / path), kind, load, keep_alive,
         sha256, chat_template, and how it runs (n_ctx, parallel, threads, threads_batch,
-        n_gpu_layers, hugepages, prefix_cache_mb, session_ram_mb, draft_model; the server's values where
+        n_gpu_layers, hugepages, repack, prefix_cache_mb, session_ram_mb, draft_model; the server's values where
         left out)."""
         unknown = sorted(set(table) - _MODEL_KEYS)
         if unknown:
@@ -221,6 +222,7 @@ class ServerSettings:
             n_gpu_layers=table.get("n_gpu_layers", base.n_gpu_layers),  # WorkerConfig parses both
             rpc_servers=table.get("rpc", ()),
             hugepages=bool(_coerce("hugepages", table.get("hugepages", base.hugepages))),
+            repack=bool(_coerce("repack", table.get("repack", base.repack))),
             prefix_cache_bytes=int(table.get("prefix_cache_mb", base.prefix_cache_bytes >> 20)) << 20,
             session_ram_bytes=int(table.get("session_ram_mb", base.session_ram_bytes >> 20)) << 20)
         if table.get("kind") == "embedding":  # nothing to draft for
@@ -325,9 +327,10 @@ class ServerSettings:
 
 _MODEL_KEYS = {"name", "aliases", "source", "model", "path", "kind", "load", "keep_alive", "sha256", "chat_template",
                "url", "urls", "api_key", "remote_model", "timeout_s",
-               "n_ctx", "parallel", "threads", "threads_batch", "n_gpu_layers", "hugepages", "prefix_cache_mb",
-               "session_ram_mb", "rpc", "draft_model"}
-_BOOLS = {"pull_missing", "allow_non_loopback", "hugepages", "direct_stream", "trace_prompts", "draft_by_cost"}
+               "n_ctx", "parallel", "threads", "threads_batch", "n_gpu_layers", "hugepages", "repack",
+               "prefix_cache_mb", "session_ram_mb", "rpc", "draft_model"}
+_BOOLS = {"pull_missing", "allow_non_loopback", "hugepages", "repack", "direct_stream", "trace_prompts",
+          "draft_by_cost"}
 _BOOL = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 _INTS = {"port", "max_body_bytes", "max_tokens_cap", "max_stop_strings", "max_choices", "max_logit_bias",
          "max_embedding_inputs", "num_slots", "n_ctx", "n_threads", "n_threads_batch",

@@ -1,7 +1,9 @@
 """llama.cpp's RPC backend: a model's layers spread over two loopback `botframework rpc-server`s.
 
 Greedy output through the RPC servers equals the local model's token for token (alone and
-batched), each server holds part of the weights, n_gpu_layers="auto" fits them, and a server
+batched) when the local one keeps the plain kernels the RPC servers run (repack off: a CPU's
+own kernels, AMX or AVX512 repacks, round differently, and greedy output parts after a few
+tokens), each server holds part of the weights, n_gpu_layers="auto" fits them, and a server
 that is down or busy is a clear load error for that model only: ggml-rpc itself would abort
 the process, so the server is probed first.
 """
@@ -82,7 +84,7 @@ def test_rpc_greedy_equals_local_token_for_token(model_path: Path, rpc_servers: 
     from botframework.api import LocalLLM
 
     endpoints = tuple(endpoint for endpoint, _ in rpc_servers)
-    with LocalLLM(str(model_path), n_ctx=1024, num_slots=3, n_gpu_layers=0) as llm:
+    with LocalLLM(str(model_path), n_ctx=1024, num_slots=3, n_gpu_layers=0, repack=False) as llm:
         alone = _generate(llm, PROMPTS[:1])
         batched = _generate(llm, PROMPTS)
     before = [_rss_mib(proc.pid) for _, proc in rpc_servers]
@@ -130,7 +132,7 @@ def test_server_model_entry_with_rpc_streams(model_path: Path, rpc_servers: list
     endpoints = [endpoint for endpoint, _ in rpc_servers]
     config = tmp_path / "config.toml"
     config.write_text(
-        f'[[models]]\nname = "local"\nsource = "{model_path}"\nload = "preload"\nn_gpu_layers = 0\n\n'
+        f'[[models]]\nname = "local"\nsource = "{model_path}"\nload = "preload"\nn_gpu_layers = 0\nrepack = false\n\n'
         f'[[models]]\nname = "spread"\nsource = "{model_path}"\nrpc = {endpoints!r}\n'.replace("'", '"') +
         f'\n[[models]]\nname = "down"\nsource = "{model_path}"\nrpc = ["127.0.0.1:{free_port()}"]\n')
     with served(["--config", str(config), "--ctx-size", "1024"]) as (url, _):

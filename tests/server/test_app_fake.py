@@ -331,6 +331,16 @@ def test_settings(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="hugepages must be a boolean"):
         ServerSettings.from_env({}, config=config)
     assert s.replace(port=None, host="0.0.0.0").host == "0.0.0.0" and s.replace(port=None).port == 9000
+    # repack: the server's, a [[models]] table's own, the environment's, --no-repack's
+    config.write_text('repack = false\n[[models]]\nsource = "a"\nname = "a"\n'
+                      '[[models]]\nsource = "b"\nname = "b"\nrepack = true\n')
+    repacked = {entry.name: entry.config.repack for entry in ServerSettings.from_env({}, config=config).model_entries()}
+    assert repacked == {"a": False, "b": True} and ServerSettings().worker_config().repack
+    assert not ServerSettings.from_env({"BOTFRAMEWORK_REPACK": "0"}).worker_config().repack
+    from botframework.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "--no-repack"]).repack is False
+    assert build_parser().parse_args(["serve"]).repack is None  # (the settings' own then)
     with pytest.raises(ValueError):
         ServerSettings.from_env({"BOTFRAMEWORK_PORT": "http"})
 
