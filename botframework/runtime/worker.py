@@ -184,6 +184,9 @@ class ModelWorker:
         self._closing = False
         self._idle = False  # the engine thread waits for work (under self._cv)
         self._inline_loops: set[asyncio.AbstractEventLoop] = set()  # (under self._cv) see _note_inline_pool
+        # (under self._cv) the engine thread may hold an OpenMP pool; an inline turn asked it to let go
+        self._has_pool = True
+        self._pool_release_asked = False
         # nonzero: a run of steps (Engine.run_steps) ends after its current one; set with every
         # notify of self._cv (new work) and by a thread that waits for the cores
         self._interrupt = ffi.new("int32_t[1]")
@@ -367,7 +370,11 @@ class ModelWorker:
         a pool of OpenMP workers for it: when the engine thread next has work, that pool goes
         (on the thread's event loop, at its next turn), so that the engine thread's decodes are
         not throttled by it (native/omp.py). A thread without a running event loop keeps its
-        pool until it ends."""
+        pool until it ends. The idle engine thread lets its own pool go for the same reason,
+        as soon as it has the lock back (this turn may still be throttled; the next are not)."""
+        if self._has_pool and not self._pool_release_asked:
+            self._pool_release_asked = True
+            self._cv.notify()
         try:
             self._inline_loops.add(asyncio.get_running_loop())
         except RuntimeError:
@@ -449,11 +456,15 @@ class ModelWorker:
                     while (not self._commands and not self.scheduler.has_work and not self._embed_jobs
                            and not self._closing):
                         self._idle = True  # (read under the lock by _embed_inline)
-                        if not self._cv.wait(_RELEASE_THREADS_AFTER_S) and not self._commands \
-                                and not self.scheduler.has_work and not self._embed_jobs and not self._closing:
-                            release_compute_threads()  # idle a while: its OpenMP pool goes (native/omp.py)
+                        if not self._has_pool:
                             self._cv.wait()
+                        elif self._pool_release_asked or not self._cv.wait(_RELEASE_THREADS_AFTER_S):
+                            # idle a while, or another thread computes now: the OpenMP pool goes
+                            # (native/omp.py; the loop checks for work again first)
+                            release_compute_threads()
+                            self._has_pool = self._pool_release_asked = False
                     self._idle = False
+                    self._has_pool = True  # (it computes now, or soon)
                     if self._inline_loops:  # their threads' OpenMP pools would throttle ours (native/omp.py)
                         self._release_inline_pools()
                     commands, self._commands = self._commands, []
@@ -734,7 +745,10 @@ def _normalized(vector: np.ndarray) -> np.ndarray:
 
 # llama_pooling_type values as the GGUF stores them (bert.pooling_type = 1 is mean)
 _GGUF_POOLING = {"1": "mean", "2": "cls", "3": "last"}
-_RELEASE_THREADS_AFTER_S = 0.005  # an idle engine thread lets its OpenMP workers go after this
+# an idle engine thread lets its OpenMP workers go after this: a new pool's worker starts on
+# the engine thread's core and takes a while to move, which a stream's first steps paid for
+# (+0.3 ms first token, -3% at 4 streams when it was 5 ms: every stream started a new pool)
+_RELEASE_THREADS_AFTER_S = 1.0
 _EMBED_MAX_TOKENS = 8192     # the longest embedding input, whatever the model's training context
 # A non-causal model's embedding context: at least this many tokens per decode (the packs of
 # WorkerConfig.embed_batch_tokens fit; one input may need more, up to the model's context)

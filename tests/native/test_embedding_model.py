@@ -325,11 +325,13 @@ def test_a_lone_short_input_is_computed_on_the_callers_thread_when_the_engine_is
     assert _cosine(busy[0].result(timeout=30), queued[0].result()) > 0.99999
 
 
-def test_threads_that_stop_computing_let_their_openmp_workers_go(llm: object) -> None:
+def test_threads_that_stop_computing_let_their_openmp_workers_go(llm: object,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """libgomp keeps OpenMP workers for every thread that ran a decode, and throttles every
     barrier's spin while it manages more threads than CPUs (native/omp.py). An idle engine
-    thread lets its workers go; so does an event loop that computed an inline turn, once the
-    engine thread has work again. Seen in the process's OS threads."""
+    thread lets its workers go (after a while, or at once when another thread computes an
+    inline turn); so does an event loop that computed an inline turn, once the engine thread
+    has work again. Seen in the process's OS threads."""
     import asyncio
     import os
     import threading
@@ -337,6 +339,7 @@ def test_threads_that_stop_computing_let_their_openmp_workers_go(llm: object) ->
 
     from botframework import LocalLLM
     from botframework.native.omp import release_compute_threads
+    from botframework.runtime import worker as worker_module
 
     assert isinstance(llm, LocalLLM)
     worker = llm.worker
@@ -358,7 +361,11 @@ def test_threads_that_stop_computing_let_their_openmp_workers_go(llm: object) ->
 
     texts = [f"sentence number {i} about topic {i % 7}" for i in range(256)]
     worker.embed(texts[:8])  # the embedding context exists
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10 + worker_module._RELEASE_THREADS_AFTER_S
+    while worker._has_pool:  # the idle engine thread lets its pool go after a while
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.1)  # (its workers' exits done)
     idle = os_threads()
     seen: list[int] = []
     stop = threading.Event()
@@ -373,13 +380,32 @@ def test_threads_that_stop_computing_let_their_openmp_workers_go(llm: object) ->
     assert max(seen) >= idle + 1 + n_threads - 1  # its workers (and the watcher) while it computed
     settle(idle)  # idle again: they are gone
 
-    async def inline_then_engine() -> None:
-        inline, _ = worker.embed_submit([texts[0]], inline_tokens=64)
-        assert inline[0].done()  # computed on this thread: its own pool now
-        await asyncio.sleep(0.1)
-        assert os_threads() == idle + n_threads - 1
-        queued, _ = worker.embed_submit(texts)  # the engine thread's work: this loop lets its pool go
+    async def settled(expected: int) -> None:
+        deadline = time.monotonic() + 10
+        while os_threads() != expected:
+            assert time.monotonic() < deadline, (os_threads(), expected)
+            await asyncio.sleep(0.01)
+
+    async def engine_batch() -> None:
+        queued, _ = worker.embed_submit(texts)
         await asyncio.gather(*(asyncio.wrap_future(f) for f in queued))
 
-    asyncio.run(inline_then_engine())
+    one_pool = idle + n_threads - 1
+
+    async def inline_and_engine() -> None:
+        # (the idle engine thread's timer out of the way: what lets a pool go below is an ask)
+        monkeypatch.setattr(worker_module, "_RELEASE_THREADS_AFTER_S", 3600.0)
+        await engine_batch()  # the engine thread computed: it holds a pool
+        await settled(one_pool)
+        inline, _ = worker.embed_submit([texts[0]], inline_tokens=64)
+        assert inline[0].done()  # computed on this thread: a pool of its own, and the engine's goes
+        await settled(one_pool)
+        await engine_batch()  # the engine computes again (a pool again): this loop lets its own go
+        await settled(one_pool)
+        inline, _ = worker.embed_submit([texts[0]], inline_tokens=64)
+        assert inline[0].done()
+        await settled(one_pool)  # this thread's (the engine's went again)
+
+    asyncio.run(inline_and_engine())
+    assert release_compute_threads()
     settle(idle)

@@ -1,5 +1,5 @@
-"""Idle compute threads sleep: after a request, the process burns (almost) no CPU, and an
-engine thread idle for 5 ms lets its OpenMP workers go altogether (native/omp.py).
+"""Idle compute threads sleep: after a request, the process burns (almost) no CPU (and an
+engine thread idle for a second lets its OpenMP workers go altogether: native/omp.py).
 
 ggml's CPU threads wait with OpenMP, which spins GOMP_SPINCOUNT times before it sleeps
 (libgomp's default 300,000: ~5 ms a thread here, after every request, and through every gap
@@ -54,11 +54,10 @@ def test_idle_compute_threads_sleep_and_the_setting_stays_in_the_process() -> No
     assert ours["leaked"] is None  # a llama-server started from this process gets libgomp's default
     spinning = _probe("300000")  # libgomp's own default, set explicitly: it is honoured
     assert spinning["leaked"] == "300000"
-    # 300 ms idle after a request: ~0.3 ms of CPU. With libgomp's default spin as well: the
-    # engine thread, idle for 5 ms, lets its OpenMP workers go (native/omp.py) and their spin
-    # with them (~10 ms of CPU before it did)
+    # 300 ms idle after a request: ~0.1 ms of CPU. (What libgomp's own default costs varies by
+    # machine: ~10 ms where it spins in full, ~0.1 ms on an AMX Xeon VM where it did not; that
+    # the setting is honoured, test_libgomp_is_loaded_with... reads from libgomp itself.)
     assert float(ours["idle_cpu_ms"]) < 3.0, ours  # type: ignore[arg-type]
-    assert float(spinning["idle_cpu_ms"]) < 3.0, spinning  # type: ignore[arg-type]
 
 
 DISPLAY = """
