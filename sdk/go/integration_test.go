@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -364,7 +365,8 @@ func TestIntegrationStructuredOutput(t *testing.T) {
 		t.Fatalf("the answer does not validate against the struct's schema: %v\n%s", err, res.Text)
 	}
 	var again city
-	if err := json.Unmarshal([]byte(res.Text), &again); err != nil || fmt.Sprint(again) != fmt.Sprint(c) {
+	// DeepEqual, not fmt.Sprint: Nickname is a pointer, and two decodes never share an address
+	if err := json.Unmarshal([]byte(res.Text), &again); err != nil || !reflect.DeepEqual(again, c) {
 		t.Fatalf("decoded %+v, want %+v (%v)", c, again, err)
 	}
 	if c.Size != "small" && c.Size != "medium" && c.Size != "large" {
