@@ -585,9 +585,11 @@ enum bf_stream_result { BF_STREAM_TAKEN, BF_STREAM_TAKEN_STOP, BF_STREAM_NOT_TAK
 
 // The chunk for held whitespace + an ASCII piece: `text` gets pending + piece, `end` the length
 // of its part that goes out now (with rstrip, trailing whitespace waits), `frame` that part as
-// head + JSON string + tail framed as an HTTP/1.1 chunk ("" when nothing goes out). Throws
+// head + JSON string + tail (+ number + number_tail when number >= 0: an event's sequence
+// number) framed as an HTTP/1.1 chunk ("" when nothing goes out). Throws
 // only std::bad_alloc.
 static void bf_stream_frame(const char * head, size_t head_len, const char * tail, size_t tail_len,
+                            int64_t number, const char * number_tail, size_t number_tail_len,
                             const char * pending, size_t pending_len, int32_t rstrip, const char * piece, size_t n,
                             std::string & text, size_t & end, std::string & frame) {
     text.assign(pending, pending_len);
@@ -607,6 +609,10 @@ static void bf_stream_frame(const char * head, size_t head_len, const char * tai
     bf_json_escape(body, text.data(), end);
     body += '"';
     body.append(tail, tail_len);
+    if (number >= 0) {
+        body += std::to_string(number);
+        body.append(number_tail, number_tail_len);
+    }
     char size_line[24];
     const int k = std::snprintf(size_line, sizeof(size_line), "%zx\r\n", body.size());
     frame.assign(size_line, (size_t) k);
@@ -615,13 +621,15 @@ static void bf_stream_frame(const char * head, size_t head_len, const char * tai
 }
 
 int32_t bf_stream_format(const char * head, int32_t head_len, const char * tail, int32_t tail_len,
+                         int64_t number, const char * number_tail, int32_t number_tail_len,
                          const char * pending, int32_t pending_len, int32_t rstrip, const char * piece, int32_t n,
                          char * out, int32_t cap, int32_t * held) {
     try {
         std::string text, frame;
         size_t end = 0;
-        bf_stream_frame(head, (size_t) head_len, tail, (size_t) tail_len, pending, (size_t) pending_len, rstrip,
-                        piece, (size_t) n, text, end, frame);
+        bf_stream_frame(head, (size_t) head_len, tail, (size_t) tail_len, number, number_tail,
+                        (size_t) number_tail_len, pending, (size_t) pending_len, rstrip, piece, (size_t) n, text,
+                        end, frame);
         if (frame.size() > (size_t) cap) {
             return -1;
         }
@@ -647,8 +655,9 @@ static bf_stream_result bf_stream_send(bf_run_stream & s, const char * piece, in
     try {
         std::string text, frame;
         size_t end = 0;
-        bf_stream_frame(s.head, (size_t) s.head_len, s.tail, (size_t) s.tail_len, s.pending, (size_t) s.pending_len,
-                        s.rstrip, piece, (size_t) n, text, end, frame);
+        bf_stream_frame(s.head, (size_t) s.head_len, s.tail, (size_t) s.tail_len, s.number, s.number_tail,
+                        (size_t) s.number_tail_len, s.pending, (size_t) s.pending_len, s.rstrip, piece, (size_t) n,
+                        text, end, frame);
         if (text.size() - end > (size_t) s.pending_cap || frame.size() > (size_t) s.rest_cap) {
             return BF_STREAM_NOT_TAKEN;
         }
@@ -667,6 +676,9 @@ static bf_stream_result bf_stream_send(bf_run_stream & s, const char * piece, in
                 const size_t rest = frame.size() - (size_t) sent;  // (fits: checked above)
                 std::memcpy(s.rest, frame.data() + sent, rest);
                 s.rest_len = (int32_t) rest;
+            }
+            if (s.number >= 0) {
+                s.number += 1;  // this chunk is the client's (whole, in part, or lost with it)
             }
         }
         std::memcpy(s.pending, text.data() + end, text.size() - end);

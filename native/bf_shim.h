@@ -47,6 +47,10 @@ typedef struct bf_run_stream {
     int32_t head_len;
     const char * tail;
     int32_t tail_len;       /* ... framed as an HTTP/1.1 chunk */
+    int64_t number;         /* in/out, >= 0: tail is followed by this number and number_tail, and it
+                               counts up with each chunk taken (an event's sequence_number); -1: none */
+    const char * number_tail;
+    int32_t number_tail_len;
     int32_t rstrip;         /* trailing whitespace waits for the text that follows it */
     int32_t budget;         /* at most the first `budget` tokens of the run are sent */
     char * pending;         /* in/out: the whitespace held (rstrip) */
@@ -85,10 +89,12 @@ int32_t bf_decode_run(struct llama_context * ctx, int32_t n_seqs, const int32_t 
                       bf_run_stream * streams, int32_t * status);
 
 /* The chunk a run of steps sends for held whitespace `pending` + an ASCII `piece` (the frame
- * bf_decode_run's streams send: head + the text as a JSON string + tail, as an HTTP/1.1 chunk;
+ * bf_decode_run's streams send: head + the text as a JSON string + tail (+ number + number_tail
+ * when number >= 0), as an HTTP/1.1 chunk;
  * with rstrip, trailing whitespace is held): its length in `out` (0: nothing goes out now),
  * *held the length of the whitespace held after it; -1 when it does not fit `cap`. For tests. */
 int32_t bf_stream_format(const char * head, int32_t head_len, const char * tail, int32_t tail_len,
+                         int64_t number, const char * number_tail, int32_t number_tail_len,
                          const char * pending, int32_t pending_len, int32_t rstrip, const char * piece, int32_t n,
                          char * out, int32_t cap, int32_t * held);
 

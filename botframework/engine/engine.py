@@ -303,7 +303,8 @@ class Engine:
         decode_ms = (time.perf_counter() - t0) * 1e3
         sent = tuple(None if stream is None else StreamSent(
             native_streams[i].n_sent, native_streams[i].error,
-            ffi.unpack(native_streams[i].rest, native_streams[i].rest_len)) for i, stream in enumerate(streams))
+            ffi.unpack(native_streams[i].rest, native_streams[i].rest_len), native_streams[i].number)
+            for i, stream in enumerate(streams))
         del keep
         try:
             if status[0] in (-1001, -1002, -1003):
@@ -332,14 +333,17 @@ def _native_streams(streams: tuple[NativeStream | None, ...]) -> tuple[Any, list
         pending = stream.pending.encode("ascii")
         if len(pending) > PENDING_CAP:
             raise InvalidRequestError(f"a native stream holds at most {PENDING_CAP} bytes of whitespace")
-        rest_cap = len(stream.head) + len(stream.tail) + 6 * (PENDING_CAP + _PIECE_MAX) + 64
+        rest_cap = len(stream.head) + len(stream.tail) + len(stream.number_tail) + 6 * (PENDING_CAP + _PIECE_MAX) + 96
         buffers = (ffi.new("char[]", stream.head or b"\0"), ffi.new("char[]", stream.tail or b"\0"),
-                   ffi.new("char[]", PENDING_CAP), ffi.new("char[]", rest_cap))
+                   ffi.new("char[]", PENDING_CAP), ffi.new("char[]", rest_cap),
+                   ffi.new("char[]", stream.number_tail or b"\0"))
         keep.append(buffers)
         ffi.memmove(buffers[2], pending, len(pending))
         s.fd = stream.fd
         s.head, s.head_len = buffers[0], len(stream.head)
         s.tail, s.tail_len = buffers[1], len(stream.tail)
+        s.number = stream.number
+        s.number_tail, s.number_tail_len = buffers[4], len(stream.number_tail)
         s.rstrip = int(stream.rstrip)
         s.budget = stream.budget
         s.pending, s.pending_len, s.pending_cap = buffers[2], len(pending), PENDING_CAP

@@ -107,7 +107,8 @@ PENDING_CAP = 1024  # the most whitespace a NativeStream holds back (the caller 
 class NativeStream:
     """A streamed request whose text a run of steps sends to its client itself
     (Engine.run_steps, bf_decode_run's bf_run_stream): each taken token's chunk is head + the
-    text's JSON string + tail, framed as an HTTP/1.1 chunk, in one non-blocking send on `fd`."""
+    text's JSON string + tail (+ its number + number_tail when `number` >= 0), framed as an
+    HTTP/1.1 chunk, in one non-blocking send on `fd`."""
 
     fd: int
     head: bytes       # up to the text's JSON string (its opening quote excluded)
@@ -115,6 +116,8 @@ class NativeStream:
     rstrip: bool      # trailing whitespace waits for the text after it (a chat's content)
     pending: str      # the whitespace waiting now (ASCII)
     budget: int       # the run's first `budget` tokens may be sent, no more (a finish goes the usual way)
+    number: int = -1  # >= 0: the first chunk's number (an event's sequence_number), one more for each next
+    number_tail: bytes = b""  # after the number
 
 
 @dataclass(frozen=True)
@@ -123,11 +126,12 @@ class StreamSent:
     is the client's, or held as whitespace); `rest`, the end of the last taken chunk that the
     socket did not take (the caller writes it before anything else); `error` 0, EAGAIN (the
     socket took nothing of the next chunk: that token was not taken), or the errno of a failed
-    send (the client is gone)."""
+    send (the client is gone); `number`, a numbered stream's next number (-1: not numbered)."""
 
     num_sent: int
     error: int = 0
     rest: bytes = b""
+    number: int = -1
 
 
 @dataclass(frozen=True)

@@ -516,7 +516,9 @@ class ModelWorker:
                     _end_streams(handles)
                     return None
                 handles.append(seq.handle)
-                streams.append(NativeStream(*params, budget=self.scheduler.send_budget(item)))
+                fd, head, tail, rstrip, pending, *numbered = params  # (+ number, number_tail)
+                streams.append(NativeStream(fd, head, tail, rstrip, pending, self.scheduler.send_budget(item),
+                                            *numbered))
         except BaseException:
             _end_streams(handles)
             raise

@@ -126,9 +126,9 @@ class NativeSink(DirectSink, Protocol):
 
     sends_natively: bool
 
-    # (fd, head, tail, rstrip, pending) | None; the socket stays open until end_native(), even
-    # if the sink is closed meanwhile
-    def begin_native(self) -> tuple[int, bytes, bytes, bool, str] | None: ...
+    # (fd, head, tail, rstrip, pending[, number, number_tail]) | None (NativeStream's fields); the
+    # socket stays open until end_native(), even if the sink is closed meanwhile
+    def begin_native(self) -> tuple[Any, ...] | None: ...
 
     def took_natively(self, delta: Delta, sent: Any) -> Taken: ...  # delta's text went out natively
 
@@ -219,8 +219,8 @@ class RequestHandle:
         lock: begin_native decides)."""
         return bool(getattr(self._direct, "sends_natively", False))
 
-    def begin_native(self) -> tuple[int, bytes, bytes, bool, str] | None:
-        """Engine thread, before a run: the attached sink's (fd, head, tail, rstrip, pending)
+    def begin_native(self) -> tuple[Any, ...] | None:
+        """Engine thread, before a run: the attached sink's (fd, head, tail, rstrip, pending, ...)
         (see NativeSink), or None (no such sink, or it cannot now). end_native() after the run."""
         with self._lock:
             native = cast(NativeSink, self._direct) if self.native_ready() else None

@@ -31,8 +31,9 @@ run of steps on the engine thread sends the chunks itself, from C, between its d
     begin_native (engine thread, before the run): the dup's fd, kept open until end_native
       even if the stream closes meanwhile (close() leaves it to end_native)
     took_natively (after the run): the route's formatter is fed the sent text, so its state
-      (a chat's held whitespace) is as if the chunks had gone through take(); the end of a
-      chunk the socket took only part of goes to uvicorn's transport, as in take()
+      (a chat's held whitespace) is as if the chunks had gone through take(), and a numbered
+      formatter (Responses events) takes the run's next number; the end of a chunk the socket
+      took only part of goes to uvicorn's transport, as in take()
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class DirectSSE:
         self._handle = handle
         self._loop = loop
         self._format = format
-        self._native_format: Callable[[], tuple[bytes, bytes, bool, str] | None] | None = getattr(
+        self._native_format: Callable[[], tuple[Any, ...] | None] | None = getattr(
             format, "native", None)
         self.sends_natively = self._native_format is not None  # (RequestHandle.native_ready)
         self._sock: socket.socket | None = None
@@ -157,9 +158,10 @@ class DirectSSE:
             pass
         return Taken.YES_DETACH
 
-    def begin_native(self) -> tuple[int, bytes, bytes, bool, str] | None:
-        """Engine thread, the handle's lock held: (fd, head, tail, rstrip, pending) for a run
-        that sends this stream's chunks itself, or None (the formatter cannot now)."""
+    def begin_native(self) -> tuple[Any, ...] | None:
+        """Engine thread, the handle's lock held: (fd, head, tail, rstrip, pending[, number,
+        number_tail]) for a run that sends this stream's chunks itself, or None (the formatter
+        cannot now)."""
         params = self._native_format() if self._native_format is not None else None
         if params is None:
             return None
@@ -172,6 +174,8 @@ class DirectSSE:
     def took_natively(self, delta: Delta, sent: StreamSent) -> Taken:
         """Engine thread, the handle's lock held: a run sent `delta`'s text itself."""
         self._format(delta.text)  # (bytes already sent: only the route's state matters)
+        if sent.number >= 0:  # numbered events: the run numbered each chunk it sent
+            self._format.numbered_to(sent.number)  # type: ignore[attr-defined]
         self.native_tokens += sent.num_sent
         if sent.rest:
             return self._hand_back(sent.rest)

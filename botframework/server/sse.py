@@ -57,6 +57,7 @@ def sse_error(exc: BaseException) -> bytes:
 
 
 _MARK = "\u2063botframework-text\u2063"
+_PROBE = 'a "q" \\ \n\t\u00e9 \U0001f642 </s> \u2028 \x01\x1f\x7f'  # what a template must write as make does
 
 
 def text_template(make: Callable[[str], bytes]) -> Callable[[str], bytes]:
@@ -69,8 +70,7 @@ def text_template(make: Callable[[str], bytes]) -> Callable[[str], bytes]:
     if len(parts) != 2:
         return make
     fast = TextTemplate(*parts)
-    probe = 'a "q" \\ \n\t\u00e9 \U0001f642 </s> \u2028 \x01\x1f\x7f'
-    return fast if fast(probe) == make(probe) else make
+    return fast if fast(_PROBE) == make(_PROBE) else make
 
 
 class TextTemplate:
@@ -102,14 +102,50 @@ class DirectText:
         return (chunk.head, chunk.tail, False, "") if isinstance(chunk, TextTemplate) else None
 
 
-def native_content(pending: str | None, template: Callable[[str], bytes] | None
-                   ) -> tuple[bytes, bytes, bool, str] | None:
+class NumberedTemplate:
+    """An event's bytes for a text and its number (a Responses event's sequence_number): head +
+    the text as a JSON string + tail + the number + number_tail (numbered_template). Native
+    code writes the same bytes for ASCII text, counting the number up (NativeStream.number)."""
+
+    def __init__(self, head: bytes, tail: bytes, number_tail: bytes) -> None:
+        self.head = head
+        self.tail = tail
+        self.number_tail = number_tail
+
+    def __call__(self, text: str, number: int) -> bytes:
+        return self.head + encode_basestring(text).encode() + self.tail + b"%d" % number + self.number_tail
+
+
+_NUMBER_MARK = 918273645546372819
+
+
+def numbered_template(make: Callable[[str, int], bytes]) -> NumberedTemplate | None:
+    """`make(text, number)` split as a NumberedTemplate (the text first, then the number), or
+    None where it cannot be (either mark twice, the number before the text, a probe wrong)."""
+    mark = encode_basestring(_MARK).encode()
+    parts = make(_MARK, _NUMBER_MARK).split(mark)
+    if len(parts) != 2:
+        return None
+    after = parts[1].split(b"%d" % _NUMBER_MARK)
+    if len(after) != 2:
+        return None
+    fast = NumberedTemplate(parts[0], *after)
+    return fast if all(fast(_PROBE, n) == make(_PROBE, n) for n in (0, 7, 10**12)) else None
+
+
+def native_content(pending: str | None, template: Callable[..., bytes] | None, number: int = -1
+                   ) -> tuple[Any, ...] | None:
     """A NativeStream's (head, tail, rstrip, the whitespace held) for a message's content, whose
     streamer holds trailing whitespace back: `pending` is that whitespace
     (MessageStreamer.plain_pending(), None while the streamer does more than that) and
-    `template` the content chunk's formatter. None when a run cannot send it: the streamer
-    parses, the held text is not ASCII or too long, or the chunk is no TextTemplate."""
-    if pending is None or not pending.isascii() or len(pending) > PENDING_CAP or not isinstance(template, TextTemplate):
+    `template` the content chunk's formatter; a NumberedTemplate's adds (number, number_tail),
+    `number` being the next chunk's. None when a run cannot send it: the streamer parses, the
+    held text is not ASCII or too long, or the chunk is neither template."""
+    if pending is None or not pending.isascii() or len(pending) > PENDING_CAP:
+        return None
+    if isinstance(template, NumberedTemplate) and number >= 0:
+        return template.head, template.tail, True, pending, number, template.number_tail
+    if not isinstance(template, TextTemplate):
         return None
     return template.head, template.tail, True, pending
 

@@ -83,6 +83,37 @@ def test_create_and_the_stream_helper_agree(client: Any, model: str) -> None:
     assert final.usage.output_tokens == whole.usage.output_tokens
 
 
+def _native_tokens(url: str) -> float:
+    """Tokens whose text a native run of steps sent to the client's socket itself (server/direct.py)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    name = "botframework_sse_direct_native_tokens_total"
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
+
+
+def test_a_longer_stream_goes_out_from_native_runs_numbered_and_whole(
+        server: tuple[str, str], client: Any, model: str) -> None:
+    """A stream alone on the server: once its message item is open, its text deltas are sent by
+    native runs of steps, which number them on from the route's events (one sequence 0..n-1),
+    and the client reads the same text as create's."""
+    ask = {"model": model, "input": "Write a Python function that adds two numbers.", "max_output_tokens": 96,
+           "temperature": 0}
+    client.responses.create(**ask)  # warm: the prompt into the prefix cache, for both below
+    whole = client.responses.create(**ask)
+    before = _native_tokens(server[0])
+    with client.responses.stream(**ask) as stream:
+        events = list(stream)
+    final = events[-1].response  # response.incomplete when it reaches max_output_tokens
+    assert events[-1].type in ("response.completed", "response.incomplete") and final.status == whole.status
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == whole.output_text
+    assert final.output_text == whole.output_text and final.usage.output_tokens == whole.usage.output_tokens
+    deadline = time.monotonic() + 10  # counted as the route closes the stream
+    while _native_tokens(server[0]) <= before:
+        assert time.monotonic() < deadline, "no token was sent natively"
+        time.sleep(0.05)
+
+
 def test_parse_into_a_pydantic_model(client: Any, model: str) -> None:
     parsed = client.responses.parse(model=model, input="Name a city and its country, as JSON.", text_format=City,
                                     max_output_tokens=64, temperature=0)

@@ -309,9 +309,10 @@ def test_a_run_of_steps_decodes_as_steps_one_at_a_time_and_stops_where_told(mode
 
 
 def _chunks(model: Model, tokens: tuple[int, ...], head: bytes, tail: bytes, *, rstrip: bool = False,
-            pending: str = "") -> list[bytes]:
+            pending: str = "", number: int = -1, number_tail: bytes = b"") -> list[bytes]:
     """What a native stream sends for these tokens, written the way server/direct.py frames a
-    chunk (head + json's encode_basestring of the text + tail, as an HTTP/1.1 chunk)."""
+    chunk (head + json's encode_basestring of the text + tail, as an HTTP/1.1 chunk; numbered
+    from `number` when it is >= 0)."""
     from json.encoder import encode_basestring  # type: ignore[attr-defined]
 
     frames = []
@@ -321,6 +322,9 @@ def _chunks(model: Model, tokens: tuple[int, ...], head: bytes, tail: bytes, *, 
         pending = text[len(body_text):]
         if body_text:
             body = head + encode_basestring(body_text).encode() + tail
+            if number >= 0:
+                body += b"%d" % number + number_tail
+                number += 1
             frames.append(b"%x\r\n%b\r\n" % (len(body), body))
     return frames
 
@@ -378,6 +382,14 @@ def test_a_run_sends_a_streamed_sequences_chunks_to_its_socket(model: Model, ctx
         assert part == whole[:4] and sent.num_sent == 3  # type: ignore[attr-defined]
         assert got == b"".join(_chunks(model, whole[:3], head, tail))
 
+        # numbered chunks (a Responses event's sequence_number): one number each, the next one comes back
+        _, sent, got = run(NativeStream(ours.fileno(), head, b',"n":', True, "", 5, number=40,
+                                           number_tail=b"}\n\n"))
+        frames = _chunks(model, whole[:5], head, b',"n":', rstrip=True, number=40, number_tail=b"}\n\n")
+        assert sent.num_sent == 5 and got == b"".join(frames)  # type: ignore[attr-defined]
+        assert sent.number == 40 + len(frames) and len(frames) >= 3  # type: ignore[attr-defined]
+        assert run(NativeStream(ours.fileno(), head, tail, False, "", 5))[1].number == -1  # type: ignore[attr-defined]
+
         # trailing whitespace waits for the text after it; what was held before the run goes first
         _, sent, got = run(NativeStream(ours.fileno(), head, tail, True, " \n", 5))
         assert sent.num_sent == 5  # type: ignore[attr-defined]
@@ -399,8 +411,9 @@ def test_a_run_sends_a_streamed_sequences_chunks_to_its_socket(model: Model, ctx
                 ours.send(b"x" * 4096)
         except BlockingIOError:
             pass
-        part, sent, _ = run(NativeStream(ours.fileno(), head, tail, False, "", 12))
+        part, sent, _ = run(NativeStream(ours.fileno(), head, tail, False, "", 12, number=7, number_tail=b"}"))
         assert sent.num_sent == 0 and sent.error == errno.EAGAIN and len(part) == 1  # type: ignore[attr-defined]
+        assert sent.number == 7  # type: ignore[attr-defined]  # (a chunk not taken has no number)
 
         # a closed peer: the first chunk is taken, its send's errno says the client is gone
         gone, peer = socket.socketpair()
@@ -448,7 +461,7 @@ def test_a_run_sends_a_streamed_sequences_chunks_to_its_socket(model: Model, ctx
 def test_a_native_streams_chunk_is_pythons_for_every_ascii_byte() -> None:
     """bf_stream_format (the frame bf_decode_run's streams send): JSON escaping as json's
     encode_basestring and held whitespace as str.rstrip, for each of the 128 ASCII bytes alone,
-    after held whitespace, and all in one piece."""
+    after held whitespace, and all in one piece; a numbered chunk has its number after the tail."""
     from json.encoder import encode_basestring  # type: ignore[attr-defined]
 
     from botframework.native._lib import ffi
@@ -457,14 +470,21 @@ def test_a_native_streams_chunk_is_pythons_for_every_ascii_byte() -> None:
     out = ffi.new("char[]", 4096)
     held = ffi.new("int32_t *")
     pieces = [bytes([b]) for b in range(128)] + [bytes(range(128)), b"a \t", b"  "]
+    number_tail = b',"more":1}\n\n'
     for piece in pieces:
         for rstrip in (False, True):
             for pending in ("", " \n", "\x0b\x1c\t"):
-                n = lib().bf_stream_format(head, len(head), tail, len(tail), pending.encode(), len(pending),
-                                           int(rstrip), piece, len(piece), out, 4096, held)
-                text = pending + piece.decode("ascii")
-                sent = text.rstrip() if rstrip else text
-                body = head + encode_basestring(sent).encode() + tail
-                assert ffi.unpack(out, n) == (b"%x\r\n%b\r\n" % (len(body), body) if sent else b""), (piece, rstrip)
-                assert held[0] == len(text) - len(sent), (piece, rstrip, pending)
-    assert lib().bf_stream_format(head, len(head), tail, len(tail), b"", 0, 0, b"abc", 3, out, 10, held) == -1
+                for number in (-1, 0, 7, 12345678901):
+                    n = lib().bf_stream_format(head, len(head), tail, len(tail), number, number_tail,
+                                               len(number_tail), pending.encode(), len(pending), int(rstrip), piece,
+                                               len(piece), out, 4096, held)
+                    text = pending + piece.decode("ascii")
+                    sent = text.rstrip() if rstrip else text
+                    body = head + encode_basestring(sent).encode() + tail
+                    if number >= 0:
+                        body += b"%d" % number + number_tail
+                    assert ffi.unpack(out, n) == (b"%x\r\n%b\r\n" % (len(body), body) if sent else b""), \
+                        (piece, rstrip, number)
+                    assert held[0] == len(text) - len(sent), (piece, rstrip, pending)
+    assert lib().bf_stream_format(head, len(head), tail, len(tail), -1, b"", 0, b"", 0, 0, b"abc", 3, out, 10,
+                                  held) == -1

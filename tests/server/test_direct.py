@@ -418,3 +418,46 @@ def test_an_ollama_stream_is_sent_natively_with_the_runs_timestamp() -> None:
                                    **({"message": {"role": "assistant", "content": 'a "b"'}} if chat
                                       else {"response": 'a "b"'})}
         assert direct("  ") == b"" and direct.native()[3] == "  "  # type: ignore[index]
+
+
+def test_a_responses_stream_is_sent_natively_numbered_once_its_message_is_open() -> None:
+    """The Responses stream's direct formatter: no native run before its message item opens;
+    then the output_text.delta template with the next sequence number, the same bytes as the
+    formatter's; numbered_to (after a run) moves the counter on to the run's next number."""
+    from botframework.chat.parse import OutputMode, OutputParser
+    from botframework.chat.stream import MessageStreamer
+    from botframework.server.adapters._responses_items import OutputBuilder
+    from botframework.server.adapters.openai_responses import _DirectEvents, _Events
+
+    events = _Events()
+    events({"type": "response.created"})
+    direct = _DirectEvents(MessageStreamer(OutputParser(OutputMode.TEXT)), OutputBuilder(), events)
+    assert direct.native() is None
+    opened = direct("Hello \n")
+    assert opened.count(b"event: ") == 3 and b'"delta":"Hello"' in opened and events.next == 4
+    params = direct.native()
+    assert params is not None and params[2:4] == (True, " \n") and params[4] == 4
+    head, tail, number_tail = params[0], params[1], params[5]
+    native = head + b'" \\nx"' + tail + b"4" + number_tail
+    assert direct("x") == native and events.next == 5
+    payload = json.loads(native.split(b"data: ", 1)[1])
+    assert payload["type"] == "response.output_text.delta" and payload["delta"] == " \nx"
+    assert payload["sequence_number"] == 4 and payload["output_index"] == 0
+    direct("yz")  # what a run sent is fed back (took_natively), then its numbers are taken
+    direct.numbered_to(9)
+    assert direct.native()[4] == 9 and json.loads(direct("w").split(b"data: ", 1)[1])["sequence_number"] == 9  # type: ignore[index]
+
+
+def test_numbered_template_gives_the_same_bytes_or_none() -> None:
+    from botframework.server.sse import numbered_template, sse
+
+    def make(text: str, number: int) -> bytes:
+        return sse({"type": "t", "delta": text, "sequence_number": number})
+
+    fast = numbered_template(make)
+    assert fast is not None
+    for text in ["", " \"quoted\" \\ ", "\n\t\x00", "é 漢字 🙂", "\u2028"]:
+        for number in (0, 5, 123456789012):
+            assert fast(text, number) == make(text, number)
+    assert numbered_template(lambda text, number: sse({"n": number, "delta": text})) is None  # the number first
+    assert numbered_template(lambda text, number: sse({"a": text, "b": text, "n": number})) is None

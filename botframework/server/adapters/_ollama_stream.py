@@ -210,7 +210,7 @@ class _DirectLines:
     def __call__(self, text: str) -> bytes:
         return b"".join(self.content_line(piece.content) for piece in self.streamer.feed(text))
 
-    def native(self) -> tuple[bytes, bytes, bool, str] | None:
+    def native(self) -> tuple[Any, ...] | None:
         pending = self.streamer.plain_pending()
         if pending is None:
             return None

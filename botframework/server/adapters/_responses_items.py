@@ -152,8 +152,7 @@ class OutputBuilder:
         if piece.content:
             item = self._item("message", events)
             item.text += piece.content
-            events.append(self._at(item, "response.output_text.delta", content_index=0, delta=piece.content,
-                                   logprobs=[]))
+            events.append(self.text_delta(item, piece.content))
         call = piece.tool_call
         if call is not None:
             if call.id is not None:  # announced: its id and name
@@ -184,6 +183,13 @@ class OutputBuilder:
             events.append({"type": "response.output_item.done", "output_index": item.output_index,
                            "item": item.to_json(status)})
         return events
+
+    def open_message(self) -> _Item | None:
+        """The message item once it is open: the next content piece is one text_delta event."""
+        return self._open.get("message")
+
+    def text_delta(self, item: _Item, text: str) -> Event:
+        return self._at(item, "response.output_text.delta", content_index=0, delta=text, logprobs=[])
 
     def items(self, status: str) -> list[dict[str, Any]]:
         return [item.to_json(status) for item in self._items]

@@ -174,7 +174,7 @@ class _DirectBlocks:
     def __call__(self, text: str) -> bytes:
         return self.blocks.feed(self.streamer.feed(text))
 
-    def native(self) -> tuple[bytes, bytes, bool, str] | None:
+    def native(self) -> tuple[Any, ...] | None:
         return native_content(self.streamer.plain_pending(), self.blocks.open_text())
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -69,12 +68,22 @@ from botframework.server.adapters._responses_request import (
 )
 from botframework.server.adapters._responses_store import ResponseStore, Running, Stored
 from botframework.server.auth import require_api_key
+from botframework.server.direct import DirectSSE
 from botframework.server.errors import APIError, to_api_error, unsupported
 from botframework.server.generation import collect, get_runtime, record, start, tokenizer_call
 from botframework.server.routes.cancel import cancel as cancel_request
 from botframework.server.routes.sessions import delete_session
 from botframework.server.runtime import Runtime
-from botframework.server.sse import SSE_HEADERS, EventStreamResponse, json_response, prediction_details, sse
+from botframework.server.sse import (
+    SSE_HEADERS,
+    EventStreamResponse,
+    NumberedTemplate,
+    json_response,
+    native_content,
+    numbered_template,
+    prediction_details,
+    sse,
+)
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -263,19 +272,65 @@ async def _whole(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, turn: _Tur
     return turn.snapshot(status, builder.items(item_status), usage)
 
 
+class _Events:
+    """A stream's events as bytes, numbered in order (every event has its sequence_number)."""
+
+    def __init__(self) -> None:
+        self.next = 0
+
+    def __call__(self, payload: Event) -> bytes:
+        number, self.next = self.next, self.next + 1
+        return self.frame(payload, number)
+
+    @staticmethod
+    def frame(payload: Event, number: int) -> bytes:
+        payload["sequence_number"] = number
+        return b"event: " + payload["type"].encode() + b"\n" + sse(payload)
+
+
+class _DirectEvents:
+    """The stream's events for its text deltas on the engine thread (server/direct.py): the
+    same events, numbered from the same counter, as the route's generator would yield; it waits
+    for the next delta meanwhile, so the two never use the streamer, builder or counter at once.
+    A run of steps may send the text itself (native()) once the message item is open and while
+    all the streamer does is hold trailing whitespace back: the same output_text.delta events,
+    numbered by the run (numbered_to)."""
+
+    def __init__(self, streamer: MessageStreamer, builder: OutputBuilder, events: _Events) -> None:
+        self.streamer = streamer
+        self.builder = builder
+        self.events = events
+        self._template: tuple[object, NumberedTemplate | None] | None = None  # (its item, the template)
+
+    def __call__(self, text: str) -> bytes:
+        return b"".join(self.events(payload) for piece in self.streamer.feed(text)
+                        for payload in self.builder.feed(piece))
+
+    def native(self) -> tuple[Any, ...] | None:
+        item = self.builder.open_message()
+        if item is None:
+            return None
+        if self._template is None or self._template[0] is not item:
+            self._template = item, numbered_template(
+                lambda text, number: self.events.frame(self.builder.text_delta(item, text), number))
+        return native_content(self.streamer.plain_pending(), self._template[1], self.events.next)
+
+    def numbered_to(self, number: int) -> None:
+        """A run sent events up to number - 1: the next event is `number`."""
+        self.events.next = number
+
+
 def _stream(http: HTTPRequest, runtime: Runtime, plan: ChatPlan, turn: _Turn, store: ResponseStore,
             first: Delta, deltas: DeltaStream) -> AsyncIterator[bytes]:
-    numbers = itertools.count()
-
-    def event(payload: Event) -> bytes:
-        payload["sequence_number"] = next(numbers)
-        return b"event: " + payload["type"].encode() + b"\n" + sse(payload)
+    event = _Events()
 
     async def events() -> AsyncIterator[bytes]:
         builder = OutputBuilder()
         streamer = MessageStreamer(plan.parser)
         final: dict[str, Any] | None = None
         kept = False
+        if plan.parser.plain:  # (a parser would run on the engine thread)
+            DirectSSE.attach(http, deltas, lambda: _DirectEvents(streamer, builder, event))
         try:
             for kind in ("response.created", "response.in_progress"):
                 yield event({"type": kind, "response": turn.snapshot("in_progress")})

@@ -133,7 +133,7 @@ class _DirectMessage:
         body = _delta_json(piece)
         return self.content_chunk(piece.content) if "content" in body else self.chunk(body)  # type: ignore[arg-type]
 
-    def native(self) -> tuple[bytes, bytes, bool, str] | None:
+    def native(self) -> tuple[Any, ...] | None:
         """(head, tail, rstrip, the whitespace held) for a NativeStream, or None."""
         return native_content(self.streamer.plain_pending(), self.content_chunk)
 
