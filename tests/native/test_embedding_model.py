@@ -389,6 +389,15 @@ def test_threads_that_stop_computing_let_their_openmp_workers_go(llm: object,
     async def engine_batch() -> None:
         queued, _ = worker.embed_submit(texts)
         await asyncio.gather(*(asyncio.wrap_future(f) for f in queued))
+        # its futures resolve before the engine thread is back waiting for work; only then
+        # does an inline turn run on this thread
+        deadline = time.monotonic() + 10
+        while True:
+            with worker._cv:
+                if worker._engine_idle():
+                    return
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
 
     one_pool = idle + n_threads - 1
 
