@@ -92,7 +92,7 @@ class DirectSSE:
         self._fd_lock = threading.Lock()  # close() vs. a run that sends on the socket
         self._native_busy = False         # a run of steps may be sending on it (begin_native)
         self.chunks = 0     # written by the engine thread
-        self.native_tokens = 0  # tokens whose text a run of steps sent itself
+        self.native_tokens = 0  # tokens whose text a run of steps sent itself (a failed send not counted)
         self.handed_back = 0  # sends that did not complete: their rest went to the transport
 
     @classmethod
@@ -176,7 +176,8 @@ class DirectSSE:
         self._format(delta.text)  # (bytes already sent: only the route's state matters)
         if sent.number >= 0:  # numbered events: the run numbered each chunk it sent
             self._format.numbered_to(sent.number)  # type: ignore[attr-defined]
-        self.native_tokens += sent.num_sent
+        failed = sent.error not in (0, errno.EAGAIN)  # the last taken token's send failed: the client is gone
+        self.native_tokens += sent.num_sent - failed
         if sent.rest:
             return self._hand_back(sent.rest)
         return Taken.YES_DETACH if sent.error not in (0, errno.EAGAIN) else Taken.YES

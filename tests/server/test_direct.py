@@ -338,6 +338,16 @@ def test_a_native_run_keeps_the_socket_until_it_ends_and_hands_its_rest_to_the_t
         assert not handle.native_ready() and direct.native_tokens == 3 and direct.handed_back == 1
         await asyncio.sleep(0.05)
         direct.close()
+
+        handle = RequestHandle("r3", lambda _id: None, loop)
+        gone = DirectSSE(cycle, handle, loop, chunk)
+        gone.arm()
+        assert handle.begin_native() is not None
+        handle.end_native()
+        # the client went away: the run's second token was taken, but its send failed
+        handle.publish_native(Delta("r3", text="de", token_ids=(4, 5)), StreamSent(2, errno.EPIPE))
+        assert not handle.native_ready() and gone.native_tokens == 1
+        gone.close()
         transport.close()
 
     try:
