@@ -1,6 +1,6 @@
 """create_app(settings): the FastAPI app; the model loads in lifespan, never at import time.
 
-    uvicorn -> ExposeConnection (server/direct.py) -> CoalesceHead -> ... -> CORS -> BodySizeLimit (413)
+    uvicorn -> ExposeConnection (server/direct.py) -> CORS -> BodySizeLimit (pure ASGI, 413)
             -> FastAPI routes (auth as a dependency)
     lifespan: Registry(settings.model_entries(), loader) -> app.state.registry; the models
               marked preload load (in threads; a failure is that model's state: its requests
@@ -32,7 +32,6 @@ from starlette.types import ASGIApp
 from botframework.runtime.registry import ModelEntry, Registry, sweep_forever
 from botframework.runtime.session_files import SessionFiles
 from botframework.server import errors
-from botframework.server.coalesce import CoalesceHead
 from botframework.server.direct import ExposeConnection
 from botframework.server.drain import DrainGate
 from botframework.server.fastpath import FastRoutes
@@ -105,19 +104,18 @@ class _App(FastAPI):
         # ExposeConnection, outside even Starlette's ServerErrorMiddleware: it needs uvicorn's own
         # `send` (direct streaming); StreamWriteTimeout, right inside it: drops a client that
         # stops reading (write_timeout.py), on the short dispatch's streams too
-        # CoalesceHead, next: a JSON response's head and body leave in one segment (coalesce.py)
         # FastRoutes: plain JSON requests to the generation and embedding routes skip FastAPI's
         # layers (fastpath.py; ~0.7 ms of a first token); ReleaseLeases returns the models of
         # every other request once its response is all sent
         # DrainGate, outermost of all: a draining server refuses new work (drain.py); then,
         # when some models are remote, RemoteRoutes forwards their requests (remote.py)
-        app: ASGIApp = ExposeConnection(CoalesceHead(StreamWriteTimeout(
+        app: ASGIApp = ExposeConnection(StreamWriteTimeout(
             FastRoutes(ReleaseLeases(super().build_middleware_stack()), self, {
                 "/v1/embeddings": (EmbeddingRequest, embeddings.embeddings),
                 "/v1/completions": (CompletionRequest, completions.completions),
                 "/v1/chat/completions": (ChatCompletionRequest, chat.chat_completions),
             }),
-            self.state.settings.stream_write_timeout_s)))
+            self.state.settings.stream_write_timeout_s))
         remote = [name for entry in self.state.settings.model_entries() if entry.remote is not None
                   for name in entry.names]
         if remote:

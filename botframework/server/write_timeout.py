@@ -40,7 +40,7 @@ STREAM_HIGH_WATER_BYTES = 16 << 10
 _STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson")
 
 
-def streamed(start: Message) -> bool:
+def _streamed(start: Message) -> bool:
     return any(name.lower() == b"content-type" and value.startswith(_STREAM_TYPES)
                for name, value in start.get("headers", ()))
 
@@ -89,7 +89,7 @@ class StreamWriteTimeout:
 
         async def guarded_send(message: Message) -> None:
             if message["type"] != "http.response.body":
-                if cycle is not None and message["type"] == "http.response.start" and streamed(message):
+                if cycle is not None and message["type"] == "http.response.start" and _streamed(message):
                     _bound_send_buffer(cycle.transport)
                 await send(message)
             elif cycle is not None:
