@@ -180,7 +180,7 @@ class DirectSSE:
         self.native_tokens += sent.num_sent - failed
         if sent.rest:
             return self._hand_back(sent.rest)
-        return Taken.YES_DETACH if sent.error not in (0, errno.EAGAIN) else Taken.YES
+        return Taken.YES_DETACH if failed else Taken.YES
 
     def end_native(self) -> None:
         """Engine thread: the run is over; the socket closes now if the stream closed meanwhile."""
