@@ -64,3 +64,10 @@ def served(args: list[str], env: dict[str, str] | None = None, port: int | None 
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def metric(base_url: str, name: str, headers: dict[str, str] | None = None) -> float:
+    """A counter's value on a running server's /metrics, summed over its labels."""
+    text = httpx.get(f"{base_url}/metrics", headers=headers, timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))  # (with its labels)

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from server_proc import served
+from server_proc import metric, served
 
 anthropic = pytest.importorskip("anthropic")
 
@@ -72,10 +72,7 @@ def test_create_and_stream_give_the_same_message(client: Any) -> None:
 
 def native_tokens(url: str) -> float:
     """Tokens whose text a native run of steps sent to the client's socket itself."""
-    text = httpx.get(f"{url}/metrics", headers={"x-api-key": API_KEY}, timeout=10).text
-    name = "botframework_sse_direct_native_tokens_total"
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
+    return metric(url, "botframework_sse_direct_native_tokens_total", {"x-api-key": API_KEY})
 
 
 def test_a_stream_a_native_run_sends_gives_the_created_text(server: str, client: Any) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from server_proc import pulled, served
+from server_proc import metric, pulled, served
 
 ollama = pytest.importorskip("ollama")
 
@@ -76,10 +76,7 @@ def test_generate_whole_equals_streamed(client: Any) -> None:
 
 def native_tokens(base_url: str) -> float:
     """Tokens whose text a native run of steps sent to the client's socket itself."""
-    text = httpx.get(f"{base_url}/metrics", timeout=10).text
-    name = "botframework_sse_direct_native_tokens_total"
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
+    return metric(base_url, "botframework_sse_direct_native_tokens_total")
 
 
 def test_streams_a_native_run_sends_give_the_whole_text(client: Any, base_url: str) -> None:

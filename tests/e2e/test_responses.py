@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import BaseModel
-from server_proc import served
+from server_proc import metric, served
 
 openai = pytest.importorskip("openai")
 
@@ -85,10 +85,7 @@ def test_create_and_the_stream_helper_agree(client: Any, model: str) -> None:
 
 def _native_tokens(url: str) -> float:
     """Tokens whose text a native run of steps sent to the client's socket itself (server/direct.py)."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    name = "botframework_sse_direct_native_tokens_total"
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))
+    return metric(url, "botframework_sse_direct_native_tokens_total")
 
 
 def test_a_longer_stream_goes_out_from_native_runs_numbered_and_whole(

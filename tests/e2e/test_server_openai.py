@@ -22,7 +22,7 @@ import pytest
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from server_proc import free_port, pulled
+from server_proc import free_port, metric, pulled
 
 from botframework.runtime.catalog import DEFAULT_MODEL
 
@@ -281,9 +281,7 @@ def test_disconnect_during_prefill_and_while_queued_frees_everything(base_url: s
 
 
 def _metric(base_url: str, name: str) -> float:
-    text = httpx.get(f"{base_url}/metrics", headers={"authorization": f"Bearer {API_KEY}"}, timeout=10).text
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"))  # (with its labels)
+    return metric(base_url, name, {"authorization": f"Bearer {API_KEY}"})
 
 
 def _read_chunked(stream) -> Iterator[bytes]:  # type: ignore[no-untyped-def]
