@@ -90,3 +90,48 @@ def test_libgomp_is_loaded_with_an_active_wait_policy_and_a_short_spin() -> None
     assert (ours["OMP_WAIT_POLICY"], ours["GOMP_SPINCOUNT"]) == ("ACTIVE", "3000"), ours
     theirs = _libgomp_settings(OMP_WAIT_POLICY="passive", GOMP_SPINCOUNT="300000")  # the user's: honoured
     assert (theirs["OMP_WAIT_POLICY"], theirs["GOMP_SPINCOUNT"]) == ("PASSIVE", "300000"), theirs
+
+
+def test_the_thread_that_loads_a_model_keeps_no_openmp_workers(model_path) -> None:  # type: ignore[no-untyped-def]
+    """Loading a model can run an OpenMP parallel region on the loading thread (the weights'
+    repack for AMX here), and libgomp then keeps workers for that thread, which never
+    computes again: more threads than CPUs, so the engine thread's barriers spin throttled
+    (1,000 spins) and sleep in the kernel once a step's waits outgrow that (SmolLM2 on 2
+    threads: 9.5-10.5 ms a token from ~160 tokens of context on, 7-8 ms without). ModelWorker
+    lets them go. This thread first decodes once itself, so that it holds a pool whatever the
+    CPU; after ModelWorker(...) letting this thread's pool go again must change nothing."""
+    import time
+
+    from botframework.native import Batch, Context, ContextParams, Model
+    from botframework.native.omp import release_compute_threads
+    from botframework.runtime.worker import ModelWorker, WorkerConfig
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one CPU: OpenMP starts no workers")
+
+    def os_threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    def settle(expected: int) -> None:  # (libgomp's workers exit on their own time)
+        deadline = time.monotonic() + 10
+        while os_threads() != expected:
+            assert time.monotonic() < deadline, (os_threads(), expected)
+            time.sleep(0.01)
+
+    if not release_compute_threads():
+        pytest.skip("llama.cpp built without OpenMP")
+    time.sleep(0.1)
+    before = os_threads()
+    with Model(model_path) as model, Context(model, ContextParams(n_ctx=256, n_threads=2, n_threads_batch=2)) as ctx:
+        batch = Batch(8)
+        batch.add_sequence(model.tokenize("Hello"), 0, 0, logits_last=True)
+        ctx.decode(batch)
+    settle(before + 1)  # this thread's pool: one worker beside it
+    worker = ModelWorker(model_path, WorkerConfig(n_ctx=256, num_slots=1, n_threads=2, n_threads_batch=2))
+    try:
+        settle(before + 1)  # the engine thread (no pool: it has not computed), and no pool here
+        assert release_compute_threads()
+        time.sleep(0.2)
+        assert os_threads() == before + 1, "the loading thread kept its OpenMP workers"
+    finally:
+        worker.close()
