@@ -31,6 +31,7 @@ import itertools
 import json
 import math
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -156,6 +157,10 @@ def _chunks(stream: BinaryIO) -> Iterator[bytes]:
         yield data[:-2]
 
 
+# a completion chunk whose text is not empty: "text":"..." (the only "text" key in either server's chunk)
+_TEXT = re.compile(rb'"text":\s*"(?!")')
+
+
 def stream_one(base: str, prompt: str, max_tokens: int) -> tuple[float, list[float]]:
     """Returns (ttft_ms, token arrival times).
 
@@ -177,8 +182,7 @@ def stream_one(base: str, prompt: str, max_tokens: int) -> tuple[float, list[flo
                 done = done or event == b"data: [DONE]"
                 if not event.startswith(b"data: ") or event == b"data: [DONE]":
                     continue
-                choices = json.loads(event[6:]).get("choices") or []
-                if choices and choices[0].get("text"):
+                if _TEXT.search(event):  # (not json.loads: less of the client on the servers' cores)
                     arrivals.append(now)
     finally:
         stream.close()

@@ -64,3 +64,20 @@ def test_each_server_follows_the_other_as_often_as_it_is_followed(monkeypatch) -
     after = [(prev, cur) for prev, cur in itertools.pairwise(runs) if cur in "AB"]
     assert after.count(("B", "A")) == after.count(("A", "B")) > 0
     assert after.count(("ref", "A")) + (runs[0] == "A") == after.count(("ref", "B")) + (runs[0] == "B")
+
+
+def test_a_token_counts_when_its_chunk_has_text_in_either_servers_shape() -> None:
+    """stream_one's check for a token's chunk (a regex, not json.loads: less client CPU)."""
+    import json
+
+    def event(choice: dict[str, object], first: bool) -> bytes:
+        ours = {"id": "cmpl-1", "object": "text_completion", "choices": [choice]}
+        theirs = {"choices": [choice], "object": "text_completion", "id": "cmpl-2"}
+        return b"data: " + json.dumps(ours if first else theirs, separators=(",", ":")).encode()
+
+    for first in (True, False):
+        for text, counts in (("Hello", True), (" ", True), ('"', True), ("\\", True), ("", False)):
+            for choice in ({"index": 0, "text": text, "finish_reason": None},
+                           {"text": text, "index": 0, "logprobs": None, "finish_reason": None}):
+                line = event(choice, first)
+                assert bool(bench_serving._TEXT.search(line)) is counts, line
