@@ -14,15 +14,19 @@ from botframework.errors import BotframeworkError
 
 # ggml's CPU backend runs its threads with OpenMP (libgomp), which reads this when it loads,
 # with the module below. A thread that waits (at a barrier in a graph, or for the next decode)
-# spins this many times (~17 ns each here) before it sleeps; libgomp's default is 300,000
-# (~5 ms). Between two decodes our engine thread runs ~0.2 ms of Python (and the clients and
-# the event loop need a core), so a worker spinning through it takes a core from them; after a
-# request, the default also burns both cores for ~5 ms (a server started right after another
-# one's stream paid that to its first token). 3,000 (~50 us) still covers the waits inside a
-# graph: llama-bench pp256/tg128 unchanged. Measured server against server, same run: +0.7%
-# tokens/s at 1 stream (inter-token time too), +4% at 8; 300 and 30,000 against 3,000: -2.6%
-# and ~-5% at 1 stream. (Two copies of one server land up to ~3% apart per run here, so only
-# the last is clearly outside the noise.) Set GOMP_SPINCOUNT to override.
+# spins this many times before it sleeps in the kernel; libgomp's default is 300,000 (~5 ms).
+# Two costs pull apart:
+# - spin too little and a decode's barriers sleep and wake: llama-bench here, 3,000 against
+#   300,000, tg128 2-8% and pp64 ~3% slower; a server's stream 10.7% slower at 1 stream and
+#   2.7% at 8 streams (10,000 against 3,000, medians of 12 alternating rounds; 20,000:
+#   1.12x and 1.05x). Only one process ran its threads there; until 69fa916 the loading
+#   thread's idle pool throttled every spin to 1,000, which hid this.
+# - spin too long and a worker whose thread has finished its turn takes a core from what runs
+#   next on a 2-core machine: the event loop and the client. One-sentence embeddings one at a
+#   time (computed on the event loop): 30,000 against 3,000 0.81x (0 of 10 rounds ahead);
+#   20,000 1.02x; 10,000 1.00x. After a request libgomp's default burns a core for ~5 ms (a
+#   server started right after another one's stream paid that to its first token).
+# 10,000 takes the first gain without the second cost. Set GOMP_SPINCOUNT to override.
 # Only for this load: child processes (a llama-server a benchmark starts) keep their default.
 #
 # OMP_WAIT_POLICY=active: with more OpenMP threads in the process than CPUs, libgomp waits
@@ -36,7 +40,7 @@ from botframework.errors import BotframeworkError
 # than there are cores at once (native/cores.py): two teams that did spun waiting for each other
 # (two models decoding at once fell to ~40% of their tokens/s). Set OMP_WAIT_POLICY to override.
 # Throttling stops once no more than one thread holds a team: native/omp.py lets idle ones go.
-DEFAULT_GOMP_SPINCOUNT = "3000"
+DEFAULT_GOMP_SPINCOUNT = "10000"
 _set_env = {name: value for name, value in (("GOMP_SPINCOUNT", DEFAULT_GOMP_SPINCOUNT),
                                              ("OMP_WAIT_POLICY", "active")) if name not in os.environ}
 os.environ.update(_set_env)

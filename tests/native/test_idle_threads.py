@@ -3,7 +3,7 @@ engine thread idle for a second lets its OpenMP workers go altogether: native/om
 
 ggml's CPU threads wait with OpenMP, which spins GOMP_SPINCOUNT times before it sleeps
 (libgomp's default 300,000: ~5 ms a thread here, after every request, and through every gap
-between two decodes that is shorter). botframework/native/_lib.py loads it with 3,000 unless
+between two decodes that is shorter). botframework/native/_lib.py loads it with 10,000 unless
 the user set the variable, and does not pass that on to child processes. It also loads it
 with OMP_WAIT_POLICY=active, whose only effect under that spin count is the "throttled" spin
 libgomp falls back to once the process has more OpenMP threads than CPUs (every thread that
@@ -87,7 +87,7 @@ def test_libgomp_is_loaded_with_an_active_wait_policy_and_a_short_spin() -> None
     except OSError:
         pytest.skip("no libgomp here")
     ours = _libgomp_settings()
-    assert (ours["OMP_WAIT_POLICY"], ours["GOMP_SPINCOUNT"]) == ("ACTIVE", "3000"), ours
+    assert (ours["OMP_WAIT_POLICY"], ours["GOMP_SPINCOUNT"]) == ("ACTIVE", "10000"), ours
     theirs = _libgomp_settings(OMP_WAIT_POLICY="passive", GOMP_SPINCOUNT="300000")  # the user's: honoured
     assert (theirs["OMP_WAIT_POLICY"], theirs["GOMP_SPINCOUNT"]) == ("PASSIVE", "300000"), theirs
 
