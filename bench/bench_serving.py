@@ -78,6 +78,7 @@ class ServerResult:
     name: str
     levels: list[LevelResult] = field(default_factory=list)
     cached_roundtrip_p50_ms: float = 0.0
+    cached_roundtrips_ms: list[float] = field(default_factory=list)  # each round's median, in order
     system_cold_ttft_ms: float = 0.0
     system_warm_ttft_ms: float = 0.0
 
@@ -301,8 +302,9 @@ def bench_servers(servers: dict[str, str], levels: list[int], max_tokens: int, r
     follows the other in half the rounds and the reference in the other half. Each run starts
     after SETTLE_S of quiet: a server that starts right after the other's stream pays for the
     other's compute threads still spinning (llama-server's OpenMP workers spin ~5 ms after each
-    decode, ours ~50 us: only ours paid, up to ~5 ms of its first token in half the rounds;
-    with the reference between the two, as until session 7, only one of them ever did)."""
+    decode, ours far less, 10,000 spins: botframework/native/_lib.py; only ours paid, up to
+    ~5 ms of its first token in half the rounds; with the reference between the two, as until
+    session 7, only one of them ever did)."""
     results = {name: ServerResult(name) for name in servers}
     references: list[float] = []
     for base in servers.values():
@@ -320,11 +322,14 @@ def bench_servers(servers: dict[str, str], levels: list[int], max_tokens: int, r
             results[name].levels.append(median_level(runs[name]))
             print(f"  {name} N={n}: {results[name].levels[-1]}", flush=True)
     trips: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):  # alternating too: a round trip is ~10 ms, a busy neighbour shifts it by ms
+    # alternating too, as many rounds as at 1 stream: a round trip is ~6 ms, and a busy
+    # neighbour shifts a round's median by ±0.5 ms (3 rounds put either server ahead by that)
+    for r in range(rounds_for(1, rounds)):
         for name in (names if r % 2 == 0 else names[::-1]):
             time.sleep(SETTLE_S)
             trips[name].append(asyncio.run(roundtrip(servers[name], repeats=20)))
     for name in names:
+        results[name].cached_roundtrips_ms = trips[name]
         results[name].cached_roundtrip_p50_ms = statistics.median(trips[name])
         results[name].system_cold_ttft_ms, results[name].system_warm_ttft_ms = system_prompt(servers[name])
     return [results[name] for name in names], statistics.median(references) if references else 0.0
@@ -439,9 +444,12 @@ def main() -> int:
         a, b = ours.levels[0].decode_tps_single, theirs.levels[0].decode_tps_single
         print(f"single-stream decode (inter-token): ours {a:.1f} t/s, {ref} {b:.1f} t/s, ratio {a / b:.2f}; "
               f"llama-bench tg{args.tokens} {tg:.1f} t/s: ours {a / tg:.2f}x, {ref} {b / tg:.2f}x")
+    trip_pairs = list(zip(ours.cached_roundtrips_ms, theirs.cached_roundtrips_ms, strict=True))
     print(f"cached max_tokens=1 round trip p50: ours {ours.cached_roundtrip_p50_ms:.1f} ms, "
           f"{ref} {theirs.cached_roundtrip_p50_ms:.1f} ms, "
-          f"difference {ours.cached_roundtrip_p50_ms - theirs.cached_roundtrip_p50_ms:+.1f} ms")
+          f"difference {ours.cached_roundtrip_p50_ms - theirs.cached_roundtrip_p50_ms:+.1f} ms; per round: "
+          f"median difference {statistics.median(a - b for a, b in trip_pairs):+.2f} ms, ours faster in "
+          f"{sum(a < b for a, b in trip_pairs)}/{len(trip_pairs)}")
     for r in (ours, theirs):
         print(f"1,000-token system prompt ({r.name}): cold TTFT {r.system_cold_ttft_ms:.1f} ms, repeated "
               f"{r.system_warm_ttft_ms:.1f} ms ({100 * r.system_warm_ttft_ms / r.system_cold_ttft_ms:.0f}% of cold)")
