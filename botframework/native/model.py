@@ -21,6 +21,7 @@ from botframework.native._hugepages import HugePageWatch, available
 from botframework.native._lib import ffi, lib
 from botframework.native._owned import NativeHandle
 from botframework.native.devices import local_gpus, probe_rpc_server, take_json
+from botframework.native.omp import release_compute_threads
 
 GGUF_MAGIC = b"GGUF"
 
@@ -125,10 +126,21 @@ class Model(NativeHandle):
         if self.hugepages:
             native_params.load_mode = lib().LLAMA_LOAD_MODE_NONE
         plan = ffi.new("char **")
-        with HugePageWatch(self.hugepages) as watch:
-            handle = lib().bf_model_load(os.fsencode(self.path), ffi.addressof(native_params),
-                                         ",".join(params.rpc_servers).encode(), int(layers == "auto"),
-                                         params.fit_n_ctx, params.fit_n_seq, plan)
+        try:
+            with HugePageWatch(self.hugepages) as watch:
+                handle = lib().bf_model_load(os.fsencode(self.path), ffi.addressof(native_params),
+                                             ",".join(params.rpc_servers).encode(), int(layers == "auto"),
+                                             params.fit_n_ctx, params.fit_n_seq, plan)
+        finally:
+            # Loading may repack the weights in an OpenMP parallel region (AMX here), so this
+            # thread (a server's loader, a LocalLLM user's own thread) would keep a pool of OpenMP
+            # workers it may never use again. With it alive libgomp manages more threads than
+            # there are CPUs, and every barrier of the thread that does decode (an engine
+            # thread) spins "throttled" (1,000 spins, native/omp.py) before it sleeps: once a
+            # step's barrier waits grow past that (attention over ~160 tokens, SmolLM2 on 2
+            # threads here) each costs a futex sleep and wake, and a token took 9.5-10.5 ms
+            # instead of 7-8. Let it go; a thread that decodes next starts one again (~0.1 ms).
+            release_compute_threads()
         self.hugepage_bytes = watch.collapsed_bytes
         placement = take_json(plan[0]) if plan[0] != ffi.NULL else {}
         if handle == ffi.NULL:

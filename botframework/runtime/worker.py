@@ -131,20 +131,10 @@ class ModelWorker:
         decode_threads, batch_threads = default_threads()
         self.n_threads = config.n_threads or decode_threads
         self.n_threads_batch = config.n_threads_batch or config.n_threads or batch_threads
-        try:
-            self.model = Model(model_path, ModelParams(
-                n_gpu_layers=config.n_gpu_layers, hugepages=config.hugepages, repack=config.repack,
-                rpc_servers=config.rpc_servers,
-                fit_n_ctx=config.n_ctx or 4096, fit_n_seq=config.num_slots or 1))
-        finally:
-            # Loading repacks the weights in an OpenMP parallel region, so this thread (a
-            # server's loader, a LocalLLM user's own thread) now holds a pool of OpenMP workers
-            # it will never use again. With it alive libgomp manages more threads than there
-            # are CPUs, and every barrier of the engine thread's decodes spins "throttled"
-            # (1,000 spins, native/omp.py) before it sleeps: once a step's barrier waits grow
-            # past that (attention over ~160 tokens, SmolLM2 on 2 threads here) each costs a
-            # futex sleep and wake, and a token took 9.5-10.5 ms instead of 7-8. Let it go.
-            release_compute_threads()
+        self.model = Model(model_path, ModelParams(
+            n_gpu_layers=config.n_gpu_layers, hugepages=config.hugepages, repack=config.repack,
+            rpc_servers=config.rpc_servers,
+            fit_n_ctx=config.n_ctx or 4096, fit_n_seq=config.num_slots or 1))
         try:
             n_ctx = min(config.n_ctx, self.model.n_ctx_train) if config.n_ctx else self.model.n_ctx_train
             self.kv_bytes_per_cell = kv_bytes_per_cell(self.model.metadata())
@@ -419,12 +409,9 @@ class ModelWorker:
         """The draft model and its context (one KV sequence per slot, the target's cells);
         ModelLoadError unless it shares the target's vocabulary and can drop draft cells."""
         path = Path(config.draft_model)  # type: ignore[arg-type]
-        try:
-            draft = Model(path, ModelParams(n_gpu_layers=config.n_gpu_layers, hugepages=config.hugepages,
-                                            repack=config.repack, rpc_servers=config.rpc_servers,
-                                            fit_n_ctx=self.context.n_ctx, fit_n_seq=self.num_slots))
-        finally:
-            release_compute_threads()  # (the loading thread's OpenMP pool, as for the model: __init__)
+        draft = Model(path, ModelParams(n_gpu_layers=config.n_gpu_layers, hugepages=config.hugepages,
+                                        repack=config.repack, rpc_servers=config.rpc_servers,
+                                        fit_n_ctx=self.context.n_ctx, fit_n_seq=self.num_slots))
         try:
             check_same_vocab(self.model, draft, self.name, path)
             if draft.is_recurrent or draft.is_hybrid:

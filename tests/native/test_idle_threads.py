@@ -97,9 +97,10 @@ def test_the_thread_that_loads_a_model_keeps_no_openmp_workers(model_path) -> No
     repack for AMX here), and libgomp then keeps workers for that thread, which never
     computes again: more threads than CPUs, so the engine thread's barriers spin throttled
     (1,000 spins) and sleep in the kernel once a step's waits outgrow that (SmolLM2 on 2
-    threads: 9.5-10.5 ms a token from ~160 tokens of context on, 7-8 ms without). ModelWorker
-    lets them go. This thread first decodes once itself, so that it holds a pool whatever the
-    CPU; after ModelWorker(...) letting this thread's pool go again must change nothing."""
+    threads: 9.5-10.5 ms a token from ~160 tokens of context on, 7-8 ms without). Model lets
+    them go after its load. This thread first decodes once itself, so that it holds a pool
+    whatever the CPU; after ModelWorker(...) letting this thread's pool go again must change
+    nothing."""
     import time
 
     from botframework.native import Batch, Context, ContextParams, Model
